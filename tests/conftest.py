@@ -1,0 +1,55 @@
+"""Shared fixtures: free ports and a real Envoy that is always torn down."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+import yaml
+
+from waypoint.runtime import envoy_process
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def port_factory() -> Callable[[], int]:
+    return free_port
+
+
+EnvoyStarter = Callable[[dict[str, object] | str, int], envoy_process.EnvoyProcess]
+
+
+@pytest.fixture
+def envoy(tmp_path: pathlib.Path) -> Iterator[EnvoyStarter]:
+    """Start real Envoys on a config (dict or YAML text) with the given admin port.
+
+    Waits until ``/ready`` answers LIVE; every Envoy started is stopped at teardown,
+    and its log is attached to the failure report.
+    """
+    started: list[envoy_process.EnvoyProcess] = []
+
+    def start(config: dict[str, object] | str, admin_port: int) -> envoy_process.EnvoyProcess:
+        text = config if isinstance(config, str) else yaml.safe_dump(config)
+        path = tmp_path / f"envoy-{len(started)}.yaml"
+        path.write_text(text)
+        proc = envoy_process.start(path, admin_port, tmp_path / f"envoy-{len(started)}.log")
+        started.append(proc)
+        proc.wait_ready()
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()

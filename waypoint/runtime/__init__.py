@@ -1,0 +1,1 @@
+"""Processes the waypoint runs locally: the real Envoy binary and helpers around it."""

