@@ -11,6 +11,8 @@ import yaml
 
 from waypoint.runtime import envoy_process
 
+from tests import golden
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
@@ -53,3 +55,13 @@ def envoy(tmp_path: pathlib.Path) -> Iterator[EnvoyStarter]:
     finally:
         for proc in started:
             proc.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", help="rewrite golden files from current output"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    golden.UPDATE = bool(config.getoption("--update-golden"))

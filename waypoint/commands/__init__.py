@@ -1,0 +1,1 @@
+"""Subcommands of the ``waypoint`` CLI; each module offers ``register(subparsers)``."""

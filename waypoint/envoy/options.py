@@ -1,0 +1,29 @@
+"""Deployment-time settings that shape the Envoy config but are not part of the IR."""
+
+from __future__ import annotations
+
+import dataclasses
+
+DEFAULT_CERT_DIR = "/var/run/secrets/workload-spiffe-credentials"
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapOptions:
+    """Ports, addresses and file locations of one running waypoint.
+
+    ``cert_dir`` holds ``cert-chain.pem``, ``key.pem`` and ``root-cert.pem`` (the layout of
+    Istio's and csi-driver-spiffe's credential volumes); Envoy watches it for rotation.
+    """
+
+    trust_domain: str = "cluster.local"
+    cert_dir: str = DEFAULT_CERT_DIR
+    bind: str = "0.0.0.0"
+    hbone_port: int = 15008
+    upstream_hbone_port: int = 15008
+    admin_address: str = "127.0.0.1"
+    admin_port: int = 15000
+    readiness_port: int = 15021
+    stats_port: int = 15090
+    node_id: str = ""
+    cluster: str = ""
+    max_concurrent_streams: int = 1024

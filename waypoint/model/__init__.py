@@ -1,0 +1,311 @@
+"""The waypoint IR: what one waypoint must do, free of Kubernetes and Envoy types.
+
+``waypoint.translate`` produces it from Kubernetes objects; ``waypoint.envoy`` turns it into
+Envoy resources. Everything here is a frozen dataclass made of tuples, so two translations
+of the same input compare equal and hash alike, which the xDS cache relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class TrafficType(enum.Enum):
+    """Which traffic a waypoint handles (``istio.io/waypoint-for``)."""
+
+    SERVICE = "service"
+    WORKLOAD = "workload"
+    ALL = "all"
+    NONE = "none"
+
+
+class Protocol(enum.Enum):
+    """The application protocol a destination port speaks."""
+
+    HTTP = "http"  # HTTP/1.1 (or h2c upgraded by the client); L7 routes apply
+    HTTP2 = "http2"  # h2c prior knowledge, gRPC included; L7 routes apply
+    TCP = "tcp"  # opaque bytes; TCP proxy only
+
+    @property
+    def is_http(self) -> bool:
+        return self is not Protocol.TCP
+
+
+# --- upstream clusters --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One reachable instance of a backend port.
+
+    ``hbone`` says the workload is in the mesh (ambient), so the waypoint reaches it through an
+    HBONE tunnel to ``address:<upstream hbone port>`` with CONNECT authority ``address:port``.
+    """
+
+    address: str
+    port: int
+    hbone: bool = False
+    ready: bool = True
+    service_account: str | None = None
+    pod: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """An upstream: one Service port (or one workload port) and its endpoints."""
+
+    name: str
+    protocol: Protocol
+    endpoints: tuple[Endpoint, ...]
+    namespace: str
+    service: str
+    port: int
+
+
+# --- L7 routes ----------------------------------------------------------------------------
+
+
+class MatchType(enum.Enum):
+    EXACT = "Exact"
+    PREFIX = "PathPrefix"
+    REGEX = "RegularExpression"
+
+
+@dataclasses.dataclass(frozen=True)
+class PathMatch:
+    type: MatchType
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueMatch:
+    """A header or query parameter match; ``type`` is EXACT or REGEX."""
+
+    name: str
+    value: str
+    type: MatchType = MatchType.EXACT
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteMatch:
+    """One HTTPRouteMatch; gRPC service/method matches arrive here already as path matches."""
+
+    path: PathMatch | None = None
+    headers: tuple[ValueMatch, ...] = ()
+    query: tuple[ValueMatch, ...] = ()
+    method: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+    name: str
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderModifier:
+    """Gateway API HTTPHeaderFilter: set overwrites, add appends, remove deletes."""
+
+    set: tuple[Header, ...] = ()
+    add: tuple[Header, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+class PathModifierType(enum.Enum):
+    FULL = "ReplaceFullPath"
+    PREFIX = "ReplacePrefixMatch"
+
+
+@dataclasses.dataclass(frozen=True)
+class PathModifier:
+    type: PathModifierType
+    value: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Redirect:
+    """HTTPRequestRedirectFilter; None fields keep the request's value."""
+
+    scheme: str | None = None
+    hostname: str | None = None
+    path: PathModifier | None = None
+    port: int | None = None
+    status_code: int = 302
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewrite:
+    """HTTPURLRewriteFilter."""
+
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Mirror:
+    """HTTPRequestMirrorFilter: a copy of each request (or a percentage) goes to ``cluster``."""
+
+    cluster: str
+    percent: float = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """HTTPRouteRetry: attempts are retries after the first try."""
+
+    attempts: int
+    codes: tuple[int, ...] = ()
+    backoff_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """HTTPRouteTimeouts in seconds; ``request`` 0 means no timeout."""
+
+    request: float | None = None
+    backend_request: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedBackend:
+    """A backendRef. ``cluster`` None means the ref did not resolve: requests to it get 500."""
+
+    cluster: str | None
+    weight: int = 1
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One (rule, match) pair of an HTTPRoute or GRPCRoute, already in precedence order.
+
+    ``name`` is deterministic (see ``waypoint.names.route_name``); exactly one of
+    ``backends`` (forward), ``redirect`` or ``direct_status`` decides the action. A rule with
+    no backendRefs and no redirect answers ``direct_status`` 500, as the spec requires.
+    """
+
+    name: str
+    match: RouteMatch
+    backends: tuple[WeightedBackend, ...] = ()
+    redirect: Redirect | None = None
+    direct_status: int | None = None
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    rewrite: Rewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    timeouts: Timeouts | None = None
+    retry: Retry | None = None
+
+
+# --- destinations served by the waypoint -------------------------------------------------
+
+
+class DestinationKind(enum.Enum):
+    SERVICE = "service"
+    WORKLOAD = "workload"
+
+
+@dataclasses.dataclass(frozen=True)
+class Destination:
+    """A port the waypoint accepts tunnels for, keyed by CONNECT authority ``address:port``.
+
+    A Service destination carries the Service's VIPs; a workload destination carries a pod IP.
+    ``routes`` empty means "no route attached": everything goes to ``default_cluster``.
+    """
+
+    kind: DestinationKind
+    namespace: str
+    name: str
+    port: int
+    addresses: tuple[str, ...]
+    protocol: Protocol
+    default_cluster: str
+    routes: tuple[Route, ...] = ()
+    hostnames: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class WaypointIdentity:
+    """Who the waypoint is: ``spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>``."""
+
+    trust_domain: str
+    namespace: str
+    service_account: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Waypoint:
+    """Everything one waypoint Envoy needs. Tuples are sorted by name for determinism."""
+
+    namespace: str
+    name: str
+    traffic_type: TrafficType
+    identity: WaypointIdentity
+    scope_service_account: str | None
+    destinations: tuple[Destination, ...]
+    clusters: tuple[Cluster, ...]
+
+
+# --- status ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """A Kubernetes-style condition (Accepted, ResolvedRefs, Programmed, ...)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectRef:
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind}/{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentStatus:
+    """A route's status for one parentRef (a Service, as GAMMA has it)."""
+
+    parent: ObjectRef
+    port: int | None
+    conditions: tuple[Condition, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResourceStatus:
+    """The verdict on one input object: its own conditions, and per-parent ones for routes."""
+
+    ref: ObjectRef
+    conditions: tuple[Condition, ...] = ()
+    parents: tuple[ParentStatus, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status for c in self.conditions) and all(
+            c.status for p in self.parents for c in p.conditions
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Translation:
+    """The result of translating one world: waypoints and the status of every input."""
+
+    waypoints: tuple[Waypoint, ...]
+    statuses: tuple[ResourceStatus, ...]
+
+    def waypoint(self, namespace: str, name: str) -> Waypoint | None:
+        for candidate in self.waypoints:
+            if (candidate.namespace, candidate.name) == (namespace, name):
+                return candidate
+        return None

@@ -1,0 +1,126 @@
+"""Deterministic names for generated Envoy resources, each with its parse inverse.
+
+Names follow Istio's shapes where Istio has one (``outbound|80||echo.ns.svc.cluster.local``,
+``inbound-vip|80|echo.ns.svc.cluster.local``), so config dumps read the same to Istio users, and
+every name can be taken apart again for status, metrics and debugging.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+CLUSTER_DOMAIN = "cluster.local"
+
+CONNECT_TERMINATE = "connect_terminate"
+CONNECT_ORIGINATE = "connect_originate"
+READINESS = "readiness"
+STATS = "stats"
+
+
+@dataclasses.dataclass(frozen=True)
+class HostRef:
+    """A Service (``kind == "svc"``) or a Pod (``kind == "pod"``) in a namespace."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def fqdn(self) -> str:
+        if self.kind == "svc":
+            return f"{self.name}.{self.namespace}.svc.{CLUSTER_DOMAIN}"
+        return f"{self.name}.{self.namespace}.pod"
+
+
+def _parse_host(host: str) -> HostRef:
+    svc_suffix = f".svc.{CLUSTER_DOMAIN}"
+    if host.endswith(svc_suffix):
+        parts = host[: -len(svc_suffix)].split(".")
+        kind = "svc"
+    elif host.endswith(".pod"):
+        parts = host[: -len(".pod")].split(".")
+        kind = "pod"
+    else:
+        raise ValueError(f"not a service or pod host: {host!r}")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"host needs exactly <name>.<namespace>: {host!r}")
+    return HostRef(kind, parts[1], parts[0])
+
+
+def service_host(namespace: str, name: str) -> str:
+    return HostRef("svc", namespace, name).fqdn()
+
+
+def outbound_cluster(ref: HostRef, port: int) -> str:
+    """The upstream cluster for a Service port or a Pod port."""
+    return f"outbound|{port}||{ref.fqdn()}"
+
+
+def parse_outbound_cluster(name: str) -> tuple[HostRef, int]:
+    parts = name.split("|")
+    if len(parts) != 4 or parts[0] != "outbound" or parts[2] != "":
+        raise ValueError(f"not an outbound cluster name: {name!r}")
+    return _parse_host(parts[3]), int(parts[1])
+
+
+def inbound_listener(ref: HostRef, port: int) -> str:
+    """The internal listener (and the cluster that reaches it) for a destination port."""
+    prefix = "inbound-vip" if ref.kind == "svc" else "inbound-pod"
+    return f"{prefix}|{port}|{ref.fqdn()}"
+
+
+def parse_inbound_listener(name: str) -> tuple[HostRef, int]:
+    parts = name.split("|")
+    if len(parts) != 3 or parts[0] not in ("inbound-vip", "inbound-pod"):
+        raise ValueError(f"not an inbound listener name: {name!r}")
+    ref = _parse_host(parts[2])
+    if (ref.kind == "svc") != (parts[0] == "inbound-vip"):
+        raise ValueError(f"listener prefix does not match host kind: {name!r}")
+    return ref, int(parts[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteName:
+    """Where a route came from: ``<kind>/<ns>/<name>/<rule>/<match>``.
+
+    ``rule`` is the rule's own name when it has one (Gateway API named rules), else its index.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    rule: str
+    match: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}/{self.rule}/{self.match}"
+
+
+def route_name(kind: str, namespace: str, name: str, rule: str | int, match: int) -> str:
+    return str(RouteName(kind.lower(), namespace, name, str(rule), match))
+
+
+def parse_route_name(text: str) -> RouteName:
+    parts = text.split("/")
+    if len(parts) != 5 or not all(parts):
+        raise ValueError(f"not a route name: {text!r}")
+    return RouteName(parts[0], parts[1], parts[2], parts[3], int(parts[4]))
+
+
+def default_route_name(ref: HostRef, port: int) -> str:
+    """The catch-all route of a destination that has no route attached."""
+    return f"default/{ref.namespace}/{ref.name}/{port}"
+
+
+def authority(address: str, port: int) -> str:
+    """The CONNECT authority ztunnel sends: ``ip:port``, IPv6 bracketed."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def parse_authority(text: str) -> tuple[str, int]:
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"not an ip:port authority: {text!r}")
+    return host, int(port)
