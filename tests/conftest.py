@@ -9,9 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import yaml
 
-from waypoint.runtime import envoy_process
-
 from tests import golden
+from waypoint.runtime import envoy_process
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

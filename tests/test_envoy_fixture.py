@@ -9,7 +9,10 @@ from waypoint.runtime import envoy_process
 
 
 def _direct_response_config(admin_port: int, port: int) -> dict[str, object]:
-    route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}}
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": "hi"}},
+    }
     hcm = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -19,13 +22,17 @@ def _direct_response_config(admin_port: int, port: int) -> dict[str, object]:
             "http_filters": [
                 {
                     "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
                 }
             ],
         },
     }
     return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
         "static_resources": {
             "listeners": [
                 {

@@ -1,0 +1,514 @@
+"""End-user JWT authentication with Istio RequestAuthentication semantics.
+
+A request without a token passes on without identity; a request whose token fails any
+check is refused (the caller answers 401). We parse and check tokens ourselves and use
+PyJWT only for its signature primitives, because PyJWT's claim checks are opt-in and
+accept a numeric-string ``exp`` (RFC 7519 requires a NumericDate). Header parameters
+that name keys (``jku``, ``x5u``, ``jwk``, ``x5c``) are never read: keys come only from
+the provider's configured JWKS. Keys from a ``jwks_uri`` are refreshed off the request
+path; an unknown ``kid`` triggers at most one single-flight refetch per provider per
+``unknown_kid_refetch_seconds``, and a failed fetch keeps the last good keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jwt as pyjwt
+from jwt import algorithms as jwt_algorithms
+
+from extauthz import config
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+FetchHook = Callable[[str, str], None]
+"""Called as ``hook(provider_name, "ok" | "error")`` after every JWKS fetch."""
+
+_MAX_JWKS_BYTES = 1024 * 1024
+_MIN_RSA_BITS = 2048
+_CACHE_LIMIT = 10_000
+_STARTUP_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+_KEY_TYPE_FOR_ALG = {
+    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), "RSA"),
+    **dict.fromkeys(_EC_CURVES, "EC"),
+    "EdDSA": "OKP",
+    **dict.fromkeys(config.HMAC_ALGORITHMS, "oct"),
+}
+_VERIFIERS = pyjwt.algorithms.get_default_algorithms()
+
+
+class InvalidToken(Exception):
+    """A presented token failed a check; ``str(exc)`` is for logs, never for clients."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """A verified token: who issued it, its claims and where it came from."""
+
+    provider: str
+    claims: Mapping[str, Any]
+    payload_segment: str
+    source_header: str | None
+    expires_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustedKey:
+    """One verification key from a JWKS, with what it may be used for."""
+
+    kid: str
+    kty: str
+    crv: str | None
+    alg: str | None
+    key: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestTokens:
+    """The parts of a request that tokens can come from."""
+
+    headers: Mapping[str, str]
+    query: Mapping[str, Sequence[str]]
+    cookies: Mapping[str, str]
+
+
+# -- JWKS parsing ---------------------------------------------------------------------
+
+
+def parse_jwks(doc: object, where: str) -> dict[str, TrustedKey]:
+    """Parse a JWKS document; keys that cannot be used for signatures are skipped."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError(f"{where}: not a JWKS (expected an object with a 'keys' list)")
+    keys: dict[str, TrustedKey] = {}
+    for i, jwk in enumerate(doc["keys"]):
+        try:
+            key = _parse_jwk(jwk)
+        except (ValueError, TypeError, KeyError, pyjwt.exceptions.PyJWTError) as exc:
+            log.warning("%s: skipping keys[%d]: %s", where, i, exc)
+            continue
+        if key is not None:
+            keys[key.kid] = key
+    return keys
+
+
+def _parse_jwk(jwk: object) -> TrustedKey | None:
+    if not isinstance(jwk, dict):
+        raise ValueError("not an object")
+    if jwk.get("use", "sig") != "sig":
+        return None
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise ValueError("no 'kid' (tokens are matched to keys by kid only)")
+    kty = jwk.get("kty")
+    text = json.dumps(jwk)
+    if kty == "RSA":
+        key: Any = jwt_algorithms.RSAAlgorithm.from_jwk(text)
+        if key.key_size < _MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {key.key_size} bits is too small")
+    elif kty == "EC":
+        key = jwt_algorithms.ECAlgorithm.from_jwk(text)
+    elif kty == "OKP":
+        key = jwt_algorithms.OKPAlgorithm.from_jwk(text)
+    else:
+        raise ValueError(f"unsupported kty {kty!r}")
+    if hasattr(key, "private_numbers") or hasattr(key, "private_bytes_raw"):
+        key = key.public_key()
+    alg = jwk.get("alg")
+    return TrustedKey(kid=kid, kty=kty, crv=jwk.get("crv"), alg=alg, key=key)
+
+
+def _http_get(uri: str, timeout: float) -> bytes:
+    request = urllib.request.Request(uri, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        body: bytes = resp.read(_MAX_JWKS_BYTES + 1)
+    if len(body) > _MAX_JWKS_BYTES:
+        raise ValueError("JWKS larger than 1 MiB")
+    return body
+
+
+# -- token parsing --------------------------------------------------------------------
+
+
+def _b64decode(segment: str) -> bytes:
+    if not segment or "=" in segment:
+        raise InvalidToken("bad base64url segment")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("bad base64url segment") from None
+
+
+def _json_object(segment: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_b64decode(segment))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidToken(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidToken(f"{what} is not a JSON object")
+    return value
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken(f"{name} is not a NumericDate")
+    return float(value)
+
+
+def peek_issuer(token: str) -> str | None:
+    """The unverified ``iss`` claim, used only to pick which provider verifies."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        iss = _json_object(parts[1], "payload").get("iss")
+    except InvalidToken:
+        return None
+    return iss if isinstance(iss, str) else None
+
+
+# -- one provider ---------------------------------------------------------------------
+
+
+class ProviderVerifier:
+    """Keys, cache and checks for one provider."""
+
+    def __init__(
+        self,
+        provider: config.Provider,
+        leeway: float,
+        max_token_bytes: int,
+        clock: Clock,
+        on_fetch: FetchHook,
+    ) -> None:
+        self.provider = provider
+        self._leeway = leeway
+        self.max_token_bytes = max_token_bytes
+        self._clock = clock
+        self._on_fetch = on_fetch
+        self._keys: dict[str, TrustedKey] | None = None
+        self._hmac_secret: bytes | None = None
+        self._cache: dict[bytes, Identity] = {}
+        self._inflight: asyncio.Task[None] | None = None
+        self._last_attempt = -math.inf
+        self._last_success = -math.inf
+        self._last_unknown_kid_fetch = -math.inf
+        self._fetch_count = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._keys is not None or not self._needs_jwks
+
+    @property
+    def fetch_count(self) -> int:
+        """How many JWKS fetches were started (for tests and debugging)."""
+        return self._fetch_count
+
+    @property
+    def _needs_jwks(self) -> bool:
+        return any(a in config.ASYMMETRIC_ALGORITHMS for a in self.provider.algorithms)
+
+    def load_static(self) -> None:
+        """Load file, inline and secret key material; raise ValueError if unusable."""
+        p = self.provider
+        if p.hs_secret_file is not None:
+            secret = p.hs_secret_file.read_bytes().strip()
+            if len(secret) < 32:
+                raise ValueError(f"provider {p.name}: hs_secret_file must hold >= 32 bytes")
+            self._hmac_secret = secret
+        if p.jwks_file is not None:
+            doc = json.loads(p.jwks_file.read_text())
+            self._set_keys(parse_jwks(doc, str(p.jwks_file)))
+        elif p.jwks is not None:
+            self._set_keys(parse_jwks(dict(p.jwks), f"provider {p.name} jwks"))
+
+    async def start(self) -> None:
+        """Fetch a remote JWKS until it succeeds once (readiness waits for this)."""
+        if self.provider.jwks_uri is None:
+            return
+        for attempt in range(1_000_000):
+            await self._fetch()
+            if self._keys is not None:
+                return
+            await asyncio.sleep(_STARTUP_RETRY_SECONDS[min(attempt, len(_STARTUP_RETRY_SECONDS) - 1)])
+
+    def _set_keys(self, keys: dict[str, TrustedKey]) -> None:
+        if not keys:
+            raise ValueError(f"provider {self.provider.name}: JWKS has no usable signing keys")
+        if self._keys is not None and self._keys.keys() != keys.keys():
+            # A removed kid must stop verifying at once, so cached tokens go too.
+            self._cache.clear()
+        self._keys = keys
+
+    async def _fetch(self) -> None:
+        uri = self.provider.jwks_uri
+        assert uri is not None
+        self._last_attempt = self._clock()
+        self._fetch_count += 1
+        timeout = self.provider.jwks_fetch_timeout_ms / 1000
+        try:
+            body = await asyncio.wait_for(asyncio.to_thread(_http_get, uri, timeout), timeout)
+            self._set_keys(parse_jwks(json.loads(body), uri))
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("provider %s: JWKS fetch from %s failed: %s", self.provider.name, uri, exc)
+            self._on_fetch(self.provider.name, "error")
+            return
+        self._last_success = self._clock()
+        self._on_fetch(self.provider.name, "ok")
+
+    def _start_fetch(self) -> asyncio.Task[None]:
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.get_running_loop().create_task(self._fetch())
+        return self._inflight
+
+    def maybe_refresh(self) -> None:
+        """Kick a background refresh when the keys are older than the cache TTL."""
+        if self.provider.jwks_uri is None or self._inflight_running():
+            return
+        now = self._clock()
+        stale = now - self._last_success >= self.provider.jwks_cache_seconds
+        may_retry = now - self._last_attempt >= self.provider.unknown_kid_refetch_seconds
+        if stale and may_retry:
+            self._start_fetch()
+
+    def _inflight_running(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
+    async def _refetch_for_unknown_kid(self) -> None:
+        if self.provider.jwks_uri is None:
+            return
+        if not self._inflight_running():
+            now = self._clock()
+            if now - self._last_unknown_kid_fetch < self.provider.unknown_kid_refetch_seconds:
+                return
+            self._last_unknown_kid_fetch = now
+        task = self._start_fetch()
+        # Waiting is bounded so Envoy's own ext_authz timeout does not fire first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), 0.1)
+
+    async def verify(self, token: str) -> Identity:
+        """Verify a token for this provider or raise InvalidToken."""
+        if len(token) > self.max_token_bytes:
+            raise InvalidToken(f"token of {len(token)} bytes exceeds {self.max_token_bytes}")
+        self.maybe_refresh()
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cache.get(digest)
+        if cached is not None:
+            if self._clock() < cached.expires_at + self._leeway:
+                return cached
+            del self._cache[digest]
+        identity = await self._verify_uncached(token)
+        self._remember(digest, identity)
+        return identity
+
+    def _remember(self, digest: bytes, identity: Identity) -> None:
+        if len(self._cache) >= _CACHE_LIMIT:
+            now = self._clock()
+            self._cache = {
+                k: v for k, v in self._cache.items() if now < v.expires_at + self._leeway
+            }
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+        self._cache[digest] = identity
+
+    async def _verify_uncached(self, token: str) -> Identity:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise InvalidToken("not a compact JWS (three segments)")
+        header = _json_object(parts[0], "header")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.provider.algorithms:
+            raise InvalidToken(f"alg {alg!r} is not allowed")
+        if "crit" in header:
+            raise InvalidToken(f"unsupported critical header parameters {header['crit']!r}")
+        key = await self._key_for(header, alg)
+        signature = _b64decode(parts[2])
+        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii", "replace")
+        try:
+            valid = _VERIFIERS[alg].verify(signing_input, key, signature)
+        except (ValueError, TypeError, pyjwt.exceptions.PyJWTError):
+            valid = False
+        if not valid:
+            raise InvalidToken("signature verification failed")
+        claims = _json_object(parts[1], "payload")
+        expires_at = self._check_claims(claims)
+        return Identity(
+            provider=self.provider.name,
+            claims=claims,
+            payload_segment=parts[1],
+            source_header=None,
+            expires_at=expires_at,
+        )
+
+    async def _key_for(self, header: Mapping[str, Any], alg: str) -> Any:
+        if alg in config.HMAC_ALGORITHMS:
+            if self._hmac_secret is None:
+                raise InvalidToken("no HMAC secret configured")
+            return _VERIFIERS[alg].prepare_key(self._hmac_secret)
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("no kid in header")
+        trusted = (self._keys or {}).get(kid)
+        if trusted is None:
+            await self._refetch_for_unknown_kid()
+            trusted = (self._keys or {}).get(kid)
+        if trusted is None:
+            raise InvalidToken(f"kid {kid!r} is not in the trusted key set")
+        _check_key_fits(trusted, alg)
+        return trusted.key
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> float:
+        now = self._clock()
+        exp = _numeric_date(claims, "exp")
+        if exp is None:
+            raise InvalidToken("exp is required")
+        if now >= exp + self._leeway:
+            raise InvalidToken("token expired")
+        for name in ("nbf", "iat"):
+            when = _numeric_date(claims, name)
+            if when is not None and when > now + self._leeway:
+                raise InvalidToken(f"{name} is in the future")
+        if claims.get("iss") != self.provider.issuer:
+            raise InvalidToken("iss does not match the provider")
+        aud = claims.get("aud")
+        token_auds = [aud] if isinstance(aud, str) else aud
+        if not isinstance(token_auds, list) or not any(
+            isinstance(a, str) and a in self.provider.audiences for a in token_auds
+        ):
+            raise InvalidToken("aud does not match")
+        return exp
+
+
+def _check_key_fits(key: TrustedKey, alg: str) -> None:
+    if key.alg is not None and key.alg != alg:
+        raise InvalidToken(f"key {key.kid} is for {key.alg}, token says {alg}")
+    if _KEY_TYPE_FOR_ALG.get(alg) != key.kty:
+        raise InvalidToken(f"key {key.kid} of type {key.kty} cannot verify {alg}")
+    if alg in _EC_CURVES and key.crv != _EC_CURVES[alg]:
+        raise InvalidToken(f"key {key.kid} on curve {key.crv} cannot verify {alg}")
+    if alg == "EdDSA" and key.crv != "Ed25519":
+        raise InvalidToken(f"key {key.kid} on curve {key.crv} cannot verify EdDSA")
+
+
+# -- all providers --------------------------------------------------------------------
+
+
+class Authenticator:
+    """Find a request's token, pick its provider and verify it."""
+
+    def __init__(
+        self,
+        settings: config.JwtConfig,
+        clock: Clock = time.time,
+        on_fetch: FetchHook = lambda _provider, _result: None,
+    ) -> None:
+        self.providers = [
+            ProviderVerifier(p, settings.leeway_seconds, settings.max_token_bytes, clock, on_fetch)
+            for p in settings.providers
+        ]
+        self.spoofable_headers = tuple(
+            sorted(
+                {c.header for p in settings.providers for c in p.claim_to_headers}
+                | {p.forward_payload_header for p in settings.providers if p.forward_payload_header}
+            )
+        )
+
+    @property
+    def ready(self) -> bool:
+        return all(p.ready for p in self.providers)
+
+    def load_static(self) -> None:
+        for provider in self.providers:
+            provider.load_static()
+
+    async def start(self) -> None:
+        """Load keys; returns once every provider has keys (retrying remote JWKS)."""
+        await asyncio.gather(*(p.start() for p in self.providers))
+
+    def provider(self, name: str) -> ProviderVerifier:
+        for verifier in self.providers:
+            if verifier.provider.name == name:
+                return verifier
+        raise KeyError(name)
+
+    async def authenticate(self, request: RequestTokens) -> Identity | None:
+        """Return the identity, None when no token was presented, or raise InvalidToken."""
+        found = [(p, tok, src) for p in self.providers for tok, src in _extract(p.provider, request)]
+        if not found:
+            return None
+        for verifier, token, source in found:
+            if peek_issuer(token) == verifier.provider.issuer:
+                identity = await verifier.verify(token)
+                return dataclasses.replace(identity, source_header=source)
+        # No provider claims the issuer: still run the size check first for a clear reason.
+        verifier, token, _source = found[0]
+        if len(token) > verifier.max_token_bytes:
+            raise InvalidToken(f"token of {len(token)} bytes exceeds {verifier.max_token_bytes}")
+        raise InvalidToken("no provider for the token's issuer")
+
+
+def _extract(provider: config.Provider, request: RequestTokens) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for source in provider.from_headers:
+        value = request.headers.get(source.name)
+        if value is None:
+            continue
+        if source.prefix:
+            if value[: len(source.prefix)].lower() != source.prefix.lower():
+                continue
+            value = value[len(source.prefix) :]
+        if value.strip():
+            out.append((value.strip(), source.name))
+    for param in provider.from_params:
+        out.extend((value, None) for value in request.query.get(param, ()) if value)
+    for cookie in provider.from_cookies:
+        value = request.cookies.get(cookie)
+        if value:
+            out.append((value, None))
+    return out
+
+
+def parse_cookies(header: str | None) -> dict[str, str]:
+    """Parse a Cookie header leniently; the first occurrence of a name wins."""
+    cookies: dict[str, str] = {}
+    if not header:
+        return cookies
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
+
+
+def claim_header_value(value: object) -> str | None:
+    """Render a claim as a header value: strings, numbers, booleans, lists of those."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = str(value)
+    elif isinstance(value, list) and all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in value
+    ):
+        text = ",".join(str(v) for v in value)
+    else:
+        return None
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        return None
+    return text

@@ -1,0 +1,1 @@
+"""Load tests and benchmarks (locust, pytest-benchmark); traffic goes to loopback only."""

@@ -1,0 +1,121 @@
+"""``waypoint render``: print the Envoy bootstrap of one waypoint from Kubernetes YAML, offline."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Any
+
+from waypoint import model, pipeline
+from waypoint.envoy import options
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that shapes a waypoint's Envoy config."""
+    defaults = options.BootstrapOptions()
+    group = parser.add_argument_group("envoy")
+    group.add_argument("--trust-domain", default=defaults.trust_domain)
+    group.add_argument(
+        "--cert-dir",
+        default=defaults.cert_dir,
+        help="directory with cert-chain.pem, key.pem and root-cert.pem (watched for rotation)",
+    )
+    group.add_argument("--hbone-port", type=int, default=defaults.hbone_port)
+    group.add_argument("--upstream-hbone-port", type=int, default=defaults.upstream_hbone_port)
+    group.add_argument("--admin-port", type=int, default=defaults.admin_port)
+    group.add_argument("--readiness-port", type=int, default=defaults.readiness_port)
+    group.add_argument("--stats-port", type=int, default=defaults.stats_port)
+    group.add_argument("--bind", default=defaults.bind, help="address the listeners bind to")
+
+
+def bootstrap_options(
+    args: argparse.Namespace, namespace: str, name: str
+) -> options.BootstrapOptions:
+    return options.BootstrapOptions(
+        trust_domain=args.trust_domain,
+        cert_dir=str(pathlib.Path(args.cert_dir).absolute()),
+        bind=args.bind,
+        hbone_port=args.hbone_port,
+        upstream_hbone_port=args.upstream_hbone_port,
+        admin_port=args.admin_port,
+        readiness_port=args.readiness_port,
+        stats_port=args.stats_port,
+        node_id=f"waypoint~{namespace}~{name}",
+        cluster=f"{namespace}/{name}",
+    )
+
+
+def parse_waypoint_ref(text: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"--waypoint must be NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "render",
+        help="print the Envoy bootstrap for a waypoint from Kubernetes YAML (no cluster needed)",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="YAML file or directory of Kubernetes objects (repeatable)",
+    )
+    parser.add_argument("--waypoint", type=parse_waypoint_ref, metavar="NS/NAME")
+    parser.add_argument("-o", "--output", default="-", metavar="FILE|-")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit non-zero if any input object was rejected"
+    )
+    add_bootstrap_options(parser)
+    parser.set_defaults(func=run)
+
+
+def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = sys.stderr) -> int:
+    """Print every rejected condition; return how many objects had one."""
+    bad = 0
+    for status in statuses:
+        problems = [c for c in status.conditions if not c.status]
+        for parent in status.parents:
+            problems += [c for c in parent.conditions if not c.status]
+        if problems:
+            bad += 1
+            for cond in problems:
+                print(
+                    f"warning: {status.ref}: {cond.type}={cond.reason}: {cond.message}", file=stream
+                )
+    return bad
+
+
+def _write(text: str, output: str) -> None:
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        pathlib.Path(output).write_text(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        objects = pipeline.load_objects(args.filename)
+    except pipeline.InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.waypoint is None:
+        print("error: --waypoint NS/NAME is required", file=sys.stderr)
+        return 2
+    namespace, name = args.waypoint
+    opts = bootstrap_options(args, namespace, name)
+    try:
+        rendered = pipeline.render(objects, namespace, name, opts)
+    except pipeline.WaypointNotFound as exc:
+        report_statuses(pipeline.translate_objects(objects, opts.trust_domain).statuses)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bad = report_statuses(rendered.translation.statuses)
+    _write(rendered.bootstrap_yaml, args.output)
+    return 1 if (bad and args.strict) else 0

@@ -1,0 +1,42 @@
+"""Names the waypoint controller shares with users, Istio tooling and the Gateway API."""
+
+from __future__ import annotations
+
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
+
+GATEWAY_CLASS = "waypoint"
+CONTROLLER_NAME = "waypoint.dev/controller"
+FIELD_MANAGER = "waypoint-controller"
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "waypoint-controller"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+# ztunnel must not redirect the waypoint's own traffic back into itself (Istio does the same).
+DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
+
+# Binding, exactly as Istio users know it.
+USE_WAYPOINT = "istio.io/use-waypoint"
+USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+WAYPOINT_FOR = "istio.io/waypoint-for"
+FOR_SERVICE_ACCOUNT = "istio.io/for-service-account"
+
+LISTENER_NAME = "mesh"
+HBONE_PROTOCOL = "HBONE"
+HBONE_PORT = 15008
+
+# Tuning annotations on the Gateway (they win over the parametersRef ConfigMap).
+ANNOTATION_PREFIX = "waypoint.dev/"
+CONFIG_HASH_ANNOTATION = "waypoint.dev/config-hash"
+
+CONFIG_KEY = "envoy.yaml"
+CONFIG_MOUNT = "/etc/waypoint"
+EXTAUTHZ_CONFIG_MOUNT = "/etc/extauthz"
+EXTAUTHZ_CONFIG_KEY = "config.yaml"
+
+GATEWAY_API_INSTALL_HINT = (
+    "install the Gateway API CRDs first: kubectl apply --server-side -f "
+    "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/standard-install.yaml"
+)
