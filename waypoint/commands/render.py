@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from waypoint import model, pipeline
-from waypoint.envoy import options
+from waypoint.envoy import options, secrets
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,20 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--readiness-port", type=int, default=defaults.readiness_port)
     group.add_argument("--stats-port", type=int, default=defaults.stats_port)
     group.add_argument("--bind", default=defaults.bind, help="address the listeners bind to")
+    group.add_argument(
+        "--sds-dir",
+        default="",
+        help="where to write the SDS files Envoy watches (default: beside -o FILE, else <cert-dir>-sds)",
+    )
+
+
+def _sds_dir(args: argparse.Namespace) -> str:
+    if args.sds_dir:
+        return str(pathlib.Path(args.sds_dir).absolute())
+    output = getattr(args, "output", "-")
+    if output and output != "-":
+        return str(pathlib.Path(output).absolute().parent)
+    return ""
 
 
 def bootstrap_options(
@@ -41,8 +55,7 @@ def bootstrap_options(
         admin_port=args.admin_port,
         readiness_port=args.readiness_port,
         stats_port=args.stats_port,
-        node_id=f"waypoint~{namespace}~{name}",
-        cluster=f"{namespace}/{name}",
+        sds_dir=_sds_dir(args),
     )
 
 
@@ -117,5 +130,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bad = report_statuses(rendered.translation.statuses)
+    try:
+        secrets.write_sds_files(opts)
+    except OSError as exc:
+        print(
+            f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
+            file=sys.stderr,
+        )
+        return 1
     _write(rendered.bootstrap_yaml, args.output)
     return 1 if (bad and args.strict) else 0

@@ -27,3 +27,13 @@ class BootstrapOptions:
     node_id: str = ""
     cluster: str = ""
     max_concurrent_streams: int = 1024
+    # Where the two file-based SDS resources live (see waypoint.envoy.secrets); "" means
+    # "<cert_dir>-sds". They must exist before Envoy starts: write them with
+    # waypoint.envoy.secrets.write_sds_files.
+    sds_dir: str = ""
+    keepalive_interval_seconds: float = 30.0
+    keepalive_timeout_seconds: float = 10.0
+    connect_timeout_seconds: float = 10.0
+    # True: TLS contexts fetch the two secrets over ADS (an xDS server serves
+    # Resources.secrets); False: from the SDS files, for a static bootstrap.
+    sds_over_ads: bool = False

@@ -197,6 +197,7 @@ class Route:
     mirrors: tuple[Mirror, ...] = ()
     timeouts: Timeouts | None = None
     retry: Retry | None = None
+    consumer_namespace: str | None = None  # consumer route: only clients in this namespace
 
 
 # --- destinations served by the waypoint -------------------------------------------------
@@ -280,6 +281,7 @@ class ParentStatus:
     parent: ObjectRef
     port: int | None
     conditions: tuple[Condition, ...]
+    section_name: str | None = None  # the parentRef's sectionName (a Service port name)
 
 
 @dataclasses.dataclass(frozen=True)

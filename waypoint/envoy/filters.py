@@ -1,0 +1,159 @@
+"""Network and HTTP filters: the HTTP connection manager, router, set_filter_state, TCP proxy.
+
+Also the JSON access log every listener writes to stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import protocol_pb2, substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from waypoint.envoy import options as options_mod
+from waypoint.envoy import protos
+
+HCM = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+ROUTER = "envoy.filters.http.router"
+SET_FILTER_STATE = "envoy.filters.http.set_filter_state"
+# The client's SPIFFE ID, set on the HBONE stream and shared with the internal listener.
+SOURCE_PRINCIPAL_KEY = "io.waypoint.source_principal"
+
+_LOG_FIELDS = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "route_name": "%ROUTE_NAME%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "source_principal": "%FILTER_STATE(" + SOURCE_PRINCIPAL_KEY + ":PLAIN)%",
+    "peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+
+
+def stat_prefix(name: str) -> str:
+    """A stat prefix from a resource name: Envoy splits stat names on ``.``; keep one level."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+@functools.cache
+def access_log() -> accesslog_pb2.AccessLog:
+    """A JSON line per request or connection on stdout.
+
+    Cached (the same for every listener); callers copy it into their messages and must not
+    mutate it.
+    """
+    fmt = substitution_format_string_pb2.SubstitutionFormatString(
+        json_format=protos.struct(dict(_LOG_FIELDS)), omit_empty_values=True
+    )
+    return accesslog_pb2.AccessLog(
+        name="envoy.access_loggers.stdout",
+        typed_config=protos.pack(stream_pb2.StdoutAccessLog(log_format=fmt)),
+    )
+
+
+@functools.cache
+def router() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=ROUTER, typed_config=protos.pack(router_pb2.Router()))
+
+
+def set_source_principal() -> hcm_pb2.HttpFilter:
+    """Store the client's URI SAN as a string filter state shared with the upstream side.
+
+    Shared ONCE: it crosses into the internal listener of the destination (which matches
+    consumer routes on it) and stops there.
+    """
+    value = value_pb2.FilterStateValue(
+        object_key=SOURCE_PRINCIPAL_KEY,
+        factory_key="envoy.string",
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=protos.inline("%DOWNSTREAM_PEER_URI_SAN%")
+        ),
+        read_only=True,
+        shared_with_upstream=value_pb2.FilterStateValue.ONCE,
+    )
+    config = set_filter_state_pb2.Config(on_request_headers=[value])
+    return hcm_pb2.HttpFilter(name=SET_FILTER_STATE, typed_config=protos.pack(config))
+
+
+def http_connection_manager(
+    name: str,
+    route_config: route_pb2.RouteConfiguration,
+    http_filters: list[hcm_pb2.HttpFilter],
+) -> hcm_pb2.HttpConnectionManager:
+    """An HCM with the project's common settings (any codec; the caller refines)."""
+    return hcm_pb2.HttpConnectionManager(
+        stat_prefix=stat_prefix(name),
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        route_config=route_config,
+        http_filters=http_filters,
+        access_log=[access_log()],
+        use_remote_address=protos.boolean(False),
+        normalize_path=protos.boolean(True),
+        merge_slashes=False,
+        strip_any_host_port=True,
+    )
+
+
+def connect_terminate_hcm(
+    name: str,
+    route_config: route_pb2.RouteConfiguration,
+    options: options_mod.BootstrapOptions,
+) -> hcm_pb2.HttpConnectionManager:
+    """HTTP/2 only, CONNECT allowed and upgraded, bounded streams, keepalive pings."""
+    hcm = http_connection_manager(name, route_config, [set_source_principal(), router()])
+    hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP2
+    # The authority's port picks the destination: stripping it would make every route miss.
+    hcm.strip_any_host_port = False
+    hcm.http2_protocol_options.CopyFrom(
+        protocol_pb2.Http2ProtocolOptions(
+            allow_connect=True,
+            max_concurrent_streams=protos.uint32(options.max_concurrent_streams),
+            connection_keepalive=protocol_pb2.KeepaliveSettings(
+                interval=protos.duration(options.keepalive_interval_seconds),
+                timeout=protos.duration(options.keepalive_timeout_seconds),
+            ),
+        )
+    )
+    hcm.upgrade_configs.append(hcm_pb2.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT"))
+    # A tunnel carries a whole TCP connection: it may idle as long as the connection does.
+    hcm.stream_idle_timeout.CopyFrom(protos.duration(0))
+    return hcm
+
+
+def hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(name=HCM, typed_config=protos.pack(hcm))
+
+
+def tcp_proxy(
+    name: str, cluster: str, tunnel_hostname: str | None = None
+) -> listener_components_pb2.Filter:
+    """Proxy bytes to ``cluster``; with ``tunnel_hostname``, inside an HTTP/2 CONNECT."""
+    proxy = tcp_proxy_pb2.TcpProxy(
+        stat_prefix=stat_prefix(name), cluster=cluster, access_log=[access_log()]
+    )
+    if tunnel_hostname is not None:
+        proxy.tunneling_config.CopyFrom(
+            tcp_proxy_pb2.TcpProxy.TunnelingConfig(hostname=tunnel_hostname)
+        )
+    return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=protos.pack(proxy))

@@ -1,0 +1,112 @@
+"""Listeners: the HBONE listener, one internal listener per destination port, HBONE
+origination, and the readiness and Prometheus listeners."""
+
+from __future__ import annotations
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+
+from waypoint import model, names
+from waypoint.envoy import clusters, filters, protos, routes, secrets
+from waypoint.envoy import options as options_mod
+
+READINESS_PATH = "/healthz/ready"
+STATS_PATH = "/stats/prometheus"
+ORIGINAL_DST = "envoy.filters.listener.original_dst"
+
+
+def build(
+    waypoint: model.Waypoint, options: options_mod.BootstrapOptions
+) -> list[listener_pb2.Listener]:
+    out = [connect_terminate(waypoint, options)]
+    out += [inbound(dest, waypoint.identity.trust_domain) for dest in waypoint.destinations]
+    out += [connect_originate(target.name) for target in clusters.originate_targets(waypoint)]
+    out += [readiness(options), stats(options)]
+    return sorted(out, key=lambda listener: listener.name)
+
+
+def connect_terminate(
+    waypoint: model.Waypoint, options: options_mod.BootstrapOptions
+) -> listener_pb2.Listener:
+    """HBONE: mTLS 1.3 from our trust domain, HTTP/2 CONNECT dispatched on the authority."""
+    hcm = filters.connect_terminate_hcm(
+        names.CONNECT_TERMINATE, routes.connect_route_config(waypoint), options
+    )
+    chain = listener_components_pb2.FilterChain(
+        filters=[filters.hcm_filter(hcm)], transport_socket=secrets.downstream_tls(options)
+    )
+    return listener_pb2.Listener(
+        name=names.CONNECT_TERMINATE,
+        address=clusters.socket_address(options.bind, options.hbone_port),
+        filter_chains=[chain],
+    )
+
+
+def _internal(name: str) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name, internal_listener=listener_pb2.Listener.InternalListenerConfig()
+    )
+
+
+def inbound(destination: model.Destination, trust_domain: str) -> listener_pb2.Listener:
+    """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
+    name = routes.inbound_name(destination)
+    out = _internal(name)
+    if destination.protocol.is_http:
+        route_config = routes.destination_route_config(destination, trust_domain)
+        hcm = filters.http_connection_manager(name, route_config, [filters.router()])
+        network_filter = filters.hcm_filter(hcm)
+    else:
+        network_filter = filters.tcp_proxy(name, destination.default_cluster)
+    out.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
+    return out
+
+
+def connect_originate(name: str) -> listener_pb2.Listener:
+    """Wrap a connection in an HBONE tunnel to the endpoint named by its metadata.
+
+    The original_dst listener filter turns the endpoint's passed-through metadata into the
+    local address, which is both where the tunnel goes and its CONNECT authority.
+    """
+    out = _internal(name)
+    out.listener_filters.append(
+        listener_components_pb2.ListenerFilter(
+            name=ORIGINAL_DST, typed_config=protos.pack(original_dst_pb2.OriginalDst())
+        )
+    )
+    proxy = filters.tcp_proxy(name, name, "%DOWNSTREAM_LOCAL_ADDRESS%")
+    out.filter_chains.append(listener_components_pb2.FilterChain(filters=[proxy]))
+    return out
+
+
+def _admin_proxy(
+    name: str, address: str, port: int, match: rc_pb2.RouteMatch, rewrite: str | None
+) -> listener_pb2.Listener:
+    """A plain HTTP listener forwarding one path to the admin interface."""
+    action = rc_pb2.RouteAction(cluster=clusters.ADMIN)
+    if rewrite is not None:
+        action.prefix_rewrite = rewrite
+    vhost = rc_pb2.VirtualHost(
+        name=name, domains=["*"], routes=[rc_pb2.Route(name=name, match=match, route=action)]
+    )
+    route_config = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vhost])
+    hcm = filters.http_connection_manager(name, route_config, [filters.router()])
+    del hcm.access_log[:]  # probes every few seconds would drown the request log
+    return listener_pb2.Listener(
+        name=name,
+        address=clusters.socket_address(address, port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[filters.hcm_filter(hcm)])],
+    )
+
+
+def readiness(options: options_mod.BootstrapOptions) -> listener_pb2.Listener:
+    """``GET /healthz/ready`` answers what the admin ``/ready`` says (200 LIVE or 503)."""
+    match = rc_pb2.RouteMatch(path=READINESS_PATH)
+    return _admin_proxy(names.READINESS, options.bind, options.readiness_port, match, "/ready")
+
+
+def stats(options: options_mod.BootstrapOptions) -> listener_pb2.Listener:
+    match = rc_pb2.RouteMatch(path=STATS_PATH)
+    return _admin_proxy(names.STATS, options.bind, options.stats_port, match, None)
