@@ -106,7 +106,9 @@ def verify(
     try:
         verifier.verify(leaf, list(intermediates))
     except verification.VerificationError as exc:
-        raise VerificationError(f"certificate {spiffe_id_of(leaf)!r} does not verify: {exc}") from exc
+        raise VerificationError(
+            f"certificate {spiffe_id_of(leaf)!r} does not verify: {exc}"
+        ) from exc
     return spiffe_id_of(leaf)
 
 
@@ -146,7 +148,9 @@ class CertificateAuthority:
         name = x509.Name(
             [
                 x509.NameAttribute(oid.NameOID.ORGANIZATION_NAME, trust_domain),
-                x509.NameAttribute(oid.NameOID.COMMON_NAME, common_name or f"{trust_domain} dev root"),
+                x509.NameAttribute(
+                    oid.NameOID.COMMON_NAME, common_name or f"{trust_domain} dev root"
+                ),
             ]
         )
         start = not_before or _now() - _CLOCK_SKEW
@@ -206,14 +210,18 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage([oid.ExtendedKeyUsageOID.SERVER_AUTH, oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                x509.ExtendedKeyUsage(
+                    [oid.ExtendedKeyUsageOID.SERVER_AUTH, oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
                 critical=False,
             )
             .add_extension(x509.SubjectAlternativeName(sans), critical=True)
             .add_extension(aki, critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        return Identity(spiffe_id=spiffe_id, certificate=cert, key=key, intermediates=(), root=self.certificate)
+        return Identity(
+            spiffe_id=spiffe_id, certificate=cert, key=key, intermediates=(), root=self.certificate
+        )
 
     def issue_workload(self, namespace: str, service_account: str, **kwargs: object) -> Identity:
         """Issue ``spiffe://<this trust domain>/ns/<namespace>/sa/<service_account>``."""
@@ -270,7 +278,11 @@ class Identity:
 
     def files(self) -> dict[str, bytes]:
         """The ``--cert-dir`` files by name."""
-        return {CERT_CHAIN_FILE: self.cert_chain_pem, KEY_FILE: self.key_pem, ROOT_CERT_FILE: self.root_pem}
+        return {
+            CERT_CHAIN_FILE: self.cert_chain_pem,
+            KEY_FILE: self.key_pem,
+            ROOT_CERT_FILE: self.root_pem,
+        }
 
     def write(self, directory: str | os.PathLike[str]) -> pathlib.Path:
         """Write the cert-dir files atomically, Kubernetes secret-volume style.
@@ -282,7 +294,8 @@ class Identity:
         """
         root = pathlib.Path(directory)
         root.mkdir(parents=True, exist_ok=True)
-        versioned = pathlib.Path(tempfile.mkdtemp(prefix="..", dir=root))
+        stamp = _now().strftime("%Y_%m_%d_%H_%M_%S")
+        versioned = pathlib.Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=root))
         for name, content in self.files().items():
             _write_file(versioned / name, content, mode=0o600 if name == KEY_FILE else 0o644)
         versioned.chmod(0o755)
@@ -313,7 +326,9 @@ class Identity:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_REQUIRED if (require_client_cert or not server) else ssl.CERT_NONE
+        ctx.verify_mode = (
+            ssl.CERT_REQUIRED if (require_client_cert or not server) else ssl.CERT_NONE
+        )
         ctx.load_verify_locations(cadata=self.root_pem.decode())
         with tempfile.TemporaryDirectory(prefix="waypoint-pki-") as tmp:
             chain, key = pathlib.Path(tmp) / CERT_CHAIN_FILE, pathlib.Path(tmp) / KEY_FILE
@@ -340,7 +355,12 @@ def trusting_context(root_pem: bytes, *, alpn: Iterable[str] = ("h2",)) -> ssl.S
 
 def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     """The SPIFFE ID of a verified TLS peer."""
-    der = ssl_object.getpeercert(binary_form=True)
+    try:
+        der = ssl_object.getpeercert(binary_form=True)
+    except ValueError as exc:
+        # Also seen when the peer aborts right after a TLS 1.3 handshake (e.g. it
+        # rejected our client certificate): OpenSSL then reports the handshake unfinished.
+        raise VerificationError(f"TLS handshake with peer did not complete: {exc}") from exc
     if der is None:
         raise VerificationError("TLS peer presented no certificate")
     return spiffe_id_of(der)

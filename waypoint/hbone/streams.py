@@ -34,28 +34,49 @@ class ByteStream(Protocol):
 
 
 class SocketStream:
-    """A :class:`ByteStream` over an asyncio reader/writer pair."""
+    """A :class:`ByteStream` over an asyncio reader/writer pair.
+
+    Writes made in one event-loop turn are coalesced into one ``transport.write`` (one
+    TLS record, one syscall): an HTTP/2 peer emits many small frames per turn, and a
+    send per frame dominated CPU time in load tests.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
 
     async def read(self, max_bytes: int = READ_SIZE) -> bytes:
         return await self.reader.read(max_bytes)
 
     def write(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        if self.writer.is_closing() or not data:
+            return
+        self._outbox.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand everything buffered to the transport now."""
+        self._flush_scheduled = False
+        if self._outbox and not self.writer.is_closing():
+            self.writer.write(b"".join(self._outbox))
+        self._outbox.clear()
 
     async def drain(self) -> None:
+        self.flush()
         await self.writer.drain()
 
     def write_eof(self) -> None:
+        self.flush()
         # TLS transports cannot half-close; the peer learns of the end from the protocol.
         if not self.writer.is_closing() and self.writer.can_write_eof():
             self.writer.write_eof()
 
     async def aclose(self) -> None:
+        self.flush()
         self.writer.close()
         with contextlib.suppress(OSError, asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 5.0)
@@ -117,6 +138,16 @@ class BufferedReader:
             start = len(self._buffer)
             if not await self._fill():
                 return self._take(len(self._buffer))
+
+    async def peekline(self, limit: int = 65536) -> bytes:
+        """Like :meth:`readline` but leaves the line buffered."""
+        line = await self.readline(limit)
+        self._buffer[:0] = line
+        return line
+
+    def take_buffer(self) -> bytes:
+        """Hand over whatever is buffered (e.g. to a different protocol's parser)."""
+        return self._take(len(self._buffer))
 
     async def readexactly(self, size: int) -> bytes:
         while len(self._buffer) < size:
