@@ -1,0 +1,136 @@
+"""Bound Services and workloads plus attached routes → one ``model.Waypoint`` each.
+
+Route order within a destination port: consumer routes first, grouped by client namespace
+(GEP-1294: clients in a namespace with consumer routes use those, not the producer's; the Envoy
+side ends each group with a 404 for that namespace), then the producer routes. Within a group,
+Gateway API precedence (see ``matches``). Clusters are every cluster a destination or
+a route refers to, sorted by name; when a Service port is reached both as plain HTTP and from a
+GRPCRoute, the cluster speaks HTTP/2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from waypoint import model
+from waypoint.translate import binding, gateways, routes, services
+
+
+class _Clusters:
+    def __init__(self) -> None:
+        self.by_name: dict[str, model.Cluster] = {}
+
+    def add(self, cluster: model.Cluster) -> None:
+        known = self.by_name.get(cluster.name)
+        if known is None or (
+            cluster.protocol is model.Protocol.HTTP2 and known.protocol is not model.Protocol.HTTP2
+        ):
+            self.by_name[cluster.name] = cluster
+
+    def sorted(self) -> tuple[model.Cluster, ...]:
+        return tuple(self.by_name[name] for name in sorted(self.by_name))
+
+
+def _ordered_routes(attachments: Iterable[routes.Attachment]) -> tuple[model.Route, ...]:
+    result: list[model.Route] = []
+    seen: set[tuple[str | None, str]] = set()
+    for a in sorted(attachments, key=lambda a: a.order):
+        ident = (a.route.consumer_namespace, a.route.name)
+        if ident not in seen:  # the same rule reached through two parentRefs
+            seen.add(ident)
+            result.append(a.route)
+    return tuple(result)
+
+
+def _service_destinations(
+    spec: gateways.WaypointSpec,
+    world: services.World,
+    bound: binding.Bindings,
+    attached: routes.Attached,
+    clusters: _Clusters,
+) -> list[model.Destination]:
+    by_port: dict[tuple[str, str, int], list[routes.Attachment]] = {}
+    for a in attached.attachments:
+        by_port.setdefault((*a.service, a.port), []).append(a)
+    found = []
+    for key, svc in world.services.items():
+        if bound.services.get(key) is not spec:
+            continue
+        for port in svc.ports:
+            default = world.service_cluster(svc, port)
+            clusters.add(default)
+            port_key = (svc.namespace, svc.name, port.port)
+            routes_here = (
+                _ordered_routes(by_port.get(port_key, [])) if port.protocol.is_http else ()
+            )
+            found.append(
+                model.Destination(
+                    kind=model.DestinationKind.SERVICE,
+                    namespace=svc.namespace,
+                    name=svc.name,
+                    port=port.port,
+                    addresses=svc.addresses,
+                    protocol=port.protocol,
+                    default_cluster=default.name,
+                    routes=routes_here,
+                    hostnames=tuple(sorted(attached.hostnames.get(port_key, ())))
+                    if routes_here
+                    else (),
+                )
+            )
+    return found
+
+
+def _workload_destinations(
+    spec: gateways.WaypointSpec, world: services.World, bound: binding.Bindings, clusters: _Clusters
+) -> list[model.Destination]:
+    found = []
+    for key, pod in world.pods.items():
+        if bound.workloads.get(key) is not spec:
+            continue
+        for number, protocol in world.workload_ports(pod).items():
+            cluster = world.pod_cluster(pod, number, protocol)
+            clusters.add(cluster)
+            found.append(
+                model.Destination(
+                    kind=model.DestinationKind.WORKLOAD,
+                    namespace=pod.namespace,
+                    name=pod.name,
+                    port=number,
+                    addresses=pod.addresses,
+                    protocol=protocol,
+                    default_cluster=cluster.name,
+                )
+            )
+    return found
+
+
+def waypoint(
+    spec: gateways.WaypointSpec,
+    trust_domain: str,
+    world: services.World,
+    bound: binding.Bindings,
+    attached: routes.Attached,
+) -> model.Waypoint:
+    clusters = _Clusters()
+    destinations = _service_destinations(spec, world, bound, attached, clusters)
+    destinations += _workload_destinations(spec, world, bound, clusters)
+    referenced = {
+        name
+        for d in destinations
+        for r in d.routes
+        for name in [*(b.cluster for b in r.backends if b.cluster), *(m.cluster for m in r.mirrors)]
+    }
+    for cluster in attached.clusters:
+        if cluster.name in referenced:
+            clusters.add(cluster)
+    destinations.sort(key=lambda d: (d.kind.value, d.namespace, d.name, d.port))
+    return model.Waypoint(
+        namespace=spec.namespace,
+        name=spec.name,
+        traffic_type=spec.traffic_type,
+        identity=model.WaypointIdentity(trust_domain, spec.namespace, spec.name),
+        scope_service_account=spec.service_account,
+        destinations=tuple(destinations),
+        clusters=clusters.sorted(),
+    )

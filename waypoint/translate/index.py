@@ -1,0 +1,161 @@
+"""The input world, indexed: the objects translation reads, by kind, namespace and name.
+
+Only the kinds translation understands are kept (Namespace, Service, Pod, EndpointSlice,
+Gateway, HTTPRoute, GRPCRoute); everything else (Deployments, ServiceAccounts, ...) is ignored
+without a word. An object whose metadata cannot be read gets an ``Accepted: False`` status
+and is left out. If the same object appears twice, one copy is kept by a fixed rule (the
+smallest canonical JSON), so the result never depends on input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from waypoint import model
+from waypoint.translate import fields, status
+
+CORE = ""
+DISCOVERY = "discovery.k8s.io"
+GATEWAY = "gateway.networking.k8s.io"
+NAME_LABEL = "kubernetes.io/metadata.name"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+NAMESPACED = {
+    (CORE, "Service"),
+    (CORE, "Pod"),
+    (DISCOVERY, "EndpointSlice"),
+    (GATEWAY, "Gateway"),
+    (GATEWAY, "HTTPRoute"),
+    (GATEWAY, "GRPCRoute"),
+}
+KINDS = NAMESPACED | {(CORE, "Namespace")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+    """One input object with its metadata read and checked."""
+
+    group: str
+    kind: str
+    namespace: str  # "" for Namespaces
+    name: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    created: datetime.datetime | None
+    raw: Mapping[str, Any]
+
+    @property
+    def ref(self) -> model.ObjectRef:
+        return model.ObjectRef(self.group, self.kind, self.namespace, self.name)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def field(self, name: str) -> Any:
+        return self.raw.get(name)
+
+
+def group_of(api_version: Any) -> str:
+    text = str(api_version or "")
+    return text.rpartition("/")[0] if "/" in text else CORE
+
+
+def _timestamp(value: Any) -> datetime.datetime | None:
+    if isinstance(value, datetime.datetime):  # YAML may already have parsed it
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def _plain(value: Any) -> Any:
+    # YAML allows non-string keys; json.dumps(sort_keys=True) cannot compare int with str.
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _canonical(raw: Any) -> str:
+    return json.dumps(_plain(raw), sort_keys=True, default=str)
+
+
+class Index:
+    """Objects by kind and (namespace, name), each map iterated in sorted key order."""
+
+    def __init__(self, objects: Iterable[Mapping[str, Any]], book: status.Book) -> None:
+        found: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {kind: {} for kind in KINDS}
+        unreadable: list[tuple[str, model.ObjectRef, model.Condition]] = []
+        for raw in objects:
+            obj = _read(raw, unreadable)
+            if obj is None:
+                continue
+            table = found[(obj.group, obj.kind)]
+            other = table.get(obj.key)
+            if other is None or _canonical(obj.raw) < _canonical(other.raw):
+                table[obj.key] = obj
+
+        # Sorted, so that two broken copies of one object report in the same order every time.
+        for _canon, ref, cond in sorted(unreadable, key=lambda item: item[0]):
+            book.add(ref, cond)
+
+        def kind(group: str, name: str) -> dict[tuple[str, str], Obj]:
+            return dict(sorted(found[(group, name)].items()))
+
+        self.namespaces = {key[1]: obj for key, obj in kind(CORE, "Namespace").items()}
+        self.services = kind(CORE, "Service")
+        self.pods = kind(CORE, "Pod")
+        self.slices = kind(DISCOVERY, "EndpointSlice")
+        self.gateways = kind(GATEWAY, "Gateway")
+        self.http_routes = kind(GATEWAY, "HTTPRoute")
+        self.grpc_routes = kind(GATEWAY, "GRPCRoute")
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        """A namespace's labels, with the one Kubernetes always sets (selectors may use it)."""
+        obj = self.namespaces.get(namespace)
+        labels = dict(obj.labels) if obj else {}
+        labels[NAME_LABEL] = namespace
+        return labels
+
+
+def _read(raw: Any, unreadable: list[tuple[str, model.ObjectRef, model.Condition]]) -> Obj | None:
+    if not isinstance(raw, Mapping):
+        return None
+    group, kind = group_of(raw.get("apiVersion")), raw.get("kind")
+    if not isinstance(kind, str) or (group, kind) not in KINDS:
+        return None
+    meta_raw = raw.get("metadata")
+    name = meta_raw.get("name") if isinstance(meta_raw, Mapping) else None
+    namespaced = (group, kind) in NAMESPACED
+    namespace = meta_raw.get("namespace") if isinstance(meta_raw, Mapping) else None
+    namespace = namespace if isinstance(namespace, str) and namespace else "default"
+    ref = model.ObjectRef(group, kind, namespace if namespaced else "", str(name or ""))
+    try:
+        meta = fields.mapping(meta_raw, "metadata", required=True)
+        fields.nonempty(meta.get("name"), "metadata.name")
+        labels = fields.string_map(meta.get("labels"), "metadata.labels")
+        annotations = fields.string_map(meta.get("annotations"), "metadata.annotations")
+    except fields.Bad as exc:
+        cond = status.fail(status.ACCEPTED, status.R_INVALID, str(exc))
+        unreadable.append((_canonical(raw), ref, cond))
+        return None
+    return Obj(
+        group=group,
+        kind=kind,
+        namespace=ref.namespace,
+        name=ref.name,
+        labels=labels,
+        annotations=annotations,
+        created=_timestamp(meta.get("creationTimestamp")),
+        raw=raw,
+    )
