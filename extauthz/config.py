@@ -64,6 +64,7 @@ class Provider:
     from_cookies: tuple[str, ...] = ()
     claim_to_headers: tuple[ClaimToHeader, ...] = ()
     forward_payload_header: str | None = None
+    forward_original_token: bool = False
     jwks_cache_seconds: float = 300.0
     jwks_fetch_timeout_ms: int = 2000
     unknown_kid_refetch_seconds: float = 10.0
@@ -108,6 +109,7 @@ class Settings:
     dry_run: bool = False
     decision_log: str = "stdout"
     shutdown_grace_seconds: float = 10.0
+    reuse_port: bool = False
 
 
 def load(path: str | pathlib.Path) -> Settings:
@@ -143,6 +145,7 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
             "dry_run",
             "decision_log",
             "shutdown_grace_seconds",
+            "reuse_port",
         },
     )
     listen = _str(doc.get("listen", DEFAULT_LISTEN), "listen")
@@ -160,6 +163,7 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
         shutdown_grace_seconds=_number(
             doc.get("shutdown_grace_seconds", 10.0), "shutdown_grace_seconds", minimum=0
         ),
+        reuse_port=_bool(doc.get("reuse_port", False), "reuse_port"),
     )
 
 
@@ -215,6 +219,7 @@ _PROVIDER_KEYS = {
     "from_cookies",
     "claim_to_headers",
     "forward_payload_header",
+    "forward_original_token",
     "jwks_cache_seconds",
     "jwks_fetch_timeout_ms",
     "unknown_kid_refetch_seconds",
@@ -242,8 +247,7 @@ def _provider(raw: object, key: str, base_dir: pathlib.Path) -> Provider:
     if jwks_uri is not None:
         _check_jwks_uri(jwks_uri, f"{key}.jwks_uri")
     if jwks_inline is not None:
-        _mapping(jwks_inline, f"{key}.jwks")
-        _list(jwks_inline.get("keys"), f"{key}.jwks.keys")
+        _list(_mapping(jwks_inline, f"{key}.jwks").get("keys"), f"{key}.jwks.keys")
     return Provider(
         name=_name(doc["name"], f"{key}.name"),
         issuer=_str(doc["issuer"], f"{key}.issuer"),
@@ -259,6 +263,9 @@ def _provider(raw: object, key: str, base_dir: pathlib.Path) -> Provider:
         claim_to_headers=_claim_headers(doc.get("claim_to_headers", []), key),
         forward_payload_header=_opt_header(
             doc.get("forward_payload_header"), f"{key}.forward_payload_header"
+        ),
+        forward_original_token=_bool(
+            doc.get("forward_original_token", False), f"{key}.forward_original_token"
         ),
         jwks_cache_seconds=_number(
             doc.get("jwks_cache_seconds", 300), f"{key}.jwks_cache_seconds", minimum=1
@@ -370,7 +377,11 @@ def _opa(raw: object) -> OpaConfig:
     _known(doc, "policy.opa", {"url", "timeout_ms"})
     url = _str(doc.get("url", OpaConfig.url), "policy.opa.url")
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/"):
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.path not in ("", "/")
+    ):
         raise ConfigError(f"policy.opa.url: must be http(s)://host[:port], got {url!r}")
     return OpaConfig(
         url=url, timeout_ms=_int(doc.get("timeout_ms", 100), "policy.opa.timeout_ms", 1, 60_000)
@@ -390,7 +401,9 @@ def _known(doc: Mapping[str, Any], key: str, allowed: set[str]) -> None:
     for name in doc:
         if name not in allowed:
             where = f"{key}.{name}" if key else str(name)
-            raise ConfigError(f"{where}: unknown key (expected one of {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"{where}: unknown key (expected one of {', '.join(sorted(allowed))})"
+            )
 
 
 def _list(raw: object, key: str) -> list[Any]:

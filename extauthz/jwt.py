@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jwt as pyjwt
+from cryptography.hazmat.primitives import serialization
 from jwt import algorithms as jwt_algorithms
 
 from extauthz import config
@@ -40,6 +41,7 @@ FetchHook = Callable[[str, str], None]
 _MAX_JWKS_BYTES = 1024 * 1024
 _MIN_RSA_BITS = 2048
 _CACHE_LIMIT = 10_000
+_REJECTION_TTL_SECONDS = 10.0
 _STARTUP_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _KEY_TYPE_FOR_ALG = {
@@ -75,6 +77,7 @@ class TrustedKey:
     crv: str | None
     alg: str | None
     key: Any
+    fingerprint: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +130,12 @@ def _parse_jwk(jwk: object) -> TrustedKey | None:
         raise ValueError(f"unsupported kty {kty!r}")
     if hasattr(key, "private_numbers") or hasattr(key, "private_bytes_raw"):
         key = key.public_key()
-    alg = jwk.get("alg")
-    return TrustedKey(kid=kid, kty=kty, crv=jwk.get("crv"), alg=alg, key=key)
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return TrustedKey(
+        kid=kid, kty=kty, crv=jwk.get("crv"), alg=jwk.get("alg"), key=key, fingerprint=der
+    )
 
 
 def _http_get(uri: str, timeout: float) -> bytes:
@@ -205,20 +212,15 @@ class ProviderVerifier:
         self._keys: dict[str, TrustedKey] | None = None
         self._hmac_secret: bytes | None = None
         self._cache: dict[bytes, Identity] = {}
+        self._rejected: dict[bytes, tuple[str, float]] = {}
         self._inflight: asyncio.Task[None] | None = None
         self._last_attempt = -math.inf
         self._last_success = -math.inf
         self._last_unknown_kid_fetch = -math.inf
-        self._fetch_count = 0
 
     @property
     def ready(self) -> bool:
         return self._keys is not None or not self._needs_jwks
-
-    @property
-    def fetch_count(self) -> int:
-        """How many JWKS fetches were started (for tests and debugging)."""
-        return self._fetch_count
 
     @property
     def _needs_jwks(self) -> bool:
@@ -246,21 +248,24 @@ class ProviderVerifier:
             await self._fetch()
             if self._keys is not None:
                 return
-            await asyncio.sleep(_STARTUP_RETRY_SECONDS[min(attempt, len(_STARTUP_RETRY_SECONDS) - 1)])
+            await asyncio.sleep(
+                _STARTUP_RETRY_SECONDS[min(attempt, len(_STARTUP_RETRY_SECONDS) - 1)]
+            )
 
     def _set_keys(self, keys: dict[str, TrustedKey]) -> None:
         if not keys:
             raise ValueError(f"provider {self.provider.name}: JWKS has no usable signing keys")
-        if self._keys is not None and self._keys.keys() != keys.keys():
-            # A removed kid must stop verifying at once, so cached tokens go too.
+        if self._keys is None or _fingerprints(self._keys) != _fingerprints(keys):
+            # A removed or replaced key must stop verifying at once: cached tokens go too,
+            # and so do rejections, since a new key may verify a token refused before.
             self._cache.clear()
+            self._rejected.clear()
         self._keys = keys
 
     async def _fetch(self) -> None:
         uri = self.provider.jwks_uri
         assert uri is not None
         self._last_attempt = self._clock()
-        self._fetch_count += 1
         timeout = self.provider.jwks_fetch_timeout_ms / 1000
         try:
             body = await asyncio.wait_for(asyncio.to_thread(_http_get, uri, timeout), timeout)
@@ -287,6 +292,11 @@ class ProviderVerifier:
         if stale and may_retry:
             self._start_fetch()
 
+    async def wait_idle(self) -> None:
+        """Wait for a background JWKS fetch, if one is running, to finish."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+
     def _inflight_running(self) -> bool:
         return self._inflight is not None and not self._inflight.done()
 
@@ -303,20 +313,51 @@ class ProviderVerifier:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), 0.1)
 
-    async def verify(self, token: str) -> Identity:
+    def cached(self, token: str, source: str | None = None) -> Identity | None:
+        """A still-valid identity verified earlier for this exact token, if any."""
+        hit = self._cache.get(hashlib.sha256(token.encode()).digest())
+        if hit is None or self._clock() >= hit.expires_at + self._leeway:
+            return None
+        if hit.source_header != source:
+            return dataclasses.replace(hit, source_header=source)
+        return hit
+
+    async def verify(self, token: str, source: str | None = None) -> Identity:
         """Verify a token for this provider or raise InvalidToken."""
         if len(token) > self.max_token_bytes:
             raise InvalidToken(f"token of {len(token)} bytes exceeds {self.max_token_bytes}")
         self.maybe_refresh()
+        hit = self.cached(token, source)
+        if hit is not None:
+            return hit
         digest = hashlib.sha256(token.encode()).digest()
-        cached = self._cache.get(digest)
-        if cached is not None:
-            if self._clock() < cached.expires_at + self._leeway:
-                return cached
-            del self._cache[digest]
-        identity = await self._verify_uncached(token)
+        self._check_rejected(digest)
+        try:
+            verified = await self._verify_uncached(token)
+        except InvalidToken as exc:
+            self._remember_rejection(digest, exc)
+            raise
+        identity = dataclasses.replace(verified, source_header=source)
         self._remember(digest, identity)
         return identity
+
+    def _check_rejected(self, digest: bytes) -> None:
+        rejected = self._rejected.get(digest)
+        if rejected is not None:
+            reason, until = rejected
+            if self._clock() < until:
+                raise InvalidToken(reason)
+            del self._rejected[digest]
+
+    def _remember_rejection(self, digest: bytes, exc: InvalidToken) -> None:
+        # A client retrying the same bad token must not cost a signature check each time.
+        # "Not yet valid" tokens may become valid, so they are never remembered.
+        reason = str(exc)
+        if reason.endswith("is in the future"):
+            return
+        if len(self._rejected) >= _CACHE_LIMIT:
+            self._rejected.clear()
+        self._rejected[digest] = (reason, self._clock() + _REJECTION_TTL_SECONDS)
 
     def _remember(self, digest: bytes, identity: Identity) -> None:
         if len(self._cache) >= _CACHE_LIMIT:
@@ -396,6 +437,10 @@ class ProviderVerifier:
         return exp
 
 
+def _fingerprints(keys: Mapping[str, TrustedKey]) -> dict[str, tuple[Any, ...]]:
+    return {kid: (k.kty, k.crv, k.alg, k.fingerprint) for kid, k in keys.items()}
+
+
 def _check_key_fits(key: TrustedKey, alg: str) -> None:
     if key.alg is not None and key.alg != alg:
         raise InvalidToken(f"key {key.kid} is for {key.alg}, token says {alg}")
@@ -450,13 +495,20 @@ class Authenticator:
 
     async def authenticate(self, request: RequestTokens) -> Identity | None:
         """Return the identity, None when no token was presented, or raise InvalidToken."""
-        found = [(p, tok, src) for p in self.providers for tok, src in _extract(p.provider, request)]
+        found = [
+            (p, tok, src) for p in self.providers for tok, src in _extract(p.provider, request)
+        ]
         if not found:
             return None
         for verifier, token, source in found:
+            # The cache is consulted before even decoding the token: the hot path.
+            hit = verifier.cached(token, source)
+            if hit is not None:
+                verifier.maybe_refresh()
+                return hit
+        for verifier, token, source in found:
             if peek_issuer(token) == verifier.provider.issuer:
-                identity = await verifier.verify(token)
-                return dataclasses.replace(identity, source_header=source)
+                return await verifier.verify(token, source)
         # No provider claims the issuer: still run the size check first for a clear reason.
         verifier, token, _source = found[0]
         if len(token) > verifier.max_token_bytes:

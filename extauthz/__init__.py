@@ -1,0 +1,1 @@
+"""extauthz: an Envoy ext_authz gRPC server with JWT end-user auth and Rego authorization."""

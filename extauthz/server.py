@@ -1,0 +1,170 @@
+"""Assemble and run the extauthz gRPC server.
+
+Static keys and embedded policies load before the port is bound, so a broken policy or
+JWKS file stops startup with a clear error. Remote JWKS and the OPA connection become
+ready in the background; grpc.health.v1 reports NOT_SERVING until they are, then
+SERVING. Stopping stops accepting, drains in-flight checks for the grace period, and
+closes the engine, the metrics endpoint and the decision log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import pathlib
+import time
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from extauthz import config, httpserver, metrics, policy, service
+from extauthz import jwt as jwt_auth
+
+log = logging.getLogger(__name__)
+
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+_HEALTH_NAMES = ("", AUTHZ_SERVICE)
+
+
+class StartupError(RuntimeError):
+    """Policies or keys could not be loaded; the message says which."""
+
+
+@dataclasses.dataclass
+class ExtAuthzServer:
+    """A running server and the parts tests and operators look at."""
+
+    grpc_server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    health: Any
+    authenticator: jwt_auth.Authenticator
+    engine: policy.Engine
+    metrics: metrics.Metrics
+    checker: service.Checker
+    decision_log: service.DecisionLog
+    http: httpserver.HttpServer | None
+    ready_task: asyncio.Task[None]
+    stopping: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return not self.stopping and self.engine.ready and self.authenticator.ready
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(asyncio.shield(self.ready_task), timeout)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, drain in-flight checks for ``grace`` seconds, release all."""
+        self.stopping = True
+        await self.health.enter_graceful_shutdown()
+        self.ready_task.cancel()
+        await self.grpc_server.stop(grace)
+        await self.engine.close()
+        if self.http is not None:
+            await self.http.close()
+        self.decision_log.close()
+
+
+def grpc_address(listen: str) -> str:
+    """The address string grpc wants for ``host:port`` or ``unix:/path``."""
+    parsed = config.parse_listen(listen, "listen")
+    if isinstance(parsed, pathlib.Path):
+        return f"unix:{parsed}"
+    host, port = parsed
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _prepare_unix(listen: str) -> None:
+    parsed = config.parse_listen(listen, "listen")
+    if isinstance(parsed, pathlib.Path) and parsed.is_socket():
+        # A socket left by a killed predecessor would make the bind fail.
+        parsed.unlink()
+
+
+def _load(settings: config.Settings, authenticator: jwt_auth.Authenticator) -> policy.Engine:
+    try:
+        authenticator.load_static()
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"jwt: {exc}") from None
+    try:
+        return policy.make_engine(settings.policy)
+    except policy.PolicyError as exc:
+        raise StartupError(f"policy: {exc}") from None
+
+
+async def run_server(
+    settings: config.Settings,
+    *,
+    listen: str | None = None,
+    clock: jwt_auth.Clock = time.time,
+) -> tuple[ExtAuthzServer, int]:
+    """Start serving; return the server and its bound TCP port (0 for a unix socket)."""
+    stats = metrics.Metrics()
+    authenticator = jwt_auth.Authenticator(settings.jwt, clock, stats.jwks_fetched)
+    engine = _load(settings, authenticator)
+    decision_log = service.DecisionLog(settings.decision_log)
+    checker = service.Checker(settings, authenticator, engine, stats, decision_log)
+    # grpc enables SO_REUSEPORT by default; a second server on our port should fail
+    # loudly unless several processes sharing it is what the operator asked for.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        service.AuthorizationServicer(checker), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined,unused-ignore]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in _HEALTH_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (AUTHZ_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = listen or settings.listen
+    _prepare_unix(address)
+    try:
+        port = server.add_insecure_port(grpc_address(address))
+    except RuntimeError as exc:
+        await engine.close()
+        decision_log.close()
+        raise StartupError(f"listen: cannot bind {address}: {exc}") from None
+    await server.start()
+
+    async def become_ready() -> None:
+        await asyncio.gather(engine.start(), authenticator.start())
+        for name in _HEALTH_NAMES:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("extauthz ready on %s", address)
+
+    ready_task = asyncio.get_running_loop().create_task(become_ready())
+    running = ExtAuthzServer(
+        grpc_server=server,
+        port=0 if address.startswith("unix:") else port,
+        metrics_port=None,
+        health=health_servicer,
+        authenticator=authenticator,
+        engine=engine,
+        metrics=stats,
+        checker=checker,
+        decision_log=decision_log,
+        http=None,
+        ready_task=ready_task,
+    )
+    if settings.metrics_listen is not None:
+        running.http = httpserver.HttpServer(metrics.http_handler(stats, lambda: running.ready))
+        running.metrics_port = await running.http.start(settings.metrics_listen)
+    return running, running.port
+
+
+async def serve_forever(settings: config.Settings, listen: str | None, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then shut down gracefully."""
+    running, _port = await run_server(settings, listen=listen)
+    try:
+        await stop.wait()
+    finally:
+        log.info("extauthz stopping: draining for up to %ss", settings.shutdown_grace_seconds)
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.stop(settings.shutdown_grace_seconds)

@@ -1,0 +1,1 @@
+"""Fixtures for the extauthz tests: keys, Rego, configs and small real servers."""
