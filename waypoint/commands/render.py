@@ -89,8 +89,9 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = sys.stderr) -> int:
+def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = None) -> int:
     """Print every rejected condition; return how many objects had one."""
+    stream = stream or sys.stderr
     bad = 0
     for status in statuses:
         problems = [c for c in status.conditions if not c.status]

@@ -1,0 +1,175 @@
+"""``waypoint up``: a complete local waypoint with no cluster — the project's main job.
+
+It generates a dev CA and SPIFFE certificates, starts echo backends (and HBONE terminators
+for mesh pods) for every endpoint of an example world, starts the real Envoy on the rendered
+config, sends a few HBONE requests through it, prints what happened, and stays up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from waypoint import echo, pipeline
+from waypoint.hbone import client as hbone_client
+from waypoint.hbone import errors
+from waypoint.local import stack as stack_mod
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "local" / "world.yaml"
+CLIENT_NS, CLIENT_SA = "demo", "sleep"
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """One demo request: what to send and what it shows."""
+
+    title: str
+    service: str
+    path: str = "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    port: int = 80
+
+
+DEMOS = (
+    Demo("canary split 80/20 (v1/v2)", "echo"),
+    Demo("header match x-version: v2 → v2", "echo", headers=(("x-version", "v2"),)),
+    Demo("prefix rewrite /api → /v1/api, header set", "echo", path="/api/orders"),
+    Demo("redirect /old → /new (301)", "echo", path="/old/page"),
+    Demo("a Service with no route: its own endpoints", "echo-v2"),
+)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up", help="run a complete local waypoint with no cluster", description=__doc__
+    )
+    parser.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE",
+        help=f"world to run (default: {EXAMPLE.relative_to(EXAMPLE.parents[2])})",
+    )
+    parser.add_argument("--waypoint", default="demo/waypoint", metavar="NS/NAME")
+    parser.add_argument("--hbone-port", type=int, default=15008, help="0 picks a free port")
+    parser.add_argument("--admin-port", type=int, default=15000)
+    parser.add_argument("--readiness-port", type=int, default=15021)
+    parser.add_argument("--stats-port", type=int, default=15090)
+    parser.add_argument("--upstream-hbone-port", type=int, default=15008)
+    parser.add_argument("--workdir", help="keep certificates and config here (default: a temp dir)")
+    parser.add_argument(
+        "--once", action="store_true", help="exit after the demo requests instead of staying up"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    files = args.filename or [str(EXAMPLE)]
+    namespace, _, name = args.waypoint.partition("/")
+    try:
+        objects = pipeline.load_objects(files)
+    except pipeline.InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ports = stack_mod.Ports(
+        hbone=args.hbone_port,
+        upstream_hbone=args.upstream_hbone_port,
+        admin=args.admin_port,
+        readiness=args.readiness_port,
+        stats=args.stats_port,
+    )
+    out = sys.stdout
+    print(f"waypoint up: starting {namespace}/{name} from {', '.join(files)}", file=out)
+    try:
+        local = stack_mod.LocalStack(objects, namespace, name, ports=ports, workdir=args.workdir)
+        local.start()
+    except (stack_mod.StackError, pipeline.WaypointNotFound, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        failures = show(local, out)
+        if args.once:
+            return 1 if failures else 0
+        _wait_for_interrupt(out)
+        return 0
+    finally:
+        local.stop()
+
+
+def show(local: stack_mod.LocalStack, out: TextIO) -> int:
+    """Print the world's problems, run the demos, print how to send traffic; count failures."""
+    for status in local.problems():
+        reasons = "; ".join(f"{c.type}={c.reason} {c.message}" for c in status.conditions)
+        print(f"  warning: {status.ref}: {reasons}", file=out)
+    client_dir = local.workdir / "client"
+    local.identity(CLIENT_NS, CLIENT_SA).write(client_dir)
+    client = local.client(CLIENT_NS, CLIENT_SA)
+    try:
+        failures = sum(_demo(local, client, demo, out) for demo in DEMOS)
+    finally:
+        client.close()
+    _print_usage(local, client_dir, out)
+    return failures
+
+
+def _demo(
+    local: stack_mod.LocalStack, client: hbone_client.SyncHboneClient, demo: Demo, out: TextIO
+) -> int:
+    authority = local.authority(CLIENT_NS, demo.service, demo.port)
+    host = f"{demo.service}.{CLIENT_NS}"
+    print(f"\n▶ {demo.title}\n  GET http://{host}{demo.path}  (CONNECT {authority})", file=out)
+    try:
+        response = client.request(authority, "GET", demo.path, demo.headers, host=host)
+    except errors.HboneError as exc:
+        print(f"  ✗ {exc}", file=out)
+        return 1
+    print(f"  ← {response.status} {response.reason}", file=out)
+    for name in ("location", "x-canary"):
+        if response.header(name):
+            print(f"    {name}: {response.header(name)}", file=out)
+    if response.status < 300:
+        report = echo.parse_echo(response.text)
+        routed = report.headers.get("x-routed-by", [])
+        print(
+            f"    answered by {report.hostname} ({report.namespace}); backend saw {report.url}"
+            + (f", x-routed-by={routed[0]}" if routed else ""),
+            file=out,
+        )
+    return 0 if response.status < 400 else 1
+
+
+def _print_usage(local: stack_mod.LocalStack, client_dir: pathlib.Path, out: TextIO) -> None:
+    opts = local.options
+    hbone = f"{local.bind}:{opts.hbone_port}"
+    vip = local.vip(CLIENT_NS, "echo")
+    lines = [
+        "",
+        f"waypoint {local.namespace}/{local.name} is up ({local.waypoint_id})",
+        f"  HBONE (mTLS, HTTP/2 CONNECT)  {hbone}",
+        f"  admin                         http://{opts.admin_address}:{opts.admin_port}/",
+        f"  readiness                     http://{local.bind}:{opts.readiness_port}/healthz/ready",
+        f"  Prometheus                    http://{local.bind}:{opts.stats_port}/stats/prometheus",
+        f"  Envoy config                  {local.workdir}",
+        "Send traffic as a mesh client (identity in the client dir):",
+        f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} -i http://{vip}/api/x",
+        f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} -H 'x-version: v2' http://{vip}/",
+    ]
+    print("\n".join(lines), file=out, flush=True)
+
+
+def _wait_for_interrupt(
+    out: TextIO, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
+) -> None:
+    stop = threading.Event()
+    handler: Callable[[int, Any], None] = lambda _sig, _frame: stop.set()  # noqa: E731
+    for sig in signals:
+        signal.signal(sig, handler)
+    print("Press Ctrl-C to stop.", file=out, flush=True)
+    stop.wait()
+    print("\nstopping…", file=out, flush=True)
