@@ -116,3 +116,20 @@ def test_request_command_through_a_running_waypoint(
         assert cli.main([*base, "http://10.1.2.3/"]) == 1
         assert "refused the tunnel" in capsys.readouterr().err
     assert cli.main(["request", "--cert-dir", str(conftest.REPO / "nope"), "http://x/"]) == 2
+
+
+def test_render_kubernetes_objects_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    import kubernetes_validate
+
+    assert cli.main(["render", "--kubernetes", "-f", str(up.EXAMPLE)]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == [
+        "ServiceAccount", "ConfigMap", "Service", "Deployment", "HorizontalPodAutoscaler"
+    ]  # fmt: skip
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.32", strict=True)
+    config_map = docs[1]
+    assert "connect_terminate" in config_map["data"]["envoy.yaml"]
+    assert cli.main(["render", "--kubernetes", "-f", str(up.EXAMPLE), "--waypoint", "x/y"]) == 1
+    assert "no waypoint Gateway" in capsys.readouterr().err

@@ -8,7 +8,12 @@ import sys
 from collections.abc import Sequence
 
 # Each module defines register(subparsers) and sets args.func(args) -> int on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ("waypoint.commands.render",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "waypoint.commands.render",
+    "waypoint.commands.cluster",
+    "waypoint.commands.up",
+    "waypoint.commands.request",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,11 @@ import pathlib
 import sys
 from typing import Any
 
+import yaml
+
 from waypoint import model, pipeline
 from waypoint.envoy import options, secrets
+from waypoint.kube import render as kube_render
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +86,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--waypoint", type=parse_waypoint_ref, metavar="NS/NAME")
     parser.add_argument("-o", "--output", default="-", metavar="FILE|-")
     parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="print every object the controller would apply for the waypoint Gateways in the input",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit non-zero if any input object was rejected"
     )
     add_bootstrap_options(parser)
@@ -119,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     except pipeline.InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.kubernetes:
+        return _run_kubernetes(args, objects)
     if args.waypoint is None:
         print("error: --waypoint NS/NAME is required", file=sys.stderr)
         return 2
@@ -141,3 +151,30 @@ def run(args: argparse.Namespace) -> int:
         return 1
     _write(rendered.bootstrap_yaml, args.output)
     return 1 if (bad and args.strict) else 0
+
+
+def _run_kubernetes(args: argparse.Namespace, objects: list[dict[str, Any]]) -> int:
+    """Offline: the ServiceAccount, ConfigMap, Service, Deployment, HPA (and PDB) per waypoint."""
+    if args.waypoint is not None:
+        namespace, name = args.waypoint
+        objects = [o for o in objects if not _is_other_gateway(o, namespace, name)]
+    try:
+        generated = kube_render.render_kubernetes(objects, bootstrap_options(args, "", ""))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not generated:
+        print(
+            "error: no waypoint Gateway (gatewayClassName: waypoint) in the input", file=sys.stderr
+        )
+        return 1
+    _write(yaml.safe_dump_all(generated, sort_keys=False), args.output)
+    return 0
+
+
+def _is_other_gateway(obj: dict[str, Any], namespace: str, name: str) -> bool:
+    meta = obj.get("metadata") or {}
+    return obj.get("kind") == "Gateway" and (meta.get("namespace"), meta.get("name")) != (
+        namespace,
+        name,
+    )

@@ -81,7 +81,12 @@ def gateway_of(kind: str, name: str) -> str:
     """The Gateway that a generated object of ``kind`` named ``name`` belongs to."""
     if kind == "ConfigMap":
         return parse_config_map_name(name)
-    if kind in ("ServiceAccount", "Deployment", "Service", "HorizontalPodAutoscaler",
-                "PodDisruptionBudget"):
+    if kind in (
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    ):
         return name
     raise ValueError(f"the controller generates no {kind}")

@@ -1,0 +1,350 @@
+"""A narrow, dict-based view of the API server over the official ``kubernetes`` dynamic client.
+
+Everything the controller and the CLI do to a cluster goes through ``Cluster``: get, list,
+watch, server-side apply, status updates with optimistic concurrency, merge patches, delete.
+Objects go in and come out as plain dicts; a missing API (say, no Gateway API CRDs) becomes
+``MissingKind`` with instructions, and a 409 becomes ``Conflict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes import dynamic
+from kubernetes.dynamic import exceptions as dyn_errors
+
+from waypoint.kube import constants
+
+Obj = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+
+NAMESPACE = Kind("v1", "Namespace")
+SERVICE = Kind("v1", "Service")
+CONFIG_MAP = Kind("v1", "ConfigMap")
+SERVICE_ACCOUNT = Kind("v1", "ServiceAccount")
+DEPLOYMENT = Kind("apps/v1", "Deployment")
+AUTOSCALER = Kind("autoscaling/v2", "HorizontalPodAutoscaler")
+DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget")
+ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice")
+LEASE = Kind("coordination.k8s.io/v1", "Lease")
+GATEWAY = Kind(constants.GATEWAY_API_VERSION, "Gateway")
+GATEWAY_CLASS = Kind(constants.GATEWAY_API_VERSION, "GatewayClass")
+HTTP_ROUTE = Kind(constants.GATEWAY_API_VERSION, "HTTPRoute")
+GRPC_ROUTE = Kind(constants.GATEWAY_API_VERSION, "GRPCRoute")
+
+GENERATED_KINDS = (SERVICE_ACCOUNT, CONFIG_MAP, SERVICE, DEPLOYMENT, AUTOSCALER, DISRUPTION_BUDGET)
+
+
+def kind_of(obj: Mapping[str, Any]) -> Kind:
+    return Kind(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+
+
+class ClusterError(RuntimeError):
+    """A request failed; the message names the object and the server's reason."""
+
+
+class MissingKind(ClusterError):
+    """The API server does not serve a kind we need (its CRD is not installed)."""
+
+
+class Conflict(ClusterError):
+    """409: someone else changed the object, or it already exists, or fields conflict."""
+
+
+class Gone(ClusterError):
+    """410: a watch's resourceVersion is too old; relist."""
+
+
+class Cluster:
+    """One API server connection. ``close()`` drops the discovery cache it created."""
+
+    def __init__(self, api_client: k8s_client.ApiClient) -> None:
+        self._cache_dir = tempfile.mkdtemp(prefix="waypoint-discovery-")
+        self.api_client = api_client
+        # A private discovery cache: a shared one keyed by host:port goes stale between
+        # clusters that reuse an address (and in tests, between fake servers).
+        try:
+            self.dynamic = dynamic.DynamicClient(  # type: ignore[no-untyped-call]
+                api_client, cache_file=os.path.join(self._cache_dir, "discovery.json")
+            )
+        except Exception as exc:  # any transport or auth failure during the first discovery
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            host = api_client.configuration.host
+            raise ClusterError(f"cannot reach the API server at {host}: {_reason(exc)}") from exc
+        self._resources: dict[Kind, Any] = {}
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
+        """From a kubeconfig (``--kubeconfig``/``$KUBECONFIG``/~/.kube/config), else in-cluster."""
+        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+        default = pathlib.Path.home() / ".kube" / "config"
+        try:
+            if path or default.exists() or context:
+                return cls(k8s_config.new_client_from_config(config_file=path, context=context))  # type: ignore[no-untyped-call]
+            configuration = k8s_client.Configuration()
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return cls(k8s_client.ApiClient(configuration))
+        except (k8s_config.ConfigException, OSError) as exc:
+            where = path or str(default)
+            raise ClusterError(f"cannot load cluster credentials from {where}: {exc}") from exc
+
+    def close(self) -> None:
+        shutil.rmtree(self._cache_dir, ignore_errors=True)
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- discovery ---------------------------------------------------------------------
+
+    def resource(self, kind: Kind) -> Any:
+        found = self._resources.get(kind)
+        if found is not None:
+            return found
+        try:
+            found = self.dynamic.resources.get(api_version=kind.api_version, kind=kind.kind)
+        except dyn_errors.ResourceNotFoundError:
+            hint = (
+                constants.GATEWAY_API_INSTALL_HINT
+                if kind.group == constants.GATEWAY_API_GROUP
+                else "is its CRD installed?"
+            )
+            raise MissingKind(
+                f"the cluster does not serve {kind.kind} ({kind.api_version}): {hint}"
+            ) from None
+        except Exception as exc:
+            raise ClusterError(
+                f"cannot reach the API server for discovery: {_reason(exc)}"
+            ) from exc
+        self._resources[kind] = found
+        return found
+
+    def serves(self, kind: Kind) -> bool:
+        try:
+            self.resource(kind)
+        except MissingKind:
+            return False
+        return True
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        resource = self.resource(kind)
+        try:
+            found = resource.get(name=name, namespace=namespace or None)
+        except dyn_errors.NotFoundError:
+            return None
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(exc, f"get {kind} {_ref(namespace, name)}") from exc
+        return _plain(found)
+
+    def list(
+        self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[Obj], str]:
+        """The items (with apiVersion and kind filled in) and the list's resourceVersion."""
+        resource = self.resource(kind)
+        try:
+            found = _plain(resource.get(namespace=namespace or None, label_selector=label_selector))
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(exc, f"list {kind}") from exc
+        items = [
+            {"apiVersion": kind.api_version, "kind": kind.kind, **item}
+            for item in found.get("items") or []
+        ]
+        return items, str((found.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch(
+        self,
+        kind: Kind,
+        resource_version: str,
+        timeout_seconds: int,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+    ) -> Iterator[tuple[str, Obj]]:
+        """(type, object) events, BOOKMARKs included, until the server ends the watch."""
+        resource = self.resource(kind)
+        try:
+            for event in self.dynamic.watch(  # type: ignore[no-untyped-call]
+                resource,
+                namespace=namespace or None,
+                label_selector=label_selector,
+                resource_version=resource_version,
+                timeout=timeout_seconds,
+                allow_watch_bookmarks=True,
+            ):
+                obj = dict(event["raw_object"])
+                obj.setdefault("apiVersion", kind.api_version)
+                obj.setdefault("kind", kind.kind)
+                yield str(event["type"]), obj
+        except k8s_client.ApiException as exc:
+            if exc.status == 410:
+                raise Gone(f"watch {kind}: {exc.reason}") from exc
+            raise ClusterError(f"watch {kind}: {exc.status} {exc.reason}") from exc
+
+    # --- writes ------------------------------------------------------------------------
+
+    def apply(
+        self,
+        obj: Mapping[str, Any],
+        field_manager: str = constants.FIELD_MANAGER,
+        force: bool = True,
+        dry_run: bool = False,
+    ) -> Obj:
+        """Server-side apply ``obj`` as ``field_manager``."""
+        kind = kind_of(obj)
+        meta = obj.get("metadata") or {}
+        extra = {"dry_run": "All"} if dry_run else {}
+        try:
+            applied = self.resource(kind).server_side_apply(
+                body=dict(obj),
+                name=meta.get("name"),
+                namespace=meta.get("namespace"),
+                field_manager=field_manager,
+                force_conflicts=force,
+                **extra,
+            )
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(
+                exc, f"apply {kind} {_ref(meta.get('namespace'), meta.get('name'))}"
+            ) from exc
+        return _plain(applied)
+
+    def replace_status(
+        self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER
+    ) -> Obj:
+        """PUT the status subresource; ``metadata.resourceVersion`` makes it optimistic (409)."""
+        kind = kind_of(obj)
+        meta = obj.get("metadata") or {}
+        try:
+            updated = self.resource(kind).status.replace(
+                body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
+            )
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(
+                exc, f"update status of {kind} {_ref(meta.get('namespace'), meta.get('name'))}"
+            ) from exc
+        return _plain(updated)
+
+    def merge_patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        field_manager: str = constants.FIELD_MANAGER,
+    ) -> Obj:
+        try:
+            patched = self.resource(kind).patch(
+                body=dict(patch),
+                name=name,
+                namespace=namespace or None,
+                content_type="application/merge-patch+json",
+                field_manager=field_manager,
+            )
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(exc, f"patch {kind} {_ref(namespace, name)}") from exc
+        return _plain(patched)
+
+    def delete(self, kind: Kind, namespace: str, name: str) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self.resource(kind).delete(name=name, namespace=namespace or None)
+        except dyn_errors.NotFoundError:
+            return False
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(exc, f"delete {kind} {_ref(namespace, name)}") from exc
+        return True
+
+    def replace(self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER) -> Obj:
+        kind = kind_of(obj)
+        meta = obj.get("metadata") or {}
+        try:
+            updated = self.resource(kind).replace(
+                body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
+            )
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(
+                exc, f"update {kind} {_ref(meta.get('namespace'), meta.get('name'))}"
+            ) from exc
+        return _plain(updated)
+
+    def create(self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER) -> Obj:
+        kind = kind_of(obj)
+        meta = obj.get("metadata") or {}
+        try:
+            created = self.resource(kind).create(
+                body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
+            )
+        except dyn_errors.DynamicApiError as exc:
+            raise _error(
+                exc, f"create {kind} {_ref(meta.get('namespace'), meta.get('name'))}"
+            ) from exc
+        return _plain(created)
+
+
+def _plain(found: Any) -> Obj:
+    result: Obj = found.to_dict() if hasattr(found, "to_dict") else dict(found)
+    return result
+
+
+def _ref(namespace: object, name: object) -> str:
+    return f"{namespace}/{name}" if namespace else str(name)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, dyn_errors.DynamicApiError):
+        return f"{exc.status} {exc.summary()}"  # type: ignore[no-untyped-call]
+    return str(exc) or type(exc).__name__
+
+
+def _error(exc: dyn_errors.DynamicApiError, action: str) -> ClusterError:
+    message = f"{action}: {exc.status} {_server_message(exc)}"
+    if exc.status == 409:
+        return Conflict(message)
+    if exc.status == 410:
+        return Gone(message)
+    return ClusterError(message)
+
+
+def _server_message(exc: dyn_errors.DynamicApiError) -> str:
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return str(exc.reason)
+    return str(body.get("message") or exc.reason)
+
+
+def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig context (as kubectl uses it), else ``default``."""
+    path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    try:
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+    except (k8s_config.ConfigException, OSError):
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")

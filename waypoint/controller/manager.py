@@ -1,0 +1,216 @@
+"""The running controller: informers feed a rate-limited queue, workers reconcile keys.
+
+Keys are ``("gateway", ns, name)``, ``("gatewayclass", "", name)`` and ``("routes", "", "")``
+(all route status, from one translation of the world). Any change to what translation reads
+(Namespaces, Services, EndpointSlices, routes, Gateways) requeues every waypoint Gateway and
+the route status; the queue collapses the duplicates. A periodic resync requeues everything,
+which also catches changes the controller does not watch (a parametersRef ConfigMap).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+from waypoint.controller import cluster as kcluster
+from waypoint.controller import informer as kinformer
+from waypoint.controller import metrics as kmetrics
+from waypoint.controller import queue as kqueue
+from waypoint.controller import reconcile
+from waypoint.envoy import options as envoy_options
+from waypoint.kube import constants, gateway, settings
+
+LOG = logging.getLogger(__name__)
+Obj = dict[str, Any]
+ROUTES_KEY = ("routes", "", "")
+MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
+
+
+class Controller:
+    def __init__(
+        self,
+        cluster: kcluster.Cluster,
+        renderer: reconcile.Renderer = reconcile.pipeline_renderer,
+        translator: reconcile.Translator = reconcile.pipeline_translator,
+        options: envoy_options.BootstrapOptions | None = None,
+        defaults: settings.Settings | None = None,
+        metrics: kmetrics.Metrics | None = None,
+        resync_period: float = 300.0,
+        watch_timeout: int = 300,
+        workers: int = 1,
+    ) -> None:
+        self.cluster = cluster
+        self.metrics = metrics or kmetrics.Metrics()
+        self.queue = kqueue.WorkQueue()
+        self.resync_period = resync_period
+        self.workers = workers
+        # Without Gateways there is nothing to do: fail early, with install instructions.
+        cluster.resource(kcluster.GATEWAY)
+        cluster.resource(kcluster.GATEWAY_CLASS)
+        self.informers: dict[str, kinformer.Informer] = {}
+        for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
+            if cluster.serves(kind):
+                self._inform(kind, self._on_world_change, None, watch_timeout)
+        # Services are already watched in full above, as translation input.
+        for kind in (kcluster.DEPLOYMENT, kcluster.SERVICE_ACCOUNT, kcluster.CONFIG_MAP):
+            self._inform(kind, self._on_owned_change, MANAGED_SELECTOR, watch_timeout)
+        self.reconciler = reconcile.Reconciler(
+            cluster,
+            self.world,
+            renderer,
+            translator,
+            options=options,
+            defaults=defaults,
+            metrics=self.metrics,
+        )
+        self.errors: list[str] = []
+
+    def _inform(
+        self,
+        kind: kcluster.Kind,
+        handler: kinformer.Handler,
+        selector: str | None,
+        watch_timeout: int,
+    ) -> None:
+        self.informers[kind.kind] = kinformer.Informer(
+            self.cluster, kind, handler, self.metrics, selector, watch_timeout
+        )
+
+    # --- the world and the keys ----------------------------------------------------------
+
+    def world(self) -> list[Obj]:
+        objects: list[Obj] = []
+        for kind in reconcile.WORLD_KINDS:
+            informer = self.informers.get(kind.kind)
+            if informer is not None:
+                objects.extend(informer.items())
+        return objects
+
+    def gateways(self) -> list[Obj]:
+        informer = self.informers["Gateway"]
+        return [gw for gw in informer.items() if gateway.is_waypoint(gw)]
+
+    def enqueue_all(self) -> None:
+        for gw in self.gateways():
+            namespace, name = gateway.key(gw)
+            self.queue.add(("gateway", namespace, name))
+        for gateway_class in self.informers["GatewayClass"].items():
+            self.queue.add(("gatewayclass", "", gateway.key(gateway_class)[1]))
+        self.queue.add(ROUTES_KEY)
+
+    def _on_world_change(self, before: Obj | None, after: Obj | None) -> None:
+        obj = after or before or {}
+        if _only_status_changed(before, after):
+            return  # status (mostly our own writes) is never an input
+        if obj.get("kind") == "GatewayClass":
+            # Its parametersRef holds class-wide defaults: every waypoint may change.
+            self.enqueue_all()
+            return
+        if obj.get("kind") == "Gateway":
+            if any(o and gateway.is_waypoint(o) for o in (before, after)):
+                namespace, name = gateway.key(obj)
+                self.queue.add(("gateway", namespace, name))
+            self.queue.add(ROUTES_KEY)
+            return
+        self.enqueue_all()
+
+    def _on_owned_change(self, before: Obj | None, after: Obj | None) -> None:
+        obj = after or before or {}
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        name = labels.get(constants.GATEWAY_NAME_LABEL)
+        namespace = (obj.get("metadata") or {}).get("namespace") or ""
+        if name:
+            self.queue.add(("gateway", namespace, name))
+
+    # --- running -----------------------------------------------------------------------
+
+    def process_one(self, timeout: float = 0.5) -> bool:
+        """Reconcile one key from the queue; False when there was none."""
+        key = self.queue.get(timeout)
+        if key is None:
+            return False
+        try:
+            self._reconcile(key)
+            self.queue.forget(key)
+            self.metrics.reconciles.labels(str(_kind(key)), "ok").inc()
+        except Exception as exc:  # a failed key backs off; the worker keeps going
+            delay = self.queue.add_rate_limited(key)
+            self.metrics.reconciles.labels(str(_kind(key)), "error").inc()
+            message = f"reconcile {key}: {exc}"
+            self.errors.append(message)
+            LOG.warning("%s; retrying in %.2fs", message, delay)
+        finally:
+            self.queue.done(key)
+            self.metrics.queue_depth.set(len(self.queue))
+        return True
+
+    def _reconcile(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        kind, namespace, name = (str(part) for part in key)
+        with self.metrics.reconcile_seconds.labels(kind).time():
+            if kind == "gateway":
+                self.reconciler.reconcile_gateway(namespace, name)
+            elif kind == "gatewayclass":
+                self.reconciler.reconcile_gateway_class(name)
+            else:
+                self.reconciler.reconcile_route_status()
+
+    def start_informers(self) -> None:
+        for informer in self.informers.values():
+            informer.start()
+
+    def wait_synced(self, stop: threading.Event) -> bool:
+        for informer in self.informers.values():
+            while not informer.synced.wait(0.2):
+                if stop.is_set():
+                    return False
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        """Watch and reconcile until ``stop`` is set."""
+        self.start_informers()
+        try:
+            if not self.wait_synced(stop):
+                return
+            self.enqueue_all()
+            workers = [
+                threading.Thread(target=self._work, args=(stop,), name=f"worker-{n}", daemon=True)
+                for n in range(self.workers)
+            ]
+            for worker in workers:
+                worker.start()
+            while not stop.wait(self.resync_period):
+                self.enqueue_all()
+            self.queue.shutdown()
+            for worker in workers:
+                worker.join()
+        finally:
+            for informer in self.informers.values():
+                informer.stop()
+
+    def _work(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.process_one()
+
+
+def _kind(key: Hashable) -> object:
+    return key[0] if isinstance(key, tuple) else key
+
+
+def _only_status_changed(before: Obj | None, after: Obj | None) -> bool:
+    """Only status moved: nothing translation or the generated objects depend on."""
+    if before is None or after is None:
+        return False
+    return _without_status(before) == _without_status(after)
+
+
+def _without_status(obj: Obj) -> Obj:
+    meta = obj.get("metadata") or {}
+    return {
+        **{k: v for k, v in obj.items() if k != "status"},
+        "metadata": {
+            k: v for k, v in meta.items() if k not in ("resourceVersion", "managedFields")
+        },
+    }

@@ -1,0 +1,145 @@
+"""Gateway API status, built purely from what the controller observed.
+
+Conditions keep their ``lastTransitionTime`` while their status stays the same, so recomputing
+the status of an unchanged world yields an identical dict and the controller writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from waypoint import model
+from waypoint.kube import constants
+
+Obj = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """One condition as the controller judges it, before timestamps."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+def conditions(
+    verdicts: Sequence[Verdict], generation: int, previous: Sequence[Mapping[str, Any]], now: str
+) -> list[Obj]:
+    before = {str(c.get("type")): c for c in previous}
+    result = []
+    for verdict in verdicts:
+        status = "True" if verdict.status else "False"
+        old = before.get(verdict.type)
+        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+        result.append(
+            {
+                "type": verdict.type,
+                "status": status,
+                "reason": verdict.reason,
+                "message": verdict.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": since or now,
+            }
+        )
+    return result
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    return int((obj.get("metadata") or {}).get("generation") or 0)
+
+
+def gateway_class_status(gateway_class: Mapping[str, Any], now: str) -> Obj:
+    previous = (gateway_class.get("status") or {}).get("conditions") or []
+    verdict = Verdict("Accepted", True, "Accepted", f"handled by {constants.CONTROLLER_NAME}")
+    return {"conditions": conditions([verdict], _generation(gateway_class), previous, now)}
+
+
+def gateway_status(
+    gateway: Mapping[str, Any],
+    accepted: Verdict,
+    programmed: Verdict,
+    addresses: Sequence[str],
+    now: str,
+) -> Obj:
+    """Gateway conditions, the ``mesh`` listener's, and the Service ClusterIP as address."""
+    previous = gateway.get("status") or {}
+    generation = _generation(gateway)
+    result: Obj = {
+        "conditions": conditions(
+            [accepted, programmed], generation, previous.get("conditions") or [], now
+        )
+    }
+    if addresses:
+        result["addresses"] = [{"type": "IPAddress", "value": address} for address in addresses]
+    old_listeners = {str(item.get("name")): item for item in previous.get("listeners") or []}
+    listeners = []
+    for listener in (gateway.get("spec") or {}).get("listeners") or []:
+        name = str(listener.get("name"))
+        old = (old_listeners.get(name) or {}).get("conditions") or []
+        verdicts = [
+            Verdict("Accepted", accepted.status, accepted.reason, accepted.message),
+            Verdict("Programmed", programmed.status, programmed.reason, programmed.message),
+            Verdict("ResolvedRefs", True, "ResolvedRefs"),
+        ]
+        listeners.append(
+            {
+                "name": name,
+                "supportedKinds": [],
+                "attachedRoutes": 0,
+                "conditions": conditions(verdicts, generation, old, now),
+            }
+        )
+    if listeners:
+        result["listeners"] = listeners
+    return result
+
+
+def route_parents(route: Mapping[str, Any], verdict: model.ResourceStatus, now: str) -> list[Obj]:
+    """The route's ``status.parents``: other controllers' entries kept, ours recomputed."""
+    previous = (route.get("status") or {}).get("parents") or []
+    others = [p for p in previous if p.get("controllerName") != constants.CONTROLLER_NAME]
+    ours_before = {
+        _parent_key(p.get("parentRef") or {}): p
+        for p in previous
+        if p.get("controllerName") == constants.CONTROLLER_NAME
+    }
+    generation = _generation(route)
+    ours = []
+    for parent in sorted(verdict.parents, key=lambda p: (str(p.parent), p.port or 0)):
+        ref = _parent_ref(parent)
+        old = (ours_before.get(_parent_key(ref)) or {}).get("conditions") or []
+        verdicts = [Verdict(c.type, c.status, c.reason, c.message) for c in parent.conditions]
+        ours.append(
+            {
+                "parentRef": ref,
+                "controllerName": constants.CONTROLLER_NAME,
+                "conditions": conditions(verdicts, generation, old, now),
+            }
+        )
+    return others + ours
+
+
+def _parent_ref(parent: model.ParentStatus) -> Obj:
+    ref: Obj = {
+        "group": parent.parent.group,
+        "kind": parent.parent.kind,
+        "namespace": parent.parent.namespace,
+        "name": parent.parent.name,
+    }
+    if parent.port is not None:
+        ref["port"] = parent.port
+    return ref
+
+
+def _parent_key(ref: Mapping[str, Any]) -> tuple[str, str, str, str, int]:
+    return (
+        str(ref.get("group", "")),
+        str(ref.get("kind", "")),
+        str(ref.get("namespace", "")),
+        str(ref.get("name", "")),
+        int(ref.get("port") or 0),
+    )

@@ -1,0 +1,106 @@
+"""The waypoint Gateway: generating one (``waypoint generate``/``apply``) and reading one back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from waypoint.kube import constants, names
+
+TRAFFIC_TYPES = ("service", "workload", "all", "none")
+
+
+def generate_gateway(
+    namespace: str,
+    name: str = "waypoint",
+    traffic_type: str = "service",
+    service_account: str | None = None,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+) -> dict[str, Any]:
+    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE."""
+    names.names_for(namespace, name)
+    if traffic_type not in TRAFFIC_TYPES:
+        raise ValueError(f"--for must be one of {', '.join(TRAFFIC_TYPES)}, not {traffic_type!r}")
+    if min_replicas is not None and max_replicas is not None and max_replicas < min_replicas:
+        raise ValueError(f"--max-replicas {max_replicas} is below --min-replicas {min_replicas}")
+    annotations: dict[str, str] = {}
+    if service_account:
+        annotations[constants.FOR_SERVICE_ACCOUNT] = service_account
+    if min_replicas is not None:
+        annotations["waypoint.dev/min-replicas"] = str(min_replicas)
+    if max_replicas is not None:
+        annotations["waypoint.dev/max-replicas"] = str(max_replicas)
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {constants.WAYPOINT_FOR: traffic_type},
+    }
+    if annotations:
+        metadata["annotations"] = annotations
+    return {
+        "apiVersion": constants.GATEWAY_API_VERSION,
+        "kind": "Gateway",
+        "metadata": metadata,
+        "spec": {
+            "gatewayClassName": constants.GATEWAY_CLASS,
+            "listeners": [
+                {
+                    "name": constants.LISTENER_NAME,
+                    "port": constants.HBONE_PORT,
+                    "protocol": constants.HBONE_PROTOCOL,
+                }
+            ],
+        },
+    }
+
+
+def is_waypoint(obj: Mapping[str, Any]) -> bool:
+    """A Gateway of our class."""
+    return (
+        obj.get("kind") == "Gateway"
+        and str(obj.get("apiVersion", "")).startswith(constants.GATEWAY_API_GROUP + "/")
+        and (obj.get("spec") or {}).get("gatewayClassName") == constants.GATEWAY_CLASS
+    )
+
+
+def key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def traffic_type(gateway: Mapping[str, Any]) -> str:
+    labels = (gateway.get("metadata") or {}).get("labels") or {}
+    return str(labels.get(constants.WAYPOINT_FOR, "service"))
+
+
+def service_account(gateway: Mapping[str, Any]) -> str | None:
+    annotations = (gateway.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(constants.FOR_SERVICE_ACCOUNT)
+    return str(value) if value else None
+
+
+def problems(gateway: Mapping[str, Any]) -> list[str]:
+    """Why the Gateway cannot be accepted as a waypoint; empty when it can."""
+    namespace, name = key(gateway)
+    found: list[str] = []
+    try:
+        names.names_for(namespace, name)
+    except names.InvalidName as exc:
+        found.append(str(exc))
+    listeners = (gateway.get("spec") or {}).get("listeners") or []
+    if not any(
+        listener.get("protocol") == constants.HBONE_PROTOCOL
+        and listener.get("port") == constants.HBONE_PORT
+        for listener in listeners
+    ):
+        found.append(
+            f"Gateway {namespace}/{name}: needs a listener with protocol "
+            f"{constants.HBONE_PROTOCOL} on port {constants.HBONE_PORT}"
+        )
+    if traffic_type(gateway) not in TRAFFIC_TYPES:
+        found.append(
+            f"Gateway {namespace}/{name}: label {constants.WAYPOINT_FOR}="
+            f"{traffic_type(gateway)!r} is not one of {', '.join(TRAFFIC_TYPES)}"
+        )
+    return found

@@ -1,0 +1,397 @@
+"""Gateway → the objects the controller applies for it, as plain dicts in a fixed order.
+
+Output is deterministic: the same Gateway, settings and rendered config give byte-identical
+objects, which is what lets the controller skip writes when nothing changed. A change of the
+rendered config changes the pod template's ``waypoint.dev/config-hash`` annotation, so the
+Deployment rolls (maxUnavailable 0) instead of serving a stale bootstrap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from waypoint.envoy import options as envoy_options
+from waypoint.envoy import secrets
+from waypoint.kube import constants, gateway, merge, names, settings
+
+Obj = dict[str, Any]
+
+# The UID/GID Istio's proxies run as; the csi-driver-spiffe fs-group matches it.
+PROXY_UID = 1337
+CONFIGMAP_LIMIT = 1_000_000  # bytes; the API server refuses objects above ~1 MiB
+CSI_DRIVER = "spiffe.csi.cert-manager.io"
+CERT_VOLUME = "spiffe-credentials"
+
+
+def desired_objects(
+    gw: Mapping[str, Any],
+    conf: settings.Settings,
+    bootstrap_yaml: str,
+    options: envoy_options.BootstrapOptions,
+) -> list[Obj]:
+    """ServiceAccount, ConfigMap, Service, Deployment, then the HPA and PDB when enabled."""
+    namespace, name = gateway.key(gw)
+    object_names = names.names_for(namespace, name)
+    files = config_files(bootstrap_yaml, options)
+    size = sum(len(text.encode()) for text in files.values())
+    if size > CONFIGMAP_LIMIT:
+        raise ValueError(
+            f"Gateway {namespace}/{name}: the rendered Envoy config is {size} bytes, "
+            f"above the ConfigMap limit of {CONFIGMAP_LIMIT}"
+        )
+    base = _Base(gw, object_names)
+    result = [
+        _overlay(conf, "serviceAccount", service_account(base)),
+        config_map(base, files),
+        _overlay(conf, "service", service(base, options)),
+        _overlay(conf, "deployment", deployment(base, conf, options, files)),
+    ]
+    if conf.autoscaling:
+        result.append(_overlay(conf, "horizontalPodAutoscaler", autoscaler(base, conf)))
+    if conf.min_replicas > 1:
+        result.append(_overlay(conf, "podDisruptionBudget", disruption_budget(base)))
+    return result
+
+
+def config_hash(files: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name, text in sorted(files.items()):
+        digest.update(f"{name}\0{len(text)}\0{text}".encode())
+    return digest.hexdigest()[:16]
+
+
+class _Base:
+    """What every generated object of one Gateway shares: names, labels, owner."""
+
+    def __init__(self, gw: Mapping[str, Any], object_names: names.ObjectNames) -> None:
+        self.gateway = gw
+        self.names = object_names
+        self.namespace, self.name = gateway.key(gw)
+        infra = (gw.get("spec") or {}).get("infrastructure") or {}
+        self.extra_labels: dict[str, str] = dict(infra.get("labels") or {})
+        self.extra_annotations: dict[str, str] = dict(infra.get("annotations") or {})
+
+    def selector(self) -> dict[str, str]:
+        return {constants.GATEWAY_NAME_LABEL: self.name}
+
+    def labels(self) -> dict[str, str]:
+        # Ours last: infrastructure.labels may add, never take over the managed-by label.
+        return {
+            **self.extra_labels,
+            constants.MANAGED_BY_LABEL: constants.MANAGED_BY_VALUE,
+            constants.GATEWAY_NAME_LABEL: self.name,
+            constants.NAME_LABEL: self.name,
+            constants.COMPONENT_LABEL: "waypoint",
+        }
+
+    def metadata(self, object_name: str) -> Obj:
+        meta: Obj = {"name": object_name, "namespace": self.namespace, "labels": self.labels()}
+        if self.extra_annotations:
+            meta["annotations"] = dict(self.extra_annotations)
+        uid = (self.gateway.get("metadata") or {}).get("uid")
+        # Offline renders have no UID; an ownerReference without one is invalid.
+        if uid:
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": constants.GATEWAY_API_VERSION,
+                    "kind": "Gateway",
+                    "name": self.name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ]
+        return meta
+
+
+def _overlay(conf: settings.Settings, key: str, obj: Obj) -> Obj:
+    patch = conf.overlay(key)
+    if not patch:
+        return obj
+    merged = merge.merge(obj, patch)
+    # Identity and ownership are not for overlays to change.
+    for field in ("apiVersion", "kind"):
+        merged[field] = obj[field]
+    for field in ("name", "namespace", "ownerReferences"):
+        if field in obj["metadata"]:
+            merged["metadata"][field] = obj["metadata"][field]
+    merged["metadata"]["labels"].update(obj["metadata"]["labels"])
+    return merged
+
+
+def service_account(base: _Base) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": base.metadata(base.names.service_account),
+        # Envoy runs on a static bootstrap and never calls the API server.
+        "automountServiceAccountToken": False,
+    }
+
+
+def config_files(bootstrap_yaml: str, options: envoy_options.BootstrapOptions) -> dict[str, str]:
+    """The ConfigMap's files: the bootstrap, and the file-based SDS configs it points at
+    (which name the PEM files of ``cert_dir``; see ``waypoint.envoy.secrets``)."""
+    files = {constants.CONFIG_KEY: bootstrap_yaml}
+    if not options.sds_over_ads:
+        files.update(secrets.sds_files(options))
+    return files
+
+
+def config_map(base: _Base, files: dict[str, str]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": base.metadata(base.names.config_map),
+        "data": dict(files),
+    }
+
+
+def service(base: _Base, options: envoy_options.BootstrapOptions) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": base.metadata(base.names.service),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": base.selector(),
+            "ports": [
+                _service_port("mesh", options.hbone_port, "hbone"),
+                _service_port("status-port", options.readiness_port, None),
+                _service_port("http-envoy-prom", options.stats_port, None),
+            ],
+        },
+    }
+
+
+def _service_port(name: str, port: int, app_protocol: str | None) -> Obj:
+    entry: Obj = {"name": name, "port": port, "protocol": "TCP", "targetPort": port}
+    if app_protocol:
+        entry["appProtocol"] = app_protocol
+    return entry
+
+
+def autoscaler(base: _Base, conf: settings.Settings) -> Obj:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": base.metadata(base.names.autoscaler),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": base.names.deployment,
+            },
+            "minReplicas": conf.min_replicas,
+            "maxReplicas": conf.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": conf.cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def disruption_budget(base: _Base) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": base.metadata(base.names.disruption_budget),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": base.selector()}},
+    }
+
+
+def deployment(
+    base: _Base,
+    conf: settings.Settings,
+    options: envoy_options.BootstrapOptions,
+    files: dict[str, str],
+) -> Obj:
+    spec: Obj = {
+        "selector": {"matchLabels": base.selector()},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        },
+        "template": _pod_template(base, conf, options, files),
+    }
+    # With an HPA the replica count belongs to it; setting it here would fight the autoscaler.
+    if not conf.autoscaling:
+        spec["replicas"] = conf.min_replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": base.metadata(base.names.deployment),
+        "spec": spec,
+    }
+
+
+def _pod_template(
+    base: _Base,
+    conf: settings.Settings,
+    options: envoy_options.BootstrapOptions,
+    files: dict[str, str],
+) -> Obj:
+    containers = [_envoy_container(conf, options)]
+    sds_names = sorted(name for name in files if name != constants.CONFIG_KEY)
+    volumes = [
+        _config_volume("config", base, [constants.CONFIG_KEY]),
+        _cert_volume(base, conf),
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if sds_names:
+        volumes.insert(1, _config_volume("sds", base, sds_names))
+        containers[0]["volumeMounts"].insert(
+            1, {"name": "sds", "mountPath": secrets.sds_dir(options), "readOnly": True}
+        )
+    if conf.extauthz:
+        containers.append(_extauthz_container(conf))
+        volumes.append(
+            {
+                "name": "extauthz-config",
+                "configMap": {
+                    "name": conf.extauthz_config_map or base.names.extauthz_config_map,
+                    "optional": True,
+                },
+            }
+        )
+    return {
+        "metadata": {
+            "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: "none"},
+            "annotations": {
+                **base.extra_annotations,
+                constants.CONFIG_HASH_ANNOTATION: config_hash(files),
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(options.stats_port),
+                "prometheus.io/path": "/stats/prometheus",
+            },
+        },
+        "spec": {
+            "serviceAccountName": base.names.service_account,
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 30,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": PROXY_UID,
+                "runAsGroup": PROXY_UID,
+                "fsGroup": PROXY_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": containers,
+            "volumes": volumes,
+        },
+    }
+
+
+def _config_volume(name: str, base: _Base, keys: list[str]) -> Obj:
+    items = [{"key": key, "path": key} for key in keys]
+    return {"name": name, "configMap": {"name": base.names.config_map, "items": items}}
+
+
+def _container_security() -> Obj:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOptions) -> Obj:
+    ready = {"httpGet": {"path": "/healthz/ready", "port": options.readiness_port}}
+    return {
+        "name": "envoy",
+        "image": conf.envoy_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["envoy"],
+        "args": [
+            "-c",
+            f"{constants.CONFIG_MOUNT}/{constants.CONFIG_KEY}",
+            "--log-level",
+            conf.envoy_log_level,
+            "--drain-time-s",
+            "20",
+        ],
+        "ports": [
+            {"name": "hbone", "containerPort": options.hbone_port, "protocol": "TCP"},
+            {"name": "status-port", "containerPort": options.readiness_port, "protocol": "TCP"},
+            {"name": "http-envoy-prom", "containerPort": options.stats_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {**ready, "periodSeconds": 2, "failureThreshold": 3},
+        "startupProbe": {**ready, "periodSeconds": 1, "failureThreshold": 60},
+        # Let endpoints drop the pod before Envoy stops accepting, for zero-downtime rollouts.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "config", "mountPath": constants.CONFIG_MOUNT, "readOnly": True},
+            {"name": CERT_VOLUME, "mountPath": options.cert_dir, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def _extauthz_container(conf: settings.Settings) -> Obj:
+    return {
+        "name": "extauthz",
+        "image": conf.extauthz_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["extauthz"],
+        "args": [
+            "serve",
+            "--config",
+            f"{constants.EXTAUTHZ_CONFIG_MOUNT}/{constants.EXTAUTHZ_CONFIG_KEY}",
+        ],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {
+                "name": "extauthz-config",
+                "mountPath": constants.EXTAUTHZ_CONFIG_MOUNT,
+                "readOnly": True,
+            },
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+
+
+def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:
+    if conf.cert_source is settings.CertSource.SECRET:
+        # A cert-manager Certificate writes tls.crt/tls.key/ca.crt; Envoy wants Istio's names.
+        # Projected keys (unlike subPath mounts) are updated in place on rotation.
+        return {
+            "name": CERT_VOLUME,
+            "secret": {
+                "secretName": conf.cert_secret or f"{base.name}-spiffe",
+                "items": [
+                    {"key": "tls.crt", "path": "cert-chain.pem"},
+                    {"key": "tls.key", "path": "key.pem"},
+                    {"key": "ca.crt", "path": "root-cert.pem"},
+                ],
+            },
+        }
+    return {
+        "name": CERT_VOLUME,
+        "csi": {
+            "driver": CSI_DRIVER,
+            "readOnly": True,
+            "volumeAttributes": {"spiffe.csi.cert-manager.io/fs-group": str(PROXY_UID)},
+        },
+    }

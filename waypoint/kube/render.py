@@ -1,0 +1,86 @@
+"""``waypoint render --kubernetes``: every object the controller would apply, computed offline."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from waypoint.envoy import options as envoy_options
+from waypoint.kube import constants, gateway, objects, settings
+
+Renderer = Callable[[Sequence[Mapping[str, Any]], str, str, envoy_options.BootstrapOptions], str]
+
+
+def waypoint_options(
+    base: envoy_options.BootstrapOptions, namespace: str, name: str
+) -> envoy_options.BootstrapOptions:
+    """``base`` with this waypoint's Envoy node id and cluster (as ``waypoint render`` sets them)."""
+    return dataclasses.replace(
+        base,
+        node_id=base.node_id or f"waypoint~{namespace}~{name}",
+        cluster=base.cluster or f"{namespace}/{name}",
+    )
+
+
+def pipeline_bootstrap(
+    objs: Sequence[Mapping[str, Any]],
+    namespace: str,
+    name: str,
+    opts: envoy_options.BootstrapOptions,
+) -> str:
+    from waypoint import pipeline
+
+    return pipeline.render(objs, namespace, name, opts).bootstrap_yaml
+
+
+def render_kubernetes(
+    objs: Sequence[Mapping[str, Any]],
+    options: envoy_options.BootstrapOptions,
+    renderer: Renderer = pipeline_bootstrap,
+    defaults: settings.Settings | None = None,
+) -> list[dict[str, Any]]:
+    """The generated objects of every waypoint Gateway in ``objs``, Gateways sorted by key.
+
+    The objects carry no ownerReferences unless the input Gateways have UIDs (offline input
+    usually has none). Raises ValueError naming the Gateway for any Gateway that cannot render.
+    """
+    config_maps = {
+        gateway.key(obj): obj
+        for obj in objs
+        if obj.get("kind") == "ConfigMap" and obj.get("apiVersion") == "v1"
+    }
+    result: list[dict[str, Any]] = []
+    for gw in sorted((o for o in objs if gateway.is_waypoint(o)), key=gateway.key):
+        namespace, name = gateway.key(gw)
+        found = gateway.problems(gw)
+        if found:
+            raise ValueError("; ".join(found))
+        ref = settings.parameters_ref(gw)
+        config_map = config_maps.get((namespace, ref)) if ref else None
+        if ref and config_map is None:
+            raise ValueError(
+                f"Gateway {namespace}/{name}: parametersRef ConfigMap {namespace}/{ref} is not in the input"
+            )
+        conf = settings.resolve(gw, config_map, defaults, _class_config_map(objs, config_maps))
+        opts = waypoint_options(options, namespace, name)
+        bootstrap = renderer(objs, namespace, name, opts)
+        result.extend(objects.desired_objects(gw, conf, bootstrap, opts))
+    return result
+
+
+def _class_config_map(
+    objs: Sequence[Mapping[str, Any]], config_maps: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    for obj in objs:
+        if obj.get("kind") == "GatewayClass" and gateway.key(obj)[1] == constants.GATEWAY_CLASS:
+            ref = settings.class_parameters_ref(obj)
+            if ref is None:
+                return None
+            if ref not in config_maps:
+                raise ValueError(
+                    f"GatewayClass {constants.GATEWAY_CLASS}: parametersRef ConfigMap "
+                    f"{ref[0]}/{ref[1]} is not in the input"
+                )
+            return config_maps[ref]
+    return None

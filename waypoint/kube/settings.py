@@ -1,0 +1,224 @@
+"""Per-waypoint deployment settings: defaults, then the parametersRef ConfigMap, then annotations.
+
+Istio 1.26+ lets a Gateway point ``spec.infrastructure.parametersRef`` at a ConfigMap; we read
+the same thing, and a GatewayClass ``spec.parametersRef`` ConfigMap gives class-wide defaults
+(the manifests/ overlays use it to add an OPA sidecar or switch the certificate source). Simple knobs are ConfigMap keys (``minReplicas``) or Gateway annotations
+(``waypoint.dev/min-replicas``), annotations winning. The ConfigMap may also carry Istio-style
+overlays (``deployment``, ``service``, ``serviceAccount``, ``horizontalPodAutoscaler``,
+``podDisruptionBudget``), YAML merged into the generated object (see ``waypoint.kube.merge``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib.metadata
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+from waypoint.kube import merge
+
+OVERLAY_KEYS = (
+    "serviceAccount",
+    "deployment",
+    "service",
+    "horizontalPodAutoscaler",
+    "podDisruptionBudget",
+)
+
+
+class SettingsError(ValueError):
+    """A setting has a value the controller cannot use; the message names its source."""
+
+
+class CertSource(enum.Enum):
+    """Where the waypoint's SPIFFE certificate comes from (see docs/controller.md)."""
+
+    CSI = "csi"  # cert-manager csi-driver-spiffe: per-pod certificate, rotated in place
+    SECRET = "secret"  # a Secret with tls.crt / tls.key / ca.crt (cert-manager Certificate)
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("waypoint-mesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything about a waypoint's workload that is not its Envoy config."""
+
+    envoy_image: str = f"waypoint-envoy:{package_version()}"
+    extauthz_image: str = f"waypoint-extauthz:{package_version()}"
+    extauthz: bool = True
+    autoscaling: bool = True
+    min_replicas: int = 1
+    max_replicas: int = 5
+    cpu_utilization: int = 80
+    cert_source: CertSource = CertSource.CSI
+    cert_secret: str = ""  # empty: "<gateway>-spiffe"
+    extauthz_config_map: str = ""  # empty: "<gateway>-extauthz"
+    envoy_log_level: str = "warning"
+    overlays: tuple[tuple[str, str], ...] = ()  # (kind key, YAML text), least specific first
+
+    def overlay(self, key: str) -> dict[str, Any]:
+        """The merged overlay for one kind: GatewayClass defaults first, then the Gateway's."""
+        result: dict[str, Any] = {}
+        for name, text in self.overlays:
+            loaded = yaml.safe_load(text) if name == key else None
+            if isinstance(loaded, Mapping):
+                result = merge.merge(result, loaded)
+        return result
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise ValueError("must be between 1 and 100")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Knob:
+    field: str
+    config_key: str
+    annotation: str
+    parse: Callable[[str], object]
+
+
+KNOBS = (
+    _Knob("min_replicas", "minReplicas", "waypoint.dev/min-replicas", _positive_int),
+    _Knob("max_replicas", "maxReplicas", "waypoint.dev/max-replicas", _positive_int),
+    _Knob("cpu_utilization", "targetCPUUtilizationPercentage", "waypoint.dev/cpu-target", _percent),
+    _Knob("autoscaling", "autoscaling", "waypoint.dev/autoscaling", _boolean),
+    _Knob("extauthz", "extauthz", "waypoint.dev/extauthz", _boolean),
+    _Knob("envoy_image", "envoyImage", "waypoint.dev/envoy-image", _text),
+    _Knob("extauthz_image", "extauthzImage", "waypoint.dev/extauthz-image", _text),
+    _Knob("cert_source", "certSource", "waypoint.dev/cert-source", CertSource),
+    _Knob("cert_secret", "certSecretName", "waypoint.dev/cert-secret", _text),
+    _Knob("extauthz_config_map", "extauthzConfigMap", "waypoint.dev/extauthz-config", _text),
+    _Knob("envoy_log_level", "envoyLogLevel", "waypoint.dev/envoy-log-level", _text),
+)
+
+
+def _where(gateway: Mapping[str, Any]) -> str:
+    meta = gateway.get("metadata") or {}
+    return f"Gateway {meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def parameters_ref(gateway: Mapping[str, Any]) -> str | None:
+    """The name of the Gateway's parametersRef ConfigMap, or None; other kinds are an error."""
+    ref = ((gateway.get("spec") or {}).get("infrastructure") or {}).get("parametersRef")
+    if not ref:
+        return None
+    if ref.get("kind") != "ConfigMap" or ref.get("group", "") not in ("", "core"):
+        raise SettingsError(
+            f"{_where(gateway)}: spec.infrastructure.parametersRef must name a core ConfigMap, "
+            f"not {ref.get('group', '')}/{ref.get('kind')}"
+        )
+    return str(ref["name"])
+
+
+def class_parameters_ref(gateway_class: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the GatewayClass's parametersRef ConfigMap (class-wide defaults)."""
+    ref = (gateway_class.get("spec") or {}).get("parametersRef")
+    if not ref:
+        return None
+    name = (gateway_class.get("metadata") or {}).get("name", "")
+    if ref.get("kind") != "ConfigMap" or ref.get("group", "") not in ("", "core"):
+        raise SettingsError(
+            f"GatewayClass {name}: spec.parametersRef must name a core ConfigMap, "
+            f"not {ref.get('group', '')}/{ref.get('kind')}"
+        )
+    if not ref.get("namespace"):
+        raise SettingsError(f"GatewayClass {name}: spec.parametersRef needs a namespace")
+    return str(ref["namespace"]), str(ref["name"])
+
+
+def resolve(
+    gateway: Mapping[str, Any],
+    config_map: Mapping[str, Any] | None = None,
+    defaults: Settings | None = None,
+    class_config_map: Mapping[str, Any] | None = None,
+) -> Settings:
+    """The settings for ``gateway``, from least to most specific: ``defaults``, the
+    GatewayClass's parametersRef ConfigMap, the Gateway's own parametersRef ConfigMap, and
+    the Gateway's annotations."""
+    changes: dict[str, object] = {}
+    overlays: list[tuple[str, str]] = []
+    for source in (class_config_map, config_map):
+        if source is None:
+            continue
+        data: Mapping[str, str] = source.get("data") or {}
+        cm_name = (source.get("metadata") or {}).get("name", "")
+        for knob in KNOBS:
+            if knob.config_key in data:
+                where = f"ConfigMap {cm_name} key {knob.config_key}"
+                changes[knob.field] = _parse(knob, data[knob.config_key], where, gateway)
+        overlays.extend(_overlays(data, cm_name, gateway))
+    annotations = (gateway.get("metadata") or {}).get("annotations") or {}
+    for knob in KNOBS:
+        if knob.annotation in annotations:
+            where = f"annotation {knob.annotation}"
+            changes[knob.field] = _parse(knob, annotations[knob.annotation], where, gateway)
+    changes["overlays"] = tuple(overlays)
+    settings = dataclasses.replace(defaults or Settings(), **changes)  # type: ignore[arg-type]
+    if settings.max_replicas < settings.min_replicas:
+        raise SettingsError(
+            f"{_where(gateway)}: max replicas ({settings.max_replicas}) is below min replicas "
+            f"({settings.min_replicas})"
+        )
+    return settings
+
+
+def _parse(knob: _Knob, raw: object, source: str, gateway: Mapping[str, Any]) -> object:
+    try:
+        return knob.parse(str(raw))
+    except ValueError as exc:
+        raise SettingsError(f"{_where(gateway)}: {source}={raw!r}: {exc}") from None
+
+
+def _overlays(
+    data: Mapping[str, str], cm_name: str, gateway: Mapping[str, Any]
+) -> tuple[tuple[str, str], ...]:
+    found = []
+    for key in OVERLAY_KEYS:
+        if key not in data:
+            continue
+        try:
+            loaded = yaml.safe_load(data[key])
+        except yaml.YAMLError as exc:
+            raise SettingsError(
+                f"{_where(gateway)}: ConfigMap {cm_name} key {key}: {exc}"
+            ) from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise SettingsError(
+                f"{_where(gateway)}: ConfigMap {cm_name} key {key} must hold a YAML mapping"
+            )
+        found.append((key, data[key]))
+    return tuple(found)
