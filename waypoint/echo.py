@@ -160,7 +160,7 @@ def _render(server: EchoServer, seen: _Seen) -> tuple[bytes, str]:
     return format_text(fields).encode(), "text/plain"
 
 
-class EchoServer:
+class EchoServer(loop.BackgroundService):
     """An echo workload named ``name`` in ``namespace``, listening on ``bind``.
 
     Port 0 picks a free port; after :meth:`start` the ``*_ports`` attributes hold the
@@ -190,7 +190,6 @@ class EchoServer:
         self._servers: list[asyncio.Server] = []
         self._grpc: list[grpc.Server] = []
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._runner: loop.LoopThread | None = None
 
     def _count_request(self) -> None:
         with self._counter_lock:  # gRPC replies run on worker threads
@@ -272,29 +271,6 @@ class EchoServer:
             done = grpc_server.stop(grace=None)
             await asyncio.get_running_loop().run_in_executor(None, done.wait, 5.0)
         self._grpc.clear()
-
-    async def __aenter__(self) -> EchoServer:
-        return await self.start()
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
-
-    def start_background(self, runner: loop.LoopThread | None = None) -> EchoServer:
-        """Start on a loop thread (default: the shared one) for synchronous callers."""
-        self._runner = runner or loop.shared()
-        self._runner.run(self.start(), 30.0)
-        return self
-
-    def stop_background(self) -> None:
-        if self._runner is not None and self._runner.running:
-            self._runner.run(self.stop(), 30.0)
-        self._runner = None
-
-    def __enter__(self) -> EchoServer:
-        return self.start_background()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop_background()
 
     # -- HTTP/1.1 and h2c ---------------------------------------------------------------
 

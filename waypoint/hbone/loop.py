@@ -7,6 +7,7 @@ and servers coexist.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import threading
@@ -80,3 +81,45 @@ def shared() -> LoopThread:
         if _shared is None or not _shared.running:
             _shared = LoopThread("waypoint-shared-loop")
         return _shared
+
+
+_Service = TypeVar("_Service", bound="BackgroundService")
+
+
+class BackgroundService(abc.ABC):
+    """Lifecycle shared by our asyncio servers: async and sync context managers.
+
+    Subclasses implement ``async start() -> Self`` and ``async stop()``; synchronous callers
+    (tests, locust users, ``waypoint up``) run them on a loop thread, the shared one by default.
+    """
+
+    _runner: LoopThread | None = None
+
+    @abc.abstractmethod
+    async def start(self: _Service) -> _Service: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self: _Service) -> _Service:
+        return await self.start()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    def start_background(self: _Service, runner: LoopThread | None = None) -> _Service:
+        """Start on a loop thread (default: the shared one) for synchronous callers."""
+        self._runner = runner or shared()
+        self._runner.run(self.start(), 30.0)
+        return self
+
+    def stop_background(self) -> None:
+        if self._runner is not None and self._runner.running:
+            self._runner.run(self.stop(), 30.0)
+        self._runner = None
+
+    def __enter__(self: _Service) -> _Service:
+        return self.start_background()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop_background()

@@ -43,7 +43,7 @@ def parse_authority(authority: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class HboneTerminator:
+class HboneTerminator(loop.BackgroundService):
     """Terminate HBONE on ``listen`` and forward each tunnel to its authority over TCP."""
 
     def __init__(
@@ -75,7 +75,6 @@ class HboneTerminator:
         self._server: asyncio.Server | None = None
         self._connections: set[h2io.H2Connection] = set()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._runner: loop.LoopThread | None = None
 
     @property
     def peers(self) -> list[str]:
@@ -114,29 +113,6 @@ class HboneTerminator:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
             self._server = None
-
-    async def __aenter__(self) -> HboneTerminator:
-        return await self.start()
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
-
-    def start_background(self, runner: loop.LoopThread | None = None) -> HboneTerminator:
-        """Start on a loop thread (default: the shared one) for synchronous callers."""
-        self._runner = runner or loop.shared()
-        self._runner.run(self.start(), 30.0)
-        return self
-
-    def stop_background(self) -> None:
-        if self._runner is not None and self._runner.running:
-            self._runner.run(self.stop(), 30.0)
-        self._runner = None
-
-    def __enter__(self) -> HboneTerminator:
-        return self.start_background()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop_background()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
