@@ -24,7 +24,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
-_DECISION_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
+DECISION_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class ConfigError(ValueError):
@@ -359,7 +359,7 @@ def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
     if engine == "embedded" and not any(m.suffix == ".rego" for m in modules):
         raise ConfigError("policy.modules: the embedded engine needs at least one .rego file")
     decision = _str(doc.get("decision", DEFAULT_DECISION), "policy.decision").strip("/")
-    if not _DECISION_PATH.match(decision):
+    if not DECISION_PATH.match(decision):
         raise ConfigError(f"policy.decision: must look like 'envoy/authz/allow', got {decision!r}")
     return PolicyConfig(
         engine=engine,  # type: ignore[arg-type]

@@ -21,6 +21,13 @@ from extauthz import jwt as jwt_auth
 from extauthz import protojson
 
 VERSION = {"encoding": "protojson", "ext_authz": "v3"}
+# Context extensions a waypoint sets per route (waypoint.envoy.policies writes them).
+DECISION_KEY = "decision"  # the Rego decision path for this route
+JWT_KEY = "jwt"  # "required": a request without a token is denied with 401
+DESTINATION_PRINCIPAL_KEY = "destination_principal"
+# Names the header that carries the client's SPIFFE ID. Set only by a waypoint whose filter
+# chain overwrites that header on every request, so its value cannot come from the client.
+SOURCE_PRINCIPAL_HEADER_KEY = "source_principal_header"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -93,6 +100,26 @@ def parse_body(
     return form, False
 
 
+def source_principal(request: external_auth_pb2.CheckRequest, headers: Mapping[str, str]) -> str:
+    """The peer's SPIFFE ID from TLS, else from the header a waypoint vouches for.
+
+    Behind a waypoint's internal listener there is no TLS, so Envoy's ``source.principal``
+    is empty; the waypoint then passes the HBONE peer's ID in a header it always overwrites.
+    """
+    principal = str(request.attributes.source.principal)
+    if principal:
+        return principal
+    header = request.attributes.context_extensions.get(SOURCE_PRINCIPAL_HEADER_KEY)
+    return headers.get(str(header).lower(), "") if header else ""
+
+
+def destination_principal(request: external_auth_pb2.CheckRequest) -> str:
+    principal = str(request.attributes.destination.principal)
+    return principal or str(
+        request.attributes.context_extensions.get(DESTINATION_PRINCIPAL_KEY, "")
+    )
+
+
 def build(
     request: external_auth_pb2.CheckRequest,
     http: attribute_context_pb2.AttributeContext.HttpRequest,
@@ -110,8 +137,8 @@ def build(
         "parsed_body": parsed_body,
         "truncated_body": truncated,
         "version": VERSION,
-        "source_principal": request.attributes.source.principal,
-        "destination_principal": request.attributes.destination.principal,
+        "source_principal": source_principal(request, headers),
+        "destination_principal": destination_principal(request),
     }
     if identity is not None:
         doc["jwt"] = {"provider": identity.provider, "claims": identity.claims}

@@ -35,7 +35,9 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
-    async def evaluate(self, input_doc: dict[str, Any]) -> object: ...
+    async def evaluate(self, input_doc: dict[str, Any], decision: str | None = None) -> object:
+        """``decision`` overrides the configured decision path for this one evaluation."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -74,18 +76,24 @@ class EmbeddedEngine:
     def __init__(self, settings: config.PolicyConfig) -> None:
         self._engine: regorus.Engine | None = load_regorus(settings.modules, settings.rego_version)
         self._path = rule_path(settings.decision)
-        self._is_rule = self._probe_rule()
+        self._rules: dict[str, bool] = {}
+        self._is_rule = self._probe_rule(self._path)
 
-    def _probe_rule(self) -> bool:
+    def _probe_rule(self, path: str) -> bool:
         # eval_rule is twice as fast as eval_query but only accepts a rule's path.
+        known = self._rules.get(path)
+        if known is not None:
+            return known
         engine = self._live()
         engine.set_input_json("{}")
+        result = True
         try:
-            engine.eval_rule(self._path)
+            engine.eval_rule(path)
         except RuntimeError as exc:
             if "not a valid rule path" in str(exc):
-                return False
-        return True
+                result = False
+        self._rules[path] = result
+        return result
 
     @property
     def ready(self) -> bool:
@@ -94,22 +102,26 @@ class EmbeddedEngine:
     async def start(self) -> None:
         return None
 
-    async def evaluate(self, input_doc: dict[str, Any]) -> object:
-        return self.evaluate_sync(input_doc)
+    async def evaluate(self, input_doc: dict[str, Any], decision: str | None = None) -> object:
+        return self.evaluate_sync(input_doc, decision)
 
     def _live(self) -> regorus.Engine:
         if self._engine is None:
             raise PolicyError("the policy engine is closed")
         return self._engine
 
-    def evaluate_sync(self, input_doc: dict[str, Any]) -> object:
+    def evaluate_sync(self, input_doc: dict[str, Any], decision: str | None = None) -> object:
         engine = self._live()
+        path, is_rule = self._path, self._is_rule
+        if decision is not None:
+            path = rule_path(decision)
+            is_rule = self._probe_rule(path)
         try:
             # set_input takes the dict directly, which saves a json.dumps per check.
             engine.set_input(input_doc)
-            if self._is_rule:
-                return engine.eval_rule(self._path)
-            return query_value(engine.eval_query(self._path))
+            if is_rule:
+                return engine.eval_rule(path)
+            return query_value(engine.eval_query(path))
         except RuntimeError as exc:
             raise PolicyError(rust_error(exc)) from None
 
@@ -159,10 +171,12 @@ class OpaEngine:
             delay = min(delay * 2, 5.0)
         self._ready = True
 
-    async def evaluate(self, input_doc: dict[str, Any]) -> object:
+    async def evaluate(self, input_doc: dict[str, Any], decision: str | None = None) -> object:
         try:
             async with asyncio.timeout(self._timeout):
-                answer = await self._client.query_rule(input_doc, self._decision)
+                answer = await self._client.query_rule(
+                    input_doc, (decision or self._decision).strip("/")
+                )
         except TimeoutError:
             raise PolicyError(f"OPA did not answer within {self._timeout * 1000:.0f} ms") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:

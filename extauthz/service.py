@@ -176,10 +176,13 @@ class Checker:
             headers, parsed_query, jwt_auth.parse_cookies(headers.get("cookie"))
         )
         identity = trace.identity = await self._authn.authenticate(tokens)
+        extensions = request.attributes.context_extensions
+        if identity is None and extensions.get(policy_input.JWT_KEY) == "required":
+            raise jwt_auth.InvalidToken("this route requires a token and none was presented")
         trace.timings["authn_us"] = (time.perf_counter() - trace.started) * 1e6
         doc = policy_input.build(request, http, headers, parsed_path, parsed_query, identity)
         policy_started = time.perf_counter()
-        value = await self._engine.evaluate(doc)
+        value = await self._engine.evaluate(doc, _route_decision(extensions))
         trace.timings["policy_us"] = (time.perf_counter() - policy_started) * 1e6
         result = decision.parse(value)
         trace.outcome = "allowed" if result.allowed else "denied"
@@ -250,6 +253,16 @@ class Checker:
         return decision.allow_response(
             decision.Decision(allowed=True, dynamic_metadata=meta), decision_id, (), remove
         )
+
+
+def _route_decision(extensions: Any) -> str | None:
+    """The decision path a waypoint chose for this route, if any (validated like config)."""
+    chosen = extensions.get(policy_input.DECISION_KEY)
+    if not chosen:
+        return None
+    if not config.DECISION_PATH.match(chosen.strip("/")):
+        raise policy.PolicyError(f"context extension decision {chosen!r} is not a Rego path")
+    return str(chosen).strip("/")
 
 
 def _http_status(response: external_auth_pb2.CheckResponse) -> int:

@@ -21,7 +21,7 @@ from envoy.type.metadata.v3 import metadata_pb2
 
 from waypoint import model, names, pki
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import protos, routes, secrets
+from waypoint.envoy import policies, protos, routes, secrets
 
 ADMIN = "admin"  # loops readiness and Prometheus requests back into Envoy's own admin
 ORIGINAL_DST_METADATA = "envoy.filters.listener.original_dst"
@@ -38,6 +38,7 @@ def build(
     out += [inbound(dest, options) for dest in waypoint.destinations]
     out += [connect_originate(target, options) for target in originate_targets(waypoint)]
     out.append(admin(options))
+    out += policies.extra_clusters(waypoint, options)
     return sorted(out, key=lambda cluster: cluster.name)
 
 
@@ -168,6 +169,7 @@ def upstream(cluster: model.Cluster, options: options_mod.BootstrapOptions) -> c
         )
     if cluster.protocol is model.Protocol.HTTP2:
         _http2(out, options)
+    policies.apply_cluster(out, cluster.policy)
     return out
 
 

@@ -3,13 +3,15 @@ origination, and the readiness and Prometheus listeners."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 
 from waypoint import model, names
-from waypoint.envoy import clusters, filters, protos, routes, secrets
+from waypoint.envoy import clusters, filters, policies, protos, routes, secrets
 from waypoint.envoy import options as options_mod
 
 READINESS_PATH = "/healthz/ready"
@@ -21,7 +23,10 @@ def build(
     waypoint: model.Waypoint, options: options_mod.BootstrapOptions
 ) -> list[listener_pb2.Listener]:
     out = [connect_terminate(waypoint, options)]
-    out += [inbound(dest, waypoint.identity.trust_domain) for dest in waypoint.destinations]
+    lbs = policies.load_balancers(waypoint)
+    td = waypoint.identity.trust_domain
+    service = f"{waypoint.name}.{waypoint.namespace}"  # the tracing service name
+    out += [inbound(dest, td, options, lbs, service) for dest in waypoint.destinations]
     out += [connect_originate(target.name) for target in clusters.originate_targets(waypoint)]
     out += [readiness(options), stats(options)]
     return sorted(out, key=lambda listener: listener.name)
@@ -50,13 +55,23 @@ def _internal(name: str) -> listener_pb2.Listener:
     )
 
 
-def inbound(destination: model.Destination, trust_domain: str) -> listener_pb2.Listener:
+def inbound(
+    destination: model.Destination,
+    trust_domain: str,
+    options: options_mod.BootstrapOptions | None = None,
+    lbs: Mapping[str, model.LoadBalancer] | None = None,
+    service: str = "waypoint",
+) -> listener_pb2.Listener:
     """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
     name = routes.inbound_name(destination)
     out = _internal(name)
     if destination.protocol.is_http:
-        route_config = routes.destination_route_config(destination, trust_domain)
-        hcm = filters.http_connection_manager(name, route_config, [filters.router()])
+        route_config = routes.destination_route_config(destination, trust_domain, lbs)
+        hcm = filters.http_connection_manager(
+            name, route_config, policies.http_filters(destination)
+        )
+        # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
+        policies.tracing(hcm, options or options_mod.BootstrapOptions(), service)
         network_filter = filters.hcm_filter(hcm)
     else:
         network_filter = filters.tcp_proxy(name, destination.default_cluster)

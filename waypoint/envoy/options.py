@@ -37,3 +37,8 @@ class BootstrapOptions:
     # True: TLS contexts fetch the two secrets over ADS (an xDS server serves
     # Resources.secrets); False: from the SDS files, for a static bootstrap.
     sds_over_ads: bool = False
+    # The extauthz sidecar (host:port or unix:/path); "" means 127.0.0.1:9191. Its cluster
+    # and the ext_authz filters appear only when some route has an ExtAuthzPolicy.
+    extauthz_address: str = ""
+    # An OpenTelemetry collector (host:port, OTLP/gRPC); "" disables tracing spans.
+    otel_collector: str = ""

@@ -7,6 +7,7 @@ the Service a client dialled (the CONNECT authority), never by the Host header.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
@@ -15,7 +16,7 @@ from envoy.type.matcher.v3 import filter_state_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
 from waypoint import model, names
-from waypoint.envoy import filters, protos
+from waypoint.envoy import filters, policies, protos
 
 # A weighted-cluster name no cluster ever has: an unresolved backendRef's share of traffic
 # goes there and gets cluster_not_found_response_code (500), as the Gateway API requires.
@@ -78,17 +79,22 @@ def _connect_route(authority: str, cluster: str) -> rc_pb2.Route:
 
 
 def destination_route_config(
-    destination: model.Destination, trust_domain: str
+    destination: model.Destination,
+    trust_domain: str,
+    lbs: Mapping[str, model.LoadBalancer] | None = None,
 ) -> route_pb2.RouteConfiguration:
+    """``lbs``: load balancers by cluster name, for consistent-hash routes."""
     name = inbound_name(destination)
     consumer = [r for r in destination.routes if r.consumer_namespace is not None]
     producer = [r for r in destination.routes if r.consumer_namespace is None]
-    routes = [route(r, destination, trust_domain) for r in consumer]
+    routes = [route(r, destination, trust_domain, lbs) for r in consumer]
     routes += _consumer_fallthrough(destination, trust_domain)
-    routes += [route(r, destination, trust_domain) for r in producer]
+    routes += [route(r, destination, trust_domain, lbs) for r in producer]
     if not routes:
-        routes = [default_route(destination)]
-    vhost = rc_pb2.VirtualHost(name=name, domains=["*"], routes=routes)
+        routes = [default_route(destination, lbs)]
+    # Dot-free, so Envoy's tag extraction keeps the whole name as the virtual_host tag and
+    # the per-route stats get fixed metric names (vhost.<vhost>.route.<route>.*).
+    vhost = rc_pb2.VirtualHost(name=filters.stat_prefix(name), domains=["*"], routes=routes)
     return route_pb2.RouteConfiguration(
         name=name,
         virtual_hosts=[vhost],
@@ -122,20 +128,39 @@ def _consumer_fallthrough(destination: model.Destination, trust_domain: str) -> 
     return out
 
 
-def default_route(destination: model.Destination) -> rc_pb2.Route:
+def default_route(
+    destination: model.Destination, lbs: Mapping[str, model.LoadBalancer] | None = None
+) -> rc_pb2.Route:
     """Everything to the destination's own endpoints (a Service with no route attached)."""
     action = rc_pb2.RouteAction(cluster=destination.default_cluster, timeout=protos.duration(0))
-    return rc_pb2.Route(
-        name=names.default_route_name(host_ref(destination), destination.port),
+    policies.apply_hashing(action, [destination.default_cluster], lbs or {})
+    name = names.default_route_name(host_ref(destination), destination.port)
+    out = rc_pb2.Route(
+        name=name,
         match=rc_pb2.RouteMatch(prefix="/"),
         route=action,
+        stat_prefix=filters.stat_prefix(name),
     )
+    if not destination.routes:
+        policies.apply_route(out, destination.policy, destination)
+    return out
 
 
-def route(r: model.Route, destination: model.Destination, trust_domain: str) -> rc_pb2.Route:
-    """One Gateway API (rule, match) as an Envoy route."""
+def route(
+    r: model.Route,
+    destination: model.Destination,
+    trust_domain: str,
+    lbs: Mapping[str, model.LoadBalancer] | None = None,
+) -> rc_pb2.Route:
+    """One Gateway API (rule, match) as an Envoy route, with its policies.
+
+    ``stat_prefix`` gives each route Envoy's per-route request, status-code and latency
+    stats (``vhost.<vhost>.route.<prefix>.*``): RED metrics on the Prometheus port.
+    """
     _check(r)
-    out = rc_pb2.Route(name=r.name, match=route_match(r.match))
+    out = rc_pb2.Route(
+        name=r.name, match=route_match(r.match), stat_prefix=filters.stat_prefix(r.name)
+    )
     if r.consumer_namespace is not None:
         out.match.filter_state.append(_consumer_matcher(r.consumer_namespace, trust_domain))
     _modify_headers(out, r.request_headers, r.response_headers)
@@ -145,6 +170,9 @@ def route(r: model.Route, destination: model.Destination, trust_domain: str) -> 
         out.redirect.CopyFrom(redirect(r.redirect, r.match.path, destination.port))
     else:
         _forward(out, r)
+        clusters = [b.cluster for b in r.backends if b.cluster]
+        policies.apply_hashing(out.route, clusters, lbs or {})
+    policies.apply_route(out, r.policy, destination)
     return out
 
 
@@ -291,8 +319,11 @@ def _timeouts(
 
 
 def _retry(retry: model.Retry, timeouts: model.Timeouts | None) -> rc_pb2.RetryPolicy:
+    retry_on = ",".join(retry.retry_on) if retry.retry_on else _RETRY_ON
+    if retry.codes and "retriable-status-codes" not in retry_on:
+        retry_on += ",retriable-status-codes"
     policy = rc_pb2.RetryPolicy(
-        retry_on=_RETRY_ON + (",retriable-status-codes" if retry.codes else ""),
+        retry_on=retry_on,
         num_retries=protos.uint32(retry.attempts),
         retriable_status_codes=list(retry.codes),
     )
@@ -300,6 +331,8 @@ def _retry(retry: model.Retry, timeouts: model.Timeouts | None) -> rc_pb2.RetryP
         policy.retry_back_off.base_interval.CopyFrom(protos.duration(retry.backoff_seconds))
     if timeouts is not None and timeouts.backend_request:
         policy.per_try_timeout.CopyFrom(protos.duration(timeouts.backend_request))
+    elif retry.per_try_timeout:
+        policy.per_try_timeout.CopyFrom(protos.duration(retry.per_try_timeout))
     return policy
 
 

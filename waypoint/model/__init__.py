@@ -61,6 +61,7 @@ class Cluster:
     namespace: str
     service: str
     port: int
+    policy: ClusterPolicy | None = None  # TrafficPolicy's cluster-level part
 
 
 # --- L7 routes ----------------------------------------------------------------------------
@@ -157,6 +158,8 @@ class Retry:
     attempts: int
     codes: tuple[int, ...] = ()
     backoff_seconds: float | None = None
+    retry_on: tuple[str, ...] = ()  # Envoy retry_on conditions (TrafficPolicy); () = defaults
+    per_try_timeout: float | None = None  # seconds; TrafficPolicy's perTryTimeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +201,135 @@ class Route:
     timeouts: Timeouts | None = None
     retry: Retry | None = None
     consumer_namespace: str | None = None  # consumer route: only clients in this namespace
+    policy: RoutePolicy | None = None  # ExtAuthzPolicy and TrafficPolicy parts that apply here
+
+
+# --- policies (waypoint.policy) -----------------------------------------------------------
+
+
+class FailureMode(enum.Enum):
+    CLOSED = "Closed"
+    OPEN = "Open"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtAuthz:
+    """An ExtAuthzPolicy as it applies to one route: ask extauthz for ``decision``.
+
+    ``policy`` is ``<namespace>/<name>`` of the policy, for logs and context extensions.
+    ``max_request_bytes`` 0 sends no body.
+    """
+
+    policy: str
+    decision: str
+    failure_mode: FailureMode = FailureMode.CLOSED
+    timeout: float = 0.2
+    max_request_bytes: int = 0
+    allow_partial_message: bool = False
+    jwt_required: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRateLimit:
+    """A token bucket per route (per Envoy): ``tokens`` refilled every ``fill_interval`` s."""
+
+    tokens: int
+    fill_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultInjection:
+    """Delay and/or abort a percentage of requests."""
+
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutePolicy:
+    """What policies add to one route. ``sources`` names the winning policies."""
+
+    authz: ExtAuthz | None = None
+    rate_limit: LocalRateLimit | None = None
+    fault: FaultInjection | None = None
+    sources: tuple[str, ...] = ()
+
+
+class LoadBalancerType(enum.Enum):
+    ROUND_ROBIN = "RoundRobin"
+    LEAST_REQUEST = "LeastRequest"
+    RANDOM = "Random"
+    CONSISTENT_HASH = "ConsistentHash"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadBalancer:
+    """``hash_header`` or ``hash_cookie`` (with ``cookie_ttl`` s) for CONSISTENT_HASH."""
+
+    type: LoadBalancerType = LoadBalancerType.ROUND_ROBIN
+    hash_header: str | None = None
+    hash_cookie: str | None = None
+    cookie_ttl: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitBreaker:
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_parallel_requests: int | None = None
+    max_parallel_retries: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class OutlierDetection:
+    """Passive health checking on request failures (5xx and connection errors)."""
+
+    consecutive_5xx: int | None = None
+    interval: float | None = None
+    base_ejection_time: float | None = None
+    max_ejection_percent: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterPolicy:
+    load_balancer: LoadBalancer | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+    sources: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenHeader:
+    name: str
+    prefix: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimHeader:
+    claim: str
+    header: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JwtProvider:
+    """One RequestAuthentication jwtRule; ``name`` is ``<ns>.<name>.<rule index>``.
+
+    ``jwks`` is inline JWKS JSON text, ``jwks_uri`` a URL; at least one is set.
+    """
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    jwks_uri: str | None = None
+    jwks: str | None = None
+    from_headers: tuple[TokenHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    claim_to_headers: tuple[ClaimHeader, ...] = ()
+    payload_header: str | None = None
+    forward_original_token: bool = False
 
 
 # --- destinations served by the waypoint -------------------------------------------------
@@ -225,6 +357,8 @@ class Destination:
     default_cluster: str
     routes: tuple[Route, ...] = ()
     hostnames: tuple[str, ...] = ()
+    policy: RoutePolicy | None = None  # for the default route, when ``routes`` is empty
+    principal: str | None = None  # the workloads' SPIFFE ID when they all share one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +381,7 @@ class Waypoint:
     scope_service_account: str | None
     destinations: tuple[Destination, ...]
     clusters: tuple[Cluster, ...]
+    jwt_providers: tuple[JwtProvider, ...] = ()  # RequestAuthentication rules, for extauthz
 
 
 # --- status ------------------------------------------------------------------------------

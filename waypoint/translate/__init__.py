@@ -7,7 +7,8 @@ any order give an identical ``Translation``.
 
 Stages: ``index`` (objects by kind), ``gateways`` (which Gateways are waypoints), ``services``
 (ports, protocols, endpoints, clusters), ``binding`` (who is served by which waypoint),
-``routes``/``rules``/``matches``/``filters`` (GAMMA routes), ``assemble`` (one Waypoint each).
+``routes``/``rules``/``matches``/``filters`` (GAMMA routes), ``assemble`` (one Waypoint each),
+``policies`` (ExtAuthzPolicy, TrafficPolicy and RequestAuthentication attachment).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from waypoint import model
-from waypoint.translate import assemble, binding, gateways, index, routes, services, status
+from waypoint.translate import (
+    assemble,
+    binding,
+    gateways,
+    index,
+    policies,
+    routes,
+    services,
+    status,
+)
 
 
 def translate(
@@ -33,4 +43,7 @@ def translate(
         assemble.waypoint(spec, trust_domain, world, bound, attached)
         for _key, spec in sorted(specs.items())
     )
+    # Policy attachment (waypoint.policy kinds) comes last: it only refines the result.
+    context = policies.Context(idx, world, specs, bound, trust_domain)
+    waypoints = policies.attach(objects, context, waypoints, book)
     return model.Translation(waypoints=waypoints, statuses=book.statuses())

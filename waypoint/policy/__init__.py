@@ -1,0 +1,79 @@
+"""L7 policies attached to waypoints: authorization, end-user JWT and traffic policy.
+
+``parse`` validates the policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of
+``policy.waypoint.dev/v1alpha1``, Istio's ``RequestAuthentication``); attachment to the IR
+happens in ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result.
+This package also gives the controller and ``waypoint up`` what they need about the extauthz
+sidecar: whether a waypoint needs one, and its config.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from waypoint import model
+
+API_VERSION = "policy.waypoint.dev/v1alpha1"
+
+
+def needs_extauthz(waypoint: model.Waypoint) -> bool:
+    """True when some route or default route of the waypoint asks extauthz for a decision."""
+    for destination in waypoint.destinations:
+        if destination.policy is not None and destination.policy.authz is not None:
+            return True
+        if any(r.policy is not None and r.policy.authz is not None for r in destination.routes):
+            return True
+    return False
+
+
+def _provider(provider: model.JwtProvider) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": provider.name,
+        "issuer": provider.issuer,
+        "audiences": list(provider.audiences),
+        "algorithms": ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"],
+    }
+    if provider.jwks_uri is not None:
+        out["jwks_uri"] = provider.jwks_uri
+    if provider.jwks is not None:
+        out["jwks"] = json.loads(provider.jwks)
+    if provider.from_headers:
+        out["from_headers"] = [{"name": h.name, "prefix": h.prefix} for h in provider.from_headers]
+    elif provider.from_params or provider.from_cookies:
+        out["from_headers"] = []  # Istio: explicit locations replace the default header
+    if provider.from_params:
+        out["from_params"] = list(provider.from_params)
+    if provider.from_cookies:
+        out["from_cookies"] = list(provider.from_cookies)
+    if provider.claim_to_headers:
+        out["claim_to_headers"] = [
+            {"claim": c.claim, "header": c.header} for c in provider.claim_to_headers
+        ]
+    if provider.payload_header is not None:
+        out["forward_payload_header"] = provider.payload_header
+    if provider.forward_original_token:
+        out["forward_original_token"] = True
+    return out
+
+
+def extauthz_config(
+    waypoint: model.Waypoint,
+    listen: str = "127.0.0.1:9191",
+    modules: tuple[str, ...] = ("/etc/extauthz/policies/policy.rego",),
+    metrics_listen: str | None = "127.0.0.1:9464",
+) -> dict[str, Any]:
+    """The extauthz sidecar's config (its YAML format) for this waypoint.
+
+    JWT providers come from the RequestAuthentications that reach the waypoint; the Rego
+    ``modules`` are the user's (a ConfigMap the controller mounts). Each route picks its
+    decision through context extensions, so the default decision here is only a fallback.
+    """
+    config: dict[str, Any] = {
+        "listen": listen,
+        "jwt": {"providers": [_provider(p) for p in waypoint.jwt_providers]},
+        "policy": {"engine": "embedded", "modules": list(modules)},
+    }
+    if metrics_listen is not None:
+        config["metrics_listen"] = metrics_listen
+    return config
