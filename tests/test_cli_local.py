@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests import conftest
-from waypoint import cli
+from waypoint import cli, pipeline
 from waypoint.commands import up
 from waypoint.local import stack as stack_mod
 from waypoint.runtime import envoy_process
@@ -96,13 +96,16 @@ def test_up_once_runs_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert "location: http://echo.demo/new/page" in out  # the redirect
     assert "spiffe://cluster.local/ns/demo/sa/waypoint" in out
     assert "✗" not in out
+    assert "← 403 Forbidden" in out  # the Rego deny for role viewer
+    assert "x-jwt-role=admin" in out  # claim_to_headers on the allowed admin request
+    assert 'www-authenticate: Bearer error="invalid_token"' in out  # the expired token
 
 
 def test_request_command_through_a_running_waypoint(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    objects = yaml.safe_load_all(up.EXAMPLE.read_text())
-    with stack_mod.LocalStack(list(objects), "demo", "waypoint") as local:
+    objects = pipeline.load_objects([up.EXAMPLE])
+    with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         local.identity("demo", "sleep").write(tmp_path / "client")
         hbone = f"127.0.0.1:{local.options.hbone_port}"
         base = ["request", "--waypoint", hbone, "--cert-dir", str(tmp_path / "client")]
@@ -121,7 +124,7 @@ def test_request_command_through_a_running_waypoint(
 def test_render_kubernetes_objects_validate(capsys: pytest.CaptureFixture[str]) -> None:
     import kubernetes_validate
 
-    assert cli.main(["render", "--kubernetes", "-f", str(up.EXAMPLE)]) == 0
+    assert cli.main(["render", "--kubernetes", "-f", str(up.EXAMPLE / "world.yaml")]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     kinds = [d["kind"] for d in docs]
     assert kinds == [

@@ -31,6 +31,14 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stats-port", type=int, default=defaults.stats_port)
     group.add_argument("--bind", default=defaults.bind, help="address the listeners bind to")
     group.add_argument(
+        "--extauthz-address",
+        default="",
+        help="the extauthz sidecar (host:port or unix:/path) for ExtAuthzPolicy routes (default 127.0.0.1:9191)",
+    )
+    group.add_argument(
+        "--otel-collector", default="", help="host:port of an OpenTelemetry collector (tracing)"
+    )
+    group.add_argument(
         "--sds-dir",
         default="",
         help="where to write the SDS files Envoy watches (default: beside -o FILE, else <cert-dir>-sds)",
@@ -59,6 +67,8 @@ def bootstrap_options(
         readiness_port=args.readiness_port,
         stats_port=args.stats_port,
         sds_dir=_sds_dir(args),
+        extauthz_address=getattr(args, "extauthz_address", ""),
+        otel_collector=getattr(args, "otel_collector", ""),
     )
 
 

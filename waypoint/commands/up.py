@@ -16,12 +16,18 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from extauthz import tokens
 from waypoint import echo, pipeline
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors
+from waypoint.local import sidecar
 from waypoint.local import stack as stack_mod
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "local" / "world.yaml"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "local"
+EXAMPLE_REGO = REPO / "examples" / "extauthz" / "policy.rego"
+DEMO_KEY = REPO / "examples" / "extauthz" / "demo-signing-key.pem"
+DEMO_KID, DEMO_ISSUER, DEMO_AUDIENCE = "demo-1", "https://issuer.waypoint.example", "waypoint-demo"
 CLIENT_NS, CLIENT_SA = "demo", "sleep"
 
 
@@ -34,14 +40,32 @@ class Demo:
     path: str = "/"
     headers: tuple[tuple[str, str], ...] = ()
     port: int = 80
+    token: str | None = None  # "admin", "viewer" or "expired": a demo JWT to present
+    expect: int = 200
 
 
 DEMOS = (
     Demo("canary split 80/20 (v1/v2)", "echo"),
     Demo("header match x-version: v2 → v2", "echo", headers=(("x-version", "v2"),)),
     Demo("prefix rewrite /api → /v1/api, header set", "echo", path="/api/orders"),
-    Demo("redirect /old → /new (301)", "echo", path="/old/page"),
+    Demo("redirect /old → /new (301)", "echo", path="/old/page", expect=301),
     Demo("a Service with no route: its own endpoints", "echo-v2"),
+    Demo("authz: GET /public, no token → allowed by Rego", "echo-v1", path="/public/info"),
+    Demo(
+        "authz: /admin as role viewer → 403 by Rego",
+        "echo-v1",
+        path="/admin",
+        token="viewer",
+        expect=403,
+    ),
+    Demo("authz: /admin as role admin → allowed", "echo-v1", path="/admin", token="admin"),
+    Demo(
+        "authz: /admin with an expired token → 401",
+        "echo-v1",
+        path="/admin",
+        token="expired",
+        expect=401,
+    ),
 )
 
 
@@ -57,6 +81,12 @@ def register(subparsers: Any) -> None:
         help=f"world to run (default: {EXAMPLE.relative_to(EXAMPLE.parents[2])})",
     )
     parser.add_argument("--waypoint", default="demo/waypoint", metavar="NS/NAME")
+    parser.add_argument(
+        "--rego",
+        action="append",
+        metavar="FILE",
+        help="Rego modules for ExtAuthzPolicy decisions (default: examples/extauthz/policy.rego)",
+    )
     parser.add_argument("--hbone-port", type=int, default=15008, help="0 picks a free port")
     parser.add_argument("--admin-port", type=int, default=15000)
     parser.add_argument("--readiness-port", type=int, default=15021)
@@ -87,9 +117,16 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     print(f"waypoint up: starting {namespace}/{name} from {', '.join(files)}", file=out)
     try:
-        local = stack_mod.LocalStack(objects, namespace, name, ports=ports, workdir=args.workdir)
+        local = stack_mod.LocalStack(
+            objects,
+            namespace,
+            name,
+            ports=ports,
+            workdir=args.workdir,
+            rego_modules=args.rego or [str(EXAMPLE_REGO)],
+        )
         local.start()
-    except (stack_mod.StackError, pipeline.WaypointNotFound, OSError) as exc:
+    except (stack_mod.StackError, sidecar.SidecarError, pipeline.WaypointNotFound, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
@@ -124,24 +161,41 @@ def _demo(
     authority = local.authority(CLIENT_NS, demo.service, demo.port)
     host = f"{demo.service}.{CLIENT_NS}"
     print(f"\n▶ {demo.title}\n  GET http://{host}{demo.path}  (CONNECT {authority})", file=out)
+    headers = demo.headers
+    if demo.token:
+        headers += (("authorization", f"Bearer {demo_token(demo.token)}"),)
     try:
-        response = client.request(authority, "GET", demo.path, demo.headers, host=host)
+        response = client.request(authority, "GET", demo.path, headers, host=host)
     except errors.HboneError as exc:
         print(f"  ✗ {exc}", file=out)
         return 1
     print(f"  ← {response.status} {response.reason}", file=out)
-    for name in ("location", "x-canary"):
+    for name in ("location", "x-canary", "www-authenticate"):
         if response.header(name):
             print(f"    {name}: {response.header(name)}", file=out)
     if response.status < 300:
         report = echo.parse_echo(response.text)
-        routed = report.headers.get("x-routed-by", [])
+        extras = [
+            f"{name}={report.headers[name][0]}"
+            for name in ("x-routed-by", "x-jwt-role")
+            if report.headers.get(name)
+        ]
         print(
             f"    answered by {report.hostname} ({report.namespace}); backend saw {report.url}"
-            + (f", x-routed-by={routed[0]}" if routed else ""),
+            + "".join(f", {extra}" for extra in extras),
             file=out,
         )
-    return 0 if response.status < 400 else 1
+    return 0 if response.status == demo.expect else 1
+
+
+def demo_token(kind: str) -> str:
+    """A JWT from the demo issuer: role admin or viewer, or an expired one."""
+    role = "viewer" if kind == "viewer" else "admin"
+    ttl = -3600 if kind == "expired" else 3600
+    return tokens.mint(
+        DEMO_KEY.read_bytes(), DEMO_KID, DEMO_ISSUER, DEMO_AUDIENCE, "demo-user",
+        ttl_seconds=ttl, claims={"role": role},
+    )  # fmt: skip
 
 
 def _print_usage(local: stack_mod.LocalStack, client_dir: pathlib.Path, out: TextIO) -> None:
@@ -159,6 +213,9 @@ def _print_usage(local: stack_mod.LocalStack, client_dir: pathlib.Path, out: Tex
         "Send traffic as a mesh client (identity in the client dir):",
         f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} -i http://{vip}/api/x",
         f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} -H 'x-version: v2' http://{vip}/",
+        "  TOKEN=$(python examples/extauthz/mint_token.py --role admin)",
+        f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} "
+        f'-H "authorization: Bearer $TOKEN" http://{local.vip(CLIENT_NS, "echo-v1")}/admin',
     ]
     print("\n".join(lines), file=out, flush=True)
 

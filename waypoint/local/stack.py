@@ -35,7 +35,7 @@ from waypoint.envoy import secrets
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import loop
 from waypoint.hbone import terminator as hbone_terminator
-from waypoint.local import workloads
+from waypoint.local import sidecar, workloads
 from waypoint.runtime import envoy_process
 
 DEFAULT_TIMEOUT = 10.0
@@ -93,6 +93,7 @@ class LocalStack:
         ports: Ports = Ports(),
         workdir: str | pathlib.Path | None = None,
         ready_timeout: float = 30.0,
+        rego_modules: Sequence[str | pathlib.Path] = (),
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -112,6 +113,8 @@ class LocalStack:
         self._rendered: pipeline.Rendered | None = None
         self._proxy: envoy_process.EnvoyProcess | None = None
         self._waypoint_id: str | None = None
+        self._rego_modules = tuple(rego_modules)
+        self._sidecar: sidecar.ExtAuthzSidecar | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -125,6 +128,12 @@ class LocalStack:
             self._runner = loop.LoopThread("local-stack")
             plan = workloads.plan(self._objects)
             self._options = self._bootstrap_options(self._start_backends(plan))
+            self._sidecar = sidecar.ExtAuthzSidecar(
+                self._runner,
+                self._options.extauthz_address,
+                self._rego_modules,
+                self._workdir / "extauthz-decisions.log",
+            )
             self._apply(self._render(self._objects))
         except BaseException:
             self.stop()
@@ -136,6 +145,9 @@ class LocalStack:
         if self._proxy is not None:
             self._proxy.stop()
             self._proxy = None
+        if self._sidecar is not None:
+            self._sidecar.stop()
+            self._sidecar = None
         for address in sorted(self._backends):
             self._stop_backend(self._backends.pop(address))
         if self._runner is not None:
@@ -201,6 +213,11 @@ class LocalStack:
     def problems(self) -> tuple[model.ResourceStatus, ...]:
         """The statuses with any condition False (rejected objects, unresolved refs)."""
         return tuple(s for s in self.statuses if not s.ok)
+
+    @property
+    def extauthz_running(self) -> bool:
+        """Whether the extauthz sidecar runs (only while some policy of the waypoint needs it)."""
+        return self._sidecar is not None and self._sidecar.running
 
     @property
     def proxy(self) -> envoy_process.EnvoyProcess:
@@ -358,6 +375,7 @@ class LocalStack:
             admin_port=ports.admin or free_port(),
             readiness_port=ports.readiness or free_port(self.bind),
             stats_port=ports.stats or free_port(self.bind),
+            extauthz_address=f"127.0.0.1:{free_port()}",
         )
 
     def _render(self, objects: Sequence[Mapping[str, Any]]) -> pipeline.Rendered:
@@ -375,6 +393,8 @@ class LocalStack:
             self._rendered is not None and self._rendered.bootstrap_yaml == rendered.bootstrap_yaml
         )
         self._rendered = rendered
+        if self._sidecar is not None:
+            self._sidecar.apply(rendered.waypoint)
         if same and self._proxy is not None and self._proxy.process.poll() is None:
             return
         self._restart_envoy(rendered.bootstrap_yaml)
