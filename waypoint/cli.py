@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.cluster",
     "waypoint.commands.up",
     "waypoint.commands.request",
+    "waypoint.commands.explain",
 )
 
 
