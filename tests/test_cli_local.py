@@ -136,3 +136,26 @@ def test_render_kubernetes_objects_validate(capsys: pytest.CaptureFixture[str]) 
     assert "connect_terminate" in config_map["data"]["envoy.yaml"]
     assert cli.main(["render", "--kubernetes", "-f", str(up.EXAMPLE), "--waypoint", "x/y"]) == 1
     assert "no waypoint Gateway" in capsys.readouterr().err
+
+
+def test_render_xds_bootstrap(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from waypoint.envoy import options
+    from waypoint.xds import bootstrap as xds_bootstrap
+
+    args = ["render", "--xds", "127.0.0.1:18000", "--waypoint", "demo/waypoint", "--xds-delta"]
+    assert cli.main([*args, "--admin-port", "19999"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    expected = xds_bootstrap.build(
+        "127.0.0.1:18000",
+        "demo",
+        "waypoint",
+        options.BootstrapOptions(admin_port=19999),
+        delta=True,
+    )
+    assert config["node"] == expected["node"]
+    assert config["dynamic_resources"] == expected["dynamic_resources"]
+    out = tmp_path / "xds.yaml"
+    out.write_text(yaml.safe_dump(config))
+    envoy_process.validate(out)
+    assert cli.main(["render", "--xds", "nope", "--waypoint", "demo/waypoint"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err

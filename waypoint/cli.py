@@ -11,6 +11,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.render",
     "waypoint.commands.cluster",
+    "waypoint.commands.serve",
     "waypoint.commands.up",
     "waypoint.commands.request",
     "waypoint.commands.explain",

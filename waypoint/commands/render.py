@@ -12,6 +12,7 @@ import yaml
 from waypoint import model, pipeline
 from waypoint.envoy import options, secrets
 from waypoint.kube import render as kube_render
+from waypoint.xds import bootstrap as xds_bootstrap
 
 
 def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
@@ -89,12 +90,20 @@ def register(subparsers: Any) -> None:
         "-f",
         "--filename",
         action="append",
-        required=True,
+        default=[],
         metavar="FILE",
         help="YAML file or directory of Kubernetes objects (repeatable)",
     )
     parser.add_argument("--waypoint", type=parse_waypoint_ref, metavar="NS/NAME")
     parser.add_argument("-o", "--output", default="-", metavar="FILE|-")
+    parser.add_argument(
+        "--xds",
+        metavar="ADDR",
+        help="print a minimal bootstrap that gets everything else from the ADS server at ADDR",
+    )
+    parser.add_argument(
+        "--xds-delta", action="store_true", help="with --xds: use the incremental (delta) protocol"
+    )
     parser.add_argument(
         "--kubernetes",
         action="store_true",
@@ -132,6 +141,12 @@ def _write(text: str, output: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.xds and args.waypoint is not None:
+        namespace, name = args.waypoint
+        return _run_xds(args, bootstrap_options(args, namespace, name), namespace, name)
+    if not args.filename:
+        print("error: -f FILE is required (or --xds ADDR with --waypoint)", file=sys.stderr)
+        return 2
     try:
         objects = pipeline.load_objects(args.filename)
     except pipeline.InputError as exc:
@@ -188,3 +203,16 @@ def _is_other_gateway(obj: dict[str, Any], namespace: str, name: str) -> bool:
         namespace,
         name,
     )
+
+
+def _run_xds(
+    args: argparse.Namespace, opts: options.BootstrapOptions, namespace: str, name: str
+) -> int:
+    """The xDS bootstrap needs no input world: the ADS server serves the waypoint's config."""
+    try:
+        config = xds_bootstrap.build(args.xds, namespace, name, opts, delta=args.xds_delta)
+    except xds_bootstrap.AddressError as exc:
+        print(f"error: --xds: {exc}", file=sys.stderr)
+        return 2
+    _write(yaml.safe_dump(config, sort_keys=False), args.output)
+    return 0
