@@ -22,6 +22,7 @@ from waypoint import cli
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import manager, reconcile
 from waypoint.kube import gateway
+from waypoint.runtime import envoy_process
 
 GW_API = "gateway.networking.k8s.io/v1"
 PATIENCE = 30.0
@@ -327,3 +328,61 @@ def test_controller_command_with_leader_election_and_metrics(
     lease = fake.get("coordination.k8s.io/v1", "Lease", "waypoint-system", "waypoint-controller")
     assert lease is not None
     assert lease["spec"]["holderIdentity"] == ""  # released on shutdown
+
+
+def test_controller_command_serves_xds_and_writes_xds_bootstraps(
+    fake: server.FakeKube, kubeconfig: str
+) -> None:
+    fake.seed([world.namespace("waypoint-system")])
+    port = conftest.free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "waypoint",
+            "controller",
+            "--kubeconfig",
+            kubeconfig,
+            "--leader-elect",
+            "--leader-elect-namespace",
+            "waypoint-system",
+            "--xds-listen",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=conftest.REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with kcluster.Cluster.connect(kubeconfig) as api:
+            api.apply(gateway.generate_gateway("demo"), "waypoint")
+        wait_for(
+            lambda: fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config") is not None,
+            "the ConfigMap",
+        )
+        config_map = fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config")
+        assert config_map is not None
+        boot = yaml.safe_load(config_map["data"]["envoy.yaml"])
+        (xds_cluster,) = boot["static_resources"]["clusters"]
+        address = xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        # The default: the controller's xDS Service in its namespace, on the listen port.
+        assert address["address"]["socket_address"] == {
+            "address": "waypoint-controller-xds.waypoint-system.svc",
+            "port_value": port,
+        }
+        assert boot["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+        envoy_process.validate_text(config_map["data"]["envoy.yaml"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=PATIENCE)
+    assert proc.returncode == 0, output
+    assert f"serving xDS on 127.0.0.1:{port}" in output
+
+
+def test_controller_command_rejects_a_bad_xds_listen_address(
+    run: Run, fake: server.FakeKube
+) -> None:
+    code, _, err = run("controller", "--xds-listen", "nowhere")
+    assert code == 1
+    assert "--xds-listen nowhere" in err

@@ -14,6 +14,7 @@ import pytest
 
 from tests import conftest
 from tests.fakekube import server, world
+from waypoint import pipeline
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager, reconcile
 from waypoint.envoy import options as envoy_options
@@ -174,7 +175,7 @@ def test_failed_reconcile_backs_off_and_retries(
         namespace: str,
         name: str,
         opts: envoy_options.BootstrapOptions,
-    ) -> str:
+    ) -> pipeline.Rendered:
         if failures:
             raise failures.pop()
         return reconcile.pipeline_renderer(objs, namespace, name, opts)

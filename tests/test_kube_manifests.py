@@ -11,18 +11,21 @@ import shutil
 import subprocess
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped,unused-ignore]
 import kubernetes_validate
 import pytest
 import yaml
 
 from tests import conftest
-from tests.fakekube import gateway_api_schema
+from tests.fakekube import catalog as fake_catalog
+from tests.fakekube import gateway_api_schema, world
+from waypoint.controller import cluster as kcluster
+from waypoint.controller import reconcile, xds
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, objects, settings
+from waypoint.kube import constants, gateway, objects, render, settings
 
 MANIFESTS = conftest.REPO / "manifests"
-TARGETS = ["base", "overlays/opa", "overlays/cert-manager"]
+TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds"]
 # cert-manager's kinds have no schema in kubernetes-validate and we do not carry their CRDs.
 UNCHECKED = {"Certificate", "ClusterIssuer"}
 
@@ -75,6 +78,22 @@ def _images(node: Any) -> list[str]:
     return []
 
 
+def test_xds_overlay_serves_ads_behind_the_default_address() -> None:
+    docs = build("overlays/xds")
+    (service,) = [d for d in docs if d["metadata"]["name"] == xds.SERVICE_NAME]
+    (port,) = service["spec"]["ports"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert f"--xds-listen=0.0.0.0:{port['targetPort']}" in container["args"]
+    assert port["targetPort"] in [p["containerPort"] for p in container["ports"]]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # What the controller tells the pods to dial by default names this Service.
+    namespace = service["metadata"]["namespace"]
+    assert xds.default_address(namespace, port["port"]) == (
+        f"{service['metadata']['name']}.{namespace}.svc:{port['port']}"
+    )
+
+
 def test_images_name_no_registry_host() -> None:
     for target in TARGETS:
         images = [image for doc in build(target) for image in _images(doc)]
@@ -99,9 +118,38 @@ def test_rbac_is_least_privilege() -> None:
     deletable = {
         r for rule in role["rules"] if "delete" in rule["verbs"] for r in rule["resources"]
     }
-    assert deletable == {"horizontalpodautoscalers", "poddisruptionbudgets"}
+    assert deletable == {"horizontalpodautoscalers", "poddisruptionbudgets", "configmaps"}
     (lease_role,) = [d for d in docs if d["kind"] == "Role"]
     assert {r for rule in lease_role["rules"] for r in rule["resources"]} == {"leases"}
+
+
+def _allowed(role: dict[str, Any], group: str, resource: str) -> set[str]:
+    return {
+        verb
+        for rule in role["rules"]
+        if group in rule["apiGroups"] and resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_covers_what_the_controller_reads_and_writes() -> None:
+    (role,) = [d for d in build("base") if d["kind"] == "ClusterRole"]
+    plural = {(r.group, r.kind): r.plural for r in fake_catalog.all_resources()}
+    for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
+        resource = plural[(kind.group, kind.kind)]
+        assert {"get", "list", "watch"} <= _allowed(role, kind.group, resource), kind
+    for kind in reconcile.STATUS_KINDS.values():
+        resource = plural[(kind.group, kind.kind)] + "/status"
+        assert "update" in _allowed(role, kind.group, resource), kind
+    # Policies are the user's: the controller only reads them and writes their status.
+    for kind in kcluster.POLICY_KINDS:
+        assert _allowed(role, kind.group, plural[(kind.group, kind.kind)]) == {
+            "get",
+            "list",
+            "watch",
+        }
+    for kind in kcluster.GENERATED_KINDS:
+        assert {"create", "patch"} <= _allowed(role, kind.group, plural[(kind.group, kind.kind)])
 
 
 @pytest.mark.parametrize("overlay", ["overlays/opa", "overlays/cert-manager"])
@@ -125,11 +173,51 @@ def test_overlay_class_defaults_make_valid_waypoints(overlay: str) -> None:
         kubernetes_validate.validate(obj, "1.32.0", strict=True)
     (deployment,) = [o for o in generated if o["kind"] == "Deployment"]
     containers = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
-    assert containers[:2] == ["envoy", "extauthz"]
+    # No policy needs extauthz here, so no sidecar: only the overlay's container joins Envoy.
+    assert containers[0] == "envoy"
     if overlay == "overlays/opa":
-        assert containers[2:] == ["opa"]
+        assert containers[1:] == ["opa"]
     else:
         assert conf.cert_source is settings.CertSource.CSI
+
+    # With an ExtAuthzPolicy the sidecar joins; under the OPA overlay it asks that OPA.
+    policy = {
+        "apiVersion": "policy.waypoint.dev/v1alpha1",
+        "kind": "ExtAuthzPolicy",
+        "metadata": {"name": "echo-authz", "namespace": "demo"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+            "decision": "envoy/authz/allow",
+        },
+    }
+    rego = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "waypoint-extauthz-policy", "namespace": "demo"},
+        "data": {"policy.rego": "package envoy.authz\n\ndefault allow := true\n"},
+    }
+    inputs = [*world.mesh("demo"), gw, gateway_class, defaults, policy]
+    if overlay != "overlays/opa":
+        inputs.append(rego)
+    generated = render.render_kubernetes(inputs, envoy_options.BootstrapOptions())
+    for obj in generated:
+        kubernetes_validate.validate(obj, "1.32.0", strict=True)
+    (deployment,) = [o for o in generated if o["kind"] == "Deployment"]
+    containers = [c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    (sidecar_config,) = [
+        yaml.safe_load(o["data"]["config.yaml"])
+        for o in generated
+        if o["metadata"]["name"] == "waypoint-extauthz"
+    ]
+    if overlay == "overlays/opa":
+        assert containers == ["envoy", "extauthz", "opa"]
+        assert sidecar_config["policy"] == {
+            "engine": "opa",
+            "opa": {"url": "http://127.0.0.1:8181"},
+        }
+    else:
+        assert containers == ["envoy", "extauthz"]
+        assert sidecar_config["policy"]["engine"] == "embedded"
 
 
 def test_gateway_api_schema_catches_mistakes() -> None:

@@ -91,14 +91,13 @@ def test_service_ports() -> None:
 def test_pod_security_probes_and_resources() -> None:
     pod = _desired(_gateway())["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    envoy, extauthz = pod["containers"]
+    # No policy asks for extauthz: no sidecar (tests/test_kube_extauthz.py covers it).
+    (envoy,) = pod["containers"]
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": 15021}
     assert envoy["startupProbe"]["httpGet"]["port"] == 15021
-    for container in (envoy, extauthz):
-        assert container["securityContext"]["readOnlyRootFilesystem"] is True
-        assert container["securityContext"]["runAsNonRoot"] is True
-        assert container["resources"]["requests"]["cpu"]
-    assert extauthz["args"] == ["serve", "--config", "/etc/extauthz/config.yaml"]
+    assert envoy["securityContext"]["readOnlyRootFilesystem"] is True
+    assert envoy["securityContext"]["runAsNonRoot"] is True
+    assert envoy["resources"]["requests"]["cpu"]
     mounts = {m["name"]: m["mountPath"] for m in envoy["volumeMounts"]}
     assert mounts[objects.CERT_VOLUME] == OPTIONS.cert_dir
     assert envoy["args"][:2] == ["-c", "/etc/waypoint/envoy.yaml"]
@@ -228,6 +227,12 @@ def test_names_and_inverses() -> None:
     ):
         assert names.gateway_of(kind, "waypoint") == "waypoint"
     assert names.gateway_of("ConfigMap", "a-envoy-config-envoy-config") == "a-envoy-config"
+    assert object_names.extauthz_config_map == "waypoint-extauthz"
+    assert names.gateway_of("ConfigMap", object_names.extauthz_config_map) == "waypoint"
+    assert names.gateway_of("ConfigMap", "a-extauthz-envoy-config") == "a-extauthz"
+    assert names.gateway_of("ConfigMap", "a-envoy-config-extauthz") == "a-envoy-config"
+    with pytest.raises(ValueError, match="not a waypoint extauthz"):
+        names.parse_extauthz_config_map_name("-extauthz")
     with pytest.raises(ValueError, match="not a waypoint config"):
         names.parse_config_map_name("other")
     with pytest.raises(names.InvalidName, match=r"Gateway demo/Bad\.Name"):

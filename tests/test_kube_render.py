@@ -64,3 +64,39 @@ def test_render_kubernetes_errors_name_the_gateway() -> None:
         ValueError, match="Gateway demo/waypoint: parametersRef ConfigMap demo/missing"
     ):
         render.render_kubernetes([*world.mesh("demo"), gw], OPTIONS)
+
+
+def _authz_policy() -> dict[str, object]:
+    return {
+        "apiVersion": "policy.waypoint.dev/v1alpha1",
+        "kind": "ExtAuthzPolicy",
+        "metadata": {"name": "echo-authz", "namespace": "demo"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "echo"}],
+            "decision": "envoy/authz/allow",
+        },
+    }
+
+
+def test_render_kubernetes_with_an_authz_policy_adds_the_sidecar() -> None:
+    rego = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "waypoint-extauthz-policy", "namespace": "demo"},
+        "data": {"authz.rego": "package envoy.authz\n\ndefault allow := true\n"},
+    }
+    objs = render.render_kubernetes([*_inputs(), _authz_policy(), rego], OPTIONS)
+    assert [(o["kind"], o["metadata"]["name"]) for o in objs][:3] == [
+        ("ServiceAccount", "waypoint"),
+        ("ConfigMap", "waypoint-envoy-config"),
+        ("ConfigMap", "waypoint-extauthz"),
+    ]
+    config = yaml.safe_load(objs[2]["data"]["config.yaml"])
+    assert config["policy"]["modules"] == ["/etc/extauthz-policies/authz.rego"]
+    for obj in objs:
+        kubernetes_validate.validate(obj, "1.32.0", strict=True)
+
+
+def test_render_kubernetes_names_the_missing_rego_config_map() -> None:
+    with pytest.raises(ValueError, match="ConfigMap demo/waypoint-extauthz-policy"):
+        render.render_kubernetes([*_inputs(), _authz_policy()], OPTIONS)

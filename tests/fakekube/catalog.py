@@ -1,8 +1,19 @@
-"""The API resources the fake server serves, and the Gateway API ones it can leave out."""
+"""The API resources the fake server serves, and the Gateway API and policy ones it can leave out.
+
+The policy kinds come from our own CRDs in ``manifests/base/crds/`` (so the fake serves exactly
+what ``kubectl apply -k manifests/base`` would install) plus Istio's RequestAuthentication.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import pathlib
+from typing import Any
+
+import yaml
+
+CRD_DIR = pathlib.Path(__file__).resolve().parents[2] / "manifests" / "base" / "crds"
 
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
@@ -48,3 +59,39 @@ GATEWAY_API = (
     Resource(GATEWAY_API_GROUP, "v1", "HTTPRoute", "httproutes", status=True),
     Resource(GATEWAY_API_GROUP, "v1", "GRPCRoute", "grpcroutes", status=True),
 )
+
+REQUEST_AUTHENTICATION = Resource(
+    "security.istio.io", "v1", "RequestAuthentication", "requestauthentications", status=True
+)
+
+
+def from_crd(crd: dict[str, Any]) -> list[Resource]:
+    """The served versions of a CustomResourceDefinition."""
+    spec = crd["spec"]
+    return [
+        Resource(
+            spec["group"],
+            version["name"],
+            spec["names"]["kind"],
+            spec["names"]["plural"],
+            namespaced=spec["scope"] == "Namespaced",
+            status="status" in (version.get("subresources") or {}),
+        )
+        for version in spec["versions"]
+        if version.get("served")
+    ]
+
+
+@functools.cache
+def policies() -> tuple[Resource, ...]:
+    found: list[Resource] = []
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                found.extend(from_crd(doc))
+    return (*found, REQUEST_AUTHENTICATION)
+
+
+def all_resources() -> tuple[Resource, ...]:
+    """Everything a fully equipped fake serves."""
+    return (*BUILTIN, *GATEWAY_API, *policies())

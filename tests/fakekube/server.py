@@ -69,8 +69,12 @@ class _Event:
 class FakeKube:
     """A stateful API server on 127.0.0.1; use as a context manager or call start/stop."""
 
-    def __init__(self, gateway_api: bool = True, bookmark_interval: float = 0.5) -> None:
+    def __init__(
+        self, gateway_api: bool = True, bookmark_interval: float = 0.5, policies: bool = True
+    ) -> None:
         self.resources = list(catalog.BUILTIN) + (list(catalog.GATEWAY_API) if gateway_api else [])
+        if policies:
+            self.resources += catalog.policies()
         self.bookmark_interval = bookmark_interval
         self._by_key = {resource.key: resource for resource in self.resources}
         self._objects: dict[ObjKey, Obj] = {}

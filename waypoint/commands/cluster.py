@@ -29,8 +29,12 @@ from waypoint import names as envoy_names
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager, reconcile
 from waypoint.controller import metrics as kmetrics
+from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, names, settings
+from waypoint.xds import bootstrap as xds_bootstrap
+from waypoint.xds import cache as xds_cache
+from waypoint.xds import runner as xds_runner
 
 CLI_FIELD_MANAGER = "waypoint"
 Obj = dict[str, Any]
@@ -116,6 +120,20 @@ def register(subparsers: Any) -> None:
     )
     controller.add_argument(
         "--resync", type=parse_duration, default=300.0, help="periodic resync interval"
+    )
+    controller.add_argument(
+        "--xds-listen",
+        default="",
+        metavar="ADDR",
+        help="serve live config over ADS on HOST:PORT; the generated ConfigMaps then hold "
+        "only an xDS bootstrap, so config changes land without a rollout",
+    )
+    controller.add_argument(
+        "--xds-address",
+        default="",
+        metavar="HOST:PORT",
+        help="where waypoint pods reach the ADS server (default: the waypoint-controller-xds "
+        "Service in the controller's namespace, on the --xds-listen port)",
     )
     controller.add_argument("--envoy-image", default=settings.Settings().envoy_image)
     controller.add_argument("--extauthz-image", default=settings.Settings().extauthz_image)
@@ -499,36 +517,78 @@ def run_controller(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     metrics = kmetrics.Metrics()
+    options = envoy_options.BootstrapOptions(trust_domain=args.trust_domain, cert_dir=args.cert_dir)
+    ads = _start_ads(args) if args.xds_listen else None
     server = metrics.serve(args.metrics_listen) if args.metrics_listen else None
     try:
         with _connect(args) as cluster:
+            publisher = None
+            if ads is not None:
+                address = args.xds_address or kxds.default_address(
+                    args.leader_elect_namespace, ads.port
+                )
+                publisher = kxds.Publisher(ads.cache, address, options)
+                print(f"serving xDS on {ads.target}; waypoints dial {address}", flush=True)
             controller = manager.Controller(
                 cluster,
-                options=envoy_options.BootstrapOptions(
-                    trust_domain=args.trust_domain, cert_dir=args.cert_dir
-                ),
+                options=options,
                 defaults=settings.Settings(
                     envoy_image=args.envoy_image, extauthz_image=args.extauthz_image
                 ),
                 metrics=metrics,
                 resync_period=args.resync,
+                publisher=publisher,
             )
             if not args.leader_elect:
                 controller.run(stop)
                 return 0
-            identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-            elector = leader.LeaderElector(
-                cluster, args.leader_elect_namespace, args.leader_elect_name, identity
-            )
-
-            def lead(lost: threading.Event) -> None:
-                metrics.leader.set(1)
-                controller.run(lost)
-                metrics.leader.set(0)
-
-            elector.run(lead, stop)
-            # Losing the Lease without being asked to stop: exit so the pod restarts clean.
-            return 0 if stop.is_set() else 1
+            return _run_elected(args, cluster, controller, metrics, stop)
     finally:
         if server is not None:
             server.shutdown()
+        if ads is not None:
+            ads.stop(grace=1.0)
+
+
+def _start_ads(args: argparse.Namespace) -> xds_runner.ServerThread:
+    try:
+        xds_bootstrap.parse_address(args.xds_address or args.xds_listen)
+        ads = xds_runner.ServerThread(xds_cache.SnapshotCache(), args.xds_listen)
+        ads.start()
+    except (OSError, ValueError) as exc:
+        raise kcluster.ClusterError(f"--xds-listen {args.xds_listen}: {exc}") from exc
+    return ads
+
+
+def _run_elected(
+    args: argparse.Namespace,
+    cluster: kcluster.Cluster,
+    controller: manager.Controller,
+    metrics: kmetrics.Metrics,
+    stop: threading.Event,
+) -> int:
+    identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    elector = leader.LeaderElector(
+        cluster, args.leader_elect_namespace, args.leader_elect_name, identity
+    )
+    # With live config every replica serves xDS, leader or not: its informers and publisher
+    # run for the whole process, and only reconciling (the writes) follows the Lease.
+    live = controller.publisher is not None
+    if live:
+        controller.start_informers()
+        threading.Thread(
+            target=controller.run_publisher, args=(stop,), name="xds-publish", daemon=True
+        ).start()
+
+    def lead(lost: threading.Event) -> None:
+        metrics.leader.set(1)
+        controller.run(lost, own_informers=not live)
+        metrics.leader.set(0)
+
+    try:
+        elector.run(lead, stop)
+    finally:
+        if live:
+            controller.stop_informers()
+    # Losing the Lease without being asked to stop: exit so the pod restarts clean.
+    return 0 if stop.is_set() else 1

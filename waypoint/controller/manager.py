@@ -1,9 +1,9 @@
 """The running controller: informers feed a rate-limited queue, workers reconcile keys.
 
 Keys are ``("gateway", ns, name)``, ``("gatewayclass", "", name)`` and ``("routes", "", "")``
-(all route status, from one translation of the world). Any change to what translation reads
-(Namespaces, Services, EndpointSlices, routes, Gateways) requeues every waypoint Gateway and
-the route status; the queue collapses the duplicates. A periodic resync requeues everything,
+(all route and policy status, from one translation of the world). Any change to what
+translation reads (Namespaces, Services, EndpointSlices, routes, Gateways, policies) requeues
+every waypoint Gateway and the route and policy status; the queue collapses the duplicates. A periodic resync requeues everything,
 which also catches changes the controller does not watch (a parametersRef ConfigMap).
 """
 
@@ -19,6 +19,7 @@ from waypoint.controller import informer as kinformer
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import queue as kqueue
 from waypoint.controller import reconcile
+from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, settings
 
@@ -26,6 +27,7 @@ LOG = logging.getLogger(__name__)
 Obj = dict[str, Any]
 ROUTES_KEY = ("routes", "", "")
 MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
+REGO_INFORMER = "ConfigMap/extauthz-policy"  # the users' labeled Rego ConfigMaps
 
 
 class Controller:
@@ -40,8 +42,14 @@ class Controller:
         resync_period: float = 300.0,
         watch_timeout: int = 300,
         workers: int = 1,
+        publisher: kxds.Publisher | None = None,
     ) -> None:
         self.cluster = cluster
+        self.publisher = publisher
+        if publisher is not None:
+            # The ConfigMap carries the xDS bootstrap; certificates come over ADS as well.
+            renderer = publisher.renderer
+            options = publisher.options
         self.metrics = metrics or kmetrics.Metrics()
         self.queue = kqueue.WorkQueue()
         self.resync_period = resync_period
@@ -53,9 +61,26 @@ class Controller:
         for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
             if cluster.serves(kind):
                 self._inform(kind, self._on_world_change, None, watch_timeout)
+            elif kind in kcluster.POLICY_KINDS:
+                # Policies are optional: waypoints work without them. A CRD installed later
+                # is picked up when the controller restarts.
+                LOG.warning(
+                    "the cluster does not serve %s (%s); policies of that kind are ignored "
+                    "until its CRD is installed and the controller restarts",
+                    kind.kind,
+                    kind.api_version,
+                )
         # Services are already watched in full above, as translation input.
         for kind in (kcluster.DEPLOYMENT, kcluster.SERVICE_ACCOUNT, kcluster.CONFIG_MAP):
             self._inform(kind, self._on_owned_change, MANAGED_SELECTOR, watch_timeout)
+        self.informers[REGO_INFORMER] = kinformer.Informer(
+            cluster,
+            kcluster.CONFIG_MAP,
+            self._on_rego_change,
+            self.metrics,
+            constants.EXTAUTHZ_POLICY_LABEL,
+            watch_timeout,
+        )
         self.reconciler = reconcile.Reconciler(
             cluster,
             self.world,
@@ -64,8 +89,11 @@ class Controller:
             options=options,
             defaults=defaults,
             metrics=self.metrics,
+            xds_error=publisher.error if publisher else None,
         )
         self.errors: list[str] = []
+        if publisher is not None:
+            publisher.on_status(lambda ns, name: self.queue.add(("gateway", ns, name)))
 
     def _inform(
         self,
@@ -93,6 +121,8 @@ class Controller:
         return [gw for gw in informer.items() if gateway.is_waypoint(gw)]
 
     def enqueue_all(self) -> None:
+        if self.publisher is not None:
+            self.publisher.changed()  # resyncs republish too (a no-op when nothing changed)
         for gw in self.gateways():
             namespace, name = gateway.key(gw)
             self.queue.add(("gateway", namespace, name))
@@ -104,6 +134,8 @@ class Controller:
         obj = after or before or {}
         if _only_status_changed(before, after):
             return  # status (mostly our own writes) is never an input
+        if self.publisher is not None:
+            self.publisher.changed()
         if obj.get("kind") == "GatewayClass":
             # Its parametersRef holds class-wide defaults: every waypoint may change.
             self.enqueue_all()
@@ -123,6 +155,13 @@ class Controller:
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
         if name:
             self.queue.add(("gateway", namespace, name))
+
+    def _on_rego_change(self, before: Obj | None, after: Obj | None) -> None:
+        obj = after or before or {}
+        namespace = (obj.get("metadata") or {}).get("namespace") or ""
+        for gw in self.gateways():
+            if gateway.key(gw)[0] == namespace:
+                self.queue.add(("gateway", *gateway.key(gw)))
 
     # --- running -----------------------------------------------------------------------
 
@@ -168,12 +207,32 @@ class Controller:
                     return False
         return True
 
-    def run(self, stop: threading.Event) -> None:
-        """Watch and reconcile until ``stop`` is set."""
-        self.start_informers()
+    def stop_informers(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    def run_publisher(self, stop: threading.Event) -> None:
+        """Push live config until ``stop`` (every replica, leader or not). Informers must run."""
+        if self.publisher is not None and self.wait_synced(stop):
+            self.publisher.run(self.world, stop)
+
+    def run(self, stop: threading.Event, own_informers: bool = True) -> None:
+        """Watch and reconcile until ``stop`` is set. Without ``own_informers`` the caller
+        has started the informers (they outlive leadership, to keep live config served)."""
+        if own_informers:
+            self.start_informers()
         try:
             if not self.wait_synced(stop):
                 return
+            if self.publisher is not None and own_informers:
+                # One-process mode: the publisher shares this run's lifetime.
+                publisher = threading.Thread(
+                    target=self.publisher.run,
+                    args=(self.world, stop),
+                    name="xds-publish",
+                    daemon=True,
+                )
+                publisher.start()
             self.enqueue_all()
             workers = [
                 threading.Thread(target=self._work, args=(stop,), name=f"worker-{n}", daemon=True)
@@ -187,8 +246,8 @@ class Controller:
             for worker in workers:
                 worker.join()
         finally:
-            for informer in self.informers.values():
-                informer.stop()
+            if own_informers:
+                self.stop_informers()
 
     def _work(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -16,14 +16,17 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waypoint import model
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import status
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, names, objects, render, settings
+from waypoint.kube import constants, gateway, names, render, settings
+
+if TYPE_CHECKING:
+    from waypoint import pipeline
 
 LOG = logging.getLogger(__name__)
 APPLIED_HASH = "waypoint.dev/applied-hash"
@@ -47,11 +50,11 @@ def pipeline_renderer(
     namespace: str,
     name: str,
     options: envoy_options.BootstrapOptions,
-) -> str:
+) -> pipeline.Rendered:
     from waypoint import pipeline
 
     try:
-        return pipeline.render(objects, namespace, name, options).bootstrap_yaml
+        return pipeline.render(objects, namespace, name, options)
     except pipeline.WaypointNotFound as exc:
         raise RenderRejected(str(exc)) from exc
 
@@ -135,6 +138,7 @@ class Reconciler:
         defaults: settings.Settings | None = None,
         metrics: kmetrics.Metrics | None = None,
         clock: Callable[[], str] = utc_now,
+        xds_error: Callable[[str, str], str | None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.world = world
@@ -144,6 +148,8 @@ class Reconciler:
         self.defaults = defaults or settings.Settings()
         self.metrics = metrics or kmetrics.Metrics()
         self.clock = clock
+        # Live config (``--xds-listen``): why the waypoint's Envoys reject their config, if so.
+        self.xds_error = xds_error
 
     # --- Gateway -----------------------------------------------------------------------
 
@@ -161,11 +167,13 @@ class Reconciler:
             )
             return outcome
         try:
-            opts = render.waypoint_options(self.options, namespace, name)
-            bootstrap = self.renderer(self.world(), namespace, name, opts)
-            desired = objects.desired_objects(gw, conf, bootstrap, opts)
+            desired = render.gateway_objects(
+                gw, conf, self.world(), self.options, self.renderer, self._config_map
+            )
         except (RenderRejected, ValueError) as exc:
-            accepted = status.Verdict("Accepted", False, "Invalid", str(exc))
+            # The last applied objects stay: a bad input never takes a running waypoint down.
+            reason = "InvalidParameters" if isinstance(exc, settings.SettingsError) else "Invalid"
+            accepted = status.Verdict("Accepted", False, reason, str(exc))
             self._write_gateway_status(
                 gw, accepted, _not_programmed("Invalid", "not accepted"), [], outcome
             )
@@ -174,6 +182,10 @@ class Reconciler:
         self._prune(gw, desired, outcome)
         accepted = status.Verdict("Accepted", True, "Accepted", "waypoint accepted")
         programmed, addresses = self._programmed(live, outcome)
+        rejected = self.xds_error(namespace, name) if self.xds_error else None
+        if rejected:
+            programmed = _not_programmed("Invalid", rejected)
+            outcome.programmed = False
         self._write_gateway_status(gw, accepted, programmed, addresses, outcome)
         self.metrics.foreign.set(len(outcome.foreign))
         return outcome
@@ -196,6 +208,9 @@ class Reconciler:
         except settings.SettingsError as exc:
             problems.append(str(exc))
             return None
+
+    def _config_map(self, namespace: str, name: str) -> Obj | None:
+        return self.cluster.get(kcluster.CONFIG_MAP, namespace, name)
 
     def _class_config_map(self, problems: list[str]) -> Obj | None:
         """The class-wide defaults ConfigMap named by the GatewayClass's parametersRef."""
@@ -230,15 +245,17 @@ class Reconciler:
         return live_by_kind
 
     def _prune(self, gw: Obj, desired: list[Obj], outcome: Outcome) -> None:
-        """Delete our autoscaler/disruption budget when the settings no longer want them."""
+        """Delete what we generated once and the settings or policies no longer want: the
+        autoscaler, the disruption budget, the extauthz config."""
         namespace, name = gateway.key(gw)
-        wanted = {obj["kind"] for obj in desired}
+        wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in desired}
         object_names = names.names_for(namespace, name)
         for kind, object_name in (
             (kcluster.AUTOSCALER, object_names.autoscaler),
             (kcluster.DISRUPTION_BUDGET, object_names.disruption_budget),
+            (kcluster.CONFIG_MAP, object_names.extauthz_config_map),
         ):
-            if kind.kind in wanted:
+            if (kind.kind, object_name) in wanted:
                 continue
             live = self.cluster.get(kind, namespace, object_name)
             if live is not None and ownership_problem(live, gw) is None:
@@ -323,27 +340,43 @@ class Reconciler:
         return outcome
 
     def reconcile_route_status(self) -> Outcome:
-        """Translate the world once and write every judged route's parent status."""
+        """Translate the world once and write every judged route's and policy's status."""
         outcome = Outcome()
         world = self.world()
         translation = self.translator(world, self.options.trust_domain)
-        kinds = {"HTTPRoute": kcluster.HTTP_ROUTE, "GRPCRoute": kcluster.GRPC_ROUTE}
         for verdict in translation.statuses:
-            kind = kinds.get(verdict.ref.kind)
-            if kind is None or not verdict.parents:
+            kind = STATUS_KINDS.get((verdict.ref.group, verdict.ref.kind))
+            if kind is None or (kind in ROUTE_KINDS and not verdict.parents):
                 continue
-            route = self.cluster.get(kind, verdict.ref.namespace, verdict.ref.name)
-            if route is None:
+            found = self.cluster.get(kind, verdict.ref.namespace, verdict.ref.name)
+            if found is None:
                 continue
-
-            def compute(current: Obj, verdict: model.ResourceStatus = verdict) -> Obj:
-                return {
-                    **(current.get("status") or {}),
-                    "parents": status.route_parents(current, verdict, self.clock()),
-                }
-
-            self._update_status(route, compute, outcome)
+            self._update_status(found, self._status_of(kind, verdict), outcome)
         return outcome
+
+    def _status_of(
+        self, kind: kcluster.Kind, verdict: model.ResourceStatus
+    ) -> Callable[[Obj], Obj]:
+        if kind in ROUTE_KINDS:
+
+            def route(current: Obj) -> Obj:
+                parents = status.route_parents(current, verdict, self.clock())
+                return {**(current.get("status") or {}), "parents": parents}
+
+            return route
+
+        # Istio's RequestAuthentication: istiod owns its top-level conditions.
+        own_conditions = kind.group == constants.POLICY_API_VERSION.split("/")[0]
+
+        def policy(current: Obj) -> Obj:
+            return status.policy_status(current, verdict, self.clock(), own_conditions)
+
+        return policy
+
+
+ROUTE_KINDS = (kcluster.HTTP_ROUTE, kcluster.GRPC_ROUTE)
+# (group, kind) of a translation verdict → the kind whose status the controller writes.
+STATUS_KINDS = {(kind.group, kind.kind): kind for kind in (*ROUTE_KINDS, *kcluster.POLICY_KINDS)}
 
 
 def _not_programmed(reason: str, message: str) -> status.Verdict:
@@ -366,4 +399,5 @@ WORLD_KINDS = (
     kcluster.GATEWAY,
     kcluster.HTTP_ROUTE,
     kcluster.GRPC_ROUTE,
+    *kcluster.POLICY_KINDS,
 )

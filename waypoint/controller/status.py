@@ -123,6 +123,75 @@ def route_parents(route: Mapping[str, Any], verdict: model.ResourceStatus, now: 
     return others + ours
 
 
+def policy_status(
+    policy: Mapping[str, Any], verdict: model.ResourceStatus, now: str, own_conditions: bool = True
+) -> Obj:
+    """A policy's status: its own ``conditions`` (Accepted, ResolvedRefs) and, as Gateway
+    API's PolicyAncestorStatus, one ``ancestors`` entry per target with our controllerName.
+    Other controllers' ancestors are kept. An invalid policy has no judged targets: each of
+    its ``spec.targetRefs`` then carries the policy's own conditions.
+
+    Without ``own_conditions`` (another project's kind, whose top-level conditions its own
+    controller writes) only our ancestors change, so two controllers never fight."""
+    previous = policy.get("status") or {}
+    generation = _generation(policy)
+    own = [Verdict(c.type, c.status, c.reason, c.message) for c in verdict.conditions]
+    others = [
+        a
+        for a in previous.get("ancestors") or []
+        if a.get("controllerName") != constants.CONTROLLER_NAME
+    ]
+    ours_before = {
+        _parent_key(a.get("ancestorRef") or {}): a
+        for a in previous.get("ancestors") or []
+        if a.get("controllerName") == constants.CONTROLLER_NAME
+    }
+    targets: list[tuple[Obj, list[Verdict]]] = []
+    for parent in verdict.parents:
+        judged = [Verdict(c.type, c.status, c.reason, c.message) for c in parent.conditions]
+        # Policy-wide findings (a missing mirror Service) hold for every target.
+        extra = [v for v in own if v.type not in {j.type for j in judged}]
+        targets.append((_parent_ref(parent), judged + extra))
+    if not verdict.parents:
+        namespace = str((policy.get("metadata") or {}).get("namespace") or "")
+        targets = [(ref, own) for ref in _target_refs(policy, namespace)]
+    ancestors = [
+        {
+            "ancestorRef": ref,
+            "controllerName": constants.CONTROLLER_NAME,
+            "conditions": conditions(
+                verdicts,
+                generation,
+                (ours_before.get(_parent_key(ref)) or {}).get("conditions") or [],
+                now,
+            ),
+        }
+        for ref, verdicts in targets
+    ]
+    result = {k: v for k, v in previous.items() if k != "ancestors"}
+    if own_conditions:
+        result["conditions"] = conditions(own, generation, previous.get("conditions") or [], now)
+    result["ancestors"] = others + ancestors
+    return result
+
+
+def _target_refs(policy: Mapping[str, Any], namespace: str) -> list[Obj]:
+    refs = []
+    for raw in (policy.get("spec") or {}).get("targetRefs") or []:
+        if not isinstance(raw, Mapping) or not raw.get("kind") or not raw.get("name"):
+            continue
+        ref: Obj = {
+            "group": str(raw.get("group") or ""),
+            "kind": str(raw["kind"]),
+            "namespace": namespace,
+            "name": str(raw["name"]),
+        }
+        if raw.get("sectionName"):
+            ref["sectionName"] = str(raw["sectionName"])
+        refs.append(ref)
+    return refs[:16]
+
+
 def _parent_ref(parent: model.ParentStatus) -> Obj:
     ref: Obj = {
         "group": parent.parent.group,
@@ -132,14 +201,17 @@ def _parent_ref(parent: model.ParentStatus) -> Obj:
     }
     if parent.port is not None:
         ref["port"] = parent.port
+    if parent.section_name is not None:
+        ref["sectionName"] = parent.section_name
     return ref
 
 
-def _parent_key(ref: Mapping[str, Any]) -> tuple[str, str, str, str, int]:
+def _parent_key(ref: Mapping[str, Any]) -> tuple[str, str, str, str, int, str]:
     return (
         str(ref.get("group", "")),
         str(ref.get("kind", "")),
         str(ref.get("namespace", "")),
         str(ref.get("name", "")),
         int(ref.get("port") or 0),
+        str(ref.get("sectionName") or ""),
     )

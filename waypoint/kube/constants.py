@@ -5,6 +5,10 @@ from __future__ import annotations
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
 
+# Policy attachment (docs/policies.md): our own kinds, and Istio's RequestAuthentication.
+POLICY_API_VERSION = "policy.waypoint.dev/v1alpha1"
+ISTIO_SECURITY_API_VERSION = "security.istio.io/v1"
+
 GATEWAY_CLASS = "waypoint"
 CONTROLLER_NAME = "waypoint.dev/controller"
 FIELD_MANAGER = "waypoint-controller"
@@ -35,6 +39,14 @@ CONFIG_KEY = "envoy.yaml"
 CONFIG_MOUNT = "/etc/waypoint"
 EXTAUTHZ_CONFIG_MOUNT = "/etc/extauthz"
 EXTAUTHZ_CONFIG_KEY = "config.yaml"
+# The user's Rego modules (a ConfigMap named by the extauthz-policy-configmap setting).
+EXTAUTHZ_POLICY_MOUNT = "/etc/extauthz-policies"  # not nested in the read-only config mount
+# Inside the pod only Envoy talks to extauthz; the kubelet probes its health port.
+EXTAUTHZ_LISTEN = "127.0.0.1:9191"
+# A user's Rego ConfigMap with this label is watched: an edit rolls the waypoints of its
+# namespace at once instead of at the next resync.
+EXTAUTHZ_POLICY_LABEL = "waypoint.dev/extauthz-policy"
+EXTAUTHZ_HEALTH_PORT = 9464
 
 GATEWAY_API_INSTALL_HINT = (
     "install the Gateway API CRDs first: kubectl apply --server-side -f "

@@ -2,7 +2,8 @@
 
 The ServiceAccount, Deployment, Service, autoscaler and disruption budget all carry the
 Gateway's own name (as Istio's waypoints do), so ``kubectl get deploy <gateway>`` just works.
-The rendered config lives in ``<gateway>-envoy-config``.
+The rendered config lives in ``<gateway>-envoy-config``, the extauthz sidecar's (when some
+policy needs it) in ``<gateway>-extauthz``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 
 CONFIG_MAP_SUFFIX = "-envoy-config"
 EXTAUTHZ_CONFIG_SUFFIX = "-extauthz"
+EXTAUTHZ_POLICY_SUFFIX = "-extauthz-policy"  # the user's Rego, by default
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_LABEL = 63
 
@@ -54,6 +56,11 @@ class ObjectNames:
     def extauthz_config_map(self) -> str:
         return self.gateway + EXTAUTHZ_CONFIG_SUFFIX
 
+    @property
+    def extauthz_policy_config_map(self) -> str:
+        """The default name of the user's Rego ConfigMap (not generated: the user's own)."""
+        return self.gateway + EXTAUTHZ_POLICY_SUFFIX
+
 
 def names_for(namespace: str, gateway: str) -> ObjectNames:
     """The names for Gateway ``namespace/gateway``; it must be a DNS-1035 label to name a Service."""
@@ -77,9 +84,18 @@ def parse_config_map_name(name: str) -> str:
     return name[: -len(CONFIG_MAP_SUFFIX)]
 
 
+def parse_extauthz_config_map_name(name: str) -> str:
+    """The Gateway whose extauthz sidecar config ConfigMap is called ``name``."""
+    if not name.endswith(EXTAUTHZ_CONFIG_SUFFIX) or len(name) == len(EXTAUTHZ_CONFIG_SUFFIX):
+        raise ValueError(f"not a waypoint extauthz ConfigMap name: {name!r}")
+    return name[: -len(EXTAUTHZ_CONFIG_SUFFIX)]
+
+
 def gateway_of(kind: str, name: str) -> str:
     """The Gateway that a generated object of ``kind`` named ``name`` belongs to."""
     if kind == "ConfigMap":
+        if name.endswith(EXTAUTHZ_CONFIG_SUFFIX):
+            return parse_extauthz_config_map_name(name)
         return parse_config_map_name(name)
     if kind in (
         "ServiceAccount",

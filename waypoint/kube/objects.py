@@ -14,7 +14,7 @@ from typing import Any
 
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import secrets
-from waypoint.kube import constants, gateway, merge, names, settings
+from waypoint.kube import constants, extauthz, gateway, merge, names, settings
 
 Obj = dict[str, Any]
 
@@ -30,8 +30,13 @@ def desired_objects(
     conf: settings.Settings,
     bootstrap_yaml: str,
     options: envoy_options.BootstrapOptions,
+    sidecar: extauthz.Sidecar | None = None,
 ) -> list[Obj]:
-    """ServiceAccount, ConfigMap, Service, Deployment, then the HPA and PDB when enabled."""
+    """ServiceAccount, ConfigMap(s), Service, Deployment, then the HPA and PDB when enabled.
+
+    With a ``sidecar`` the extauthz container joins the pod and its config ConfigMap
+    ``<gateway>-extauthz`` is generated; without one, neither exists.
+    """
     namespace, name = gateway.key(gw)
     object_names = names.names_for(namespace, name)
     files = config_files(bootstrap_yaml, options)
@@ -42,17 +47,27 @@ def desired_objects(
             f"above the ConfigMap limit of {CONFIGMAP_LIMIT}"
         )
     base = _Base(gw, object_names)
-    result = [
-        _overlay(conf, "serviceAccount", service_account(base)),
-        config_map(base, files),
+    result = [_overlay(conf, "serviceAccount", service_account(base)), config_map(base, files)]
+    if sidecar is not None:
+        result.append(extauthz_config_map(base, sidecar))
+    result += [
         _overlay(conf, "service", service(base, options)),
-        _overlay(conf, "deployment", deployment(base, conf, options, files)),
+        _overlay(conf, "deployment", deployment(base, conf, options, files, sidecar)),
     ]
     if conf.autoscaling:
         result.append(_overlay(conf, "horizontalPodAutoscaler", autoscaler(base, conf)))
     if conf.min_replicas > 1:
         result.append(_overlay(conf, "podDisruptionBudget", disruption_budget(base)))
     return result
+
+
+def pod_inputs(files: dict[str, str], sidecar: extauthz.Sidecar | None) -> dict[str, str]:
+    """Everything the pod reads once at start: its config hash covers all of it."""
+    inputs = dict(files)
+    if sidecar is not None:
+        inputs["extauthz/" + constants.EXTAUTHZ_CONFIG_KEY] = sidecar.config_yaml
+        inputs["extauthz/rego"] = sidecar.policy_digest
+    return inputs
 
 
 def config_hash(files: dict[str, str]) -> str:
@@ -149,6 +164,15 @@ def config_map(base: _Base, files: dict[str, str]) -> Obj:
     }
 
 
+def extauthz_config_map(base: _Base, sidecar: extauthz.Sidecar) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": base.metadata(base.names.extauthz_config_map),
+        "data": {constants.EXTAUTHZ_CONFIG_KEY: sidecar.config_yaml},
+    }
+
+
 def service(base: _Base, options: envoy_options.BootstrapOptions) -> Obj:
     return {
         "apiVersion": "v1",
@@ -216,6 +240,7 @@ def deployment(
     conf: settings.Settings,
     options: envoy_options.BootstrapOptions,
     files: dict[str, str],
+    sidecar: extauthz.Sidecar | None = None,
 ) -> Obj:
     spec: Obj = {
         "selector": {"matchLabels": base.selector()},
@@ -223,7 +248,7 @@ def deployment(
             "type": "RollingUpdate",
             "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
         },
-        "template": _pod_template(base, conf, options, files),
+        "template": _pod_template(base, conf, options, files, sidecar),
     }
     # With an HPA the replica count belongs to it; setting it here would fight the autoscaler.
     if not conf.autoscaling:
@@ -241,6 +266,7 @@ def _pod_template(
     conf: settings.Settings,
     options: envoy_options.BootstrapOptions,
     files: dict[str, str],
+    sidecar: extauthz.Sidecar | None,
 ) -> Obj:
     containers = [_envoy_container(conf, options)]
     sds_names = sorted(name for name in files if name != constants.CONFIG_KEY)
@@ -254,23 +280,15 @@ def _pod_template(
         containers[0]["volumeMounts"].insert(
             1, {"name": "sds", "mountPath": secrets.sds_dir(options), "readOnly": True}
         )
-    if conf.extauthz:
-        containers.append(_extauthz_container(conf))
-        volumes.append(
-            {
-                "name": "extauthz-config",
-                "configMap": {
-                    "name": conf.extauthz_config_map or base.names.extauthz_config_map,
-                    "optional": True,
-                },
-            }
-        )
+    if sidecar is not None:
+        containers.append(_extauthz_container(conf, sidecar))
+        volumes += _extauthz_volumes(base, sidecar)
     return {
         "metadata": {
             "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: "none"},
             "annotations": {
                 **base.extra_annotations,
-                constants.CONFIG_HASH_ANNOTATION: config_hash(files),
+                constants.CONFIG_HASH_ANNOTATION: config_hash(pod_inputs(files, sidecar)),
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(options.stats_port),
                 "prometheus.io/path": "/stats/prometheus",
@@ -345,8 +363,9 @@ def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOp
     }
 
 
-def _extauthz_container(conf: settings.Settings) -> Obj:
-    return {
+def _extauthz_container(conf: settings.Settings, sidecar: extauthz.Sidecar) -> Obj:
+    port = constants.EXTAUTHZ_HEALTH_PORT
+    container: Obj = {
         "name": "extauthz",
         "image": conf.extauthz_image,
         "imagePullPolicy": "IfNotPresent",
@@ -356,6 +375,19 @@ def _extauthz_container(conf: settings.Settings) -> Obj:
             "--config",
             f"{constants.EXTAUTHZ_CONFIG_MOUNT}/{constants.EXTAUTHZ_CONFIG_KEY}",
         ],
+        "ports": [{"name": "extauthz-health", "containerPort": port, "protocol": "TCP"}],
+        # /readyz answers once the policy compiled and JWKS loaded; Envoy fails closed before.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": port},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": port},
+            "initialDelaySeconds": 5,
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"memory": "256Mi"},
@@ -370,6 +402,32 @@ def _extauthz_container(conf: settings.Settings) -> Obj:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    if sidecar.policy_config_map:
+        mount = {"name": "extauthz-policy", "mountPath": constants.EXTAUTHZ_POLICY_MOUNT}
+        container["volumeMounts"].insert(1, {**mount, "readOnly": True})
+    return container
+
+
+def _extauthz_volumes(base: _Base, sidecar: extauthz.Sidecar) -> list[Obj]:
+    config_key = constants.EXTAUTHZ_CONFIG_KEY
+    volumes: list[Obj] = [
+        {
+            "name": "extauthz-config",
+            "configMap": {
+                "name": base.names.extauthz_config_map,
+                "items": [{"key": config_key, "path": config_key}],
+            },
+        },
+    ]
+    if sidecar.policy_config_map:
+        items = [{"key": key, "path": key} for key in sidecar.policy_keys]
+        volumes.append(
+            {
+                "name": "extauthz-policy",
+                "configMap": {"name": sidecar.policy_config_map, "items": items},
+            }
+        )
+    return volumes
 
 
 def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, objects, settings
+from waypoint.kube import constants, extauthz, gateway, objects, settings
 
-Renderer = Callable[[Sequence[Mapping[str, Any]], str, str, envoy_options.BootstrapOptions], str]
+if TYPE_CHECKING:
+    from waypoint import pipeline
+
+# Objects + waypoint key + options → the waypoint's bootstrap and IR (``pipeline.render``).
+Renderer = Callable[
+    [Sequence[Mapping[str, Any]], str, str, envoy_options.BootstrapOptions], "pipeline.Rendered"
+]
+# (namespace, name) → a ConfigMap, or None when there is none.
+ConfigMapLookup = Callable[[str, str], Mapping[str, Any] | None]
 
 
 def waypoint_options(
@@ -28,10 +36,32 @@ def pipeline_bootstrap(
     namespace: str,
     name: str,
     opts: envoy_options.BootstrapOptions,
-) -> str:
+) -> pipeline.Rendered:
     from waypoint import pipeline
 
-    return pipeline.render(objs, namespace, name, opts).bootstrap_yaml
+    return pipeline.render(objs, namespace, name, opts)
+
+
+def gateway_objects(
+    gw: Mapping[str, Any],
+    conf: settings.Settings,
+    objs: Sequence[Mapping[str, Any]],
+    options: envoy_options.BootstrapOptions,
+    renderer: Renderer,
+    config_map: ConfigMapLookup,
+) -> list[dict[str, Any]]:
+    """The generated objects of one Gateway: render its config, then add the extauthz sidecar
+    when a policy needs it (its Rego ConfigMap looked up through ``config_map``)."""
+    namespace, name = gateway.key(gw)
+    opts = dataclasses.replace(
+        waypoint_options(options, namespace, name), extauthz_address=constants.EXTAUTHZ_LISTEN
+    )
+    rendered = renderer(objs, namespace, name, opts)
+    rego = None
+    if extauthz.wanted(conf, rendered.waypoint):
+        rego = config_map(namespace, extauthz.policy_config_map_name(gw, conf))
+    sidecar = extauthz.plan(gw, conf, rendered.waypoint, rego)
+    return objects.desired_objects(gw, conf, rendered.bootstrap_yaml, opts, sidecar)
 
 
 def render_kubernetes(
@@ -63,9 +93,11 @@ def render_kubernetes(
                 f"Gateway {namespace}/{name}: parametersRef ConfigMap {namespace}/{ref} is not in the input"
             )
         conf = settings.resolve(gw, config_map, defaults, _class_config_map(objs, config_maps))
-        opts = waypoint_options(options, namespace, name)
-        bootstrap = renderer(objs, namespace, name, opts)
-        result.extend(objects.desired_objects(gw, conf, bootstrap, opts))
+        result.extend(
+            gateway_objects(
+                gw, conf, objs, options, renderer, lambda ns, n: config_maps.get((ns, n))
+            )
+        )
     return result
 
 

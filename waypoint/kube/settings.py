@@ -60,7 +60,10 @@ class Settings:
     cpu_utilization: int = 80
     cert_source: CertSource = CertSource.CSI
     cert_secret: str = ""  # empty: "<gateway>-spiffe"
-    extauthz_config_map: str = ""  # empty: "<gateway>-extauthz"
+    # The user's ConfigMap of Rego modules for the extauthz sidecar; empty: "<gateway>-extauthz-policy".
+    extauthz_policy_config_map: str = ""
+    # Set: extauthz asks this OPA (Data API) for decisions instead of running your Rego itself.
+    extauthz_opa_url: str = ""
     envoy_log_level: str = "warning"
     overlays: tuple[tuple[str, str], ...] = ()  # (kind key, YAML text), least specific first
 
@@ -103,6 +106,13 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _http_url(text: str) -> str:
+    value = _text(text)
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class _Knob:
     field: str
@@ -121,7 +131,13 @@ KNOBS = (
     _Knob("extauthz_image", "extauthzImage", "waypoint.dev/extauthz-image", _text),
     _Knob("cert_source", "certSource", "waypoint.dev/cert-source", CertSource),
     _Knob("cert_secret", "certSecretName", "waypoint.dev/cert-secret", _text),
-    _Knob("extauthz_config_map", "extauthzConfigMap", "waypoint.dev/extauthz-config", _text),
+    _Knob(
+        "extauthz_policy_config_map",
+        "extauthzPolicyConfigMap",
+        "waypoint.dev/extauthz-policy-configmap",
+        _text,
+    ),
+    _Knob("extauthz_opa_url", "extauthzOpaURL", "waypoint.dev/extauthz-opa-url", _http_url),
     _Knob("envoy_log_level", "envoyLogLevel", "waypoint.dev/envoy-log-level", _text),
 )
 
