@@ -47,32 +47,35 @@ def inbound_name(destination: model.Destination) -> str:
 
 def connect_route_config(waypoint: model.Waypoint) -> route_pb2.RouteConfiguration:
     """One route per ``VIP:port`` authority; anything else falls through to 404."""
-    routes = [
-        _connect_route(names.authority(address, dest.port), inbound_name(dest))
-        for dest in waypoint.destinations
-        for address in dest.addresses
-    ]
-    routes.sort(key=lambda route: route.name)
-    vhost = rc_pb2.VirtualHost(name=names.CONNECT_TERMINATE, domains=["*"], routes=routes)
-    return route_pb2.RouteConfiguration(name=names.CONNECT_TERMINATE, virtual_hosts=[vhost])
+    targets = sorted(
+        (
+            (names.authority(address, dest.port), inbound_name(dest))
+            for dest in waypoint.destinations
+            for address in dest.addresses
+        ),
+        key=_authority,
+    )
+    config = route_pb2.RouteConfiguration(name=names.CONNECT_TERMINATE)
+    vhost = config.virtual_hosts.add(name=names.CONNECT_TERMINATE, domains=["*"])
+    # Filled in place: a message passed to a constructor is copied, once per nesting level.
+    for authority, cluster in targets:
+        _connect_route(vhost.routes.add(), authority, cluster)
+    return config
 
 
-def _connect_route(authority: str, cluster: str) -> rc_pb2.Route:
-    match = rc_pb2.RouteMatch(
-        connect_matcher=rc_pb2.RouteMatch.ConnectMatcher(),
-        headers=[_header_matcher(":authority", string_pb2.StringMatcher(exact=authority))],
-    )
-    action = rc_pb2.RouteAction(
-        cluster=cluster,
-        timeout=protos.duration(0),
-        upgrade_configs=[
-            rc_pb2.RouteAction.UpgradeConfig(
-                upgrade_type="CONNECT",
-                connect_config=rc_pb2.RouteAction.UpgradeConfig.ConnectConfig(),
-            )
-        ],
-    )
-    return rc_pb2.Route(name=authority, match=match, route=action)
+def _authority(target: tuple[str, str]) -> str:
+    return target[0]
+
+
+def _connect_route(out: rc_pb2.Route, authority: str, cluster: str) -> None:
+    out.name = authority
+    out.match.connect_matcher.SetInParent()
+    header = out.match.headers.add(name=":authority")
+    header.string_match.exact = authority
+    out.route.cluster = cluster
+    out.route.timeout.SetInParent()
+    upgrade = out.route.upgrade_configs.add(upgrade_type="CONNECT")
+    upgrade.connect_config.SetInParent()
 
 
 # --- a destination's L7 routes -------------------------------------------------------------

@@ -108,7 +108,7 @@ class Policy:
 
 
 def is_policy(raw: Any) -> bool:
-    if not isinstance(raw, Mapping):
+    if not fields.is_mapping(raw):
         return False
     kind = raw.get("kind")
     return isinstance(kind, str) and (index.group_of(raw.get("apiVersion")), kind) in KINDS

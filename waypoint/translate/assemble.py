@@ -42,26 +42,47 @@ def _ordered_routes(attachments: Iterable[routes.Attachment]) -> tuple[model.Rou
     return tuple(result)
 
 
+class Shares:
+    """Who each waypoint serves, grouped once for all waypoints: assembling one waypoint then
+    reads only its own Services, Pods and routes, not the whole world (W × S otherwise)."""
+
+    def __init__(
+        self, world: services.World, bound: binding.Bindings, attached: routes.Attached
+    ) -> None:
+        self.services: dict[tuple[str, str], list[services.ServiceInfo]] = {}
+        for key, svc in world.services.items():
+            spec = bound.services.get(key)
+            if spec is not None:
+                self.services.setdefault(_key(spec), []).append(svc)
+        self.pods: dict[tuple[str, str], list[services.PodInfo]] = {}
+        for key, pod in world.pods.items():
+            spec = bound.workloads.get(key)
+            if spec is not None:
+                self.pods.setdefault(_key(spec), []).append(pod)
+        self.by_port: dict[tuple[str, str, int], list[routes.Attachment]] = {}
+        for a in attached.attachments:
+            self.by_port.setdefault((*a.service, a.port), []).append(a)
+        self.route_clusters: dict[str, list[model.Cluster]] = {}
+        for cluster in attached.clusters:
+            self.route_clusters.setdefault(cluster.name, []).append(cluster)
+        self.hostnames = attached.hostnames
+
+
+def _key(spec: gateways.WaypointSpec) -> tuple[str, str]:
+    return (spec.namespace, spec.name)
+
+
 def _service_destinations(
-    spec: gateways.WaypointSpec,
-    world: services.World,
-    bound: binding.Bindings,
-    attached: routes.Attached,
-    clusters: _Clusters,
+    spec: gateways.WaypointSpec, world: services.World, shares: Shares, clusters: _Clusters
 ) -> list[model.Destination]:
-    by_port: dict[tuple[str, str, int], list[routes.Attachment]] = {}
-    for a in attached.attachments:
-        by_port.setdefault((*a.service, a.port), []).append(a)
     found = []
-    for key, svc in world.services.items():
-        if bound.services.get(key) is not spec:
-            continue
+    for svc in shares.services.get(_key(spec), []):
         for port in svc.ports:
             default = world.service_cluster(svc, port)
             clusters.add(default)
             port_key = (svc.namespace, svc.name, port.port)
             routes_here = (
-                _ordered_routes(by_port.get(port_key, [])) if port.protocol.is_http else ()
+                _ordered_routes(shares.by_port.get(port_key, [])) if port.protocol.is_http else ()
             )
             found.append(
                 model.Destination(
@@ -73,7 +94,7 @@ def _service_destinations(
                     protocol=port.protocol,
                     default_cluster=default.name,
                     routes=routes_here,
-                    hostnames=tuple(sorted(attached.hostnames.get(port_key, ())))
+                    hostnames=tuple(sorted(shares.hostnames.get(port_key, ())))
                     if routes_here
                     else (),
                 )
@@ -82,12 +103,10 @@ def _service_destinations(
 
 
 def _workload_destinations(
-    spec: gateways.WaypointSpec, world: services.World, bound: binding.Bindings, clusters: _Clusters
+    spec: gateways.WaypointSpec, world: services.World, shares: Shares, clusters: _Clusters
 ) -> list[model.Destination]:
     found = []
-    for key, pod in world.pods.items():
-        if bound.workloads.get(key) is not spec:
-            continue
+    for pod in shares.pods.get(_key(spec), []):
         for number, protocol in world.workload_ports(pod).items():
             cluster = world.pod_cluster(pod, number, protocol)
             clusters.add(cluster)
@@ -109,20 +128,19 @@ def waypoint(
     spec: gateways.WaypointSpec,
     trust_domain: str,
     world: services.World,
-    bound: binding.Bindings,
-    attached: routes.Attached,
+    shares: Shares,
 ) -> model.Waypoint:
     clusters = _Clusters()
-    destinations = _service_destinations(spec, world, bound, attached, clusters)
-    destinations += _workload_destinations(spec, world, bound, clusters)
+    destinations = _service_destinations(spec, world, shares, clusters)
+    destinations += _workload_destinations(spec, world, shares, clusters)
     referenced = {
         name
         for d in destinations
         for r in d.routes
         for name in [*(b.cluster for b in r.backends if b.cluster), *(m.cluster for m in r.mirrors)]
     }
-    for cluster in attached.clusters:
-        if cluster.name in referenced:
+    for name in sorted(referenced):
+        for cluster in shares.route_clusters.get(name, []):
             clusters.add(cluster)
     destinations.sort(key=lambda d: (d.kind.value, d.namespace, d.name, d.port))
     return model.Waypoint(

@@ -9,11 +9,23 @@ malformed object never costs another object its config.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 
 class Bad(ValueError):
     """A field is missing or ill-typed; the message names it."""
+
+
+# YAML gives plain dicts and lists. Testing their exact type first skips the much slower ABC
+# check (isinstance against Mapping/Sequence), which every field read would otherwise pay.
+def is_mapping(value: Any) -> TypeGuard[Mapping[str, Any]]:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+def is_list(value: Any) -> TypeGuard[Sequence[Any]]:
+    return type(value) is list or (
+        not isinstance(value, str | bytes) and isinstance(value, Sequence)
+    )
 
 
 def mapping(value: Any, path: str, *, required: bool = False) -> Mapping[str, Any]:
@@ -21,7 +33,7 @@ def mapping(value: Any, path: str, *, required: bool = False) -> Mapping[str, An
         if required:
             raise Bad(f"{path} is required")
         return {}
-    if not isinstance(value, Mapping):
+    if not is_mapping(value):
         raise Bad(f"{path} must be a mapping, not {type(value).__name__}")
     return value
 
@@ -31,7 +43,7 @@ def seq(value: Any, path: str, *, required: bool = False) -> Sequence[Any]:
         if required:
             raise Bad(f"{path} is required")
         return ()
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+    if not is_list(value):
         raise Bad(f"{path} must be a list, not {type(value).__name__}")
     return value
 
@@ -83,7 +95,7 @@ def string_map(value: Any, path: str) -> dict[str, str]:
     for key, item in mapping(value, path).items():
         if not isinstance(key, str):
             raise Bad(f"{path} has a non-string key {key!r}")
-        if isinstance(item, Mapping | list) or item is None:
+        if type(item) is not str and (isinstance(item, Mapping | list) or item is None):
             raise Bad(f"{path}.{key} must be a string")
         result[key] = str(item).lower() if isinstance(item, bool) else str(item)
     return result

@@ -129,15 +129,16 @@ class Index:
 
 
 def _read(raw: Any, unreadable: list[tuple[str, model.ObjectRef, model.Condition]]) -> Obj | None:
-    if not isinstance(raw, Mapping):
+    if not fields.is_mapping(raw):
         return None
     group, kind = group_of(raw.get("apiVersion")), raw.get("kind")
     if not isinstance(kind, str) or (group, kind) not in KINDS:
         return None
     meta_raw = raw.get("metadata")
-    name = meta_raw.get("name") if isinstance(meta_raw, Mapping) else None
+    readable = meta_raw if fields.is_mapping(meta_raw) else {}
+    name = readable.get("name")
     namespaced = (group, kind) in NAMESPACED
-    namespace = meta_raw.get("namespace") if isinstance(meta_raw, Mapping) else None
+    namespace = readable.get("namespace")
     namespace = namespace if isinstance(namespace, str) and namespace else "default"
     ref = model.ObjectRef(group, kind, namespace if namespaced else "", str(name or ""))
     try:

@@ -39,6 +39,12 @@ class _Use:
     why_missing: str = ""
 
 
+# (kind, namespace, name) of the place a target names -> its (position, policy, target), so that
+# finding the policies of a route or cluster never scans every policy (quadratic otherwise).
+Place = tuple[str, str, str]
+Candidates = dict[Place, list[tuple[int, parse.Policy, parse.Target]]]
+
+
 @dataclasses.dataclass
 class Context:
     """What attachment needs from translation, and the findings per policy target."""
@@ -51,6 +57,10 @@ class Context:
     policies: list[parse.Policy] = dataclasses.field(default_factory=list)
     uses: dict[tuple[model.ObjectRef, parse.Target], _Use] = dataclasses.field(default_factory=dict)
     mirror_problems: dict[model.ObjectRef, str] = dataclasses.field(default_factory=dict)
+    authz: Candidates = dataclasses.field(default_factory=dict)
+    route_traffic: Candidates = dataclasses.field(default_factory=dict)
+    cluster_traffic: Candidates = dataclasses.field(default_factory=dict)
+    authn: Candidates = dataclasses.field(default_factory=dict)
 
     def use(self, policy: parse.Policy, target: parse.Target) -> _Use:
         return self.uses.setdefault((policy.ref, target), _Use())
@@ -151,21 +161,50 @@ def _level(
     return ROUTE_RULE if target.section == route[3] else None
 
 
+def _candidates(policies: Iterable[parse.Policy]) -> Candidates:
+    found: Candidates = {}
+    position = 0
+    for policy in policies:
+        for target in policy.targets:
+            place = (target.kind, policy.ref.namespace, target.name)
+            found.setdefault(place, []).append((position, policy, target))
+            position += 1
+    return found
+
+
+def _near(
+    candidates: Candidates,
+    waypoint: model.Waypoint,
+    service: tuple[str, str, str | None] | None,
+    route: tuple[str, str, str, str] | None,
+) -> list[tuple[int, parse.Policy, parse.Target]]:
+    """The targets that may name this place, in policy then target order."""
+    places = [(parse.GATEWAY_KIND[1], waypoint.namespace, waypoint.name)]
+    if service is not None:
+        places.append((parse.SERVICE_KIND[1], service[0], service[1]))
+    if route is not None:
+        places.append(route[:3])
+    return sorted((c for place in places for c in candidates.get(place, ())), key=_position)
+
+
+def _position(candidate: tuple[int, parse.Policy, parse.Target]) -> int:
+    return candidate[0]
+
+
 def _winner(
     ctx: Context,
-    candidates: Sequence[parse.Policy],
+    candidates: Candidates,
     waypoint: model.Waypoint,
     service: tuple[str, str, str | None] | None,
     route: tuple[str, str, str, str] | None,
 ) -> parse.Policy | None:
     """The most specific, then oldest, policy naming this place; records every target hit."""
     ranked: list[tuple[int, parse.Policy, parse.Target]] = []
-    for policy in candidates:
-        for target in policy.targets:
-            level = _level(target, policy.ref.namespace, waypoint, service, route)
-            if level is not None:
-                ctx.use(policy, target).found = True
-                ranked.append((level, policy, target))
+    for _at, policy, target in _near(candidates, waypoint, service, route):
+        level = _level(target, policy.ref.namespace, waypoint, service, route)
+        if level is not None:
+            ctx.use(policy, target).found = True
+            ranked.append((level, policy, target))
     if not ranked:
         return None
     best = max(level for level, _p, _t in ranked)
@@ -229,8 +268,8 @@ def _route_result(
     current: tuple[model.Timeouts | None, model.Retry | None, tuple[model.Mirror, ...]],
     extra: dict[str, model.Cluster],
 ) -> _RouteResult:
-    authz = _winner(ctx, _authz(ctx.policies), waypoint, service, route_id)
-    traffic = _winner(ctx, _traffic(ctx.policies, True), waypoint, service, route_id)
+    authz = _winner(ctx, ctx.authz, waypoint, service, route_id)
+    traffic = _winner(ctx, ctx.route_traffic, waypoint, service, route_id)
     timeouts, retry, mirrors = current
     rate_limit = fault = None
     sources = [p.source for p in (authz, traffic) if p is not None]
@@ -307,7 +346,7 @@ def _cluster(ctx: Context, waypoint: model.Waypoint, cluster: model.Cluster) -> 
     if svc is not None and cluster.name == names.outbound_cluster(svc.host, cluster.port):
         port = svc.port(cluster.port)
         service = (cluster.namespace, cluster.service, port.name if port and port.name else None)
-    winner = _winner(ctx, _traffic(ctx.policies, False), waypoint, service, None)
+    winner = _winner(ctx, ctx.cluster_traffic, waypoint, service, None)
     if winner is None:
         return cluster
     assert isinstance(winner.body, parse.Traffic)
@@ -317,21 +356,36 @@ def _cluster(ctx: Context, waypoint: model.Waypoint, cluster: model.Cluster) -> 
     )
 
 
+def _authn_place(policy: parse.Policy, target: parse.Target) -> Place:
+    """A Gateway target names the waypoint; any other names what it serves, by name."""
+    kind = "Gateway" if (target.group, target.kind) == parse.GATEWAY_KIND else ""
+    return (kind, policy.ref.namespace, target.name)
+
+
+def _authn(policies: Sequence[parse.Policy]) -> Candidates:
+    found: Candidates = {}
+    position = 0
+    for policy in policies:
+        if isinstance(policy.body, tuple):
+            for target in policy.targets:
+                found.setdefault(_authn_place(policy, target), []).append(
+                    (position, policy, target)
+                )
+                position += 1
+    return found
+
+
 def _providers(ctx: Context, waypoint: model.Waypoint) -> tuple[model.JwtProvider, ...]:
-    served = {(d.namespace, d.name) for d in waypoint.destinations}
+    places = {("", d.namespace, d.name) for d in waypoint.destinations}
+    places.add(("Gateway", waypoint.namespace, waypoint.name))
+    hits = sorted((c for place in places for c in ctx.authn.get(place, ())), key=_position)
     found: dict[str, model.JwtProvider] = {}
-    for policy in ctx.policies:
-        if not isinstance(policy.body, tuple):
-            continue
-        for target in policy.targets:
-            hit = (policy.ref.namespace, target.name) in served
-            if (target.group, target.kind) == parse.GATEWAY_KIND:
-                hit = (policy.ref.namespace, target.name) == (waypoint.namespace, waypoint.name)
-            if hit:
-                use = ctx.use(policy, target)
-                use.found = use.won = True
-                for provider in policy.body:
-                    found[provider.name] = provider
+    for _at, policy, target in hits:
+        assert isinstance(policy.body, tuple)
+        use = ctx.use(policy, target)
+        use.found = use.won = True
+        for provider in policy.body:
+            found[provider.name] = provider
     return tuple(found[name] for name in sorted(found))
 
 
@@ -436,6 +490,10 @@ def attach(
     ctx.policies = read(objects, book)
     if not ctx.policies:
         return tuple(waypoints)
+    ctx.authz = _candidates(_authz(ctx.policies))
+    ctx.route_traffic = _candidates(_traffic(ctx.policies, True))
+    ctx.cluster_traffic = _candidates(_traffic(ctx.policies, False))
+    ctx.authn = _authn(ctx.policies)
     out = tuple(apply(ctx, wp) for wp in waypoints)
     report(ctx, book)
     return out

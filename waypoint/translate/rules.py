@@ -218,22 +218,22 @@ def parse_rule(ctx: Context, raw: Any, position: int, path: str) -> Rule:
     unresolved: list[Problem] = []
     backends = _backends(ctx, refs, f"{path}.backendRefs", clusters, unresolved)
     mirrors = _mirrors(ctx, found, clusters, unresolved)
+    timeouts = None if ctx.grpc else filters.timeouts(rule.get("timeouts"), f"{path}.timeouts")
+    retry = None if ctx.grpc else filters.retry(rule.get("retry"), f"{path}.retry")
+    forwards = found.redirect is None and any(b.cluster is not None for b in backends)
     action = model.Route(
         name="",
         match=matches.MATCH_ALL,
+        backends=tuple(backends) if forwards else (),
+        redirect=found.redirect,
+        direct_status=None if forwards or found.redirect is not None else 500,
         request_headers=found.request_headers,
         response_headers=found.response_headers,
         rewrite=found.rewrite,
         mirrors=mirrors,
-        timeouts=None if ctx.grpc else filters.timeouts(rule.get("timeouts"), f"{path}.timeouts"),
-        retry=None if ctx.grpc else filters.retry(rule.get("retry"), f"{path}.retry"),
+        timeouts=timeouts,
+        retry=retry,
     )
-    if found.redirect is not None:
-        action = dataclasses.replace(action, redirect=found.redirect)
-    elif any(b.cluster is not None for b in backends):
-        action = dataclasses.replace(action, backends=tuple(backends))
-    else:
-        action = dataclasses.replace(action, direct_status=500)
     return Rule(
         id=name or str(position),
         index=position,

@@ -146,6 +146,11 @@ class World:
         self._by_address = {
             (pod.namespace, address): pod for pod in self.pods.values() for address in pod.addresses
         }
+        # Built once so that per-Service and per-Pod lookups never scan every Pod or slice,
+        # which made translation quadratic in the number of workloads.
+        self._by_label = _label_index(self.pods)
+        self._slices_of_pod = self._pod_slices()
+        self._clusters: dict[tuple[str, str, ServicePort, bool], model.Cluster] = {}
 
     def _pods(self, book: status.Book) -> dict[tuple[str, str], PodInfo]:
         pods: dict[tuple[str, str], PodInfo] = {}
@@ -167,6 +172,18 @@ class World:
             )
         return dict(sorted(pods.items()))
 
+    def _pod_slices(self) -> dict[tuple[str, str], list[SliceInfo]]:
+        """The slices that list each Pod, once each, in slice order."""
+        found: dict[tuple[str, str], list[SliceInfo]] = {}
+        for slices in self.slices.values():
+            for info in slices:
+                listed = {
+                    _pod_key(pod) for ep in info.endpoints if (pod := self._endpoint_pod(info, ep))
+                }
+                for key in sorted(listed):
+                    found.setdefault(key, []).append(info)
+        return found
+
     # --- mesh membership -------------------------------------------------------------
 
     def in_mesh(self, namespace: str, pod: PodInfo | None) -> bool:
@@ -186,14 +203,16 @@ class World:
                 if pod is not None:
                     found[(pod.namespace, pod.name)] = pod
         if svc.selector:
-            for key, pod in self.pods.items():
-                if (
-                    pod.known
-                    and key[0] == svc.namespace
-                    and all(pod.labels.get(k) == v for k, v in svc.selector.items())
-                ):
-                    found[key] = pod
+            for pod in self._selected(svc.namespace, svc.selector):
+                found[_pod_key(pod)] = pod
         return [found[key] for key in sorted(found)]
+
+    def _selected(self, namespace: str, selector: Mapping[str, str]) -> list[PodInfo]:
+        """Known Pods of the namespace carrying every label of a non-empty selector."""
+        candidates = min(
+            (self._by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
+        )
+        return [p for p in candidates if all(p.labels.get(k) == v for k, v in selector.items())]
 
     def service_accounts(self, svc: ServiceInfo) -> set[str]:
         return {p.service_account for p in self.service_pods(svc) if p.service_account}
@@ -227,15 +246,20 @@ class World:
     def service_cluster(
         self, svc: ServiceInfo, port: ServicePort, grpc: bool = False
     ) -> model.Cluster:
-        protocol = model.Protocol.HTTP2 if grpc else port.protocol
-        return model.Cluster(
-            name=names.outbound_cluster(svc.host, port.port),
-            protocol=protocol,
-            endpoints=self.endpoints(svc, port),
-            namespace=svc.namespace,
-            service=svc.name,
-            port=port.port,
-        )
+        # Every route to a Service port asks for the same cluster: built once per World (one
+        # translation), which keeps the garbage per route, and so the collector's work, small.
+        key = (svc.namespace, svc.name, port, grpc)
+        cluster = self._clusters.get(key)
+        if cluster is None:
+            cluster = self._clusters[key] = model.Cluster(
+                name=names.outbound_cluster(svc.host, port.port),
+                protocol=model.Protocol.HTTP2 if grpc else port.protocol,
+                endpoints=self.endpoints(svc, port),
+                namespace=svc.namespace,
+                service=svc.name,
+                port=port.port,
+            )
+        return cluster
 
     def pod_cluster(self, pod: PodInfo, port: int, protocol: model.Protocol) -> model.Cluster:
         endpoint = model.Endpoint(
@@ -257,18 +281,29 @@ class World:
     def workload_ports(self, pod: PodInfo) -> dict[int, model.Protocol]:
         """A Pod's TCP ports (from slices that list it and its containerPorts), with protocol."""
         votes: dict[int, set[model.Protocol]] = {}
-        for slices in self.slices.values():
-            for info in slices:
-                if not any(self._endpoint_pod(info, ep) is pod for ep in info.endpoints):
-                    continue
-                for sp in info.ports:
-                    if sp.port is not None:
-                        votes.setdefault(sp.port, set()).add(
-                            detect_protocol(sp.name, sp.app_protocol)
-                        )
+        for info in self._slices_of_pod.get(_pod_key(pod), []):
+            for sp in info.ports:
+                if sp.port is not None:
+                    votes.setdefault(sp.port, set()).add(detect_protocol(sp.name, sp.app_protocol))
         for name, number in pod.container_ports:
             votes.setdefault(number, set()).add(detect_protocol(name, None))
         return {number: _strongest(found) for number, found in sorted(votes.items())}
+
+
+def _pod_key(pod: PodInfo) -> tuple[str, str]:
+    return (pod.namespace, pod.name)
+
+
+def _label_index(
+    pods: Mapping[tuple[str, str], PodInfo],
+) -> dict[tuple[str, str, str], list[PodInfo]]:
+    """Known Pods by (namespace, label key, label value), in Pod order."""
+    found: dict[tuple[str, str, str], list[PodInfo]] = {}
+    for pod in pods.values():
+        if pod.known:
+            for key, value in pod.labels.items():
+                found.setdefault((pod.namespace, key, value), []).append(pod)
+    return found
 
 
 def _strongest(found: set[model.Protocol]) -> model.Protocol:
