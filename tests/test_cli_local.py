@@ -88,8 +88,18 @@ def test_render_errors_are_clear(
         cli.main(["render", "-f", str(up.EXAMPLE), "--waypoint", "no-slash"])
 
 
-def test_up_once_runs_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["up", "--once", *FREE_PORTS]) == 0
+def _own_addresses(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The example world on loopback addresses of its own, so a running `waypoint up` or load
+    test on this machine cannot collide with the test."""
+    world = tmp_path / "world"
+    world.mkdir()
+    for source in up.EXAMPLE.glob("*.yaml"):
+        (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.13."))
+    return world
+
+
+def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["up", "--once", "-f", str(_own_addresses(tmp_path)), *FREE_PORTS]) == 0
     out = capsys.readouterr().out
     assert "answered by echo-v2-7b6c5d4f8-m4n9p (demo)" in out  # the header match
     assert "backend saw /v1/api/orders, x-routed-by=waypoint" in out  # rewrite + header set
@@ -104,7 +114,7 @@ def test_up_once_runs_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
 def test_request_command_through_a_running_waypoint(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    objects = pipeline.load_objects([up.EXAMPLE])
+    objects = pipeline.load_objects([_own_addresses(tmp_path)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         local.identity("demo", "sleep").write(tmp_path / "client")
         hbone = f"127.0.0.1:{local.options.hbone_port}"

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from waypoint import model, names, pipeline, pki, simulate
-from waypoint.commands import render as render_cmd
+from waypoint.commands import args as cli_args
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import resources
 from waypoint.kube import constants
@@ -44,10 +44,10 @@ def register(subparsers: Any) -> None:
         help="YAML file or directory of Kubernetes objects (repeatable)",
     )  # fmt: skip
     parser.add_argument(
-        "--waypoint", type=render_cmd.parse_waypoint_ref, required=True, metavar="NS/NAME"
+        "--waypoint", type=cli_args.namespaced("--waypoint"), required=True, metavar="NS/NAME"
     )
     parser.add_argument(
-        "--from", dest="source", type=_parse_source, metavar="NS/SA",
+        "--from", dest="source", type=cli_args.namespaced("--from", "SERVICEACCOUNT"), metavar="NS/SA",
         help="the client's namespace and service account (its SPIFFE ID)",
     )  # fmt: skip
     parser.add_argument("-X", "--method", default="GET")
@@ -55,23 +55,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", choices=("text", "json"), default="text")
     parser.add_argument("--trust-domain", default=options_mod.BootstrapOptions().trust_domain)
     parser.set_defaults(func=run)
-
-
-def _parse_source(text: str) -> tuple[str, str]:
-    namespace, sep, account = text.partition("/")
-    if not sep or not namespace or not account or "/" in account:
-        raise argparse.ArgumentTypeError(f"--from must be NAMESPACE/SERVICEACCOUNT, got {text!r}")
-    return namespace, account
-
-
-def parse_headers(raw: Sequence[str]) -> list[tuple[str, str]]:
-    out = []
-    for item in raw:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"header must be 'NAME: VALUE', got {item!r}")
-        out.append((name.strip(), value.strip()))
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +70,7 @@ class Target:
 def run(args: argparse.Namespace) -> int:
     try:
         objects = pipeline.load_objects(args.filename)
-        headers = parse_headers(args.header)
+        headers = cli_args.parse_headers(args.header)
     except (pipeline.InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

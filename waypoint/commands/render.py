@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from waypoint import model, pipeline
+from waypoint.commands import args as cli_args
 from waypoint.envoy import options, secrets
 from waypoint.kube import render as kube_render
 from waypoint.xds import bootstrap as xds_bootstrap
@@ -73,13 +74,6 @@ def bootstrap_options(
     )
 
 
-def parse_waypoint_ref(text: str) -> tuple[str, str]:
-    namespace, sep, name = text.partition("/")
-    if not sep or not namespace or not name or "/" in name:
-        raise argparse.ArgumentTypeError(f"--waypoint must be NAMESPACE/NAME, got {text!r}")
-    return namespace, name
-
-
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "render",
@@ -94,7 +88,7 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="YAML file or directory of Kubernetes objects (repeatable)",
     )
-    parser.add_argument("--waypoint", type=parse_waypoint_ref, metavar="NS/NAME")
+    parser.add_argument("--waypoint", type=cli_args.namespaced("--waypoint"), metavar="NS/NAME")
     parser.add_argument("-o", "--output", default="-", metavar="FILE|-")
     parser.add_argument(
         "--xds",

@@ -12,6 +12,7 @@ import urllib.parse
 from typing import Any
 
 from waypoint import names, pki
+from waypoint.commands import args as cli_args
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors
 
@@ -47,20 +48,10 @@ def _split_url(url: str) -> tuple[str, str, str]:
     return names.authority(parsed.hostname, port), parsed.netloc, path
 
 
-def _headers(raw: list[str]) -> list[tuple[str, str]]:
-    out = []
-    for item in raw:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"header must be 'NAME: VALUE', got {item!r}")
-        out.append((name.strip(), value.strip()))
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         authority, host, path = _split_url(args.url)
-        headers = _headers(args.header)
+        headers = cli_args.parse_headers(args.header)
         waypoint_host, waypoint_port = names.parse_authority(args.waypoint)
         identity = pki.load_identity(args.cert_dir)
     except (ValueError, OSError) as exc:
