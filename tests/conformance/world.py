@@ -90,7 +90,9 @@ def _enroll(namespace: dict[str, Any]) -> dict[str, Any]:
     return namespace
 
 
-def _pods(deployments: Sequence[Mapping[str, Any]]) -> list[PodInfo]:
+def _pods(
+    deployments: Sequence[Mapping[str, Any]], pod_net: ipaddress.IPv4Address
+) -> list[PodInfo]:
     pods = []
     for index, dep in enumerate(sorted(deployments, key=_key)):
         _, namespace, name = _key(dep)
@@ -105,7 +107,7 @@ def _pods(deployments: Sequence[Mapping[str, Any]]) -> list[PodInfo]:
                 namespace=namespace,
                 name=_pod_name(name, namespace),
                 deployment=name,
-                ip=str(POD_NET + index),
+                ip=str(pod_net + index),
                 labels=dict(template["metadata"].get("labels", {})),
                 ports=ports,
             )
@@ -153,12 +155,16 @@ def _slice(service: Mapping[str, Any], pods: Sequence[PodInfo]) -> dict[str, Any
     }
 
 
-def build(objects: Sequence[Mapping[str, Any]]) -> World:
-    """Complete the manifests into a served world: pods, VIPs, slices, waypoint, enrollment."""
+def build(objects: Sequence[Mapping[str, Any]], pod_net: ipaddress.IPv4Address = POD_NET) -> World:
+    """Complete the manifests into a served world: pods, VIPs, slices, waypoint, enrollment.
+
+    ``pod_net`` is the first pod address; test modules that run their own stack in the same
+    session as the conformance replay pick another, since pods listen on fixed ports.
+    """
     objs = [copy.deepcopy(dict(o)) for o in objects]
     deployments = [o for o in objs if o.get("kind") == "Deployment"]
     services = sorted((o for o in objs if o.get("kind") == "Service"), key=_key)
-    pods = _pods(deployments)
+    pods = _pods(deployments, pod_net)
     vips: dict[tuple[str, str], str] = {}
     for index, svc in enumerate(services):
         _, namespace, name = _key(svc)
