@@ -1,7 +1,8 @@
 """The ``extauthz`` command: serve, check a config, mint demo tokens and JWKS.
 
-``extauthz serve --config FILE [--listen ADDR]`` runs the server until SIGTERM or
-SIGINT, then drains in-flight checks and exits 0. ``token`` and ``jwks`` exist for
+``extauthz serve --config FILE [--listen ADDR] [--workers N]`` runs the server until
+SIGTERM or SIGINT, then drains in-flight checks and exits 0; with ``--workers N``, N
+processes share the port (see :mod:`extauthz.workers`). ``token`` and ``jwks`` exist for
 examples and tests: they sign with a local private key, which production never does.
 """
 
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from extauthz import config, policy, server, tokens
+from extauthz import config, policy, server, tokens, workers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, type=pathlib.Path)
     serve.add_argument("--listen", help="host:port or unix:/path (overrides listen:)")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the TCP port with SO_REUSEPORT (worker i: metrics port + i)",
+    )
+    # Set by the --workers supervisor on the processes it starts.
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config and load its policies/keys")
     check.add_argument("--config", required=True, type=pathlib.Path)
     token = sub.add_parser("token", help="mint a demo JWT signed with a local private key")
@@ -67,6 +76,16 @@ def _serve(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     if args.listen:
         config.parse_listen(args.listen, "--listen")
+    workers.check_shareable(settings, args.listen, args.workers)
+    if args.workers > 1:
+        return workers.supervise(
+            [
+                workers.worker_argv(args.config, args.listen, args.log_level, i)
+                for i in range(args.workers)
+            ]
+        )
+    if args.worker_index is not None:
+        settings = workers.worker_settings(settings, args.worker_index)
     asyncio.run(_serve_until_signal(settings, args.listen))
     return 0
 

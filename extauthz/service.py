@@ -27,6 +27,9 @@ from extauthz import input as policy_input
 from extauthz import jwt as jwt_auth
 
 log = logging.getLogger(__name__)
+# json.dumps with any non-default argument builds a new encoder per call; one shared
+# encoder with the same settings writes the same text.
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class DecisionLog:
@@ -52,7 +55,7 @@ class DecisionLog:
     def write(self, record: dict[str, Any]) -> None:
         if self._stream is None:
             return
-        self._pending.append(json.dumps(record, separators=(",", ":")))
+        self._pending.append(_LINE_ENCODER.encode(record))
         if len(self._pending) > 1:
             return
         try:

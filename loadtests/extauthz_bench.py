@@ -15,6 +15,8 @@ generator is ``hey`` (Debian package ``hey``); its absence is reported with the 
 
     python -m loadtests.extauthz_bench                 # 1,000 rps, 20 s per phase
     python -m loadtests.extauthz_bench --rate 1000 --duration 30 --rounds 2 --connections 1
+    python -m loadtests.extauthz_bench --full-processes 2      # two ports, Envoy balances
+    python -m loadtests.extauthz_bench --full-workers 2        # one port, SO_REUSEPORT
 
 Targets (issue 6): full throughput >= 0.8x the floor's; full p99 at the rate <= the floor's.
 All traffic is on 127.0.0.1; every phase is bounded by ``hey -z``.
@@ -33,7 +35,9 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -107,6 +111,57 @@ def run_hey(url: str, token: str, duration: float, connections: int, rate: float
     return proc.stdout
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (``extauthz serve --workers``)."""
+    try:
+        kids = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return procs.usage(pid).cpu_seconds + sum(procs.usage(int(k)).cpu_seconds for k in kids)
+
+
+def _adjacent_ports(count: int) -> int:
+    """A port P with P..P+count-1 all free (the metrics ports of ``--workers``)."""
+    for _ in range(100):
+        base = procs.free_port()
+        if all(not procs.port_open("127.0.0.1", base + i) for i in range(1, count)):
+            return base
+    raise BenchError(f"no {count} adjacent free ports")
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def start_extauthz_workers(
+    name: str, workdir: pathlib.Path, doc: dict[str, Any], decision_log: bool, workers: int
+) -> procs.Child:
+    """``extauthz serve --workers N`` on one port, until every worker is ready."""
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    metrics_port = _adjacent_ports(workers)
+    doc = {
+        **doc,
+        "metrics_listen": f"127.0.0.1:{metrics_port}",
+        "decision_log": str(home / "decisions.log") if decision_log else "off",
+    }
+    config = home / "config.yaml"
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    argv = [procs.PYTHON, "-m", "extauthz.cli", "serve", "--config", str(config)]
+    argv += ["--workers", str(workers), "--log-level", "WARNING"]
+    child = procs.spawn(name, argv, home / "extauthz.log", cwd=authz.REPO)
+    try:
+        child.wait_until(lambda: all(_ready(metrics_port + i) for i in range(workers)))
+    except BaseException:
+        child.stop()
+        raise
+    return child
+
+
 @dataclasses.dataclass
 class Rig:
     """The running Envoy and the two authz servers, with each config's URL."""
@@ -118,7 +173,7 @@ class Rig:
     def cpu(self) -> dict[str, float]:
         out = {"envoy": procs.usage(self.envoy.process.pid).cpu_seconds}
         for name, children in self.servers.items():
-            out[name] = sum(child.usage().cpu_seconds for child in children)
+            out[name] = sum(tree_cpu(child.pid) for child in children)
         return out
 
     def stop(self) -> None:
@@ -128,7 +183,9 @@ class Rig:
                 child.stop()
 
 
-def start_rig(workdir: pathlib.Path, full_processes: int, decision_log: bool = True) -> Rig:
+def start_rig(
+    workdir: pathlib.Path, full_processes: int, decision_log: bool = True, full_workers: int = 1
+) -> Rig:
     ports = {name: procs.free_port() for name in CONFIGS}
     floor_port = procs.free_port()
     full_ports = [procs.free_port() for _ in range(full_processes)]
@@ -138,9 +195,13 @@ def start_rig(workdir: pathlib.Path, full_processes: int, decision_log: bool = T
         servers["floor"].append(authz.start_floor(workdir, floor_port))
         for i, port in enumerate(full_ports):
             doc = authz.bench_config(f"127.0.0.1:{port}")
-            servers["full"].append(
-                authz.start_extauthz(f"extauthz-{i}", workdir, doc, decision_log)
-            )
+            if full_workers > 1:
+                started = start_extauthz_workers(
+                    f"extauthz-{i}", workdir, doc, decision_log, full_workers
+                )
+            else:
+                started = authz.start_extauthz(f"extauthz-{i}", workdir, doc, decision_log)
+            servers["full"].append(started)
         hops = [
             envoyconf.Hop("envoy", ports["envoy"]),
             envoyconf.Hop("floor", ports["floor"], authz=(("127.0.0.1", floor_port),)),
@@ -220,7 +281,8 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         f"{args.duration:g} s x {args.rounds} round(s) per config; saturation "
         f"{args.sat_connections} connections, {args.sat_duration:g} s. Envoy answers "
         "200 itself; "
-        f"{args.full_processes} extauthz process(es); decision log "
+        f"{args.full_processes} extauthz process(es) x {args.full_workers} worker(s); "
+        "decision log "
         f"{'off' if args.no_decision_log else 'on (to a file)'}.",
         "",
         "| config | p50 ms | p90 ms | p99 ms | added p99 ms | rps at rate | errors | max rps (saturated) | Envoy CPU s / 1k req | authz CPU s / 1k req |",
@@ -268,6 +330,12 @@ def _parser() -> argparse.ArgumentParser:
         "--full-processes", type=int, default=1, help="extauthz processes Envoy balances across"
     )
     parser.add_argument(
+        "--full-workers",
+        type=int,
+        default=1,
+        help="worker processes per extauthz sharing its port (extauthz serve --workers N)",
+    )
+    parser.add_argument(
         "--no-decision-log",
         action="store_true",
         help="run extauthz with decision_log: off (default: on, to a file, as in production)",
@@ -295,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     token = authz.demo_tokens()["admin"]
     print(f"extauthz bench -> {out}", flush=True)
-    rig = start_rig(out, args.full_processes, not args.no_decision_log)
+    rig = start_rig(out, args.full_processes, not args.no_decision_log, args.full_workers)
     phases: list[Phase] = []
     try:
         plan = [(c, "rate") for _ in range(args.rounds) for c in CONFIGS]
