@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+from waypoint.runtime import envoy_process
+
 try:
     import psutil  # type: ignore[import-untyped,unused-ignore]
 except ImportError:  # pragma: no cover - psutil is optional
@@ -109,13 +111,7 @@ class Child:
         raise ProcessError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        envoy_process.terminate(self.process, timeout)
 
 
 def spawn(

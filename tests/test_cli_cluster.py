@@ -283,30 +283,21 @@ def test_status_shows_conditions_addresses_and_what_is_served(
 # --- controller --------------------------------------------------------------------------------
 
 
+def _start_controller(fake: server.FakeKube, kubeconfig: str, *extra: str) -> subprocess.Popen[str]:
+    """``waypoint controller --leader-elect`` as a real process against the fake API server."""
+    fake.seed([world.namespace("waypoint-system")])
+    argv = [sys.executable, "-m", "waypoint", "controller", "--kubeconfig", kubeconfig]
+    argv += ["--leader-elect", "--leader-elect-namespace", "waypoint-system", *extra]
+    return subprocess.Popen(
+        argv, cwd=conftest.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def test_controller_command_with_leader_election_and_metrics(
     fake: server.FakeKube, kubeconfig: str
 ) -> None:
-    fake.seed([world.namespace("waypoint-system")])
     port = conftest.free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "waypoint",
-            "controller",
-            "--kubeconfig",
-            kubeconfig,
-            "--leader-elect",
-            "--leader-elect-namespace",
-            "waypoint-system",
-            "--metrics-listen",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=conftest.REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_controller(fake, kubeconfig, "--metrics-listen", f"127.0.0.1:{port}")
     try:
         with kcluster.Cluster.connect(kubeconfig) as api:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
@@ -333,27 +324,8 @@ def test_controller_command_with_leader_election_and_metrics(
 def test_controller_command_serves_xds_and_writes_xds_bootstraps(
     fake: server.FakeKube, kubeconfig: str
 ) -> None:
-    fake.seed([world.namespace("waypoint-system")])
     port = conftest.free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "waypoint",
-            "controller",
-            "--kubeconfig",
-            kubeconfig,
-            "--leader-elect",
-            "--leader-elect-namespace",
-            "waypoint-system",
-            "--xds-listen",
-            f"127.0.0.1:{port}",
-        ],
-        cwd=conftest.REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = _start_controller(fake, kubeconfig, "--xds-listen", f"127.0.0.1:{port}")
     try:
         with kcluster.Cluster.connect(kubeconfig) as api:
             api.apply(gateway.generate_gateway("demo"), "waypoint")

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 _BASE_IDS = itertools.count(os.getpid() % 10_000 * 10 + 1)
 
@@ -63,6 +64,17 @@ def validate_text(config_yaml: str) -> None:
         os.unlink(handle.name)
 
 
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to ``timeout``, then SIGKILL: every process we start ends this way."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclasses.dataclass
 class EnvoyProcess:
     """A running Envoy and the admin port used to watch it."""
@@ -95,13 +107,7 @@ class EnvoyProcess:
         raise EnvoyError(f"envoy not ready after {timeout}s:\n{self.log()}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
 
 
 def start(
