@@ -12,6 +12,8 @@ import yaml
 from tests import golden
 from waypoint.runtime import envoy_process
 
+pytest_plugins = ["tests.fakekube.fixtures"]
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 

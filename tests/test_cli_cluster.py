@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import yaml
@@ -26,13 +26,6 @@ from waypoint.runtime import envoy_process
 
 GW_API = "gateway.networking.k8s.io/v1"
 PATIENCE = 30.0
-
-
-@pytest.fixture
-def fake() -> Iterator[server.FakeKube]:
-    with server.FakeKube() as running:
-        running.seed([world.gateway_class(), *world.mesh("demo")])
-        yield running
 
 
 @pytest.fixture

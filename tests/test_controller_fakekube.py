@@ -20,12 +20,6 @@ def fake() -> Iterator[server.FakeKube]:
         yield running
 
 
-@pytest.fixture
-def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
-    with world.connect(fake, tmp_path) as connected:
-        yield connected
-
-
 def _config_map(data: dict[str, str], labels: dict[str, str] | None = None) -> dict[str, object]:
     meta: dict[str, object] = {"name": "cm", "namespace": "demo"}
     if labels is not None:

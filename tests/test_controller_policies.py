@@ -85,13 +85,6 @@ def rego_config_map(text: str = REGO, name: str = "waypoint-extauthz-policy") ->
 
 
 @pytest.fixture
-def fake() -> Iterator[server.FakeKube]:
-    with server.FakeKube() as running:
-        running.seed([world.gateway_class(), *world.mesh("demo")])
-        yield running
-
-
-@pytest.fixture
 def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
     with world.connect(fake, tmp_path) as connected:
         connected.apply(gateway.generate_gateway("demo"), "waypoint")

@@ -3,8 +3,6 @@ the right update on a change, zero writes when nothing changed, foreign objects 
 
 from __future__ import annotations
 
-import pathlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,19 +14,6 @@ from waypoint.controller import reconcile
 from waypoint.kube import gateway
 
 GW = ("gateway.networking.k8s.io/v1", "Gateway", "demo", "waypoint")
-
-
-@pytest.fixture
-def fake() -> Iterator[server.FakeKube]:
-    with server.FakeKube() as running:
-        running.seed([world.gateway_class(), *world.mesh("demo")])
-        yield running
-
-
-@pytest.fixture
-def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
-    with world.connect(fake, tmp_path) as connected:
-        yield connected
 
 
 @pytest.fixture

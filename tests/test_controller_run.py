@@ -48,19 +48,6 @@ def _programmed(fake: server.FakeKube) -> bool:
 
 
 @pytest.fixture
-def fake() -> Iterator[server.FakeKube]:
-    with server.FakeKube(bookmark_interval=0.2) as running:
-        running.seed([world.gateway_class(), *world.mesh("demo")])
-        yield running
-
-
-@pytest.fixture
-def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
-    with world.connect(fake, tmp_path) as connected:
-        yield connected
-
-
-@pytest.fixture
 def informed(api: kcluster.Cluster) -> Iterator[manager.Controller]:
     """A controller whose informers run; the test drives the workers itself."""
     controller = manager.Controller(api, watch_timeout=5)

@@ -13,7 +13,7 @@ import json
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
@@ -90,19 +90,6 @@ def _bad_listener() -> listener_pb2.Listener:
     network_filter = chain.filters.add(name="envoy.filters.network.http_connection_manager")
     network_filter.typed_config.Pack(manager_config)
     return listener
-
-
-@pytest.fixture
-def fake() -> Iterator[server.FakeKube]:
-    with server.FakeKube(bookmark_interval=0.2) as running:
-        running.seed([world.gateway_class(), *world.mesh("demo")])
-        yield running
-
-
-@pytest.fixture
-def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
-    with world.connect(fake, tmp_path) as connected:
-        yield connected
 
 
 @pytest.fixture
