@@ -287,30 +287,23 @@ class Cluster:
         return True
 
     def replace(self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER) -> Obj:
-        kind = kind_of(obj)
-        meta = obj.get("metadata") or {}
-        try:
-            updated = self.resource(kind).replace(
-                body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
-            )
-        except dyn_errors.DynamicApiError as exc:
-            raise _error(
-                exc, f"update {kind} {_ref(meta.get('namespace'), meta.get('name'))}"
-            ) from exc
-        return _plain(updated)
+        return self._write("replace", "update", obj, field_manager)
 
     def create(self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER) -> Obj:
+        return self._write("create", "create", obj, field_manager)
+
+    def _write(self, verb: str, action: str, obj: Mapping[str, Any], field_manager: str) -> Obj:
+        """PUT (``replace``) or POST (``create``) a whole object; errors name it."""
         kind = kind_of(obj)
         meta = obj.get("metadata") or {}
         try:
-            created = self.resource(kind).create(
+            written = getattr(self.resource(kind), verb)(
                 body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
             )
         except dyn_errors.DynamicApiError as exc:
-            raise _error(
-                exc, f"create {kind} {_ref(meta.get('namespace'), meta.get('name'))}"
-            ) from exc
-        return _plain(created)
+            where = _ref(meta.get("namespace"), meta.get("name"))
+            raise _error(exc, f"{action} {kind} {where}") from exc
+        return _plain(written)
 
 
 def _plain(found: Any) -> Obj:
