@@ -110,6 +110,7 @@ class Settings:
     decision_log: str = "stdout"
     shutdown_grace_seconds: float = 10.0
     reuse_port: bool = False
+    transport: Literal["h2", "grpcio"] = "h2"
 
 
 def load(path: str | pathlib.Path) -> Settings:
@@ -146,6 +147,7 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
             "decision_log",
             "shutdown_grace_seconds",
             "reuse_port",
+            "transport",
         },
     )
     listen = _str(doc.get("listen", DEFAULT_LISTEN), "listen")
@@ -164,6 +166,8 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
             doc.get("shutdown_grace_seconds", 10.0), "shutdown_grace_seconds", minimum=0
         ),
         reuse_port=_bool(doc.get("reuse_port", False), "reuse_port"),
+        # h2 is this project's lean gRPC server (extauthz/h2grpc.py); grpcio is grpc.aio.
+        transport=_choice(doc.get("transport", "h2"), "transport", ("h2", "grpcio")),  # type: ignore[arg-type]
     )
 
 

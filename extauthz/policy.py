@@ -172,11 +172,11 @@ class OpaEngine:
         self._ready = True
 
     async def evaluate(self, input_doc: dict[str, Any], decision: str | None = None) -> object:
+        query = self._client.query_rule(input_doc, (decision or self._decision).strip("/"))
         try:
-            async with asyncio.timeout(self._timeout):
-                answer = await self._client.query_rule(
-                    input_doc, (decision or self._decision).strip("/")
-                )
+            # wait_for, not asyncio.timeout: the h2 transport runs checks eagerly, outside
+            # any Task until they first suspend, and asyncio.timeout needs a current Task.
+            answer = await asyncio.wait_for(query, self._timeout)
         except TimeoutError:
             raise PolicyError(f"OPA did not answer within {self._timeout * 1000:.0f} ms") from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:

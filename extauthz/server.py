@@ -1,6 +1,8 @@
 """Assemble and run the extauthz gRPC server.
 
-Static keys and embedded policies load before the port is bound, so a broken policy or
+Two transports serve the same services (Authorization, grpc.health.v1, reflection):
+``h2`` (the default), the project's lean server in :mod:`extauthz.h2grpc`, and ``grpcio``
+(grpc.aio). Static keys and embedded policies load before the port is bound, so a broken policy or
 JWKS file stops startup with a clear error. Remote JWKS and the OPA connection become
 ready in the background; grpc.health.v1 reports NOT_SERVING until they are, then
 SERVING. Stopping stops accepting, drains in-flight checks for the grace period, and
@@ -15,20 +17,36 @@ import dataclasses
 import logging
 import pathlib
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from extauthz import config, httpserver, metrics, policy, service
+from extauthz import config, h2grpc, httpserver, metrics, policy, service
+from extauthz import health as h2health
 from extauthz import jwt as jwt_auth
 
 log = logging.getLogger(__name__)
 
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 _HEALTH_NAMES = ("", AUTHZ_SERVICE)
+_SERVICES = (AUTHZ_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+
+class RpcServer(Protocol):
+    """What the server needs of a transport: stop accepting, drain, close."""
+
+    async def stop(self, grace: float | None) -> Any: ...
+
+
+class HealthTable(Protocol):
+    """The health servicer both transports share the shape of."""
+
+    async def set(self, service: str, status: Any) -> None: ...
+
+    async def enter_graceful_shutdown(self) -> None: ...
 
 
 class StartupError(RuntimeError):
@@ -39,10 +57,10 @@ class StartupError(RuntimeError):
 class ExtAuthzServer:
     """A running server and the parts tests and operators look at."""
 
-    grpc_server: grpc.aio.Server
+    rpc_server: RpcServer
     port: int
     metrics_port: int | None
-    health: Any
+    health: HealthTable
     authenticator: jwt_auth.Authenticator
     engine: policy.Engine
     metrics: metrics.Metrics
@@ -64,7 +82,7 @@ class ExtAuthzServer:
         self.stopping = True
         await self.health.enter_graceful_shutdown()
         self.ready_task.cancel()
-        await self.grpc_server.stop(grace)
+        await self.rpc_server.stop(grace)
         await self.engine.close()
         if self.http is not None:
             await self.http.close()
@@ -110,28 +128,16 @@ async def run_server(
     engine = _load(settings, authenticator)
     decision_log = service.DecisionLog(settings.decision_log)
     checker = service.Checker(settings, authenticator, engine, stats, decision_log)
-    # grpc enables SO_REUSEPORT by default; a second server on our port should fail
-    # loudly unless several processes sharing it is what the operator asked for.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-        service.AuthorizationServicer(checker), server
-    )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined,unused-ignore]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in _HEALTH_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        (AUTHZ_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
     address = listen or settings.listen
     _prepare_unix(address)
     try:
-        port = server.add_insecure_port(grpc_address(address))
-    except RuntimeError as exc:
+        rpc_server, health_servicer, port = await _TRANSPORTS[settings.transport](
+            settings, checker, address
+        )
+    except (RuntimeError, OSError) as exc:
         await engine.close()
         decision_log.close()
         raise StartupError(f"listen: cannot bind {address}: {exc}") from None
-    await server.start()
 
     async def become_ready() -> None:
         await asyncio.gather(engine.start(), authenticator.start())
@@ -141,7 +147,7 @@ async def run_server(
 
     ready_task = asyncio.get_running_loop().create_task(become_ready())
     running = ExtAuthzServer(
-        grpc_server=server,
+        rpc_server=rpc_server,
         port=0 if address.startswith("unix:") else port,
         metrics_port=None,
         health=health_servicer,
@@ -157,6 +163,62 @@ async def run_server(
         running.http = httpserver.HttpServer(metrics.http_handler(stats, lambda: running.ready))
         running.metrics_port = await running.http.start(settings.metrics_listen)
     return running, running.port
+
+
+async def _grpcio(
+    settings: config.Settings, checker: service.Checker, address: str
+) -> tuple[RpcServer, HealthTable, int]:
+    # grpc enables SO_REUSEPORT by default; a second server on our port should fail
+    # loudly unless several processes sharing it is what the operator asked for.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+        service.AuthorizationServicer(checker), server
+    )
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined,unused-ignore]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await _not_serving(health_servicer)
+    reflection.enable_server_reflection(_SERVICES, server)
+    port = server.add_insecure_port(grpc_address(address))
+    await server.start()
+    return server, health_servicer, port
+
+
+async def _h2(
+    settings: config.Settings, checker: service.Checker, address: str
+) -> tuple[RpcServer, HealthTable, int]:
+    health_table = h2health.Health()
+    await _not_serving(health_table)
+    # grpc's own reflection logic, one request at a time: it answers each with exactly one
+    # response and never touches the context (its stubs type it as returning None).
+    answers: Any = reflection.ReflectionServicer(_SERVICES).ServerReflectionInfo
+
+    def reflection_answer(request: reflection_pb2.ServerReflectionRequest) -> Any:
+        return next(iter(answers(iter((request,)), None)))
+
+    methods = [
+        h2grpc.Method(
+            f"/{AUTHZ_SERVICE}/Check",
+            external_auth_pb2.CheckRequest.FromString,
+            unary=checker.check,
+        ),
+        *health_table.methods(),
+        h2grpc.Method(
+            f"/{reflection.SERVICE_NAME}/ServerReflectionInfo",
+            reflection_pb2.ServerReflectionRequest.FromString,
+            per_message=reflection_answer,
+        ),
+    ]
+    server = h2grpc.Server(methods)
+    port = await server.add_address(grpc_address(address), reuse_port=settings.reuse_port)
+    return server, health_table, port
+
+
+async def _not_serving(table: HealthTable) -> None:
+    for name in _HEALTH_NAMES:
+        await table.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+_TRANSPORTS = {"h2": _h2, "grpcio": _grpcio}
 
 
 async def serve_forever(settings: config.Settings, listen: str | None, stop: asyncio.Event) -> None:

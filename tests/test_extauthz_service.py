@@ -2,7 +2,8 @@
 
 Covers the opa-envoy-plugin input shape, decisions (bool and object), 401/400/403
 mapping, fail-closed on engine errors, dry-run, the decision log, health, reflection,
-metrics and a unix-socket listener.
+metrics and a unix-socket listener. Every test runs on both transports: the default h2
+server (extauthz/h2grpc.py) and grpc.aio.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -33,6 +34,15 @@ from tests import conftest
 from tests.extauthz import support
 
 pytestmark = pytest.mark.asyncio
+_TRANSPORT = ["h2"]  # the transport under test, set by the autouse fixture below
+
+
+@pytest.fixture(autouse=True, params=["h2", "grpcio"])
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    _TRANSPORT[0] = request.param
+    yield request.param
+    _TRANSPORT[0] = "h2"
+
 
 Stub = external_auth_pb2_grpc.AuthorizationStub
 
@@ -41,6 +51,7 @@ Stub = external_auth_pb2_grpc.AuthorizationStub
 async def serving(
     settings: config.Settings, listen: str | None = None, wait: bool = True
 ) -> AsyncIterator[tuple[server.ExtAuthzServer, grpc.aio.Channel]]:
+    settings = dataclasses.replace(settings, transport=_TRANSPORT[0])  # type: ignore[arg-type]
     running, port = await server.run_server(settings, listen=listen)
     target = listen if listen else f"127.0.0.1:{port}"
     channel = grpc.aio.insecure_channel(target)
@@ -458,7 +469,9 @@ async def test_example_config_semantics(tmp_path: pathlib.Path) -> None:
 
 async def test_port_sharing_only_when_asked(tmp_path: pathlib.Path) -> None:
     port = conftest.free_port()
-    first = support.settings(tmp_path, listen=f"127.0.0.1:{port}", metrics_listen=None)
+    first = support.settings(
+        tmp_path, listen=f"127.0.0.1:{port}", metrics_listen=None, transport=_TRANSPORT[0]
+    )
     async with serving(first):
         with pytest.raises(server.StartupError, match="cannot bind"):
             await server.run_server(first)
