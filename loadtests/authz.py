@@ -137,9 +137,12 @@ def start_opa_double(workdir: pathlib.Path, port: int) -> procs.Child:
     return child
 
 
-def start_floor(workdir: pathlib.Path, port: int, name: str = "floor") -> procs.Child:
+def start_floor(
+    workdir: pathlib.Path, port: int, name: str = "floor", transport: str = "aio"
+) -> procs.Child:
     """Run the allow-all floor server; it is ready when its port accepts."""
     argv = [procs.PYTHON, "-m", "loadtests.floor_authz", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--transport", transport]
     child = procs.spawn(name, argv, workdir / f"{name}.log", cwd=REPO)
     try:
         child.wait_until(lambda: procs.port_open("127.0.0.1", port))

@@ -17,6 +17,8 @@ generator is ``hey`` (Debian package ``hey``); its absence is reported with the 
     python -m loadtests.extauthz_bench --rate 1000 --duration 30 --rounds 2 --connections 1
     python -m loadtests.extauthz_bench --full-processes 2      # two ports, Envoy balances
     python -m loadtests.extauthz_bench --full-workers 2        # one port, SO_REUSEPORT
+    python -m loadtests.extauthz_bench --h2-floor              # + allow-all on extauthz's transport
+    python -m loadtests.extauthz_bench --full-transport grpcio # extauthz on grpc.aio
 
 Targets (issue 6): full throughput >= 0.8x the floor's; full p99 at the rate <= the floor's.
 All traffic is on 127.0.0.1; every phase is bounded by ``hey -z``.
@@ -45,6 +47,7 @@ from loadtests import authz, envoyconf, procs, recorder
 from waypoint.runtime import envoy_process
 
 CONFIGS = ("envoy", "floor", "full")
+H2_FLOOR = "floor-h2"  # allow-all on extauthz's own transport, with --h2-floor
 INSTALL_HINT = "hey is not installed: `apt-get install -y hey` (Debian/Ubuntu), then rerun"
 PATH = "/admin/orders"
 
@@ -184,17 +187,25 @@ class Rig:
 
 
 def start_rig(
-    workdir: pathlib.Path, full_processes: int, decision_log: bool = True, full_workers: int = 1
+    workdir: pathlib.Path,
+    full_processes: int,
+    decision_log: bool = True,
+    full_workers: int = 1,
+    full_transport: str = "h2",
+    h2_floor: bool = False,
 ) -> Rig:
-    ports = {name: procs.free_port() for name in CONFIGS}
-    floor_port = procs.free_port()
+    names = (*CONFIGS, H2_FLOOR) if h2_floor else CONFIGS
+    ports = {name: procs.free_port() for name in names}
+    floor_port, h2_floor_port = procs.free_port(), procs.free_port()
     full_ports = [procs.free_port() for _ in range(full_processes)]
     servers: dict[str, list[procs.Child]] = {"floor": [], "full": []}
     rig: Rig | None = None
     try:
         servers["floor"].append(authz.start_floor(workdir, floor_port))
+        if h2_floor:
+            servers[H2_FLOOR] = [authz.start_floor(workdir, h2_floor_port, H2_FLOOR, "h2")]
         for i, port in enumerate(full_ports):
-            doc = authz.bench_config(f"127.0.0.1:{port}")
+            doc = {**authz.bench_config(f"127.0.0.1:{port}"), "transport": full_transport}
             if full_workers > 1:
                 started = start_extauthz_workers(
                     f"extauthz-{i}", workdir, doc, decision_log, full_workers
@@ -207,6 +218,10 @@ def start_rig(
             envoyconf.Hop("floor", ports["floor"], authz=(("127.0.0.1", floor_port),)),
             envoyconf.Hop("full", ports["full"], authz=tuple(("127.0.0.1", p) for p in full_ports)),
         ]
+        if h2_floor:
+            hops.append(
+                envoyconf.Hop(H2_FLOOR, ports[H2_FLOOR], authz=(("127.0.0.1", h2_floor_port),))
+            )
         admin = procs.free_port()
         config = workdir / "envoy.yaml"
         config.write_text(yaml.safe_dump(envoyconf.bootstrap(hops, admin), sort_keys=False))
@@ -247,7 +262,7 @@ def summarize(phases: Sequence[Phase], config: str, mode: str) -> dict[str, floa
     out["rps"] = requests / seconds if seconds else math.nan
     out["requests"] = requests
     out["errors"] = sum(p.errors for p in mine)
-    for name in ("envoy", "floor", "full"):
+    for name in sorted({n for p in mine for n in p.cpu}):
         spent = sum(p.cpu.get(name, 0.0) for p in mine)
         out[f"cpu_{name}_per_1k"] = spent / requests * 1000 if requests else math.nan
     return out
@@ -272,6 +287,24 @@ def verdicts(table: dict[str, dict[str, dict[str, float]]]) -> list[tuple[str, s
             f"+{added_full:.2f} vs +{added_floor:.2f} ms over Envoy alone",
             added_full < added_floor,
         ),
+        *_own_floor(table),
+    ]
+
+
+def _own_floor(table: dict[str, dict[str, dict[str, float]]]) -> list[tuple[str, str, bool]]:
+    # Not an issue target: how much the check itself adds over an allow-all answer on the
+    # same transport, so a win on transport cannot hide a loss in the check.
+    if H2_FLOOR not in table["rate"]:
+        return []
+    rate, sat = table["rate"], table["saturate"]
+    throughput = sat["full"]["rps"] / sat[H2_FLOOR]["rps"]
+    p99 = rate["full"]["p99"] / rate[H2_FLOOR]["p99"]
+    return [
+        (
+            "for information: full vs allow-all on the same h2 transport (throughput; p99)",
+            f"{throughput:.2f}x; {p99:.2f}x",
+            throughput >= 0.8 and p99 <= 1.0,
+        )
     ]
 
 
@@ -281,7 +314,8 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         f"{args.duration:g} s x {args.rounds} round(s) per config; saturation "
         f"{args.sat_connections} connections, {args.sat_duration:g} s. Envoy answers "
         "200 itself; "
-        f"{args.full_processes} extauthz process(es) x {args.full_workers} worker(s); "
+        f"{args.full_processes} extauthz process(es) x {args.full_workers} worker(s) "
+        f"on the {args.full_transport} transport; "
         "decision log "
         f"{'off' if args.no_decision_log else 'on (to a file)'}.",
         "",
@@ -289,7 +323,7 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = table["rate"]["envoy"]["p99"]
-    for config in CONFIGS:
+    for config in table["rate"]:
         row, sat = table["rate"][config], table["saturate"][config]
         authz_cpu = row.get(f"cpu_{config}_per_1k", math.nan) if config != "envoy" else math.nan
         lines.append(
@@ -336,6 +370,17 @@ def _parser() -> argparse.ArgumentParser:
         help="worker processes per extauthz sharing its port (extauthz serve --workers N)",
     )
     parser.add_argument(
+        "--full-transport",
+        choices=("h2", "grpcio"),
+        default="h2",
+        help="extauthz's gRPC transport (config key transport; default h2)",
+    )
+    parser.add_argument(
+        "--h2-floor",
+        action="store_true",
+        help=f"also measure {H2_FLOOR}: the allow-all floor on extauthz's own h2 transport",
+    )
+    parser.add_argument(
         "--no-decision-log",
         action="store_true",
         help="run extauthz with decision_log: off (default: on, to a file, as in production)",
@@ -363,11 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     token = authz.demo_tokens()["admin"]
     print(f"extauthz bench -> {out}", flush=True)
-    rig = start_rig(out, args.full_processes, not args.no_decision_log, args.full_workers)
+    rig = start_rig(
+        out,
+        args.full_processes,
+        not args.no_decision_log,
+        args.full_workers,
+        args.full_transport,
+        args.h2_floor,
+    )
+    configs = (*CONFIGS, H2_FLOOR) if args.h2_floor else CONFIGS
     phases: list[Phase] = []
     try:
-        plan = [(c, "rate") for _ in range(args.rounds) for c in CONFIGS]
-        plan += [(c, "saturate") for c in CONFIGS]
+        plan = [(c, "rate") for _ in range(args.rounds) for c in configs]
+        plan += [(c, "saturate") for c in configs]
         for i, (config, mode) in enumerate(plan, 1):
             started = time.monotonic()
             print(f"[{i}/{len(plan)}] {config:6s} {mode:8s} ...", end="", flush=True)
@@ -383,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         rig.stop()
     table = {
-        mode: {c: summarize(phases, c, mode) for c in CONFIGS} for mode in ("rate", "saturate")
+        mode: {c: summarize(phases, c, mode) for c in configs} for mode in ("rate", "saturate")
     }
     text = markdown(table, args)
     (out / "extauthz-bench.md").write_text(text)
