@@ -96,6 +96,9 @@ class PolicyConfig:
     decision: str = DEFAULT_DECISION
     rego_version: Literal["v0", "v1"] = "v1"
     opa: OpaConfig = OpaConfig()
+    # Decisions remembered by the input paths the policy reads (extauthz/decisioncache.py);
+    # 0 turns the cache off. Only the embedded engine can be analysed, so only it caches.
+    cache_entries: int = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +354,7 @@ def _claim_headers(raw: object, provider_key: str) -> tuple[ClaimToHeader, ...]:
 
 def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
     doc = _mapping(raw, "policy")
-    _known(doc, "policy", {"engine", "modules", "decision", "rego_version", "opa"})
+    _known(doc, "policy", {"engine", "modules", "decision", "rego_version", "opa", "cache_entries"})
     engine = _choice(doc.get("engine", "embedded"), "policy.engine", ("embedded", "opa"))
     modules = tuple(
         _path(item, f"policy.modules[{i}]", base_dir)
@@ -373,6 +376,7 @@ def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
             doc.get("rego_version", "v1"), "policy.rego_version", ("v0", "v1")
         ),
         opa=_opa(doc.get("opa", {})),
+        cache_entries=_int(doc.get("cache_entries", 10_000), "policy.cache_entries", 0, 10_000_000),
     )
 
 

@@ -120,7 +120,7 @@ def destination_principal(request: external_auth_pb2.CheckRequest) -> str:
     )
 
 
-def build(
+def documents(
     request: external_auth_pb2.CheckRequest,
     http: attribute_context_pb2.AttributeContext.HttpRequest,
     headers: Mapping[str, str],
@@ -128,10 +128,9 @@ def build(
     parsed_query: dict[str, list[str]],
     identity: jwt_auth.Identity | None,
 ) -> dict[str, Any]:
-    """The full policy input for one check."""
+    """Every part of the policy input but ``attributes`` (the costly one, built on demand)."""
     parsed_body, truncated = parse_body(http, headers)
     doc: dict[str, Any] = {
-        "attributes": protojson.message_to_dict(request.attributes),
         "parsed_path": parsed_path,
         "parsed_query": parsed_query,
         "parsed_body": parsed_body,
@@ -143,3 +142,20 @@ def build(
     if identity is not None:
         doc["jwt"] = {"provider": identity.provider, "claims": identity.claims}
     return doc
+
+
+def complete(request: external_auth_pb2.CheckRequest, parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The full policy input from :func:`documents`' parts."""
+    return {"attributes": protojson.message_to_dict(request.attributes), **parts}
+
+
+def build(
+    request: external_auth_pb2.CheckRequest,
+    http: attribute_context_pb2.AttributeContext.HttpRequest,
+    headers: Mapping[str, str],
+    parsed_path: list[str],
+    parsed_query: dict[str, list[str]],
+    identity: jwt_auth.Identity | None,
+) -> dict[str, Any]:
+    """The full policy input for one check."""
+    return complete(request, documents(request, http, headers, parsed_path, parsed_query, identity))

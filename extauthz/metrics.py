@@ -46,6 +46,14 @@ class Metrics:
             registry=self.registry,
         )
         # Bound children up front: labels() costs more than inc() on the hot path.
+        self.decision_cache = prometheus_client.Counter(
+            "extauthz_decision_cache_lookups",
+            "Policy decision cache lookups by result (hit, miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.cache_hit = self.decision_cache.labels("hit")
+        self.cache_miss = self.decision_cache.labels("miss")
         self.by_outcome = {outcome: self.checks.labels(outcome) for outcome in OUTCOMES}
 
     def jwks_fetched(self, provider: str, result: str) -> None:

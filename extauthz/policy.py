@@ -18,7 +18,7 @@ import aiohttp
 import opa_client
 import regorus
 
-from extauthz import config
+from extauthz import config, decisioncache
 
 
 class PolicyError(Exception):
@@ -101,6 +101,13 @@ class EmbeddedEngine:
 
     async def start(self) -> None:
         return None
+
+    def analysis(self) -> decisioncache.Analysis:
+        """Which input paths the loaded policies read (for the decision cache)."""
+        try:
+            return decisioncache.analyze(self._live().get_ast_as_json())
+        except RuntimeError as exc:
+            return decisioncache.Analysis((), f"no syntax tree: {rust_error(exc)}")
 
     async def evaluate(self, input_doc: dict[str, Any], decision: str | None = None) -> object:
         return self.evaluate_sync(input_doc, decision)

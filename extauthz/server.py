@@ -24,7 +24,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from extauthz import config, h2grpc, httpserver, metrics, policy, service
+from extauthz import config, decisioncache, h2grpc, httpserver, metrics, policy, service
 from extauthz import health as h2health
 from extauthz import jwt as jwt_auth
 
@@ -116,6 +116,21 @@ def _load(settings: config.Settings, authenticator: jwt_auth.Authenticator) -> p
         raise StartupError(f"policy: {exc}") from None
 
 
+def decision_cache(
+    settings: config.Settings, engine: policy.Engine
+) -> decisioncache.DecisionCache | None:
+    """The decision cache, when it is asked for and the policy provably allows one."""
+    if settings.policy.cache_entries == 0 or not isinstance(engine, policy.EmbeddedEngine):
+        return None
+    analysis = engine.analysis()
+    if not analysis.cacheable:
+        log.info("decision cache off: %s", analysis.reason)
+        return None
+    shown = ", ".join("input." + ".".join(map(str, p)) for p in analysis.paths) or "nothing"
+    log.info("decision cache on (%d entries), keyed by %s", settings.policy.cache_entries, shown)
+    return decisioncache.DecisionCache(analysis.paths, settings.policy.cache_entries)
+
+
 async def run_server(
     settings: config.Settings,
     *,
@@ -127,7 +142,9 @@ async def run_server(
     authenticator = jwt_auth.Authenticator(settings.jwt, clock, stats.jwks_fetched)
     engine = _load(settings, authenticator)
     decision_log = service.DecisionLog(settings.decision_log)
-    checker = service.Checker(settings, authenticator, engine, stats, decision_log)
+    checker = service.Checker(
+        settings, authenticator, engine, stats, decision_log, cache=decision_cache(settings, engine)
+    )
     address = listen or settings.listen
     _prepare_unix(address)
     try:

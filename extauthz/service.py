@@ -22,7 +22,7 @@ from typing import IO, Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from extauthz import config, decision, metrics, policy
+from extauthz import config, decision, decisioncache, metrics, policy
 from extauthz import input as policy_input
 from extauthz import jwt as jwt_auth
 
@@ -118,6 +118,7 @@ class _Trace:
     http: Any = None
     parsed_path: list[str] | None = None
     identity: jwt_auth.Identity | None = None
+    cached: bool = False
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -132,8 +133,10 @@ class Checker:
         stats: metrics.Metrics,
         decision_log: DecisionLog,
         new_id: Callable[[], str] | None = None,
+        cache: decisioncache.DecisionCache | None = None,
     ) -> None:
         self._settings = settings
+        self._cache = cache
         self._authn = authenticator
         self._engine = engine
         self._metrics = stats
@@ -183,13 +186,40 @@ class Checker:
         if identity is None and extensions.get(policy_input.JWT_KEY) == "required":
             raise jwt_auth.InvalidToken("this route requires a token and none was presented")
         trace.timings["authn_us"] = (time.perf_counter() - trace.started) * 1e6
-        doc = policy_input.build(request, http, headers, parsed_path, parsed_query, identity)
+        parts = policy_input.documents(request, http, headers, parsed_path, parsed_query, identity)
         policy_started = time.perf_counter()
-        value = await self._engine.evaluate(doc, _route_decision(extensions))
+        result = await self._decision(request, parts, _route_decision(extensions), trace)
         trace.timings["policy_us"] = (time.perf_counter() - policy_started) * 1e6
-        result = decision.parse(value)
         trace.outcome = "allowed" if result.allowed else "denied"
         return self._decided(result, identity, trace.decision_id)
+
+    async def _decision(
+        self,
+        request: external_auth_pb2.CheckRequest,
+        parts: dict[str, Any],
+        route_decision: str | None,
+        trace: _Trace,
+    ) -> decision.Decision:
+        cache = self._cache
+        if cache is None or not cache.enabled:
+            return await self._evaluate(request, parts, route_decision)
+        key = cache.key(decisioncache.InputView(request.attributes, parts), route_decision)
+        result: decision.Decision | None = cache.get(key)
+        trace.cached = result is not None
+        (self._metrics.cache_hit if trace.cached else self._metrics.cache_miss).inc()
+        if result is None:
+            result = await self._evaluate(request, parts, route_decision)
+            cache.put(key, result)
+        return result
+
+    async def _evaluate(
+        self,
+        request: external_auth_pb2.CheckRequest,
+        parts: dict[str, Any],
+        route_decision: str | None,
+    ) -> decision.Decision:
+        doc = policy_input.complete(request, parts)
+        return decision.parse(await self._engine.evaluate(doc, route_decision))
 
     def _record(
         self,
@@ -207,6 +237,8 @@ class Checker:
             "http_status": _http_status(response),
             "dry_run": self._settings.dry_run,
         }
+        if trace.cached:
+            result["cached"] = True
         if trace.reason:
             result["reason"] = trace.reason
         self._log.write(
