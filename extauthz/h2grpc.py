@@ -445,6 +445,10 @@ class _Connection(asyncio.Protocol):
         else:
             self._outbound.setdefault(stream.stream_id, _Outbound()).trailers = trailers
             self._pump(stream.stream_id)
+        # Each answer leaves now, not with the rest of its read: Envoy's requests come in
+        # bursts, and holding the first answer for the last one's check would add the
+        # whole burst's time to its latency (allow-all at 1,000 rps: p50 5.2 -> 4.3 ms).
+        self._flush()
         self._server.idle_changed()
         self._close_if_idle()
 
