@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import pathlib
 import re
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -64,24 +63,13 @@ class HopRigError(RuntimeError):
     """The hop world could not be laid out or started."""
 
 
-def _bindable(address: str, port: int) -> bool:
-    with socket.socket() as sock:
-        # Envoy listens with SO_REUSEADDR, so a port held only by TIME_WAIT is usable.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def pick_pod_address() -> tuple[str, int]:
     """A 127.0.30.x where the pod port is free, and its HBONE port (15008 when free)."""
     for host in range(1, 255):
         address = f"{POD_NETWORK}{host}"
-        if not _bindable(address, POD_PORT):
+        if not procs.bindable(address, POD_PORT):
             continue
-        if _bindable(address, HBONE_PORT):
+        if procs.bindable(address, HBONE_PORT):
             return address, HBONE_PORT
         return address, procs.free_port(address)
     raise HopRigError(f"no {POD_NETWORK}x address with port {POD_PORT} free")

@@ -66,6 +66,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def bindable(address: str, port: int) -> bool:
+    """Whether a listener could bind ``address:port`` now (TIME_WAIT does not count)."""
+    with socket.socket() as sock:
+        # Envoy and asyncio listen with SO_REUSEADDR, so a port held only by TIME_WAIT is usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 def port_open(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
         return True

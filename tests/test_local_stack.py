@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import copy
 import pathlib
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from loadtests import procs
 from tests import conftest
 from waypoint import echo, model, pipeline, pki
 from waypoint.hbone import errors, grpcwire
@@ -306,16 +306,6 @@ def test_unknown_destinations_are_refused(stack: stack_mod.LocalStack) -> None:
     assert caught.value.status == 404
 
 
-def _bindable(address: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-        return True
-
-
 OTHER_NET = "127.0.32"
 
 
@@ -325,11 +315,11 @@ def test_stop_tears_everything_down() -> None:
         workdir = running.workdir
         proxy = running.proxy
         upstream = running.options.upstream_hbone_port
-        assert not _bindable(f"{OTHER_NET}.1", HTTP_PORT)
+        assert not procs.bindable(f"{OTHER_NET}.1", HTTP_PORT)
     assert proxy.process.poll() is not None
     assert not workdir.exists()
-    assert _bindable(f"{OTHER_NET}.1", HTTP_PORT)
-    assert _bindable(f"{OTHER_NET}.1", upstream)
+    assert procs.bindable(f"{OTHER_NET}.1", HTTP_PORT)
+    assert procs.bindable(f"{OTHER_NET}.1", upstream)
     with running:  # a stopped stack starts again from scratch
         assert running.workdir != workdir
         assert _get(running, "web")[0].hostname == WEB_POD
@@ -339,7 +329,7 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path: pathlib.Path) -> None:
     broken = stack_mod.LocalStack(_world(OTHER_NET), NS, "no-such-waypoint", workdir=tmp_path / "w")
     with pytest.raises(pipeline.WaypointNotFound, match="no-such-waypoint"):
         broken.start()
-    assert _bindable(f"{OTHER_NET}.1", HTTP_PORT)
-    assert _bindable(f"{OTHER_NET}.2", PLAIN_PORT)
+    assert procs.bindable(f"{OTHER_NET}.1", HTTP_PORT)
+    assert procs.bindable(f"{OTHER_NET}.2", PLAIN_PORT)
     assert broken.backends == {}
     assert not list((tmp_path / "w").glob("envoy-*.log"))
