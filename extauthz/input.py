@@ -147,15 +147,3 @@ def documents(
 def complete(request: external_auth_pb2.CheckRequest, parts: Mapping[str, Any]) -> dict[str, Any]:
     """The full policy input from :func:`documents`' parts."""
     return {"attributes": protojson.message_to_dict(request.attributes), **parts}
-
-
-def build(
-    request: external_auth_pb2.CheckRequest,
-    http: attribute_context_pb2.AttributeContext.HttpRequest,
-    headers: Mapping[str, str],
-    parsed_path: list[str],
-    parsed_query: dict[str, list[str]],
-    identity: jwt_auth.Identity | None,
-) -> dict[str, Any]:
-    """The full policy input for one check."""
-    return complete(request, documents(request, http, headers, parsed_path, parsed_query, identity))

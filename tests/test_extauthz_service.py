@@ -107,7 +107,8 @@ async def test_input_document_matches_opa_envoy_plugin() -> None:
     headers = policy_input.headers_of(http)
     segments, query = policy_input.parse_path(http.path)
     identity = jwt_auth.Identity("corp", {"sub": "alice"}, "e30", "authorization", 0.0)
-    doc = policy_input.build(request, http, headers, segments, query, identity)
+    parts = policy_input.documents(request, http, headers, segments, query, identity)
+    doc = policy_input.complete(request, parts)
     assert doc["parsed_path"] == ["orders", "a b", ""]
     assert doc["parsed_query"] == {"q": ["1", "2"], "empty": [""]}
     assert doc["parsed_body"] == {"qty": 3}
