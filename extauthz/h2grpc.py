@@ -180,7 +180,6 @@ class _Stream:
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
     started: bool = False  # response headers sent
     task: asyncio.Future[Any] | None = None
-    ended: bool = False  # client half-closed
 
 
 @dataclasses.dataclass
@@ -329,7 +328,6 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _on_half_closed(self, stream: _Stream) -> None:
-        stream.ended = True
         method = stream.method
         if method is None or stream.stream_id not in self._streams:
             return
