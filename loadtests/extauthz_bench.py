@@ -21,7 +21,10 @@ generator is ``hey`` (Debian package ``hey``); its absence is reported with the 
     python -m loadtests.extauthz_bench --full-transport grpcio # extauthz on grpc.aio
 
 Targets (issue 6): full throughput >= 0.8x the floor's; full p99 at the rate <= the floor's.
-All traffic is on 127.0.0.1; every phase is bounded by ``hey -z``.
+All traffic is on 127.0.0.1; every phase is bounded by ``hey -z``. hey leaves failed
+requests (resets, timeouts) out of its CSV, so each phase also reads the front Envoy's
+``downstream_rq_total`` for its listener: requests Envoy received that hey never recorded
+are reported as ``lost``, and like non-200 ``errors`` they make the run exit 1.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ CONFIGS = ("envoy", "floor", "full")
 H2_FLOOR = "floor-h2"  # allow-all on extauthz's own transport, with --h2-floor
 INSTALL_HINT = "hey is not installed: `apt-get install -y hey` (Debian/Ubuntu), then rerun"
 PATH = "/admin/orders"
+REQUESTS_STAT = "http.{}.downstream_rq_total"  # each listener's stat_prefix is its config name
 
 
 class BenchError(RuntimeError):
@@ -66,6 +70,8 @@ class Phase:
     statuses: dict[int, int]
     seconds: float
     cpu: dict[str, float]
+    recorded: int  # hey's CSV rows over the whole phase, warm-up included
+    envoy_requests: int  # what the front Envoy's listener received over the same phase
 
     @property
     def requests(self) -> int:
@@ -74,6 +80,11 @@ class Phase:
     @property
     def errors(self) -> int:
         return sum(n for code, n in self.statuses.items() if code != 200)
+
+    @property
+    def lost(self) -> int:
+        """Requests Envoy received that hey never recorded: hey drops failures from its CSV."""
+        return max(0, self.envoy_requests - self.recorded)
 
 
 def hey_binary() -> str:
@@ -107,7 +118,12 @@ def run_hey(url: str, token: str, duration: float, connections: int, rate: float
     if rate is not None:
         argv += ["-q", str(max(1, math.ceil(rate / connections)))]
     proc = subprocess.run(
-        [*argv, url], capture_output=True, text=True, timeout=duration + 60, check=False
+        [*argv, url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=False,
+        preexec_fn=envoy_process.die_with_parent,
     )
     if proc.returncode != 0:
         raise BenchError(f"hey failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -179,6 +195,10 @@ class Rig:
             out[name] = sum(tree_cpu(child.pid) for child in children)
         return out
 
+    def envoy_requests(self, config: str) -> int:
+        """Requests the front Envoy's listener for ``config`` has received so far."""
+        return procs.envoy_counter(self.envoy, REQUESTS_STAT.format(config))
+
     def stop(self) -> None:
         self.envoy.stop()
         for children in self.servers.values():
@@ -243,14 +263,17 @@ def run_phase(rig: Rig, config: str, mode: str, token: str, args: argparse.Names
     rate = args.rate if mode == "rate" else None
     connections = args.connections if mode == "rate" else args.sat_connections
     duration = args.duration if mode == "rate" else args.sat_duration
-    before = rig.cpu()
+    before, counted = rig.cpu(), rig.envoy_requests(config)
     text = run_hey(rig.urls[config], token, duration, connections, rate)
-    after = rig.cpu()
+    # hey waits for its in-flight requests before it exits, so the counters are settled.
+    after, now_counted = rig.cpu(), rig.envoy_requests(config)
     # Saturation skips its first second (a quarter of a very short phase): connection set-up.
     warmup = args.warmup if mode == "rate" else min(1.0, args.sat_duration / 4)
     latencies, statuses, span = parse_hey_csv(text, warmup)
+    _, everything, _ = parse_hey_csv(text, 0.0)
     cpu = {name: after[name] - before[name] for name in before}
-    return Phase(config, mode, latencies, statuses, span, cpu)
+    recorded = sum(everything.values())
+    return Phase(config, mode, latencies, statuses, span, cpu, recorded, now_counted - counted)
 
 
 def summarize(phases: Sequence[Phase], config: str, mode: str) -> dict[str, float]:
@@ -262,6 +285,9 @@ def summarize(phases: Sequence[Phase], config: str, mode: str) -> dict[str, floa
     out["rps"] = requests / seconds if seconds else math.nan
     out["requests"] = requests
     out["errors"] = sum(p.errors for p in mine)
+    out["recorded"] = sum(p.recorded for p in mine)
+    out["envoy_requests"] = sum(p.envoy_requests for p in mine)
+    out["lost"] = sum(p.lost for p in mine)
     for name in sorted({n for p in mine for n in p.cpu}):
         spent = sum(p.cpu.get(name, 0.0) for p in mine)
         out[f"cpu_{name}_per_1k"] = spent / requests * 1000 if requests else math.nan
@@ -317,10 +343,13 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         f"{args.full_processes} extauthz process(es) x {args.full_workers} worker(s) "
         f"on the {args.full_transport} transport; "
         "decision log "
-        f"{'off' if args.no_decision_log else 'on (to a file)'}.",
+        f"{'off' if args.no_decision_log else 'on (to a file)'}. "
+        "errors: non-200 answers after warm-up; lost: requests Envoy received that hey "
+        "never recorded (hey leaves failures out of its CSV), whole phases. Both sum the "
+        "rate and saturation phases.",
         "",
-        "| config | p50 ms | p90 ms | p99 ms | added p99 ms | rps at rate | errors | max rps (saturated) | Envoy CPU s / 1k req | authz CPU s / 1k req |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| config | p50 ms | p90 ms | p99 ms | added p99 ms | rps at rate | errors | lost | max rps (saturated) | Envoy CPU s / 1k req | authz CPU s / 1k req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = table["rate"]["envoy"]["p99"]
     for config in table["rate"]:
@@ -329,7 +358,7 @@ def markdown(table: dict[str, dict[str, dict[str, float]]], args: argparse.Names
         lines.append(
             f"| {config} | {row['p50']:.2f} | {row['p90']:.2f} | {row['p99']:.2f} | "
             f"{row['p99'] - base:+.2f} | {row['rps']:.0f} | {int(row['errors'] + sat['errors'])} | "
-            f"{sat['rps']:.0f} | {row['cpu_envoy_per_1k']:.3f} | "
+            f"{int(row['lost'] + sat['lost'])} | {sat['rps']:.0f} | {row['cpu_envoy_per_1k']:.3f} | "
             + ("-" if math.isnan(authz_cpu) else f"{authz_cpu:.3f}")
             + " |"
         )
@@ -429,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lat = sorted(phase.latencies)
             print(
                 f" {phase.requests} req, {phase.requests / max(phase.seconds, 1e-9):.0f} rps, "
-                f"p99 {recorder.percentile(lat, 99) * 1000:.2f} ms, {phase.errors} errors "
+                f"p99 {recorder.percentile(lat, 99) * 1000:.2f} ms, {phase.errors} errors, "
+                f"{phase.lost} lost "
                 f"({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
@@ -445,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print(text)
-    return 0 if all(row["errors"] == 0 for mode in table.values() for row in mode.values()) else 1
+    clean = all(
+        row["errors"] == row["lost"] == 0 for mode in table.values() for row in mode.values()
+    )
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

@@ -22,13 +22,10 @@ validate``); :meth:`HopRig.start` starts and waits for all; :meth:`HopRig.stop` 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import pathlib
-import re
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -336,15 +333,4 @@ class HopRig:
 
     def stat(self, role: str, name: str) -> int:
         """One counter of one Envoy's admin /stats (0 until first used)."""
-        return _stat(self.proxies[role], name)
-
-
-def _stat(proxy: envoy_process.EnvoyProcess, name: str) -> int:
-    pattern = urllib.parse.quote(f"^{re.escape(name)}$")
-    text = proxy.admin_get(f"/stats?usedonly&filter={pattern}")
-    for line in text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            with contextlib.suppress(ValueError):
-                return int(value)
-    return 0
+        return procs.envoy_counter(self.proxies[role], name)

@@ -11,10 +11,12 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 from waypoint.runtime import envoy_process
@@ -57,6 +59,22 @@ def _proc_usage(pid: int) -> Usage:
     cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     rss_pages = int(fields[21])
     return Usage(cpu, rss_pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+def envoy_counter(proxy: envoy_process.EnvoyProcess, name: str) -> int:
+    """One counter of one Envoy's admin /stats (0 until first used).
+
+    hey leaves failed requests out of its CSV, so the benches compare what it recorded with
+    what the Envoys counted; counters are read at once, not at a stats flush.
+    """
+    pattern = urllib.parse.quote(f"^{re.escape(name)}$")
+    text = proxy.admin_get(f"/stats?usedonly&filter={pattern}")
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -133,7 +151,11 @@ def spawn(
     env: dict[str, str] | None = None,
     cwd: pathlib.Path | None = None,
 ) -> Child:
-    """Start ``argv`` with stdout and stderr going to ``log_path``."""
+    """Start ``argv`` with stdout and stderr going to ``log_path``; it dies with this process.
+
+    Call it from the main thread or one that outlives the child (see
+    :func:`waypoint.runtime.envoy_process.die_with_parent`).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as sink:
         proc = subprocess.Popen(
@@ -143,5 +165,6 @@ def spawn(
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=cwd,
+            preexec_fn=envoy_process.die_with_parent,
         )
     return Child(name, proc, log_path)

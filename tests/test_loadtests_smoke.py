@@ -101,9 +101,49 @@ def test_extauthz_bench_runs_its_three_configs(tmp_path: pathlib.Path) -> None:
     table = json.loads((tmp_path / "extauthz-bench.json").read_text())["table"]
     for mode in ("rate", "saturate"):
         for config in extauthz_bench.CONFIGS:
-            assert table[mode][config]["requests"] > 0, (mode, config)
-            assert table[mode][config]["errors"] == 0, (mode, config)
-    assert "full-check throughput >= 0.8x the floor" in (tmp_path / "extauthz-bench.md").read_text()
+            row = table[mode][config]
+            assert row["requests"] > 0, (mode, config)
+            assert row["errors"] == 0, (mode, config)
+            # lost comes from the front Envoy's own counter: on a healthy run it saw exactly
+            # the requests hey recorded, warm-up included (saturation always drops its first
+            # second, so there requests, which excludes it, may be fewer).
+            assert row["envoy_requests"] == row["recorded"] >= row["requests"], (mode, config)
+            assert row["lost"] == 0, (mode, config)
+    markdown = (tmp_path / "extauthz-bench.md").read_text()
+    assert "full-check throughput >= 0.8x the floor" in markdown
+    assert "| rps at rate | errors | lost | max rps (saturated) |" in markdown
+
+
+def _bench_phase(config: str, mode: str, recorded: int, received: int) -> extauthz_bench.Phase:
+    """A phase where hey recorded ``recorded`` answers (one a 503) and Envoy saw ``received``."""
+    cpu = {"envoy": 0.1, "floor": 0.1, "full": 0.1}
+    statuses = {200: recorded - 1, 503: 1}
+    return extauthz_bench.Phase(
+        config, mode, [0.001] * recorded, statuses, 1.0, cpu, recorded, received
+    )
+
+
+def test_extauthz_bench_counts_requests_hey_left_out_as_lost() -> None:
+    rate = _bench_phase("full", "rate", 100, 103)  # 3 reached Envoy and never came back to hey
+    assert (rate.errors, rate.lost) == (1, 3)
+    assert _bench_phase("full", "rate", 100, 100).lost == 0
+    phases = [
+        _bench_phase(config, mode, 100, received)
+        for config in extauthz_bench.CONFIGS
+        for mode, received in (("rate", 103), ("saturate", 102))
+    ]
+    table = {
+        mode: {c: extauthz_bench.summarize(phases, c, mode) for c in extauthz_bench.CONFIGS}
+        for mode in ("rate", "saturate")
+    }
+    assert (table["rate"]["full"]["lost"], table["rate"]["full"]["envoy_requests"]) == (3, 103)
+    lines = extauthz_bench.markdown(table, extauthz_bench._parser().parse_args([])).splitlines()
+    header = [
+        cell.strip() for cell in next(x for x in lines if x.startswith("| config |")).split("|")
+    ]
+    full = [cell.strip() for cell in next(x for x in lines if x.startswith("| full |")).split("|")]
+    assert full[header.index("errors")] == "2"  # one 503 in each mode
+    assert full[header.index("lost")] == "5"  # 3 at the rate + 2 saturated
 
 
 def test_percentile_is_nearest_rank() -> None:
