@@ -234,6 +234,76 @@ class RawClient:
                     return dict(event.headers)  # type: ignore[arg-type]
             self.sock.sendall(self.h2.data_to_send())
 
+    def open(self, path: str, extra: list[tuple[str, str]] | None = None) -> int:
+        """Start a gRPC call whose body is sent with ``send``."""
+        stream_id = self.h2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", "x")]
+        headers += [(":path", path), ("content-type", "application/grpc"), ("te", "trailers")]
+        self.h2.send_headers(stream_id, headers + (extra or []))
+        self.sock.sendall(self.h2.data_to_send())
+        return stream_id
+
+    def send(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        self.h2.send_data(stream_id, data, end_stream=end)
+        self.sock.sendall(self.h2.data_to_send())
+
+    def outcome(self, stream_id: int) -> dict[str, str]:
+        """Read until the stream ends; its response headers and trailers, merged."""
+        while stream_id not in self.ended:
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in self.h2.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    self.seen.setdefault(event.stream_id, {}).update(event.headers)  # type: ignore[arg-type]
+                if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    self.ended.setdefault(event.stream_id, self.seen.pop(event.stream_id, {}))
+            self.sock.sendall(self.h2.data_to_send())
+        return self.ended[stream_id]
+
+    seen: dict[int, dict[str, str]]
+    ended: dict[int, dict[str, str]]
+
+
+def message(text: str) -> bytes:
+    return bytes(h2grpc.frame(Text(value=text)))
+
+
+async def test_grpc_timeout_ends_a_suspended_call() -> None:
+    calls = Calls()
+    async with serving(calls) as (_server, _channel, port):
+        client = RawClient(port)
+        client.seen, client.ended = {}, {}
+        stream_id = client.open("/t.T/Slow", [("grpc-timeout", "100m")])
+        client.send(stream_id, message("t"), end=True)
+        got = await asyncio.to_thread(client.outcome, stream_id)
+        assert got["grpc-status"] == "4"
+        assert "grpc-timeout" in got["grpc-message"]
+        await asyncio.wait_for(calls.cancelled.wait(), 5)
+        # A call that completes at once is not affected by a timeout, however short.
+        stream_id = client.open("/t.T/Echo", [("grpc-timeout", "1n")])
+        client.send(stream_id, message("quick"), end=True)
+        assert (await asyncio.to_thread(client.outcome, stream_id))["grpc-status"] == "0"
+        client.sock.close()
+
+
+async def test_a_connection_holds_only_so_much_unfinished_request_data() -> None:
+    calls = Calls()
+    async with serving(calls, max_message_bytes=1000) as (_server, channel, port):
+        client = RawClient(port)
+        client.seen, client.ended = {}, {}
+        whole = message("x" * 990)
+        streams = [client.open("/t.T/Echo") for _ in range(5)]
+        for stream_id in streams:
+            client.send(stream_id, whole[:900])
+        # Four partial messages fit (4 x max_message_bytes); the fifth does not.
+        got = await asyncio.to_thread(client.outcome, streams[4])
+        assert got["grpc-status"] == "8"
+        for stream_id in streams[:4]:
+            client.send(stream_id, whole[900:], end=True)
+            assert (await asyncio.to_thread(client.outcome, stream_id))["grpc-status"] == "0"
+        client.sock.close()
+        assert (await unary(channel, "Echo")(Text(value="after"), timeout=5)).value == "AFTER"
+
 
 async def test_what_is_not_grpc_gets_http_errors() -> None:
     calls = Calls()
