@@ -8,8 +8,8 @@ a read and calls the handler's ``on_*`` methods; output accumulates in ``out``.
 
 Scope: cleartext with prior knowledge (Envoy's gRPC clients and grpc's insecure channels
 speak it), server side, no push, priorities ignored (RFC 9113 5.3.2 allows that). HPACK
-decoding is hpack's (h2's own decoder) plus one exact fast path; the encoder writes only
-literals without indexing, so the peer's table size never matters (RFC 7541 6.2.2).
+decoding is hpack's (h2's own decoder), remembered per block while the block cannot have
+changed meaning; the encoder never indexes, so the peer's table size never matters.
 
 Errors follow RFC 9113 5.4: a ``ProtocolError`` leaves ``receive`` (the caller sends
 ``goaway`` and closes); a stream error resets only its stream and tells the handler.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Sequence
 from typing import Protocol
 
 import hpack
@@ -53,7 +54,7 @@ _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
 _GOAWAY = struct.Struct(">LL")
 
-Headers = list[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]]
 
 _STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -65,9 +66,7 @@ _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":path", b":authority"))
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
-# A byte in 0x81..0xFE is a whole HPACK "indexed header field" (RFC 7541 6.1) whose index
-# fits its 7-bit prefix; a block made only of those cannot change the dynamic table.
-_ONE_BYTE_INDEXES = bytes(range(0x81, 0xFF))
+_BLOCK_MEMORY = 64  # decoded header blocks remembered per connection
 
 
 class ProtocolError(Exception):
@@ -172,6 +171,7 @@ class Connection:
         self._window = window
         self._max_header_list = max_header_list
         self._decoder = hpack.Decoder(max_header_list_size=max_header_list)
+        self._blocks: dict[bytes, Headers] = {}  # see _decode
         self._buffer = b""
         self._preface = False
         self._settled = False  # the peer's first SETTINGS arrived
@@ -412,25 +412,27 @@ class Connection:
             self._header_block(stream_id, first_flags, bytes(fragments))
 
     def _decode(self, block: bytes) -> Headers:
-        # Every block is decoded, even for a stream about to be refused: HPACK state is
-        # shared by the whole connection (RFC 9113 4.3).
-        if block and not block.translate(None, _ONE_BYTE_INDEXES):
-            return self._indexed(block)
+        """Decode a header block; the result is shared and must not be changed.
+
+        Envoy sends the same block for every Check on a connection (``:path`` as a literal,
+        the rest as table indexes). A block that only reads the dynamic table means the same
+        headers until some block writes to it, so those are remembered by their bytes, and
+        forgotten at every write. Every block is decoded or recalled, even for a stream
+        about to be refused: HPACK state is shared by the whole connection (RFC 9113 4.3).
+        """
+        known = self._blocks.get(block)
+        if known is not None:
+            return known
         try:
-            return list(self._decoder.decode(block, raw=True))
+            headers: Headers = tuple(self._decoder.decode(block, raw=True))
         except hpack.exceptions.OversizedHeaderListError as exc:
             raise ProtocolError(ENHANCE_YOUR_CALM, str(exc)) from None
         except hpack.exceptions.HPACKError as exc:
             raise ProtocolError(COMPRESSION_ERROR, str(exc)) from None
-
-    def _indexed(self, block: bytes) -> Headers:
-        table = self._decoder.header_table
-        try:
-            headers = [table.get_by_index(byte & 0x7F) for byte in block]
-        except hpack.exceptions.InvalidTableIndex as exc:
-            raise ProtocolError(COMPRESSION_ERROR, str(exc)) from None
-        if sum(len(n) + len(v) + 32 for n, v in headers) > self._max_header_list:
-            raise ProtocolError(ENHANCE_YOUR_CALM, "a header list over the size limit")
+        if not _reads_only(block):
+            self._blocks.clear()
+        elif len(self._blocks) < _BLOCK_MEMORY:
+            self._blocks[block] = headers
         return headers
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
@@ -569,6 +571,49 @@ class Connection:
         if stream.send_window > MAX_WINDOW:
             raise _StreamError(FLOW_CONTROL_ERROR)
         self._handler.on_window(stream_id)
+
+
+def _reads_only(block: bytes) -> bool:
+    """Whether a well-formed HPACK block leaves the dynamic table as it was (RFC 7541 6).
+
+    Indexed fields and literals without (or never) indexing only read it; a literal with
+    incremental indexing or a table size update writes it.
+    """
+    position = 0
+    while position < len(block):
+        first = block[position]
+        if first & 0x80:
+            position = _hpack_integer(block, position, 7)[1]
+        elif first & 0x40 or first & 0x20:
+            return False
+        else:
+            name_index, position = _hpack_integer(block, position, 4)
+            if name_index == 0:
+                position = _skip_string(block, position)
+            position = _skip_string(block, position)
+    return True
+
+
+def _hpack_integer(block: bytes, position: int, prefix_bits: int) -> tuple[int, int]:
+    """RFC 7541 5.1: the integer at ``position`` and the position after it."""
+    limit = (1 << prefix_bits) - 1
+    value = block[position] & limit
+    position += 1
+    if value < limit:
+        return value, position
+    shift = 0
+    while True:
+        byte = block[position]
+        position += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, position
+
+
+def _skip_string(block: bytes, position: int) -> int:
+    length, position = _hpack_integer(block, position, 7)
+    return position + length
 
 
 def _request_problem(headers: Headers) -> int | bool:

@@ -176,3 +176,14 @@ def test_bench_full_check_envoy_request(benchmark: Any) -> None:
     response = benchmark(_run_inline, checker, request)
     assert response.status.code == 0
     assert response.ok_response.headers[0].header.key == "x-jwt-sub"
+
+
+def test_decision_lines_survive_what_orjson_refuses() -> None:
+    # A sub claim may be any JSON value, so an integer beyond 64 bits, or a string with a
+    # lone surrogate, can reach the log: json writes those lines instead, and any line that
+    # would not be ASCII, as before orjson.
+    for record in ({"sub": 2**70, "n": 1.5}, {"sub": "a\udc80b"}, {"sub": "plain ü"}):
+        line = service._line(record)
+        assert line.isascii()
+        assert "\n" not in line
+        assert json.loads(line) == record
