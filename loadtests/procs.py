@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, ports
 
 try:
     import psutil  # type: ignore[import-untyped,unused-ignore]
@@ -77,23 +77,8 @@ def envoy_counter(proxy: envoy_process.EnvoyProcess, name: str) -> int:
     return 0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def bindable(address: str, port: int) -> bool:
-    """Whether a listener could bind ``address:port`` now (TIME_WAIT does not count)."""
-    with socket.socket() as sock:
-        # Envoy and asyncio listen with SO_REUSEADDR, so a port held only by TIME_WAIT is usable.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((address, port))
-        except OSError:
-            return False
-    return True
+free_port = ports.free_port
+bindable = ports.bindable
 
 
 def port_open(host: str, port: int) -> bool:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pathlib
-import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
 
 from tests import golden
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, ports
 
 pytest_plugins = ["tests.fakekube.fixtures"]
 
@@ -19,10 +18,7 @@ SHARED = REPO.parent / "shared"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return ports.free_port()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import dataclasses
 import errno
 import pathlib
 import shutil
-import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -36,7 +35,7 @@ from waypoint.hbone import client as hbone_client
 from waypoint.hbone import loop
 from waypoint.hbone import terminator as hbone_terminator
 from waypoint.local import sidecar, workloads
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, ports
 
 DEFAULT_TIMEOUT = 10.0
 _PORT_ATTEMPTS = 5
@@ -57,11 +56,7 @@ class Ports:
     stats: int = 0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+free_port = ports.free_port
 
 
 @dataclasses.dataclass
