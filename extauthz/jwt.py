@@ -5,9 +5,12 @@ check is refused (the caller answers 401). We parse and check tokens ourselves a
 PyJWT only for its signature primitives, because PyJWT's claim checks are opt-in and
 accept a numeric-string ``exp`` (RFC 7519 requires a NumericDate). Header parameters
 that name keys (``jku``, ``x5u``, ``jwk``, ``x5c``) are never read: keys come only from
-the provider's configured JWKS. Keys from a ``jwks_uri`` are refreshed off the request
-path; an unknown ``kid`` triggers at most one single-flight refetch per provider per
-``unknown_kid_refetch_seconds``, and a failed fetch keeps the last good keys.
+the provider's configured JWKS. Keys from a ``jwks_uri`` or a ``jwks_file`` are refreshed
+off the request path; an unknown ``kid`` triggers at most one single-flight refetch per
+provider per ``unknown_kid_refetch_seconds``, and a failed fetch keeps the last good keys.
+A ``jwks_file`` is re-read the same way because in Kubernetes it is a mounted ConfigMap or
+Secret that the kubelet rotates in place; a stat decides whether it changed, so a steady
+file costs one stat per ``jwks_cache_seconds``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import pathlib
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +41,10 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 FetchHook = Callable[[str, str], None]
-"""Called as ``hook(provider_name, "ok" | "error")`` after every JWKS fetch."""
+"""Called as ``hook(provider_name, "ok" | "error")`` after every JWKS fetch or file re-read
+(a ``jwks_file`` whose stat is unchanged is not re-read and not reported)."""
+FileStamp = tuple[int, int, int]
+"""A file's identity for change detection: ``(st_ino, st_mtime_ns, st_size)``."""
 
 _MAX_JWKS_BYTES = 1024 * 1024
 _MIN_RSA_BITS = 2048
@@ -142,6 +150,25 @@ def _http_get(uri: str, timeout: float) -> bytes:
     request = urllib.request.Request(uri, headers={"Accept": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as resp:
         body: bytes = resp.read(_MAX_JWKS_BYTES + 1)
+    return _within_limit(body)
+
+
+def read_if_changed(path: pathlib.Path, last: FileStamp | None) -> tuple[FileStamp, bytes | None]:
+    """The file's stamp, and its bytes unless the stamp equals ``last``.
+
+    ``os.stat`` follows symlinks, so a kubelet swapping the ``..data`` link shows up as a
+    new inode. The stamp is taken before the read: a change racing the read is seen
+    again on the next check rather than missed.
+    """
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if stamp == last:
+        return stamp, None
+    with path.open("rb") as f:
+        return stamp, _within_limit(f.read(_MAX_JWKS_BYTES + 1))
+
+
+def _within_limit(body: bytes) -> bytes:
     if len(body) > _MAX_JWKS_BYTES:
         raise ValueError("JWKS larger than 1 MiB")
     return body
@@ -217,6 +244,9 @@ class ProviderVerifier:
         self._last_attempt = -math.inf
         self._last_success = -math.inf
         self._last_unknown_kid_fetch = -math.inf
+        self._file_stamp: FileStamp | None = None
+        # Where refreshable keys come from; None when the key set never changes.
+        self._source = provider.jwks_uri or _opt_str(provider.jwks_file)
 
     @property
     def ready(self) -> bool:
@@ -235,17 +265,25 @@ class ProviderVerifier:
                 raise ValueError(f"provider {p.name}: hs_secret_file must hold >= 32 bytes")
             self._hmac_secret = secret
         if p.jwks_file is not None:
-            doc = json.loads(p.jwks_file.read_text())
-            self._set_keys(parse_jwks(doc, str(p.jwks_file)))
+            try:
+                self._apply_file(*read_if_changed(p.jwks_file, None))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"provider {p.name}: jwks_file {p.jwks_file}: {exc}") from None
+            self._last_success = self._clock()
         elif p.jwks is not None:
-            self._set_keys(parse_jwks(dict(p.jwks), f"provider {p.name} jwks"))
+            where = f"provider {p.name} jwks"
+            keys = parse_jwks(dict(p.jwks), where)
+            try:
+                self._set_keys(keys)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
 
     async def start(self) -> None:
         """Fetch a remote JWKS until it succeeds once (readiness waits for this)."""
         if self.provider.jwks_uri is None:
             return
         for attempt in range(1_000_000):
-            await self._fetch()
+            await self._refresh()
             if self._keys is not None:
                 return
             await asyncio.sleep(
@@ -254,7 +292,7 @@ class ProviderVerifier:
 
     def _set_keys(self, keys: dict[str, TrustedKey]) -> None:
         if not keys:
-            raise ValueError(f"provider {self.provider.name}: JWKS has no usable signing keys")
+            raise ValueError("JWKS has no usable signing keys")
         if self._keys is None or _fingerprints(self._keys) != _fingerprints(keys):
             # A removed or replaced key must stop verifying at once: cached tokens go too,
             # and so do rejections, since a new key may verify a token refused before.
@@ -262,29 +300,61 @@ class ProviderVerifier:
             self._rejected.clear()
         self._keys = keys
 
-    async def _fetch(self) -> None:
-        uri = self.provider.jwks_uri
-        assert uri is not None
+    async def _refresh(self) -> None:
+        source = self._source
+        assert source is not None
         self._last_attempt = self._clock()
         timeout = self.provider.jwks_fetch_timeout_ms / 1000
         try:
-            body = await asyncio.wait_for(asyncio.to_thread(_http_get, uri, timeout), timeout)
-            self._set_keys(parse_jwks(json.loads(body), uri))
+            reloaded = await asyncio.wait_for(self._load(timeout), timeout)
         except (OSError, ValueError, TimeoutError) as exc:
-            log.warning("provider %s: JWKS fetch from %s failed: %s", self.provider.name, uri, exc)
+            log.warning(
+                "provider %s: JWKS from %s failed, keeping the last good keys: %s",
+                self.provider.name,
+                source,
+                exc,
+            )
             self._on_fetch(self.provider.name, "error")
             return
+        # An unchanged file still counts as fresh, so the next stat waits a full TTL.
         self._last_success = self._clock()
-        self._on_fetch(self.provider.name, "ok")
+        if reloaded:
+            self._on_fetch(self.provider.name, "ok")
+
+    async def _load(self, timeout: float) -> bool:
+        """Load keys from the source; False when a file is unchanged and was not read."""
+        if self.provider.jwks_uri is not None:
+            return await self._load_uri(self.provider.jwks_uri, timeout)
+        return await self._load_file()
+
+    async def _load_uri(self, uri: str, timeout: float) -> bool:
+        body = await asyncio.to_thread(_http_get, uri, timeout)
+        self._set_keys(parse_jwks(json.loads(body), uri))
+        return True
+
+    async def _load_file(self) -> bool:
+        assert self.provider.jwks_file is not None
+        read = await asyncio.to_thread(read_if_changed, self.provider.jwks_file, self._file_stamp)
+        return self._apply_file(*read)
+
+    def _apply_file(self, stamp: FileStamp, body: bytes | None) -> bool:
+        if body is None:
+            return False
+        assert self.provider.jwks_file is not None
+        self._set_keys(parse_jwks(json.loads(body), str(self.provider.jwks_file)))
+        # Remembered only once the keys are in use: a bad file is re-read and reported
+        # on every retry until it is fixed, as a failing jwks_uri would be.
+        self._file_stamp = stamp
+        return True
 
     def _start_fetch(self) -> asyncio.Task[None]:
         if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.get_running_loop().create_task(self._fetch())
+            self._inflight = asyncio.get_running_loop().create_task(self._refresh())
         return self._inflight
 
     def maybe_refresh(self) -> None:
         """Kick a background refresh when the keys are older than the cache TTL."""
-        if self.provider.jwks_uri is None or self._inflight_running():
+        if self._source is None or self._inflight_running():
             return
         now = self._clock()
         stale = now - self._last_success >= self.provider.jwks_cache_seconds
@@ -301,7 +371,7 @@ class ProviderVerifier:
         return self._inflight is not None and not self._inflight.done()
 
     async def _refetch_for_unknown_kid(self) -> None:
-        if self.provider.jwks_uri is None:
+        if self._source is None:
             return
         if not self._inflight_running():
             now = self._clock()
@@ -435,6 +505,10 @@ class ProviderVerifier:
         ):
             raise InvalidToken("aud does not match")
         return exp
+
+
+def _opt_str(path: pathlib.Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _fingerprints(keys: Mapping[str, TrustedKey]) -> dict[str, tuple[Any, ...]]:

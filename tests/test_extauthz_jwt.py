@@ -9,7 +9,10 @@ import hashlib
 import hmac
 import http.server
 import json
+import os
 import pathlib
+import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -449,3 +452,192 @@ async def test_rejections_are_remembered_briefly_but_not_across_key_changes(
             await _verify(authn, later)
         clock.advance(15)
         assert await _verify(authn, later) is not None
+
+
+# -- jwks_file is watched like a jwks_uri ----------------------------------------------
+
+
+def _write_jwks(path: pathlib.Path, doc: Any) -> None:
+    # Write-then-rename, as config management tools do: readers never see half a file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _watched(
+    tmp_path: pathlib.Path, clock: support.FakeClock, path: pathlib.Path
+) -> tuple[jwt_auth.Authenticator, list[str]]:
+    """An authenticator on ``jwks_file=path`` and the results its on_fetch hook saw."""
+    doc = support.base_config(tmp_path)
+    doc["jwt"]["providers"][0].update(jwks=None, jwks_file=str(path))
+    settings = config.from_mapping(doc, tmp_path)
+    fetches: list[str] = []
+    authn = jwt_auth.Authenticator(
+        settings.jwt, clock, on_fetch=lambda provider, result: fetches.append(result)
+    )
+    authn.load_static()
+    return authn, fetches
+
+
+async def _tick(authn: jwt_auth.Authenticator, clock: support.FakeClock, seconds: float) -> None:
+    """Move the clock, let a request notice it and wait for any refresh it kicked."""
+    clock.advance(seconds)
+    await _verify(authn, support.token(support.claims(clock.now, sub=f"tick-{clock.now}")))
+    await authn.provider("corp").wait_idle()
+
+
+NEW_KEY_JWKS = support.jwks((support.ATTACKER_KEY, "rsa-2"))
+
+
+async def test_jwks_file_rotation_applies_after_ttl(tmp_path: pathlib.Path) -> None:
+    clock = support.FakeClock()
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, support.jwks((support.RSA_KEY, "rsa-1")))
+    authn, fetches = _watched(tmp_path, clock, path)
+    old = support.token(support.claims(clock.now, exp=int(clock.now) + 3600))
+    assert await _verify(authn, old) is not None
+    _write_jwks(path, NEW_KEY_JWKS)
+    await _tick(authn, clock, 299)
+    assert fetches == []  # within jwks_cache_seconds the file is not looked at
+    assert await _verify(authn, old) is not None
+    clock.advance(2)
+    assert await _verify(authn, old) is not None  # from cache; kicks the re-read
+    await authn.provider("corp").wait_idle()
+    assert fetches == ["ok"]
+    new = support.token(support.claims(clock.now), key=support.ATTACKER_KEY, kid="rsa-2")
+    assert await _verify(authn, new) is not None
+    # The removed key stops verifying at once, although the token was cached.
+    with pytest.raises(jwt_auth.InvalidToken, match="'rsa-1' is not in the trusted key set"):
+        await _verify(authn, old)
+    assert fetches == ["ok"]  # that unknown kid cost one stat, not a re-read
+
+
+async def test_jwks_file_unknown_kid_rereads_at_once_rate_limited(tmp_path: pathlib.Path) -> None:
+    clock = support.FakeClock()
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, support.jwks((support.RSA_KEY, "rsa-1")))
+    authn, fetches = _watched(tmp_path, clock, path)
+    provider = authn.provider("corp")
+    _write_jwks(path, support.jwks((support.RSA_KEY, "rsa-1"), (support.ATTACKER_KEY, "new-1")))
+    first = support.token(support.claims(clock.now), key=support.ATTACKER_KEY, kid="new-1")
+    with contextlib.suppress(jwt_auth.InvalidToken):
+        await _verify(authn, first)  # may finish within the bounded wait, or not
+    await provider.wait_idle()
+    assert await _verify(authn, first) is not None
+    assert fetches == ["ok"]
+
+    keys = ((support.RSA_KEY, "rsa-1"), (support.ATTACKER_KEY, "new-1"), (support.EC_KEY, "new-2"))
+    _write_jwks(path, support.jwks(*keys))
+    clock.advance(5)
+    second = support.token(support.claims(clock.now), key=support.EC_KEY, kid="new-2", alg="ES256")
+    with pytest.raises(jwt_auth.InvalidToken, match="'new-2' is not in the trusted key set"):
+        await _verify(authn, second)
+    await provider.wait_idle()
+    assert fetches == ["ok"]  # within unknown_kid_refetch_seconds: not re-read
+    clock.advance(5.5)
+    # A fresh token: the refusal of the one above is remembered for a while.
+    third = support.token(support.claims(clock.now), key=support.EC_KEY, kid="new-2", alg="ES256")
+    with contextlib.suppress(jwt_auth.InvalidToken):
+        await _verify(authn, third)
+    await provider.wait_idle()
+    assert fetches == ["ok", "ok"]
+    assert await _verify(authn, third) is not None
+
+
+async def test_jwks_file_follows_kubernetes_symlink_swap(tmp_path: pathlib.Path) -> None:
+    # The kubelet's layout: jwks.json -> ..data/jwks.json, ..data -> ..<timestamp>; an update
+    # writes a new timestamped directory and renames a new ..data link over the old one.
+    mount = tmp_path / "mount"
+    (mount / "..2026_x").mkdir(parents=True)
+    (mount / "..2026_x" / "jwks.json").write_text(json.dumps(support.TRUSTED_JWKS))
+    (mount / "..data").symlink_to("..2026_x")
+    (mount / "jwks.json").symlink_to("..data/jwks.json")
+    clock = support.FakeClock()
+    authn, fetches = _watched(tmp_path, clock, mount / "jwks.json")
+    old = support.token(support.claims(clock.now))
+    assert await _verify(authn, old) is not None
+
+    (mount / "..2026_y").mkdir()
+    (mount / "..2026_y" / "jwks.json").write_text(json.dumps(NEW_KEY_JWKS))
+    (mount / "..data_tmp").symlink_to("..2026_y")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    shutil.rmtree(mount / "..2026_x")
+    await _tick(authn, clock, 301)
+    assert fetches == ["ok"]
+    new = support.token(support.claims(clock.now), key=support.ATTACKER_KEY, kid="rsa-2")
+    assert await _verify(authn, new) is not None
+    with pytest.raises(jwt_auth.InvalidToken, match="not in the trusted key set"):
+        await _verify(authn, old)
+
+
+BAD_FILES = {"not JSON": "{not json", "no usable keys": '{"keys": []}', "deleted": None}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_FILES))
+async def test_bad_jwks_file_after_startup_keeps_last_good_keys(
+    tmp_path: pathlib.Path, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = support.FakeClock()
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, support.TRUSTED_JWKS)
+    authn, fetches = _watched(tmp_path, clock, path)
+    content = BAD_FILES[bad]
+    if content is None:
+        path.unlink()
+    else:
+        _write_jwks(path, content)
+    await _tick(authn, clock, 301)
+    assert fetches == ["error"]
+    assert any(
+        "provider corp" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records
+    )
+    assert await _verify(authn, support.token(support.claims(clock.now, sub="b"))) is not None
+    # A bad file stays visible: it is retried (and reported) each refetch interval.
+    await _tick(authn, clock, 11)
+    assert fetches == ["error", "error"]
+    _write_jwks(path, NEW_KEY_JWKS)
+    await _tick(authn, clock, 11)
+    assert fetches == ["error", "error", "ok"]
+    new = support.token(support.claims(clock.now), key=support.ATTACKER_KEY, kid="rsa-2")
+    assert await _verify(authn, new) is not None
+
+
+async def test_steady_jwks_file_is_not_reparsed(tmp_path: pathlib.Path) -> None:
+    clock = support.FakeClock()
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, support.TRUSTED_JWKS)
+    authn, fetches = _watched(tmp_path, clock, path)
+    tok = support.token(support.claims(clock.now, exp=int(clock.now) + 3600))
+    first = await _verify(authn, tok)
+    for _ in range(3):
+        await _tick(authn, clock, 301)
+    assert fetches == []
+    # The stat is really taken: a new mtime alone makes it re-read the file, and equal
+    # keys leave verified tokens cached. An unchanged stat restarted the TTL, so the
+    # change is seen a full jwks_cache_seconds after the last stat, not sooner.
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    await _tick(authn, clock, 11)
+    assert fetches == []
+    await _tick(authn, clock, 290)
+    assert fetches == ["ok"]
+    again = await _verify(authn, tok)
+    assert first is not None
+    assert again is not None
+    assert again.claims is first.claims
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_FILES))
+async def test_bad_jwks_file_at_startup_is_an_error(tmp_path: pathlib.Path, bad: str) -> None:
+    path = tmp_path / "jwks.json"
+    _write_jwks(path, support.TRUSTED_JWKS)
+    doc = support.base_config(tmp_path)
+    doc["jwt"]["providers"][0].update(jwks=None, jwks_file=str(path))
+    authn = jwt_auth.Authenticator(config.from_mapping(doc, tmp_path).jwt, support.FakeClock())
+    content = BAD_FILES[bad]
+    if content is None:
+        path.unlink()
+    else:
+        _write_jwks(path, content)
+    with pytest.raises(ValueError, match=re.escape(f"provider corp: jwks_file {path}")):
+        authn.load_static()
