@@ -481,3 +481,53 @@ def test_a_table_size_update_also_forgets_remembered_blocks() -> None:
     with pytest.raises(http2.ProtocolError) as caught:
         connection.receive(raw(http2.HEADERS, 5, 7, newest))
     assert caught.value.code == http2.COMPRESSION_ERROR
+
+
+def _mutated(rng: random.Random, wire: bytes) -> bytes:
+    data = bytearray(wire)
+    for _ in range(rng.randrange(1, 4)):
+        position = rng.randrange(len(http2.PREFACE), len(data))
+        kind = rng.randrange(4)
+        if kind == 0:
+            data[position] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            data[position] = rng.randrange(256)
+        elif kind == 2:
+            del data[position : position + rng.randrange(1, 12)]
+        else:
+            data[position:position] = rng.randbytes(rng.randrange(1, 12))
+    return bytes(data)
+
+
+def test_mangled_traffic_raises_only_protocol_errors() -> None:
+    # The codec faces whatever reaches its socket: any byte stream must end in frames, stream
+    # resets or a ProtocolError (GOAWAY), never in another exception escaping ``receive``.
+    wire = http2.PREFACE + raw(http2.SETTINGS, 0, 0, struct.pack(">HL", 4, 100))
+    for number in range(6):
+        stream_id = 2 * number + 1
+        wire += headers_frame(stream_id, REQUEST, flags=4)
+        wire += raw(http2.DATA, 0x8, stream_id, b"\x03" + b"\x00\x00\x00\x00\x02hi" + b"\x00" * 3)
+        wire += raw(http2.WINDOW_UPDATE, 0, stream_id, struct.pack(">L", 10))
+        wire += raw(http2.DATA, 0x1, stream_id, b"")
+    wire += raw(http2.PING, 0, 0, b"12345678") + raw(http2.PRIORITY, 0, 3, b"\x00\x00\x00\x01\x05")
+    rng = random.Random(2026)
+    outcomes = {"clean": 0, "goaway": 0}
+    for _ in range(3000):
+        recorder = Recorder()
+        connection = http2.Connection(recorder, max_streams=4)
+        connection.start()
+        data = _mutated(rng, wire)
+        try:
+            while data:
+                cut = rng.randrange(1, 200)
+                connection.receive(data[:cut])
+                data = data[cut:]
+                for event in recorder.events:  # answer, as the gRPC layer would
+                    if event[0] == "headers":
+                        connection.send_headers(event[1], b"\x88", end_stream=True)
+        except http2.ProtocolError:
+            outcomes["goaway"] += 1
+        else:
+            outcomes["clean"] += 1
+    assert outcomes["goaway"] > 100
+    assert outcomes["clean"] > 100
