@@ -24,6 +24,11 @@ listener answered and how many HBONE tunnels the waypoint and the pod's side acc
 
     python -m loadtests.hop_bench                       # 1,000 rps, 20 s per phase, 2 rounds
     python -m loadtests.hop_bench --rate 50 --duration 2 --rounds 1    # a smoke run
+    python -m loadtests.hop_bench --waypoint-access-log off   # the waypoint without its log
+
+``--waypoint-access-log {on,off}`` (default on, as the waypoint ships) renders the waypoint
+with or without its per-request JSON access log (``waypoint ... --access-log``); run both to
+see what the log costs in the waypoint's CPU per 1k requests.
 
 Results: ``loadtests/results/hop-<timestamp>/hop-bench.{md,json}`` (or ``--out``). Every
 phase is bounded by ``hey -z``; every Envoy is stopped on the way out, also on SIGTERM.
@@ -46,6 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from loadtests import extauthz_bench, hop_rig, recorder
+from waypoint.commands import args as cli_args
 
 PATHS = hop_rig.PATHS
 HOP_ROLE = {"envoy": "proxy", "waypoint": "waypoint"}  # the Envoy each hop adds
@@ -249,7 +255,8 @@ def markdown(report: dict[str, Any], phases: Sequence[Phase], args: argparse.Nam
     lines = [
         f"Run {report['started']}: {args.rate:g} rps over {args.connections} connection(s), "
         f"{args.duration:g} s per phase ({args.warmup:g} s warm-up dropped) x {args.rounds} "
-        f"interleaved round(s); every Envoy --concurrency {args.concurrency}; load average "
+        f"interleaved round(s); every Envoy --concurrency {args.concurrency}; waypoint access "
+        f"log {'on' if args.waypoint_access_log else 'off'}; load average "
         f"{load['before']:.2f} before, {load['after']:.2f} after ({os.cpu_count()} CPUs). "
         "hey reports times in 0.1 ms steps, leaves transport errors out of its CSV (a "
         "shortfall shows in rps and in backend 2xx), and its -q paces each connection on its "
@@ -347,6 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--concurrency", type=int, default=1, help="worker threads of every Envoy (--concurrency)"
     )
+    cli_args.add_access_log_flag(parser, "--waypoint-access-log")
     parser.add_argument(
         "--out", type=pathlib.Path, default=None, help="default: loadtests/results/hop-<timestamp>"
     )
@@ -431,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"hop bench -> {out}", flush=True)
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     load_before = os.getloadavg()[0]
-    rig = hop_rig.HopRig(out / "rig", args.concurrency)
+    rig = hop_rig.HopRig(out / "rig", args.concurrency, access_log=args.waypoint_access_log)
     try:
         print("starting five Envoys: backend, proxy, client/server ztunnels, waypoint", flush=True)
         rig.start()

@@ -160,8 +160,11 @@ class HopRig:
         concurrency: int = 1,
         log: Callable[[str], None] = print,
         layout: Layout | None = None,
+        *,
+        access_log: bool = True,
     ) -> None:
         self.workdir = workdir
+        self.access_log = access_log  # the waypoint's; no other Envoy of the rig logs
         self.concurrency = concurrency
         self.log = log
         self.layout = layout or Layout.pick()
@@ -223,6 +226,7 @@ class HopRig:
             readiness_port=procs.free_port(),
             stats_port=procs.free_port(),
             extauthz_address=f"127.0.0.1:{procs.free_port()}",
+            access_log=self.access_log,
         )
 
     def _waypoint(self, ca: pki.CertificateAuthority) -> tuple[pathlib.Path, int]:

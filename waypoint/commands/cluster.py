@@ -26,6 +26,7 @@ import yaml
 
 from waypoint import model
 from waypoint import names as envoy_names
+from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager, reconcile
 from waypoint.controller import metrics as kmetrics
@@ -139,6 +140,8 @@ def register(subparsers: Any) -> None:
     controller.add_argument("--extauthz-image", default=settings.Settings().extauthz_image)
     controller.add_argument("--trust-domain", default=envoy_options.BootstrapOptions().trust_domain)
     controller.add_argument("--cert-dir", default=envoy_options.BootstrapOptions().cert_dir)
+    # Shapes both the ConfigMap bootstraps and the config served over --xds-listen.
+    cli_args.add_access_log_flag(controller)
     controller.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -517,7 +520,7 @@ def run_controller(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     metrics = kmetrics.Metrics()
-    options = envoy_options.BootstrapOptions(trust_domain=args.trust_domain, cert_dir=args.cert_dir)
+    options = controller_options(args)
     ads = _start_ads(args) if args.xds_listen else None
     server = metrics.serve(args.metrics_listen) if args.metrics_listen else None
     try:
@@ -548,6 +551,13 @@ def run_controller(args: argparse.Namespace) -> int:
             server.shutdown()
         if ads is not None:
             ads.stop(grace=1.0)
+
+
+def controller_options(args: argparse.Namespace) -> envoy_options.BootstrapOptions:
+    """What every waypoint's config is built with: its ConfigMap bootstrap and its xDS."""
+    return envoy_options.BootstrapOptions(
+        trust_domain=args.trust_domain, cert_dir=args.cert_dir, access_log=args.access_log
+    )
 
 
 def _start_ads(args: argparse.Namespace) -> xds_runner.ServerThread:

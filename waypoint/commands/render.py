@@ -45,6 +45,7 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
         default="",
         help="where to write the SDS files Envoy watches (default: beside -o FILE, else <cert-dir>-sds)",
     )
+    cli_args.add_access_log_flag(group)
 
 
 def _sds_dir(args: argparse.Namespace) -> str:
@@ -71,6 +72,7 @@ def bootstrap_options(
         sds_dir=_sds_dir(args),
         extauthz_address=getattr(args, "extauthz_address", ""),
         otel_collector=getattr(args, "otel_collector", ""),
+        access_log=args.access_log,
     )
 
 

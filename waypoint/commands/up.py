@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from extauthz import tokens
 from waypoint import echo, pipeline
+from waypoint.commands import args as cli_args
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors
 from waypoint.local import sidecar
@@ -92,6 +93,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--readiness-port", type=int, default=15021)
     parser.add_argument("--stats-port", type=int, default=15090)
     parser.add_argument("--upstream-hbone-port", type=int, default=15008)
+    cli_args.add_access_log_flag(parser)
     parser.add_argument("--workdir", help="keep certificates and config here (default: a temp dir)")
     parser.add_argument(
         "--once", action="store_true", help="exit after the demo requests instead of staying up"
@@ -124,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             ports=ports,
             workdir=args.workdir,
             rego_modules=args.rego or [str(EXAMPLE_REGO)],
+            access_log=args.access_log,
         )
         local.start()
     except (stack_mod.StackError, sidecar.SidecarError, pipeline.WaypointNotFound, OSError) as exc:

@@ -1,6 +1,7 @@
 """Network and HTTP filters: the HTTP connection manager, router, set_filter_state, TCP proxy.
 
-Also the JSON access log every listener writes to stdout.
+Also the JSON access log every listener writes to stdout, unless the deployment turns it off
+(``BootstrapOptions.access_log``): builders take the switch explicitly, so none can forget it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def access_log() -> accesslog_pb2.AccessLog:
     )
 
 
+def access_logs(enabled: bool) -> list[accesslog_pb2.AccessLog]:
+    """What an HCM's or tcp_proxy's ``access_log`` field holds: the JSON log, or nothing."""
+    return [access_log()] if enabled else []
+
+
 @functools.cache
 def router() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=ROUTER, typed_config=protos.pack(router_pb2.Router()))
@@ -100,6 +106,8 @@ def http_connection_manager(
     name: str,
     route_config: route_pb2.RouteConfiguration,
     http_filters: list[hcm_pb2.HttpFilter],
+    *,
+    access_log: bool,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM with the project's common settings (any codec; the caller refines)."""
     return hcm_pb2.HttpConnectionManager(
@@ -107,7 +115,7 @@ def http_connection_manager(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_config,
         http_filters=http_filters,
-        access_log=[access_log()],
+        access_log=access_logs(access_log),
         use_remote_address=protos.boolean(False),
         normalize_path=protos.boolean(True),
         merge_slashes=False,
@@ -121,7 +129,9 @@ def connect_terminate_hcm(
     options: options_mod.BootstrapOptions,
 ) -> hcm_pb2.HttpConnectionManager:
     """HTTP/2 only, CONNECT allowed and upgraded, bounded streams, keepalive pings."""
-    hcm = http_connection_manager(name, route_config, [set_source_principal(), router()])
+    hcm = http_connection_manager(
+        name, route_config, [set_source_principal(), router()], access_log=options.access_log
+    )
     hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP2
     # The authority's port picks the destination: stripping it would make every route miss.
     hcm.strip_any_host_port = False
@@ -146,11 +156,11 @@ def hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Fi
 
 
 def tcp_proxy(
-    name: str, cluster: str, tunnel_hostname: str | None = None
+    name: str, cluster: str, tunnel_hostname: str | None = None, *, access_log: bool
 ) -> listener_components_pb2.Filter:
     """Proxy bytes to ``cluster``; with ``tunnel_hostname``, inside an HTTP/2 CONNECT."""
     proxy = tcp_proxy_pb2.TcpProxy(
-        stat_prefix=stat_prefix(name), cluster=cluster, access_log=[access_log()]
+        stat_prefix=stat_prefix(name), cluster=cluster, access_log=access_logs(access_log)
     )
     if tunnel_hostname is not None:
         proxy.tunneling_config.CopyFrom(

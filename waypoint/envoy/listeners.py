@@ -27,7 +27,10 @@ def build(
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"  # the tracing service name
     out += [inbound(dest, td, options, lbs, service) for dest in waypoint.destinations]
-    out += [connect_originate(target.name) for target in clusters.originate_targets(waypoint)]
+    out += [
+        connect_originate(target.name, access_log=options.access_log)
+        for target in clusters.originate_targets(waypoint)
+    ]
     out += [readiness(options), stats(options)]
     return sorted(out, key=lambda listener: listener.name)
 
@@ -64,22 +67,25 @@ def inbound(
 ) -> listener_pb2.Listener:
     """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
     name = routes.inbound_name(destination)
+    options = options or options_mod.BootstrapOptions()
     out = _internal(name)
     if destination.protocol.is_http:
         route_config = routes.destination_route_config(destination, trust_domain, lbs)
         hcm = filters.http_connection_manager(
-            name, route_config, policies.http_filters(destination)
+            name, route_config, policies.http_filters(destination), access_log=options.access_log
         )
         # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
-        policies.tracing(hcm, options or options_mod.BootstrapOptions(), service)
+        policies.tracing(hcm, options, service)
         network_filter = filters.hcm_filter(hcm)
     else:
-        network_filter = filters.tcp_proxy(name, destination.default_cluster)
+        network_filter = filters.tcp_proxy(
+            name, destination.default_cluster, access_log=options.access_log
+        )
     out.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
     return out
 
 
-def connect_originate(name: str) -> listener_pb2.Listener:
+def connect_originate(name: str, *, access_log: bool) -> listener_pb2.Listener:
     """Wrap a connection in an HBONE tunnel to the endpoint named by its metadata.
 
     The original_dst listener filter turns the endpoint's passed-through metadata into the
@@ -91,7 +97,7 @@ def connect_originate(name: str) -> listener_pb2.Listener:
             name=ORIGINAL_DST, typed_config=protos.pack(original_dst_pb2.OriginalDst())
         )
     )
-    proxy = filters.tcp_proxy(name, name, "%DOWNSTREAM_LOCAL_ADDRESS%")
+    proxy = filters.tcp_proxy(name, name, "%DOWNSTREAM_LOCAL_ADDRESS%", access_log=access_log)
     out.filter_chains.append(listener_components_pb2.FilterChain(filters=[proxy]))
     return out
 
@@ -107,8 +113,8 @@ def _admin_proxy(
         name=name, domains=["*"], routes=[rc_pb2.Route(name=name, match=match, route=action)]
     )
     route_config = route_pb2.RouteConfiguration(name=name, virtual_hosts=[vhost])
-    hcm = filters.http_connection_manager(name, route_config, [filters.router()])
-    del hcm.access_log[:]  # probes every few seconds would drown the request log
+    # Never logged: probes every few seconds would drown the request log.
+    hcm = filters.http_connection_manager(name, route_config, [filters.router()], access_log=False)
     return listener_pb2.Listener(
         name=name,
         address=clusters.socket_address(address, port),

@@ -89,6 +89,7 @@ class LocalStack:
         workdir: str | pathlib.Path | None = None,
         ready_timeout: float = 30.0,
         rego_modules: Sequence[str | pathlib.Path] = (),
+        access_log: bool = True,
     ) -> None:
         self.namespace = namespace
         self.name = name
@@ -109,6 +110,7 @@ class LocalStack:
         self._proxy: envoy_process.EnvoyProcess | None = None
         self._waypoint_id: str | None = None
         self._rego_modules = tuple(rego_modules)
+        self._access_log = access_log
         self._sidecar: sidecar.ExtAuthzSidecar | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -371,6 +373,7 @@ class LocalStack:
             readiness_port=ports.readiness or free_port(self.bind),
             stats_port=ports.stats or free_port(self.bind),
             extauthz_address=f"127.0.0.1:{free_port()}",
+            access_log=self._access_log,
         )
 
     def _render(self, objects: Sequence[Mapping[str, Any]]) -> pipeline.Rendered:
