@@ -47,6 +47,7 @@ MAX_WINDOW = 2**31 - 1
 FRAME_SIZE = 16_384  # ours: the default, so a peer never needs to learn it
 _MAX_FRAME_SIZE_LIMIT = 2**24 - 1
 _SELF_DEPENDENT = 0x100  # not a wire flag: marks a HEADERS whose priority names itself
+MAX_EMPTY_FRAMES = 16  # consecutive; Envoy's default allows 1, gRPC clients send none
 _CLOSED_MEMORY = 1024  # closed stream ids remembered, to answer late frames precisely
 
 _HEAD = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
@@ -184,6 +185,7 @@ class Connection:
         self._connection_window = max(window, DEFAULT_WINDOW)
         self._recv_window = self._connection_window
         self._unacknowledged = 0  # connection-level bytes taken but not yet re-granted
+        self._empty_frames = 0  # consecutive DATA frames without data or END_STREAM
         self._peer_window = DEFAULT_WINDOW
         self._peer_frame = FRAME_SIZE
         self._dispatch = {
@@ -338,6 +340,7 @@ class Connection:
             raise ProtocolError(PROTOCOL_ERROR, "DATA on stream 0")
         self._take(len(payload))
         data = _unpad(flags, payload)
+        self._count_empty(not data and not flags & END_STREAM)
         stream = self._streams.get(stream_id)
         if stream is None:
             self._late_frame(stream_id, "DATA")
@@ -355,6 +358,19 @@ class Connection:
             self._window_update(stream_id, self._window - stream.recv_window)
             stream.recv_window = self._window
         self._handler.on_data(stream_id, data, end)
+
+    def _count_empty(self, empty: bool) -> None:
+        """Refuse a run of DATA frames that carry nothing (CVE-2019-9518, "empty frames").
+
+        Each costs a parse and a handler call but moves no request forward; Envoy's
+        ``max_consecutive_inbound_frames_with_empty_payload`` guards the same way.
+        """
+        if not empty:
+            self._empty_frames = 0
+            return
+        self._empty_frames += 1
+        if self._empty_frames > MAX_EMPTY_FRAMES:
+            raise ProtocolError(ENHANCE_YOUR_CALM, f"over {MAX_EMPTY_FRAMES} empty DATA frames")
 
     def _take(self, length: int) -> None:
         """Account a DATA frame against the connection window, granting it back in halves."""
@@ -436,6 +452,7 @@ class Connection:
         return headers
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        self._empty_frames = 0
         headers = self._decode(block)
         end = bool(flags & END_STREAM)
         stream = self._streams.get(stream_id)

@@ -531,3 +531,17 @@ def test_mangled_traffic_raises_only_protocol_errors() -> None:
             outcomes["clean"] += 1
     assert outcomes["goaway"] > 100
     assert outcomes["clean"] > 100
+
+
+def test_a_run_of_empty_data_frames_is_refused() -> None:
+    connection, recorder = opened()
+    connection.receive(headers_frame(1, REQUEST, flags=4))
+    empty = raw(http2.DATA, 0, 1, b"")
+    padded_empty = raw(http2.DATA, http2.PADDED, 1, b"\x02\x00\x00")
+    # Up to the limit, and again after a frame that carries something, is fine.
+    connection.receive(empty * (http2.MAX_EMPTY_FRAMES - 1) + padded_empty)
+    connection.receive(raw(http2.DATA, 0, 1, b"x") + empty * http2.MAX_EMPTY_FRAMES)
+    assert recorder.events[-1] == ("data", 1, b"", False)
+    with pytest.raises(http2.ProtocolError) as caught:
+        connection.receive(empty)
+    assert caught.value.code == http2.ENHANCE_YOUR_CALM
