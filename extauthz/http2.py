@@ -468,21 +468,16 @@ class Connection:
             raise ProtocolError(PROTOCOL_ERROR, f"client stream {stream_id} is even")
         self._highest = stream_id
         if flags & _SELF_DEPENDENT:
-            self._remember_closed(stream_id, reset=True)
             raise _StreamError(PROTOCOL_ERROR)
         self._open(stream_id, headers, end)
 
     def _open(self, stream_id: int, headers: Headers, end: bool) -> None:
-        content_length = _request_problem(headers)
-        if content_length is False:
-            self._remember_closed(stream_id, reset=True)
-            raise _StreamError(PROTOCOL_ERROR)
+        # A stream error raised here is answered by _frame's reset, which also remembers
+        # the id as closed, so a refused or malformed stream's late frames are ignored.
+        content_length = _content_length(headers)
         if len(self._streams) >= self._max_streams:
-            self._remember_closed(stream_id, reset=True)
             raise _StreamError(REFUSED_STREAM)
-        stream = _Stream(self._peer_window, self._window, not end)
-        if content_length is not True:
-            stream.content_length = content_length
+        stream = _Stream(self._peer_window, self._window, not end, content_length)
         self._streams[stream_id] = stream
         if end:
             self._count_body(stream, 0, True)
@@ -633,31 +628,31 @@ def _skip_string(block: bytes, position: int) -> int:
     return position + length
 
 
-def _request_problem(headers: Headers) -> int | bool:
-    """Check a request's headers (RFC 9113 8.2, 8.3.1).
+def _content_length(headers: Headers) -> int | None:
+    """A request's content-length, if any, once its headers are checked (RFC 9113 8.2, 8.3.1).
 
-    Returns False if malformed, else its content-length, or True if it has none.
+    Malformed headers are a stream error of type PROTOCOL_ERROR.
     """
     seen: set[bytes] = set()
     regular = False
-    content_length: int | bool = True
+    content_length: int | None = None
     for name, value in headers:
         if name[:1] == b":":
             if regular or name not in _REQUEST_PSEUDO or name in seen:
-                return False
+                raise _StreamError(PROTOCOL_ERROR)
             if name == b":path" and not value:
-                return False
+                raise _StreamError(PROTOCOL_ERROR)
             seen.add(name)
             continue
         regular = True
         if name != name.lower() or name in _CONNECTION_SPECIFIC:
-            return False
+            raise _StreamError(PROTOCOL_ERROR)
         if name == b"te" and value != b"trailers":
-            return False
+            raise _StreamError(PROTOCOL_ERROR)
         if name == b"content-length":
-            if not value.isdigit() or content_length is not True:
-                return False
+            if not value.isdigit() or content_length is not None:
+                raise _StreamError(PROTOCOL_ERROR)
             content_length = int(value)
     if b":method" not in seen or b":scheme" not in seen or b":path" not in seen:
-        return False
+        raise _StreamError(PROTOCOL_ERROR)
     return content_length
