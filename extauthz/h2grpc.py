@@ -169,7 +169,7 @@ class _Stream:
     stream_id: int
     method: Method | None
     identity: bool  # grpc-encoding is identity (or absent)
-    timeout: float | None  # grpc-timeout, in seconds
+    timeout: bytes | None  # grpc-timeout as sent; parsed only if the call suspends
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
     started: bool = False  # response headers sent
     task: asyncio.Future[Any] | None = None
@@ -247,7 +247,7 @@ class _Connection(asyncio.Protocol):
             return
         path = fields.get(b":path", b"").decode("latin-1")
         identity = fields.get(b"grpc-encoding", b"identity") == b"identity"
-        timeout = _timeout(fields.get(b"grpc-timeout"))
+        timeout = fields.get(b"grpc-timeout")
         stream = _Stream(stream_id, self._server.methods.get(path), identity, timeout)
         self._streams[stream_id] = stream
         if stream.method is None:
@@ -262,8 +262,8 @@ class _Connection(asyncio.Protocol):
         if data:
             stream.buffer += data
             self._held += len(data)
-            if self._held > _BUFFERS_PER_MESSAGE * self._server.max_message_bytes:
-                limit = _BUFFERS_PER_MESSAGE * self._server.max_message_bytes
+            if self._held > self._server.max_held_bytes:
+                limit = self._server.max_held_bytes
                 self._finish(stream, RESOURCE_EXHAUSTED, f"over {limit} bytes of requests held")
                 return
             self._take_messages(stream)
@@ -368,9 +368,10 @@ class _Connection(asyncio.Protocol):
             return
         stream.task = value
         value.add_done_callback(lambda task: self._call_done(stream, task))
-        if stream.timeout is not None:
+        seconds = _timeout(stream.timeout)
+        if seconds is not None:
             loop = asyncio.get_running_loop()
-            stream.timer = loop.call_later(stream.timeout, self._expired, stream)
+            stream.timer = loop.call_later(seconds, self._expired, stream)
 
     def _expired(self, stream: _Stream) -> None:
         stream.timer = None
@@ -547,6 +548,7 @@ class Server:
     ) -> None:
         self.methods = {m.path: m for m in methods}
         self.max_message_bytes = max_message_bytes
+        self.max_held_bytes = _BUFFERS_PER_MESSAGE * max_message_bytes  # per connection
         self.max_streams = max_streams
         self.connections: set[_Connection] = set()
         self.draining = False
