@@ -138,15 +138,6 @@ def tree_cpu(pid: int) -> float:
     return procs.usage(pid).cpu_seconds + sum(procs.usage(int(k)).cpu_seconds for k in kids)
 
 
-def _adjacent_ports(count: int) -> int:
-    """A port P with P..P+count-1 all free (the metrics ports of ``--workers``)."""
-    for _ in range(100):
-        base = procs.free_port()
-        if all(not procs.port_open("127.0.0.1", base + i) for i in range(1, count)):
-            return base
-    raise BenchError(f"no {count} adjacent free ports")
-
-
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as reply:
@@ -161,7 +152,7 @@ def start_extauthz_workers(
     """``extauthz serve --workers N`` on one port, until every worker is ready."""
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
-    metrics_port = _adjacent_ports(workers)
+    metrics_port = procs.free_ports(workers)
     doc = {
         **doc,
         "metrics_listen": f"127.0.0.1:{metrics_port}",

@@ -78,6 +78,7 @@ def envoy_counter(proxy: envoy_process.EnvoyProcess, name: str) -> int:
 
 
 free_port = ports.free_port
+free_ports = ports.free_ports
 bindable = ports.bindable
 
 

@@ -24,16 +24,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from extauthz import cli, config, workers
 from tests import conftest
 from tests.extauthz import support
-
-
-def _free_pair() -> int:
-    """A port P with P+1 also free (the second worker's metrics port)."""
-    for _ in range(50):
-        port = conftest.free_port()
-        with contextlib.suppress(OSError), socket.socket() as probe:
-            probe.bind(("127.0.0.1", port + 1))
-            return port
-    raise AssertionError("no two adjacent free ports")
+from waypoint.runtime import ports
 
 
 def _ready(port: int) -> bool:
@@ -87,7 +78,7 @@ def test_worker_settings_share_the_port_and_split_metrics(tmp_path: pathlib.Path
 
 @contextlib.asynccontextmanager
 async def pool(tmp_path: pathlib.Path, count: int) -> AsyncIterator[tuple[int, int, object]]:
-    port, metrics_port = conftest.free_port(), _free_pair()
+    port, metrics_port = conftest.free_port(), ports.free_ports(2)
     doc = support.base_config(tmp_path, metrics_listen=f"127.0.0.1:{metrics_port}")
     path = support.write_config(tmp_path, doc)
     process = await asyncio.create_subprocess_exec(

@@ -24,3 +24,10 @@ def test_ports_are_distinct_unbound_and_below_the_ephemeral_range() -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_run_of_ports_is_free_and_never_handed_out_again() -> None:
+    first = ports.free_ports(3)
+    run = {first, first + 1, first + 2}
+    assert all(ports.bindable("127.0.0.1", port) for port in run)
+    assert run.isdisjoint(ports.free_port() for _ in range(200))

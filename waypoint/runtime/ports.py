@@ -24,13 +24,19 @@ _lock = threading.Lock()
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` that nothing is bound to now and this process has not handed out."""
+    return free_ports(1, host)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive such ports (extauthz ``--workers`` need a run)."""
     with _lock:
         for _ in range(_SPAN):
-            port = _LOW + next(_candidates) % _SPAN
-            if port not in _given and _unbound(host, port):
-                _given.add(port)
-                return port
-    raise OSError(f"no free port on {host} in {_LOW}-{_HIGH}")
+            first = _LOW + next(_candidates) % _SPAN
+            run = range(first, first + count)
+            if run[-1] < _HIGH and all(p not in _given and _unbound(host, p) for p in run):
+                _given.update(run)
+                return first
+    raise OSError(f"no {count} free consecutive ports on {host} in {_LOW}-{_HIGH}")
 
 
 def _unbound(host: str, port: int) -> bool:
