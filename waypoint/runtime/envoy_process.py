@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import pathlib
@@ -28,7 +29,8 @@ class EnvoyError(RuntimeError):
     """Envoy refused a config or did not become ready."""
 
 
-def die_with_parent() -> list[str]:
+@functools.cache
+def die_with_parent() -> tuple[str, ...]:
     """An argv prefix under which a child gets SIGTERM when its parent dies.
 
     A SIGKILLed benchmark runs no cleanup and would leave its Envoys and servers running.
@@ -44,7 +46,7 @@ def die_with_parent() -> list[str]:
     one), never from a short-lived worker such as ``asyncio.to_thread``'s.
     """
     setpriv = shutil.which("setpriv")
-    return [] if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--"]
+    return () if setpriv is None else (setpriv, "--pdeathsig", "TERM", "--")
 
 
 def envoy_binary() -> str:
