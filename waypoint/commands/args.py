@@ -34,8 +34,8 @@ def add_access_log_flag(parser: Any, flag: str = "--access-log") -> None:
         type=on_off,
         default=True,
         metavar="{on,off}",
-        help="the waypoint Envoy's JSON access log on stdout (default: on; off saves about "
-        "15%% of its CPU per request)",
+        help="the waypoint Envoy's JSON access log on stdout (default: on; off saves 6-15%% "
+        "of its CPU per request)",
     )
 
 
