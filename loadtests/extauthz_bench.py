@@ -40,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,14 +137,6 @@ def tree_cpu(pid: int) -> float:
     return procs.usage(pid).cpu_seconds + sum(procs.usage(int(k)).cpu_seconds for k in kids)
 
 
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
 def start_extauthz_workers(
     name: str, workdir: pathlib.Path, doc: dict[str, Any], decision_log: bool, workers: int
 ) -> procs.Child:
@@ -164,7 +155,9 @@ def start_extauthz_workers(
     argv += ["--workers", str(workers), "--log-level", "WARNING"]
     child = procs.spawn(name, argv, home / "extauthz.log", cwd=authz.REPO)
     try:
-        child.wait_until(lambda: all(_ready(metrics_port + i) for i in range(workers)))
+        child.wait_until(
+            lambda: all(procs.extauthz_ready(metrics_port + i) for i in range(workers))
+        )
     except BaseException:
         child.stop()
         raise

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
 
 from waypoint.runtime import envoy_process, ports
@@ -80,6 +81,16 @@ def envoy_counter(proxy: envoy_process.EnvoyProcess, name: str) -> int:
 free_port = ports.free_port
 free_ports = ports.free_ports
 bindable = ports.bindable
+
+
+def extauthz_ready(metrics_port: int) -> bool:
+    """Whether the extauthz serving metrics on ``metrics_port`` says it is ready (/readyz)."""
+    try:
+        url = f"http://127.0.0.1:{metrics_port}/readyz"
+        with urllib.request.urlopen(url, timeout=0.5) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
 
 
 def port_open(host: str, port: int) -> bool:

@@ -14,7 +14,6 @@ import pathlib
 import signal
 import socket
 import sys
-import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
@@ -22,17 +21,10 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from extauthz import cli, config, workers
+from loadtests import procs
 from tests import conftest
 from tests.extauthz import support
 from waypoint.runtime import ports
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=0.5) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -89,7 +81,7 @@ async def pool(tmp_path: pathlib.Path, count: int) -> AsyncIterator[tuple[int, i
     )
     try:
         for _ in range(300):
-            if all(_ready(metrics_port + i) for i in range(count)):
+            if all(procs.extauthz_ready(metrics_port + i) for i in range(count)):
                 break
             assert process.returncode is None, "the supervisor exited during startup"
             await asyncio.sleep(0.1)
@@ -126,7 +118,7 @@ async def test_a_dead_worker_stops_the_pool(tmp_path: pathlib.Path) -> None:
         first, second = _children(process.pid)
         os.kill(first, signal.SIGKILL)
         assert await asyncio.wait_for(process.wait(), 30) == signal.SIGKILL
-        assert not _ready(metrics_port)
-        assert not _ready(metrics_port + 1)
+        assert not procs.extauthz_ready(metrics_port)
+        assert not procs.extauthz_ready(metrics_port + 1)
         with pytest.raises(ProcessLookupError):
             os.kill(second, 0)
