@@ -43,7 +43,9 @@ from waypoint.kube import gateway
 
 GW_API = "gateway.networking.k8s.io/v1"
 GATEWAY_PATH = re.compile(r"^/apis/gateway\.networking\.k8s\.io/v1/namespaces/([^/]+)/gateways/")
-RECONCILES = re.compile(r'^waypoint_controller_reconciles_total\{kind="([^"]+)",result="ok"\} (\S+)$')
+RECONCILES = re.compile(
+    r'^waypoint_controller_reconciles_total\{kind="([^"]+)",result="ok"\} (\S+)$'
+)
 
 
 class CountingKube(server.FakeKube):
@@ -83,8 +85,12 @@ def namespace_objects(ns: str, services: int, first_ip: int) -> list[dict[str, A
     for index in range(services):
         name = f"svc-{index}"
         ip = first_ip + index
-        objects.append(world.service(ns, name, f"10.{96 + ip // 65536}.{ip // 256 % 256}.{ip % 256}"))
-        objects.append(world.endpoint_slice(ns, name, f"10.{ip // 65536}.{ip // 256 % 256}.{ip % 256}"))
+        objects.append(
+            world.service(ns, name, f"10.{96 + ip // 65536}.{ip // 256 % 256}.{ip % 256}")
+        )
+        objects.append(
+            world.endpoint_slice(ns, name, f"10.{ip // 65536}.{ip // 256 % 256}.{ip % 256}")
+        )
     gw = gateway.generate_gateway(ns)
     objects.append(gw)
     return objects
@@ -152,12 +158,18 @@ def wait_quiet(fake: CountingKube, quiet: float, limit: float, since: float = 0.
 def summarize(entries: list[tuple[float, str, str]]) -> dict[str, Any]:
     by_method = collections.Counter(method for _, method, _ in entries)
     gateway_namespaces = sorted(
-        {match.group(1) for _, method, path in entries if method == "GET" and (match := GATEWAY_PATH.match(path))}
+        {
+            match.group(1)
+            for _, method, path in entries
+            if method == "GET" and (match := GATEWAY_PATH.match(path))
+        }
     )
     return {
         "requests": sum(count for method, count in by_method.items() if method != "WATCH"),
         "by_method": dict(sorted(by_method.items())),
-        "writes": sum(count for method, count in by_method.items() if method not in ("GET", "WATCH")),
+        "writes": sum(
+            count for method, count in by_method.items() if method not in ("GET", "WATCH")
+        ),
         "gateway_namespaces_read": gateway_namespaces,
     }
 
@@ -220,7 +232,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cold(
-    fake: CountingKube, proc: subprocess.Popen[bytes], started: float, gateways: int, args: argparse.Namespace
+    fake: CountingKube,
+    proc: subprocess.Popen[bytes],
+    started: float,
+    gateways: int,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     deadline = started + args.limit
     while programmed(fake) < gateways:
@@ -313,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--services", type=int, default=5, help="Services per namespace")
     parser.add_argument("--resync", type=float, default=30.0, help="the controller's --resync, s")
     parser.add_argument("--steady", type=float, default=65.0, help="steady-state window, s")
-    parser.add_argument("--quiet", type=float, default=4.0, help="idle time that counts as settled, s")
+    parser.add_argument(
+        "--quiet", type=float, default=4.0, help="idle time that counts as settled, s"
+    )
     parser.add_argument("--limit", type=float, default=900.0, help="give up on a phase after, s")
     parser.add_argument(
         "--controller-arg", action="append", default=[], help="extra flag for the controller"

@@ -52,10 +52,13 @@ def _generation(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)
 
 
-def gateway_class_status(gateway_class: Mapping[str, Any], now: str) -> Obj:
+def gateway_class_status(
+    gateway_class: Mapping[str, Any], now: str, extra: Sequence[Verdict] = ()
+) -> Obj:
+    """``Accepted``, then ``extra`` (the controller's own, such as ``OptionalKindsAvailable``)."""
     previous = (gateway_class.get("status") or {}).get("conditions") or []
     verdict = Verdict("Accepted", True, "Accepted", f"handled by {constants.CONTROLLER_NAME}")
-    return {"conditions": conditions([verdict], _generation(gateway_class), previous, now)}
+    return {"conditions": conditions([verdict, *extra], _generation(gateway_class), previous, now)}
 
 
 def gateway_status(
