@@ -8,6 +8,7 @@ and one shared translation per change.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import threading
 import time
@@ -118,7 +119,8 @@ def test_a_hung_get_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Path) -
         thread.start()
         thread.join(PATIENCE)
         assert not thread.is_alive(), "the GET was not bounded by its read timeout"
-    assert outcome and isinstance(outcome[0], kcluster.ClusterError)
+    assert outcome
+    assert isinstance(outcome[0], kcluster.ClusterError)
 
 
 def test_a_silent_watch_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Path) -> None:
@@ -136,7 +138,8 @@ def test_a_silent_watch_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Pat
         thread.start()
         thread.join(PATIENCE)
         assert not thread.is_alive(), "the watch outlived its timeoutSeconds and grace"
-    assert outcome and isinstance(outcome[0], kcluster.ClusterError)
+    assert outcome
+    assert isinstance(outcome[0], kcluster.ClusterError)
 
 
 def test_a_hung_request_delays_only_its_own_gateway(
@@ -152,7 +155,8 @@ def test_a_hung_request_delays_only_its_own_gateway(
             api.apply(gateway.generate_gateway("demo"), "waypoint")
             wait_for(lambda: programmed(fake, "demo"), "demo's Gateway to be Programmed")
             # Ordering, not speed: demo got done while slow's GET was still held.
-            assert not hang.release.is_set() and not programmed(fake, "slow")
+            assert not hang.release.is_set()
+            assert not programmed(fake, "slow")
             hang.release.set()
             wait_for(lambda: programmed(fake, "slow"), "slow's Gateway once released")
         finally:
@@ -242,12 +246,10 @@ def test_a_delayed_renewal_never_makes_two_writers(
             ) -> None:
                 # Write as fast as possible while leading, as a busy controller would.
                 while not lost.is_set():
-                    try:
+                    with contextlib.suppress(kcluster.ClusterError):
                         api.merge_patch(
                             kcluster.CONFIG_MAP, "demo", "w", {"data": {"writer": me}}, me
                         )
-                    except kcluster.ClusterError:
-                        pass
                     time.sleep(0.01)
 
             runner = threading.Thread(target=elector.run, args=(lead, stop), daemon=True)
