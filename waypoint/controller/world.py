@@ -17,6 +17,7 @@ from typing import Any
 from waypoint import model, pipeline
 from waypoint.controller import reconcile
 from waypoint.envoy import options as envoy_options
+from waypoint.runtime import collector
 
 Obj = dict[str, Any]
 Translate = Callable[[Sequence[Mapping[str, Any]], str], model.Translation]
@@ -55,7 +56,8 @@ class Translations:
         with self._lock:
             if self._value is not None and self._key == key:
                 return self._value
-            value = self._translate(objects, trust_domain)
+            with collector.paused():
+                value = self._translate(objects, trust_domain)
             self._key, self._value = key, value
             self.translated += 1
         if self._learn is not None:
