@@ -382,3 +382,20 @@ def test_a_resync_translates_the_world_once(
     assert [r for r in requests if r.method not in ("GET", "WATCH")] == []
     gateway_gets = [r for r in requests if r.method == "GET" and "/gateways/" in r.path]
     assert len([r for r in requests if r.method == "GET"]) == len(gateway_gets) == 2
+
+
+def test_watch_retries_back_off_exponentially_with_jitter(
+    fake: faults.FaultyKube, tmp_path: pathlib.Path
+) -> None:
+    with connect(fake, tmp_path) as api:
+        controller = manager.Controller(api)
+        informer = controller.informers["Service"]
+        delays: list[float] = []
+        informer._stop.wait = lambda delay=None: delays.append(delay or 0.0) or False  # type: ignore[method-assign]
+        failures = 0
+        for _ in range(12):
+            failures = informer._back_off(failures, RuntimeError("connection reset"))
+    for attempt, delay in enumerate(delays, start=1):
+        ceiling = min(0.1 * 2**attempt, informer.max_backoff)
+        assert ceiling / 2 <= delay <= ceiling
+    assert len({round(d, 6) for d in delays[-4:]}) > 1, "capped delays still vary (jitter)"

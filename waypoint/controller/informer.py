@@ -49,6 +49,7 @@ class Informer:
         optional_retry: float = 60.0,
         on_availability: Callable[[], None] | None = None,
         significant: Callable[[Obj | None, Obj | None], bool] | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.cluster = cluster
         self.kind = kind
@@ -66,6 +67,8 @@ class Informer:
         # Bumped on every change ``significant`` judges to matter (default: every change).
         self.version = 0
         self.significant = significant
+        # Applied to every object before it is stored: keep only the fields readers need.
+        self.transform = transform
         self.synced = threading.Event()
         self.resource_version = ""
         self.relists = 0
@@ -149,6 +152,8 @@ class Informer:
 
     def _relist(self) -> None:
         items, rv = self.cluster.list(self.kind, label_selector=self.label_selector)
+        if self.transform is not None:
+            items = [self.transform(item) for item in items]
         fresh = {object_key(item): item for item in items}
         with self._lock:
             old = self.store
@@ -178,6 +183,8 @@ class Informer:
             if event_type == "BOOKMARK":
                 self.resource_version = rv or self.resource_version
             else:
+                if self.transform is not None:
+                    obj = self.transform(obj)
                 self._apply_event(event_type, obj, rv)
             if self._stop.is_set():
                 return
