@@ -127,7 +127,8 @@ def wait_quiet(fake: faults.FaultyKube, quiet: float, limit: float, since: float
         if time.monotonic() - last >= quiet:
             return last
         time.sleep(0.2)
-    raise TimeoutError(f"the controller was still busy after {limit:.0f}s")
+    print(f"the controller was still busy after {limit:.0f}s; measuring anyway", file=sys.stderr)
+    return time.monotonic()
 
 
 def summarize(entries: list[Entry]) -> dict[str, Any]:

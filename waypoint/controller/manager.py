@@ -287,6 +287,7 @@ class Controller:
             self.metrics.reconciles.labels(str(_kind(key)), "error").inc()
             message = f"reconcile {key}: {exc}"
             self.errors.append(message)
+            del self.errors[:-100]  # the latest errors, not every error since start
             LOG.warning("%s; retrying in %.2fs", message, delay)
         finally:
             self.queue.done(key)
