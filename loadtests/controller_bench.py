@@ -28,6 +28,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -321,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=200)
     parser.add_argument("--services", type=int, default=5, help="Services per namespace")
-    parser.add_argument("--resync", type=float, default=30.0, help="the controller's --resync, s")
-    parser.add_argument("--steady", type=float, default=65.0, help="steady-state window, s")
+    parser.add_argument("--resync", type=float, default=120.0, help="the controller's --resync, s")
+    parser.add_argument("--steady", type=float, default=250.0, help="steady-state window, s")
     parser.add_argument(
         "--quiet", type=float, default=4.0, help="idle time that counts as settled, s"
     )
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    # A plain kill must still stop the controller process (``run``'s finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
     print(json.dumps(result, indent=2) if args.json else report(result), flush=True)
     return 0

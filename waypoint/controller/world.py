@@ -5,7 +5,9 @@ of the informers' change counters, read before their contents, so a snapshot is 
 than its version. ``Translations`` keeps the translation of the newest version it was asked
 for; the Gateway reconciles, the route and policy status and the xDS publisher all ask it, so a
 change is translated once however many Gateways it re-queues. Its lock also means two workers
-asking for the same new version wait for one translation instead of doing two.
+asking for the same new version wait for one translation instead of doing two. Each waypoint's
+rendered bootstrap is kept with the translation it came from, so a resync of an unchanged world
+renders nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Translations:
         self._lock = threading.Lock()
         self._key: Hashable = None
         self._value: model.Translation | None = None
+        self._rendered: dict[Hashable, pipeline.Rendered] = {}
         self.translated = 0  # how many translations ran (for tests and the benchmark)
 
     def translate(
@@ -59,6 +62,7 @@ class Translations:
             with collector.paused():
                 value = self._translate(objects, trust_domain)
             self._key, self._value = key, value
+            self._rendered = {}
             self.translated += 1
         if self._learn is not None:
             self._learn(value)
@@ -74,7 +78,16 @@ class Translations:
         """A ``reconcile.Renderer`` on the shared translation: only this waypoint's bootstrap is
         built per call."""
         translation = self.translate(objects, opts.trust_domain)
+        key = (id(translation), namespace, name, opts)
+        with self._lock:
+            rendered = self._rendered.get(key) if translation is self._value else None
+        if rendered is not None:
+            return rendered
         try:
-            return pipeline.render_translation(translation, namespace, name, opts)
+            rendered = pipeline.render_translation(translation, namespace, name, opts)
         except pipeline.WaypointNotFound as exc:
             raise reconcile.RenderRejected(str(exc)) from exc
+        with self._lock:
+            if translation is self._value:
+                self._rendered[key] = rendered
+        return rendered
