@@ -419,6 +419,10 @@ class SyncHboneClient:
     def peer_id(self) -> str | None:
         return self.client.peer_id
 
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self.client.peer_certificate
+
     def close(self) -> None:
         if self.runner.running:
             self.runner.run(self.client.aclose(), 10.0)
