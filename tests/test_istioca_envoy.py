@@ -72,6 +72,16 @@ def _client_identity(mesh: istioca_server.MeshCa) -> pki.Identity:
     return pki.Identity(sleep, leaf, key, (mesh.intermediate,), mesh.root.certificate)
 
 
+def presented_certificate(mesh: istioca_server.MeshCa, port: int) -> x509.Certificate:
+    """The certificate a waypoint Envoy on ``port`` presents to a mesh client (TLS + h2)."""
+    with hbone_client.SyncHboneClient(
+        ("127.0.0.1", port), _client_identity(mesh).ssl_context(server=False), timeout=10.0
+    ) as hbone:
+        hbone.connect()
+        assert hbone.peer_certificate is not None
+        return hbone.peer_certificate
+
+
 def _probe(identity: pki.Identity, port: int) -> x509.Certificate:
     """One fresh HBONE connection through the waypoint; the certificate Envoy presented."""
     with hbone_client.SyncHboneClient(
