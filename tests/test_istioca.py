@@ -279,3 +279,12 @@ def test_cli_needs_the_pods_identity(capsys: pytest.CaptureFixture[str]) -> None
     code = cli.main(["istio-certs", "--once", "--namespace", "", "--service-account", ""])
     assert code == 2
     assert "namespace and service account are required" in capsys.readouterr().err
+
+
+def test_an_unwritable_cert_dir_is_a_failure_not_a_crash(setup: Setup) -> None:
+    setup.cert_dir.write_text("a file where the directory should be")
+    worker = agent.Agent(setup.config)
+    assert worker.step() == setup.config.initial_backoff
+    assert worker.failures == 1
+    assert "cannot write" in worker.last_error
+    assert worker.current is None

@@ -114,15 +114,13 @@ class Agent:
         try:
             issued = client.request_certificate(self.config.ca, self.config.spiffe_id)
         except client.CaError as exc:
-            self.failures += 1
-            self.last_error = str(exc)
-            FAILURES.set(self.failures)
             result = "rejected" if isinstance(exc, client.CertificateRejected) else "unavailable"
-            REQUESTS.labels(result=result).inc()
-            kept = "keeping the current certificate" if self.current else "no certificate yet"
-            log.error("istiod CA: %s (failure %d, %s)", exc, self.failures, kept)
-            raise
-        pki.write_cert_dir(self.config.cert_dir, issued.files())
+            raise self._failed(exc, result) from None
+        try:
+            pki.write_cert_dir(self.config.cert_dir, issued.files())
+        except OSError as exc:
+            error = client.CaError(f"cannot write {self.config.cert_dir}: {exc}")
+            raise self._failed(error, "unwritable") from None
         REQUESTS.labels(result="issued").inc()
         self.failures = 0
         self.last_error = ""
@@ -136,6 +134,15 @@ class Agent:
             self.renew_time.isoformat() if self.renew_time else "-",
         )
         return issued
+
+    def _failed(self, exc: client.CaError, result: str) -> client.CaError:
+        self.failures += 1
+        self.last_error = str(exc)
+        FAILURES.set(self.failures)
+        REQUESTS.labels(result=result).inc()
+        kept = "keeping the current certificate" if self.current else "no certificate yet"
+        log.error("istiod CA: %s (failure %d, %s)", exc, self.failures, kept)
+        return exc
 
     def _accept(self, issued: client.Issued, created: datetime.datetime) -> None:
         # Like Istio's agent, the lifetime counts from when we got the certificate (a CA
@@ -151,27 +158,36 @@ class Agent:
         return self.renew_time is None or self.clock() >= self.renew_time
 
     def step(self) -> float:
-        """Renew if due; return the seconds until the next step."""
+        """Renew if due; return the seconds until the next step. Never raises: whatever
+        goes wrong, the last good certificate stays and the next try is backed off."""
         if self.due():
             try:
                 self.refresh()
             except client.CaError:
-                return backoff(self.failures, self.config.initial_backoff, self.config.max_backoff)
-        assert self.renew_time is not None
+                return self._backoff()
+            except Exception as exc:  # a bug or a surprise must not end the renewals
+                log.exception("istiod CA: unexpected error")
+                self._failed(client.CaError(f"unexpected error: {exc!r}"), "unavailable")
+                return self._backoff()
+        if self.renew_time is None:
+            return self._backoff()
         return max(0.0, (self.renew_time - self.clock()).total_seconds())
+
+    def _backoff(self) -> float:
+        return backoff(self.failures, self.config.initial_backoff, self.config.max_backoff)
 
     def obtain(self, timeout: float) -> client.Issued:
         """For an init container: a usable certificate in ``cert_dir`` within ``timeout``
         seconds (the existing one if not yet due), retrying with backoff; else CaError."""
-        if self.load_existing() is not None and not self.due():
-            assert self.current is not None
-            return self.current
+        existing = self.load_existing()
+        if existing is not None and not self.due():
+            return existing
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return self.refresh()
             except client.CaError:
-                wait = backoff(self.failures, self.config.initial_backoff, self.config.max_backoff)
+                wait = self._backoff()
                 if time.monotonic() + wait > deadline:
                     raise
                 time.sleep(wait)
