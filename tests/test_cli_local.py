@@ -169,3 +169,24 @@ def test_render_xds_bootstrap(tmp_path: pathlib.Path, capsys: pytest.CaptureFixt
     envoy_process.validate(out)
     assert cli.main(["render", "--xds", "nope", "--waypoint", "demo/waypoint"]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_render_to_stdout_writes_nothing(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs"
+    args = [
+        "render",
+        "-f",
+        str(up.EXAMPLE),
+        "--waypoint",
+        "demo/waypoint",
+        "--cert-dir",
+        str(certs),
+    ]
+    assert cli.main(args) == 0
+    assert list(tmp_path.iterdir()) == []  # no <cert-dir>-sds, nothing at all
+    out, err = capsys.readouterr()
+    assert "static_resources" in out
+    assert "nothing was written" in err
+    assert "--sds-dir" in err

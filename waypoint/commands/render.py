@@ -43,7 +43,8 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--sds-dir",
         default="",
-        help="where to write the SDS files Envoy watches (default: beside -o FILE, else <cert-dir>-sds)",
+        help="where to write the SDS files Envoy watches (default: beside -o FILE; with output to "
+        "stdout nothing is written unless this is given)",
     )
     cli_args.add_access_log_flag(group)
 
@@ -129,6 +130,11 @@ def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = No
     return bad
 
 
+def _writes_files(args: argparse.Namespace) -> bool:
+    """Files are written only where the user named a place: ``--sds-dir`` or ``-o FILE``."""
+    return bool(args.sds_dir) or args.output != "-"
+
+
 def _write(text: str, output: str) -> None:
     if output == "-":
         sys.stdout.write(text)
@@ -162,14 +168,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bad = report_statuses(rendered.translation.statuses)
-    try:
-        secrets.write_sds_files(opts)
-    except OSError as exc:
+    if _writes_files(args):
+        try:
+            secrets.write_sds_files(opts)
+        except OSError as exc:
+            print(
+                f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
+                file=sys.stderr,
+            )
+            return 1
+    else:
         print(
-            f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
+            f"note: the config reads its certificates through SDS files in {secrets.sds_dir(opts)}; "
+            "nothing was written (to stdout, rendering has no side effects): name a directory "
+            "with --sds-dir DIR, or render with -o FILE, to have them written",
             file=sys.stderr,
         )
-        return 1
     _write(rendered.bootstrap_yaml, args.output)
     return 1 if (bad and args.strict) else 0
 
