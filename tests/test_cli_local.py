@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -109,6 +113,28 @@ def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
     assert "← 403 Forbidden" in out  # the Rego deny for role viewer
     assert "x-jwt-role=admin" in out  # claim_to_headers on the allowed admin request
     assert 'www-authenticate: Bearer error="invalid_token"' in out  # the expired token
+    # --once stops the waypoint and drops its temp dir: no instructions that point at them.
+    assert "Send traffic" not in out
+    assert "9 of 9 demo requests behaved as expected" in out
+    assert "up` without --once" in out
+
+
+def test_up_prints_commands_that_run_as_printed(tmp_path: pathlib.Path) -> None:
+    """The usage lines `waypoint up` prints run in the Quick-start shell (no venv activated)."""
+    objects = pipeline.load_objects([_own_addresses(tmp_path)])
+    with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
+        text = io.StringIO()
+        up.show(local, text)
+        lines = text.getvalue().split("Send traffic as a mesh client")[1].splitlines()[1:]
+        script = "set -e\n" + "\n".join(line.strip() for line in lines if line.strip())
+        env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+        env["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # as in a fresh shell: the venv not active
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=conftest.REPO, env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, (script, done.stderr)
+    assert "x-jwt-role" in done.stdout or "Hostname=" in done.stdout
 
 
 def test_request_command_through_a_running_waypoint(
@@ -190,3 +216,35 @@ def test_render_to_stdout_writes_nothing(
     assert "static_resources" in out
     assert "nothing was written" in err
     assert "--sds-dir" in err
+
+
+def test_a_plain_install_runs_up_from_any_directory(tmp_path: pathlib.Path) -> None:
+    """The example world, the demo Rego and the demo key are package data, not repo files."""
+    wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(wheels), str(conftest.REPO)],
+        check=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("waypoint_mesh-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the checkout
+
+    def run(*argv: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *argv], cwd=elsewhere, env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    where = run("-c", "from waypoint.commands import up; print(up.EXAMPLE, up.EXAMPLE_REGO)")
+    assert all(pathlib.Path(p).is_relative_to(target) for p in where.split())
+    assert run("-m", "extauthz", "token", "--demo", "--claim", "role=admin").count(".") == 2
+    world = elsewhere / "world"
+    world.mkdir()
+    for source in (target / "waypoint" / "local" / "example").glob("*.yaml"):
+        (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.14."))
+    out = run("-m", "waypoint", "up", "--once", "-f", str(world), *FREE_PORTS)
+    assert "9 of 9 demo requests behaved as expected" in out
