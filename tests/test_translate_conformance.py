@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
