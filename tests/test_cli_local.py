@@ -154,6 +154,13 @@ def test_request_command_through_a_running_waypoint(
         assert "Hostname=echo-v2-7b6c5d4f8-m4n9p" in out
         assert cli.main([*base, "http://10.1.2.3/"]) == 1
         assert "refused the tunnel" in capsys.readouterr().err
+        # A Service name resolves through the world to its ClusterIP, as in `explain`.
+        (tmp_path / "names").mkdir()
+        world = str(_own_addresses(tmp_path / "names"))
+        assert cli.main([*base, "-f", world, "-H", "x-version: v2", "http://echo.demo/x"]) == 0
+        assert "Hostname=echo-v2-7b6c5d4f8-m4n9p" in capsys.readouterr().out
+        assert cli.main([*base, "-f", world, "http://nope.demo/"]) == 2
+        assert "no Service demo/nope in the input" in capsys.readouterr().err
     assert cli.main(["request", "--cert-dir", str(conftest.REPO / "nope"), "http://x/"]) == 2
 
 
