@@ -255,3 +255,44 @@ def test_a_plain_install_runs_up_from_any_directory(tmp_path: pathlib.Path) -> N
         (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.14."))
     out = run("-m", "waypoint", "up", "--once", "-f", str(world), *FREE_PORTS)
     assert "9 of 9 demo requests behaved as expected" in out
+
+
+def test_render_picks_the_only_gateway(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "envoy.yaml"
+    assert cli.main(["render", "-f", str(up.EXAMPLE), "-o", str(out)]) == 0
+    assert "connect_terminate" in out.read_text()
+    two = tmp_path / "two.yaml"
+    gateway = yaml.safe_load_all((up.EXAMPLE / "world.yaml").read_text())
+    (first,) = [o for o in gateway if o and o.get("kind") == "Gateway"]
+    second = {**first, "metadata": {**first["metadata"], "name": "other"}}
+    two.write_text(yaml.safe_dump_all([first, second]))
+    assert cli.main(["render", "-f", str(two)]) == 2
+    assert "found: demo/other, demo/waypoint" in capsys.readouterr().err
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """Docstrings become --help text without reStructuredText markup."""
+    for command in ("up", "render", "request", "explain", "serve"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text, command
+        assert ":mod:" not in text and ":func:" not in text, command
+
+
+def test_kubernetes_yaml_has_no_anchors(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With the extauthz sidecar, objects share dicts: plain safe_dump wrote &id001 anchors.
+    rego = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "waypoint-extauthz-policy", "namespace": "demo"},
+        "data": {"policy.rego": "package envoy.authz\ndefault allow := false\n"},
+    }  # fmt: skip
+    (tmp_path / "rego.yaml").write_text(yaml.safe_dump(rego))
+    argv = ["render", "--kubernetes", "-f", str(up.EXAMPLE), "-f", str(tmp_path / "rego.yaml")]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "&id" not in text and "*id" not in text

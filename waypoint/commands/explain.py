@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "explain",
         help="trace a request through a waypoint's config: listener, route, cluster (offline)",
-        description=__doc__,
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument("url", metavar="URL", help="http://SERVICE.NAMESPACE[:PORT]/PATH or VIP")
     parser.add_argument(

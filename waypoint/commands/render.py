@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "render",
         help="print the Envoy bootstrap for a waypoint from Kubernetes YAML (no cluster needed)",
-        description=__doc__,
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument(
         "-f",
@@ -157,8 +157,16 @@ def run(args: argparse.Namespace) -> int:
     if args.kubernetes:
         return _run_kubernetes(args, objects)
     if args.waypoint is None:
-        print("error: --waypoint NS/NAME is required", file=sys.stderr)
-        return 2
+        gateways = sorted(_meta(o) for o in objects if o.get("kind") == "Gateway")
+        if len(gateways) != 1:
+            found = ", ".join(f"{ns}/{n}" for ns, n in gateways) or "none"
+            print(
+                f"error: --waypoint NS/NAME is required when the input does not hold exactly "
+                f"one Gateway (found: {found})",
+                file=sys.stderr,
+            )
+            return 2
+        args.waypoint = gateways[0]
     namespace, name = args.waypoint
     opts = bootstrap_options(args, namespace, name)
     try:
@@ -203,8 +211,13 @@ def _run_kubernetes(args: argparse.Namespace, objects: list[dict[str, Any]]) -> 
             "error: no waypoint Gateway (gatewayClassName: waypoint) in the input", file=sys.stderr
         )
         return 1
-    _write(yaml.safe_dump_all(generated, sort_keys=False), args.output)
+    _write(cli_args.dump_yaml_all(generated), args.output)
     return 0
+
+
+def _meta(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
 def _is_other_gateway(obj: dict[str, Any], namespace: str, name: str) -> bool:

@@ -24,7 +24,9 @@ from waypoint.hbone import errors
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "request", help="send an HTTP request through a waypoint over HBONE", description=__doc__
+        "request",
+        help="send an HTTP request through a waypoint over HBONE",
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument("url", help="http://VIP[:port]/path — the destination as a client dials it")
     parser.add_argument("-X", "--method", default="GET")

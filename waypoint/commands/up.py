@@ -71,7 +71,9 @@ DEMOS = (
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "up", help="run a complete local waypoint with no cluster", description=__doc__
+        "up",
+        help="run a complete local waypoint with no cluster",
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument(
         "-f",
