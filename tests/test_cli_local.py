@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests import conftest
-from waypoint import cli, pipeline
+from waypoint import cli, pipeline, pki
 from waypoint.commands import up
 from waypoint.local import stack as stack_mod
 from waypoint.runtime import envoy_process
@@ -279,7 +279,8 @@ def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
             cli.main([command, "--help"])
         text = capsys.readouterr().out
         assert "``" not in text, command
-        assert ":mod:" not in text and ":func:" not in text, command
+        assert ":mod:" not in text, command
+        assert ":func:" not in text, command
 
 
 def test_kubernetes_yaml_has_no_anchors(
@@ -295,4 +296,23 @@ def test_kubernetes_yaml_has_no_anchors(
     argv = ["render", "--kubernetes", "-f", str(up.EXAMPLE), "-f", str(tmp_path / "rego.yaml")]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
-    assert "&id" not in text and "*id" not in text
+    assert "&id" not in text
+    assert "*id" not in text
+
+
+def test_certs_writes_a_ca_the_waypoint_and_clients(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = tmp_path / "certs"
+    assert cli.main(["certs", "--dir", str(where), "--client", "apps/web"]) == 0
+    waypoint = pki.load_identity(where)
+    assert waypoint.verify() == "spiffe://cluster.local/ns/demo/sa/waypoint"
+    client = pki.load_identity(where / "clients" / "apps.web")
+    assert client.verify() == "spiffe://cluster.local/ns/apps/sa/web"
+    # Again: the same CA issues fresh certificates, so a running Envoy keeps trusting them.
+    assert cli.main(["certs", "--dir", str(where)]) == 0
+    again = pki.load_identity(where)
+    assert again.root_pem == waypoint.root_pem
+    assert again.certificate.serial_number != waypoint.certificate.serial_number
+    assert cli.main(["certs", "--dir", str(where), "--trust-domain", "other.example"]) == 1
+    assert "holds a CA for trust domain 'cluster.local'" in capsys.readouterr().err
