@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.request",
     "waypoint.commands.explain",
     "waypoint.commands.certs",
+    "waypoint.commands.proxyconfig",
 )
 
 
