@@ -109,7 +109,7 @@ def _listeners(dump: Obj) -> Iterator[tuple[str, Obj]]:
 
 
 def listener_rows(admin: Obj) -> list[Row]:
-    rows = [("NAME", "ADDRESS", "CHAINS", "FROM")]
+    rows: list[Row] = [("NAME", "ADDRESS", "CHAINS", "FROM")]
     for source, listener in _listeners(admin["config_dump"]):
         address = _address(listener.get("address") or {})
         if "internal_listener" in listener:
@@ -186,7 +186,7 @@ def _action(route: Obj) -> str:
 
 
 def route_rows(admin: Obj) -> list[Row]:
-    rows = [("LISTENER", "VIRTUAL HOST", "DOMAINS", "MATCH", "ROUTE", "TO")]
+    rows: list[Row] = [("LISTENER", "VIRTUAL HOST", "DOMAINS", "MATCH", "ROUTE", "TO")]
     for where, config in _route_configs(admin["config_dump"]):
         for vhost in config.get("virtual_hosts") or []:
             domains = ",".join(vhost.get("domains") or [])
@@ -210,7 +210,7 @@ def _statuses(admin: Obj) -> list[Obj]:
 
 def cluster_rows(admin: Obj) -> list[Row]:
     endpoints = {str(s.get("name")): len(s.get("host_statuses") or []) for s in _statuses(admin)}
-    rows = [("NAME", "TYPE", "ENDPOINTS", "FROM")]
+    rows: list[Row] = [("NAME", "TYPE", "ENDPOINTS", "FROM")]
     section = _dump_of(admin["config_dump"], "ClustersConfigDump")
     listed = [("static", i.get("cluster") or {}) for i in section.get("static_clusters") or []]
     listed += [
@@ -224,7 +224,7 @@ def cluster_rows(admin: Obj) -> list[Row]:
 
 
 def endpoint_rows(admin: Obj) -> list[Row]:
-    rows = [("CLUSTER", "ENDPOINT", "HEALTH", "WEIGHT")]
+    rows: list[Row] = [("CLUSTER", "ENDPOINT", "HEALTH", "WEIGHT")]
     for status in _statuses(admin):
         for host in status.get("host_statuses") or []:
             health = host.get("health_status") or {}
@@ -248,7 +248,7 @@ def _sans(cert: Obj) -> str:
 
 
 def secret_rows(admin: Obj) -> list[Row]:
-    rows = [("NAME", "KIND", "SUBJECT ALT NAMES", "SERIAL", "EXPIRES")]
+    rows: list[Row] = [("NAME", "KIND", "SUBJECT ALT NAMES", "SERIAL", "EXPIRES")]
     section = _dump_of(admin["config_dump"], "SecretsConfigDump")
     names = [
         str(item.get("name", ""))
