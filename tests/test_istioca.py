@@ -275,6 +275,14 @@ def test_cli_once_fails_clearly_when_the_ca_refuses(
     assert not setup.cert_dir.exists()
 
 
+def test_cli_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["istio-certs", "--help"])
+    text = capsys.readouterr().out
+    assert "--once" in text
+    assert "``" not in text
+
+
 def test_cli_needs_the_pods_identity(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["istio-certs", "--once", "--namespace", "", "--service-account", ""])
     assert code == 2

@@ -19,6 +19,7 @@ from typing import Any
 import prometheus_client
 
 from waypoint import pki
+from waypoint.commands import args as cli_args
 from waypoint.envoy import options as envoy_options
 from waypoint.istioca import agent, client
 
@@ -27,7 +28,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "istio-certs",
         help="obtain and renew the waypoint's certificate from istiod's CA",
-        description=__doc__,
+        description=cli_args.plain(__doc__),
     )
     env = os.environ.get
     parser.add_argument(
