@@ -197,11 +197,14 @@ def test_ca_errors_keep_the_last_good_certificate_and_back_off(setup: Setup) -> 
         # Healthy again: the next step renews and schedules the next renewal.
         server.fail_with = None
         delay = worker.step()
+    assert delay == setup.config.root_check_interval  # renewal is hours away
+    assert worker.renew_time is not None
+    until = (worker.renew_time - worker.clock()).total_seconds()
+    assert 11.5 * 3600 < until < 12.5 * 3600  # half of 24 h, ± the 1% jitter
     assert worker.failures == 0
     assert worker.current is not None
     assert worker.current.leaf != good.leaf
     assert setup.files() != before
-    assert 11.5 * 3600 < delay < 12.5 * 3600  # half of 24 h, ± the 1% jitter
 
 
 def test_the_sidecar_reuses_the_init_containers_certificate(setup: Setup) -> None:
@@ -214,6 +217,28 @@ def test_the_sidecar_reuses_the_init_containers_certificate(setup: Setup) -> Non
     # A root rotation in the ConfigMap makes the old certificate unusable: ask again.
     (setup.tmp / "root-cert.pem").write_bytes(istioca_server.MeshCa(TD).root_pem)
     assert agent.Agent(setup.config).load_existing() is None
+
+
+def test_a_new_trust_bundle_reaches_envoy_between_renewals(setup: Setup) -> None:
+    worker = agent.Agent(setup.config)
+    worker.obtain(timeout=10)
+    leaf_pem = setup.files()[pki.CERT_CHAIN_FILE]
+    # Root rotation, step 1: istiod publishes old + new root; the certificate still chains.
+    new_root = istioca_server.MeshCa(TD).root_pem
+    bundle = setup.mesh.root_pem + new_root
+    (setup.tmp / "root-cert.pem").write_bytes(bundle)
+    assert worker.step() == setup.config.root_check_interval
+    assert setup.files()[pki.ROOT_CERT_FILE] == bundle
+    assert setup.files()[pki.CERT_CHAIN_FILE] == leaf_pem  # same certificate, no CA call
+    assert len(setup.server.calls) == 1
+    # Step 2: only the new root; our certificate no longer chains, so renew at once. This
+    # test CA is still under the old root, so the call fails and the last good files stay.
+    (setup.tmp / "root-cert.pem").write_bytes(new_root)
+    before = setup.files()
+    worker.step()
+    assert worker.failures == 1
+    assert "UNAVAILABLE" in worker.last_error  # istiod's old certificate is not trusted now
+    assert setup.files() == before
 
 
 def test_renewal_is_at_half_life_with_istios_jitter() -> None:

@@ -129,30 +129,28 @@ def test_rendered_istio_pod_gets_its_certificate_and_serves_it(tmp_path: pathlib
             text=True,
         )
         try:
-            metrics = _scrape(metrics_port)
+            expiry = _scrape_expiry(metrics_port)
         finally:
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert len(ca.issued()) == 1  # not due: nothing asked again
-        gauge = next(
-            line.split()[1]
-            for line in metrics.splitlines()
-            if line.startswith("waypoint_istio_ca_cert_expiry_timestamp_seconds ")
-        )
-        assert float(gauge) == served.not_valid_after_utc.timestamp()
+        assert expiry == served.not_valid_after_utc.timestamp()
 
 
-def _scrape(port: int) -> str:
+def _scrape_expiry(port: int) -> float:
+    """The sidecar's certificate-expiry gauge, once its metrics server answers."""
+    name = "waypoint_istio_ca_cert_expiry_timestamp_seconds "
     deadline = time.monotonic() + 30
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
                 text: str = resp.read().decode()
-            if "waypoint_istio_ca_cert_expiry_timestamp_seconds" in text:
-                return text
+            for line in text.splitlines():
+                if line.startswith(name):
+                    return float(line.split()[1])
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"no metrics on port {port}")
+            raise AssertionError(f"no expiry gauge on port {port}")
         time.sleep(0.2)

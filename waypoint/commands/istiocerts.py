@@ -153,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{issued.spiffe_id}: serial {issued.leaf.serial_number:x} in {args.cert_dir}")
         return 0
+    # The init container's certificate, if usable, so the first scrape shows its expiry.
+    worker.load_existing()
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     stop = threading.Event()

@@ -58,6 +58,9 @@ class AgentConfig:
     grace_jitter: float = 0.01  # Istio's SECRET_GRACE_PERIOD_RATIO_JITTER
     initial_backoff: float = 1.0
     max_backoff: float = 300.0
+    # How often the sidecar looks at the root file (the kubelet updates a ConfigMap volume
+    # within about a minute), so a trust-bundle change reaches Envoy between renewals.
+    root_check_interval: float = 30.0
 
 
 def renew_at(
@@ -160,18 +163,53 @@ class Agent:
     def step(self) -> float:
         """Renew if due; return the seconds until the next step. Never raises: whatever
         goes wrong, the last good certificate stays and the next try is backed off."""
-        if self.due():
-            try:
+        try:
+            self.check_roots()
+            if self.due():
                 self.refresh()
-            except client.CaError:
-                return self._backoff()
-            except Exception as exc:  # a bug or a surprise must not end the renewals
-                log.exception("istiod CA: unexpected error")
-                self._failed(client.CaError(f"unexpected error: {exc!r}"), "unavailable")
-                return self._backoff()
+        except client.CaError:
+            return self._backoff()
+        except Exception as exc:  # a bug or a surprise must not end the renewals
+            log.exception("istiod CA: unexpected error")
+            self._failed(client.CaError(f"unexpected error: {exc!r}"), "unavailable")
+            return self._backoff()
         if self.renew_time is None:
             return self._backoff()
-        return max(0.0, (self.renew_time - self.clock()).total_seconds())
+        until_renewal = (self.renew_time - self.clock()).total_seconds()
+        return max(0.0, min(until_renewal, self.config.root_check_interval))
+
+    def check_roots(self) -> None:
+        """Follow a change of the root file (istio-ca-root-cert): publish the new bundle if
+        the current certificate still chains to it (a root rotation adds the new root
+        first), else make the certificate due for renewal now."""
+        current = self.current
+        if current is None:
+            return
+        try:
+            roots_pem = pathlib.Path(self.config.ca.root_cert_path).read_bytes()
+        except OSError:
+            return  # a missing file is reported by the next CA call; keep what works
+        if roots_pem == current.roots_pem:
+            return
+        chain = current.files()[pki.CERT_CHAIN_FILE].decode()
+        try:
+            roots = client.load_roots(roots_pem, self.config.ca.root_cert_path)
+            updated = client.verify_response(
+                [chain], current.key, roots, roots_pem, self.config.spiffe_id
+            )
+        except client.CaError as exc:
+            log.info("istiod CA: the roots changed and %s; renewing now", exc)
+            self.renew_time = None
+            return
+        try:
+            pki.write_cert_dir(self.config.cert_dir, updated.files())
+        except OSError as exc:
+            error = client.CaError(f"cannot write {self.config.cert_dir}: {exc}")
+            raise self._failed(error, "unwritable") from None
+        self.current = updated
+        log.info(
+            "istiod CA: published the changed trust bundle of %s", self.config.ca.root_cert_path
+        )
 
     def _backoff(self) -> float:
         return backoff(self.failures, self.config.initial_backoff, self.config.max_backoff)
