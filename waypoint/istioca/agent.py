@@ -30,7 +30,7 @@ log = logging.getLogger("waypoint.istioca")
 
 REQUESTS = prometheus_client.Counter(
     "waypoint_istio_ca_requests",
-    "CreateCertificate calls to istiod's CA, by result (issued, unavailable, rejected)",
+    "CreateCertificate calls to istiod's CA, by result (issued, unavailable, rejected, unwritable)",
     ["result"],
 )
 EXPIRY = prometheus_client.Gauge(
