@@ -27,6 +27,7 @@ from cryptography.x509 import oid
 
 from waypoint import pki
 from waypoint.istioca import ca_pb2, client
+from waypoint.runtime import ports
 
 ISTIOD_DNS = "istiod.istio-system.svc"
 DEFAULT_TTL = datetime.timedelta(hours=24)  # istiod's DEFAULT_WORKLOAD_CERT_TTL
@@ -170,7 +171,9 @@ class TestCaServer:
             dns_names=(ISTIOD_DNS, "istiod.istio-system.svc.cluster.local"),
         )
         self._tls_chain = (_pem(tls_cert) + _pem(signer.intermediate)).encode()
-        self._requested_port = port
+        # Below the ephemeral range (see waypoint.runtime.ports), so a restart on the same
+        # port cannot find it taken by some outgoing connection.
+        self._requested_port = port or ports.free_port()
         self.port = 0
         self._server: grpc.Server | None = None
 
