@@ -9,11 +9,12 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
+from tests import test_kube_manifests
 from tests.fakekube import server, world
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, objects, render
+from waypoint.kube import constants, gateway, objects, render, settings
 
 OPTIONS = envoy_options.BootstrapOptions()
 
@@ -121,3 +122,28 @@ def test_the_controller_reads_the_gateway_class_annotation(
     assert deployment is not None
     volumes = deployment["spec"]["template"]["spec"]["volumes"]
     assert objects.CERT_VOLUME not in {v["name"] for v in volumes}
+
+
+# --- the Istio install overlay -------------------------------------------------------------
+
+
+def test_the_istio_overlay_makes_sandwiched_waypoints() -> None:
+    docs = test_kube_manifests.build("overlays/istio")
+    (gateway_class,) = [d for d in docs if d["kind"] == "GatewayClass"]
+    meta = gateway_class["metadata"]
+    assert meta["annotations"][constants.INBOUND_BINDING_ANNOTATION] == "PROXY/15088"
+    assert meta["labels"][constants.WAYPOINT_FOR] == "service"
+    ref = settings.class_parameters_ref(gateway_class)
+    (defaults,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and (d["metadata"]["namespace"], d["metadata"]["name"]) == ref
+    ]
+    inputs = [*world.mesh("demo"), gateway.generate_gateway("demo"), gateway_class, defaults]
+    generated = _by_kind(render.render_kubernetes(inputs, OPTIONS))
+    ports = generated["Service"]["spec"]["ports"]
+    assert ("proxy", 15088) in [(p["name"], p["port"]) for p in ports]
+    template = generated["Deployment"]["spec"]["template"]
+    assert template["metadata"]["labels"][constants.DATAPLANE_MODE_LABEL] == "ambient"
+    for obj in generated.values():
+        kubernetes_validate.validate(obj, "1.32.0", strict=True)
