@@ -4,12 +4,15 @@ outside ambient mode, and ``--require-waypoint``'s fail-closed AuthorizationPoli
 from __future__ import annotations
 
 import json
+import pathlib
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.fakekube import server
-from tests.test_cli_cluster import Run, kubeconfig, run  # noqa: F401 (fixtures)
+from tests.test_cli_cluster import Run
+from waypoint import cli
 from waypoint.controller import cluster as kcluster
 from waypoint.kube import failclosed
 
@@ -17,9 +20,23 @@ SECURITY = "security.istio.io/v1"
 WARNING = "warning: namespace demo is not enrolled in ambient mode"
 
 
+@pytest.fixture
+def run(fake: server.FakeKube, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> Run:
+    kubeconfig = str(fake.write_kubeconfig(tmp_path / "kubeconfig"))
+
+    def invoke(*argv: str, connect: bool = True) -> tuple[int, str, str]:
+        extra = ["--kubeconfig", kubeconfig] if connect else []
+        code = cli.main([*argv, *extra])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return invoke
+
+
 def test_apply_warns_when_the_namespace_is_not_ambient(run: Run) -> None:
     code, out, err = run("apply", "-n", "demo")
-    assert code == 0 and out == "waypoint demo/waypoint applied\n"
+    assert code == 0
+    assert out == "waypoint demo/waypoint applied\n"
     assert WARNING in err
     assert "kubectl label namespace demo istio.io/dataplane-mode=ambient" in err
 
@@ -41,7 +58,12 @@ def _policies(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_generate_require_waypoint_prints_istios_policy(run: Run) -> None:
     code, out, _ = run(
-        "generate", "-n", "bookinfo", "--require-waypoint", "--trust-domain", "corp.example",
+        "generate",
+        "-n",
+        "bookinfo",
+        "--require-waypoint",
+        "--trust-domain",
+        "corp.example",
         connect=False,
     )
     assert code == 0
@@ -60,7 +82,9 @@ def test_generate_require_waypoint_prints_istios_policy(run: Run) -> None:
         "matchLabels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}
     }
     assert inbound["rules"] == [{}]
-    code, out, _ = run("generate", "-n", "bookinfo", "--require-waypoint", "-o", "json", connect=False)
+    code, out, _ = run(
+        "generate", "-n", "bookinfo", "--require-waypoint", "-o", "json", connect=False
+    )
     assert [i["kind"] for i in json.loads(out)["items"]][1:] == ["AuthorizationPolicy"] * 2
 
 
@@ -68,9 +92,11 @@ def test_require_waypoint_refuses_waypoints_it_would_not_fit(run: Run) -> None:
     code, _, err = run(
         "generate", "--require-waypoint", "--service-account", "reviews", connect=False
     )
-    assert code == 1 and "namespace-wide" in err
+    assert code == 1
+    assert "namespace-wide" in err
     code, _, err = run("generate", "--require-waypoint", "--for", "none", connect=False)
-    assert code == 1 and "--for none" in err
+    assert code == 1
+    assert "--for none" in err
 
 
 def test_apply_require_waypoint_applies_the_policies(
@@ -91,7 +117,8 @@ def test_apply_require_waypoint_applies_the_policies(
 def test_apply_require_waypoint_waits_before_the_policy(run: Run, fake: server.FakeKube) -> None:
     # Never Programmed (no controller runs here): the policy must not be applied.
     code, _, err = run("apply", "-n", "demo", "--require-waypoint", "--wait", "--timeout", "1s")
-    assert code == 1 and "not Programmed" in err
+    assert code == 1
+    assert "not Programmed" in err
     assert fake.get(SECURITY, "AuthorizationPolicy", "demo", "waypoint-require-waypoint") is None
 
 
@@ -107,5 +134,6 @@ def test_apply_require_waypoint_needs_istios_crds(
 
     monkeypatch.setattr(kcluster.Cluster, "resource", without_istio)
     code, _, err = run("apply", "-n", "demo", "--require-waypoint")
-    assert code == 1 and "AuthorizationPolicy" in err
+    assert code == 1
+    assert "AuthorizationPolicy" in err
     assert fake.get("gateway.networking.k8s.io/v1", "Gateway", "demo", "waypoint") is None

@@ -62,8 +62,11 @@ def test_every_upstream_cluster_and_destination_is_built(case: str) -> None:
     if waypoint.proxy_port is None:
         assert inbound <= built
     else:  # the sandwich serves each destination in a filter chain of its own, no hop
-        chains = {c.name for c in listeners.proxy_terminate(waypoint, goldens.OPTIONS).filter_chains}
-        assert chains == inbound and not inbound & built
+        chains = {
+            c.name for c in listeners.proxy_terminate(waypoint, goldens.OPTIONS).filter_chains
+        }
+        assert chains == inbound
+        assert not inbound & built
 
 
 @pytest.mark.parametrize("identity", [None, ("ns1", "reviews")])

@@ -58,7 +58,8 @@ def test_the_pod_holds_no_certificate_and_is_in_ambient_mode() -> None:
     assert list(objs["ConfigMap"]["data"]) == [constants.CONFIG_KEY]
     bootstrap = yaml.safe_load(objs["ConfigMap"]["data"][constants.CONFIG_KEY])
     listeners = [listener["name"] for listener in bootstrap["static_resources"]["listeners"]]
-    assert "proxy_terminate" in listeners and "connect_terminate" not in listeners
+    assert "proxy_terminate" in listeners
+    assert "connect_terminate" not in listeners
 
 
 def test_the_gateway_class_annotation_is_enough() -> None:
@@ -113,7 +114,9 @@ def test_the_controller_reads_the_gateway_class_annotation(
     assert "proxy" not in {p["name"] for p in service["spec"]["ports"]}
 
     annotations = {constants.INBOUND_BINDING_ANNOTATION: "PROXY/15088"}
-    api.merge_patch(kcluster.GATEWAY_CLASS, "", "waypoint", {"metadata": {"annotations": annotations}})
+    api.merge_patch(
+        kcluster.GATEWAY_CLASS, "", "waypoint", {"metadata": {"annotations": annotations}}
+    )
     reconciler.reconcile_gateway("demo", "waypoint")
     service = fake.get("v1", "Service", "demo", "waypoint")
     assert service is not None

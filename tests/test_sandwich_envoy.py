@@ -277,7 +277,9 @@ def test_a_proxy_v1_header_is_refused(world: World) -> None:
 
 
 def test_an_unknown_vip_or_port_is_refused(world: World) -> None:
-    assert ztunnel_standin.closed_without_reply(world.port, world.preamble(vip="10.96.9.9"), REQUEST)
+    assert ztunnel_standin.closed_without_reply(
+        world.port, world.preamble(vip="10.96.9.9"), REQUEST
+    )
     assert ztunnel_standin.closed_without_reply(world.port, world.preamble(port=8080), REQUEST)
     # ... while the same bytes to the known VIP get an answer.
     assert not ztunnel_standin.closed_without_reply(world.port, world.preamble(), REQUEST)

@@ -57,54 +57,63 @@ def _translate(*objects: dict[str, Any]) -> tuple[model.Waypoint | None, model.C
 
 def test_no_binding_is_hbone() -> None:
     waypoint, accepted = _translate(_gateway())
-    assert waypoint is not None and waypoint.proxy_port is None
+    assert waypoint is not None
+    assert waypoint.proxy_port is None
     assert "PROXY" not in accepted.message
 
 
 def test_the_gateway_annotation_binds_proxy() -> None:
     waypoint, accepted = _translate(_gateway({BINDING: "PROXY/15088"}))
-    assert waypoint is not None and waypoint.proxy_port == 15088
+    assert waypoint is not None
+    assert waypoint.proxy_port == 15088
     assert "PROXY protocol on port 15088" in accepted.message
 
 
 def test_the_gateway_class_annotation_binds_proxy() -> None:
     waypoint, _ = _translate(_gateway(), _class({BINDING: "PROXY/15099"}))
-    assert waypoint is not None and waypoint.proxy_port == 15099
+    assert waypoint is not None
+    assert waypoint.proxy_port == 15099
 
 
 def test_the_gateway_wins_over_its_class() -> None:
     waypoint, _ = _translate(_gateway({BINDING: "NONE"}), _class({BINDING: "PROXY/15088"}))
-    assert waypoint is not None and waypoint.proxy_port is None
+    assert waypoint is not None
+    assert waypoint.proxy_port is None
 
 
 def test_another_class_annotation_is_not_read() -> None:
     other = _class({BINDING: "PROXY/15088"})
     other["metadata"]["name"] = "istio-waypoint"
     waypoint, _ = _translate(_gateway(), other)
-    assert waypoint is not None and waypoint.proxy_port is None
+    assert waypoint is not None
+    assert waypoint.proxy_port is None
 
 
 def test_the_kgateway_listener_binds_proxy_and_says_istiod_needs_the_annotation() -> None:
     listener = {"name": "proxy", "port": 15088, "protocol": constants.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway(listener=listener))
-    assert waypoint is not None and waypoint.proxy_port == 15088
+    assert waypoint is not None
+    assert waypoint.proxy_port == 15088
     assert f"{BINDING}: PROXY/15088" in accepted.message
 
 
 def test_the_kgateway_listener_agrees_with_the_annotation() -> None:
     listener = {"name": "proxy", "port": 15088, "protocol": constants.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway({BINDING: "PROXY/15088"}, listener))
-    assert waypoint is not None and waypoint.proxy_port == 15088
+    assert waypoint is not None
+    assert waypoint.proxy_port == 15088
     assert "istiod sends PROXY only" not in accepted.message
 
 
 def test_the_gateway_class_label_gives_the_traffic_type() -> None:
     all_traffic = _class(labels={constants.WAYPOINT_FOR: "all"})
     waypoint, _ = _translate(_gateway(), all_traffic)
-    assert waypoint is not None and waypoint.traffic_type is model.TrafficType.ALL
+    assert waypoint is not None
+    assert waypoint.traffic_type is model.TrafficType.ALL
     labels = {constants.WAYPOINT_FOR: "workload"}
     waypoint, _ = _translate(_gateway(labels=labels), all_traffic)
-    assert waypoint is not None and waypoint.traffic_type is model.TrafficType.WORKLOAD
+    assert waypoint is not None
+    assert waypoint.traffic_type is model.TrafficType.WORKLOAD
 
 
 @pytest.mark.parametrize(
@@ -125,21 +134,24 @@ def test_bad_annotations_are_refused_with_a_reason(value: str, reason: str, word
     assert waypoint is None
     assert not accepted.status
     assert accepted.reason == reason
-    assert words in accepted.message and BINDING in accepted.message
+    assert words in accepted.message
+    assert BINDING in accepted.message
 
 
 def test_a_listener_port_that_disagrees_with_the_annotation_is_refused() -> None:
     listener = {"name": "proxy", "port": 15089, "protocol": constants.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway({BINDING: "PROXY/15088"}, listener))
     assert waypoint is None
-    assert accepted.reason == "ListenersNotValid" and "15089" in accepted.message
+    assert accepted.reason == "ListenersNotValid"
+    assert "15089" in accepted.message
 
 
 @pytest.mark.parametrize("port", [None, "15088", 0, 70000, True])
 def test_a_proxy_listener_needs_a_port(port: object) -> None:
     listener = {"name": "proxy", "port": port, "protocol": constants.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway(listener=listener))
-    assert waypoint is None and accepted.reason == "ListenersNotValid"
+    assert waypoint is None
+    assert accepted.reason == "ListenersNotValid"
 
 
 def test_a_proxy_listener_takes_no_tls() -> None:
@@ -150,4 +162,5 @@ def test_a_proxy_listener_takes_no_tls() -> None:
         "tls": {"mode": "Terminate"},
     }
     waypoint, accepted = _translate(_gateway(listener=listener))
-    assert waypoint is None and "takes no tls" in accepted.message
+    assert waypoint is None
+    assert "takes no tls" in accepted.message

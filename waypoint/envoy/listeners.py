@@ -38,9 +38,7 @@ def build(
     return sorted(out, key=lambda listener: listener.name)
 
 
-def front(
-    waypoint: model.Waypoint, options: options_mod.BootstrapOptions
-) -> listener_pb2.Listener:
+def front(waypoint: model.Waypoint, options: options_mod.BootstrapOptions) -> listener_pb2.Listener:
     """Where ztunnel's connections arrive: HBONE, or PROXY v2 for a sandwiched waypoint."""
     if waypoint.proxy_port is None:
         return connect_terminate(waypoint, options)

@@ -55,7 +55,11 @@ def policies(namespace: str, name: str, trust_domain: str) -> list[dict[str, Any
     inbound = {
         "apiVersion": constants.ISTIO_SECURITY_API_VERSION,
         "kind": AUTHORIZATION_POLICY,
-        "metadata": {"name": name + WAYPOINT_INBOUND_SUFFIX, "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": name + WAYPOINT_INBOUND_SUFFIX,
+            "namespace": namespace,
+            "labels": labels,
+        },
         "spec": {
             "selector": {"matchLabels": {constants.GATEWAY_NAME_LABEL: name}},
             "action": "ALLOW",

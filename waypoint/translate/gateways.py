@@ -67,7 +67,7 @@ class WaypointSpec:
     service_account: str | None
     allowed: AllowedNamespaces
     ref: model.ObjectRef
-    binding: inbound.Binding = inbound.Binding(None)
+    binding: inbound.Binding = inbound.HBONE
 
     @property
     def key(self) -> tuple[str, str]:

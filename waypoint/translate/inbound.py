@@ -33,6 +33,9 @@ class Binding:
     note: str = ""
 
 
+HBONE = Binding(None)
+
+
 def _bad(message: str, reason: str = status.R_INVALID_PARAMETERS) -> fields.Bad:
     return fields.Bad(message, reason)
 
@@ -71,22 +74,20 @@ def parse(value: str, where: str) -> int | None:
     return port
 
 
-def binding(
-    obj: index.Obj, idx: index.Index, listener: Mapping[str, Any]
-) -> Binding:
+def binding(obj: index.Obj, idx: index.Index, listener: Mapping[str, Any]) -> Binding:
     """The Gateway's binding, from its annotation (or its class's) and its one listener."""
     found = annotation(obj, idx)
     annotated = parse(*found) if found else None
     if listener.get("protocol") != constants.PROXY_PROTOCOL:
         return Binding(annotated)
-    port = listener.get("port")
+    port = int(listener["port"])  # checked by gateways._proxy_listener
     if found is None:
         note = (
             f"; istiod sends PROXY only when the Gateway or GatewayClass "
             f"{constants.GATEWAY_CLASS} has the annotation "
             f"{constants.INBOUND_BINDING_ANNOTATION}: PROXY/{port}"
         )
-        return Binding(int(port), note)
+        return Binding(port, note)
     if annotated != port:
         raise _bad(
             f"spec.listeners[0].port {port} differs from the {found[1]} annotation "
