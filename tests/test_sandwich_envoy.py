@@ -27,7 +27,7 @@ import yaml
 
 from tests import conftest, ztunnel_standin
 from tests.test_policy_authz_envoy import _wait_ready
-from waypoint import echo, model, pki, policy, translate
+from waypoint import echo, model, pki, policy, simulate, translate
 from waypoint.envoy import bootstrap, options
 from waypoint.runtime import envoy_process
 
@@ -300,3 +300,9 @@ def test_refusals_are_counted(world: World) -> None:
     ztunnel_standin.closed_without_reply(world.port, world.preamble(vip="10.96.9.9"), REQUEST)
     assert _stat(world, "proxy_proto.ztunnel.not_found_disallowed") == no_header + 1
     assert _stat(world, "listener.proxy_terminate.no_filter_chain_match") == unknown + 1
+
+
+def test_explain_says_it_does_not_follow_the_sandwich(world: World) -> None:
+    request = simulate.Request(authority=f"{VIP}:80", path="/who")
+    with pytest.raises(simulate.UnsupportedConfig, match="sandwich"):
+        simulate.trace(bootstrap.build(world.waypoint, world.opts), request)
