@@ -109,14 +109,13 @@ def set_source_principal() -> hcm_pb2.HttpFilter:
 def _principal_value(
     source: str, shared: value_pb2.FilterStateValue.SharedWithUpstream.ValueType
 ) -> value_pb2.FilterStateValue:
-    """The source principal from a format string, read-only."""
+    """The source principal from a format string."""
     return value_pb2.FilterStateValue(
         object_key=SOURCE_PRINCIPAL_KEY,
         factory_key="envoy.string",
         format_string=substitution_format_string_pb2.SubstitutionFormatString(
             text_format_source=protos.inline(source)
         ),
-        read_only=True,
         shared_with_upstream=shared,
     )
 
