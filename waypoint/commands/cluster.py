@@ -264,7 +264,7 @@ def run_generate(args: argparse.Namespace) -> int:
     elif args.output == "json":
         _dump({"apiVersion": "v1", "kind": "List", "items": found}, "json", sys.stdout)
     else:
-        sys.stdout.write(yaml.safe_dump_all(found, sort_keys=False))
+        sys.stdout.write(cli_args.dump_yaml_all(found))
     return 0
 
 
