@@ -4,17 +4,21 @@ offline from the real pipeline, and valid Kubernetes objects."""
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from tests import test_kube_manifests
 from tests.fakekube import server, world
+from waypoint import cli
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
+from waypoint.runtime import envoy_process
 
 OPTIONS = envoy_options.BootstrapOptions()
 
@@ -150,3 +154,21 @@ def test_the_istio_overlay_makes_sandwiched_waypoints() -> None:
     assert template["metadata"]["labels"][constants.DATAPLANE_MODE_LABEL] == "ambient"
     for obj in generated.values():
         kubernetes_validate.validate(obj, "1.32.0", strict=True)
+
+
+# --- waypoint render ------------------------------------------------------------------------
+
+
+def test_render_of_a_sandwiched_waypoint_writes_no_sds_files(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world_file = tmp_path / "world.yaml"
+    world_file.write_text(yaml.safe_dump_all([*world.mesh("demo"), _sandwiched()]))
+    out_file = tmp_path / "out" / "envoy.yaml"
+    out_file.parent.mkdir()
+    argv = ["render", "-f", str(world_file), "-o", str(out_file)]
+    assert cli.main([*argv, "--cert-dir", str(tmp_path / "certs")]) == 0
+    assert sorted(p.name for p in out_file.parent.iterdir()) == ["envoy.yaml"]
+    assert not (tmp_path / "certs-sds").exists()
+    assert "SDS" not in capsys.readouterr().err
+    envoy_process.validate(out_file)
