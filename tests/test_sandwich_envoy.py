@@ -77,7 +77,9 @@ metadata: {{name: orders, namespace: ns1}}
 spec:
   clusterIP: {VIP}
   selector: {{app: orders}}
-  ports: [{{name: http, port: 80, targetPort: {echo_port}}}]
+  ports:
+  - {{name: http, port: 80, targetPort: {echo_port}}}
+  - {{name: tcp-raw, port: 9000, targetPort: {echo_port}}}
 ---
 apiVersion: v1
 kind: Pod
@@ -89,7 +91,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: orders-a, namespace: ns1, labels: {{kubernetes.io/service-name: orders}}}}
 addressType: IPv4
-ports: [{{name: http, port: {echo_port}}}]
+ports: [{{name: http, port: {echo_port}}}, {{name: tcp-raw, port: {echo_port}}}]
 endpoints:
 - addresses: [127.0.0.1]
   conditions: {{ready: true}}
@@ -236,6 +238,14 @@ def test_policy_decides_on_the_tlv_identity(world: World) -> None:
     assert world.get("/mesh")[0] == 200
     assert world.get("/mesh", OTHER_ID)[0] == 403
     assert world.get("/mesh", None)[0] == 403  # no identity TLV: no principal
+
+
+def test_a_tcp_port_is_proxied_byte_for_byte(world: World) -> None:
+    status, body = ztunnel_standin.http1(world.port, world.preamble(port=9000), "/raw")
+    assert status == 200
+    report = echo.parse_echo(body)
+    assert report.url == "/raw"
+    assert report.header("x-waypoint-source-principal") is None  # no HTTP processing here
 
 
 def test_http2_with_prior_knowledge_inside(world: World) -> None:
