@@ -76,7 +76,7 @@ def proxy_terminate(
         chain.filter_chain_match.destination_port.value = dest.port
         chain.filter_chain_match.prefix_ranges.extend(_host_range(a) for a in dest.addresses)
         chain.filters.append(filters.set_proxy_principal())
-        chain.filters.append(inbound_filter(dest, td, options, lbs, service))
+        chain.filters.extend(inbound_filters(dest, td, options, lbs, service))
     return out
 
 
@@ -122,12 +122,24 @@ def inbound(
 ) -> listener_pb2.Listener:
     """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
     out = _internal(routes.inbound_name(destination))
-    network_filter = inbound_filter(destination, trust_domain, options, lbs, service)
-    out.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
+    chain = inbound_filters(destination, trust_domain, options, lbs, service)
+    out.filter_chains.append(listener_components_pb2.FilterChain(filters=chain))
     return out
 
 
-def inbound_filter(
+def inbound_filters(
+    destination: model.Destination,
+    trust_domain: str,
+    options: options_mod.BootstrapOptions | None = None,
+    lbs: Mapping[str, model.LoadBalancer] | None = None,
+    service: str = "waypoint",
+) -> list[listener_components_pb2.Filter]:
+    """What serves one destination port, on the HBONE path's internal listener and in the
+    sandwich's filter chain alike: a network filter added here reaches both."""
+    return [_terminal_filter(destination, trust_domain, options, lbs, service)]
+
+
+def _terminal_filter(
     destination: model.Destination,
     trust_domain: str,
     options: options_mod.BootstrapOptions | None = None,
