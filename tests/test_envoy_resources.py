@@ -197,3 +197,12 @@ def test_node_defaults_to_the_waypoint_name() -> None:
     named = options.BootstrapOptions(node_id="n1", cluster="c1")
     data = bootstrap.to_dict(bootstrap.build(goldens.load_case("service-default"), named))
     assert data["node"] == {"cluster": "c1", "id": "n1"}
+
+
+def test_a_sandwich_chain_never_matches_a_port_on_every_address() -> None:
+    waypoint = goldens.load_case("sandwich")
+    bare = dataclasses.replace(waypoint.destinations[0], addresses=())
+    waypoint = dataclasses.replace(waypoint, destinations=(bare, *waypoint.destinations[1:]))
+    chains = listeners.proxy_terminate(waypoint, goldens.OPTIONS).filter_chains
+    assert routes.inbound_name(bare) not in {c.name for c in chains}
+    assert all(c.filter_chain_match.prefix_ranges for c in chains)

@@ -71,7 +71,9 @@ def proxy_terminate(
     lbs = policies.load_balancers(waypoint)
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"
-    for dest in sorted(waypoint.destinations, key=_first_authority):
+    # Without an address a chain would match the port on every address: leave it out.
+    served = [dest for dest in waypoint.destinations if dest.addresses]
+    for dest in sorted(served, key=_first_authority):
         chain = out.filter_chains.add(name=routes.inbound_name(dest))
         chain.filter_chain_match.destination_port.value = dest.port
         chain.filter_chain_match.prefix_ranges.extend(_host_range(a) for a in dest.addresses)
