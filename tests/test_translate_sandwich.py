@@ -124,6 +124,7 @@ def test_the_gateway_class_label_gives_the_traffic_type() -> None:
         ("PROXY/abc", "InvalidParameters", "a number from 1 to 65535"),
         ("PROXY/0", "InvalidParameters", "a number from 1 to 65535"),
         ("PROXY/70000", "InvalidParameters", "a number from 1 to 65535"),
+        ("PROXY/\u0661\u0665", "InvalidParameters", "a number from 1 to 65535"),
         ("PROXY/15008", "InvalidParameters", "taken by the waypoint"),
         ("HBONE", "InvalidParameters", "must be PROXY or NONE"),
         ("NONE/15088", "InvalidParameters", "must be PROXY or NONE"),
@@ -146,7 +147,7 @@ def test_a_listener_port_that_disagrees_with_the_annotation_is_refused() -> None
     assert "15089" in accepted.message
 
 
-@pytest.mark.parametrize("port", [None, "15088", 0, 70000, True])
+@pytest.mark.parametrize("port", [None, "15088", 0, 70000, True, 15008, 15090])
 def test_a_proxy_listener_needs_a_port(port: object) -> None:
     listener = {"name": "proxy", "port": port, "protocol": constants.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway(listener=listener))

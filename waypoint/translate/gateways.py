@@ -187,6 +187,7 @@ def _proxy_listener(listener: Mapping[str, Any]) -> Mapping[str, Any]:
             f"spec.listeners[0].port must be a port number, not {port!r}",
             status.R_LISTENERS_NOT_VALID,
         )
+    inbound.free_port(port, "spec.listeners[0].port", status.R_LISTENERS_NOT_VALID)
     if listener.get("tls") is not None or listener.get("hostname") is not None:
         raise _bad(
             f"spec.listeners[0]: a {constants.PROXY_PROTOCOL} listener takes no tls or hostname",

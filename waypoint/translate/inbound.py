@@ -34,6 +34,9 @@ class Binding:
 
 
 HBONE = Binding(None)
+# HBONE (which the Service keeps for ztunnel), readiness and Prometheus stats: the ports of the
+# generated Service, which a PROXY port must not collide with.
+TAKEN_PORTS = (constants.HBONE_PORT, 15021, 15090)
 
 
 def _bad(message: str, reason: str = status.R_INVALID_PARAMETERS) -> fields.Bad:
@@ -66,11 +69,15 @@ def parse(value: str, where: str) -> int | None:
             f"{name}: give the port (PROXY/{constants.PROXY_PORT}); without one ztunnel sends "
             "to the Service's own port on the waypoint pod, which the waypoint does not serve"
         )
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise _bad(f"{name}: the port must be a number from 1 to 65535")
-    port = int(port_text)
-    if port in (constants.HBONE_PORT, 15021, 15090):
-        raise _bad(f"{name}: port {port} is taken by the waypoint itself")
+    return free_port(int(port_text), name, status.R_INVALID_PARAMETERS)
+
+
+def free_port(port: int, name: str, reason: str) -> int:
+    """``port``, unless the waypoint's Service already uses it."""
+    if port in TAKEN_PORTS:
+        raise _bad(f"{name}: port {port} is taken by the waypoint itself", reason)
     return port
 
 
