@@ -240,6 +240,12 @@ def test_policy_decides_on_the_tlv_identity(world: World) -> None:
     assert world.get("/mesh", None)[0] == 403  # no identity TLV: no principal
 
 
+def test_no_identity_tlv_means_no_principal(world: World) -> None:
+    report = world.echo("/who", None)
+    assert report.header("x-waypoint-source-principal") is None
+    assert report.header("x-seen-source") in (None, "")
+
+
 def test_a_tcp_port_is_proxied_byte_for_byte(world: World) -> None:
     status, body = ztunnel_standin.http1(world.port, world.preamble(port=9000), "/raw")
     assert status == 200

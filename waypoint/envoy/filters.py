@@ -155,6 +155,10 @@ def set_proxy_principal() -> listener_components_pb2.Filter:
     """
     source = f"%DYNAMIC_METADATA({PROXY_PROTOCOL}:{PEER_PRINCIPAL_METADATA_KEY})%"
     value = _principal_value(source, value_pb2.FilterStateValue.NONE)
+    # ztunnel writes the TLV only for a client with an identity (src/proxy.rs): without it
+    # there is no principal at all, rather than Envoy's "-" for a missing value.
+    value.format_string.omit_empty_values = True
+    value.skip_if_empty = True
     config = network_set_filter_state_pb2.Config(on_new_connection=[value])
     return listener_components_pb2.Filter(
         name=NETWORK_SET_FILTER_STATE, typed_config=protos.pack(config)
