@@ -189,6 +189,21 @@ def test_istio_cert_source_settings_are_checked() -> None:
         settings.resolve(gw)
 
 
+def test_a_sandwiched_waypoint_fetches_no_certificate_even_with_istio_source() -> None:
+    gw = _gateway()
+    gw["metadata"]["annotations"] = {"waypoint.dev/cert-source": "istio"}
+    conf = settings.resolve(gw)
+    objs = objects.desired_objects(gw, conf, BOOTSTRAP, OPTIONS, proxy_port=15088)
+    pod = _by_kind(objs)["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert [c["name"] for c in pod["containers"]] == ["envoy"]
+    assert {v["name"] for v in pod["volumes"]}.isdisjoint(
+        {objects.CERT_VOLUME, "istio-token", "istiod-ca-cert"}
+    )
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
 def test_other_cert_sources_have_no_istio_containers() -> None:
     pod = _desired(_gateway())["Deployment"]["spec"]["template"]["spec"]
     assert "initContainers" not in pod

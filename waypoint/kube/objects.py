@@ -320,7 +320,8 @@ def _pod_template(
         containers.append(_extauthz_container(conf, sidecar))
         volumes += _extauthz_volumes(base, sidecar)
     init_containers: list[Obj] = []
-    if conf.cert_source is settings.CertSource.ISTIO:
+    # Behind the sandwich ztunnel holds the certificate: nothing to fetch, whatever certSource says.
+    if conf.cert_source is settings.CertSource.ISTIO and base.proxy_port is None:
         init_containers.append(_istio_certs_container(conf, options, once=True))
         containers.append(_istio_certs_container(conf, options, once=False))
         volumes += _istio_ca_volumes(conf)
