@@ -33,9 +33,17 @@ class Metrics:
             "409 conflicts met (and retried).",
             registry=self.registry,
         )
+        # Per Gateway, so one waypoint's reconcile never overwrites another's count.
         self.foreign = prometheus_client.Gauge(
             "waypoint_controller_foreign_objects",
             "Objects in the way of a waypoint that the controller does not manage.",
+            ["namespace", "gateway"],
+            registry=self.registry,
+        )
+        self.rejected = prometheus_client.Gauge(
+            "waypoint_controller_rejected_applies",
+            "Generated objects of a waypoint whose last apply the API server rejected.",
+            ["namespace", "gateway"],
             registry=self.registry,
         )
         self.queue_depth = prometheus_client.Gauge(
@@ -54,6 +62,14 @@ class Metrics:
             "1 while this replica holds the leader Lease.",
             registry=self.registry,
         )
+
+    def forget_gateway(self, namespace: str, name: str) -> None:
+        """Drop a Gateway's series (deleted, or not accepted: nothing of it is applied)."""
+        for gauge in (self.foreign, self.rejected):
+            try:
+                gauge.remove(namespace, name)
+            except KeyError:
+                pass  # never measured
 
     def serve(self, address: str) -> wsgiref.simple_server.WSGIServer:
         """Serve /metrics on ``host:port``; returns the server (call ``shutdown()``)."""
