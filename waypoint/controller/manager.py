@@ -62,9 +62,7 @@ class Controller:
         self.informers: dict[str, kinformer.Informer] = {}
         for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
             if cluster.serves(kind):
-                self._inform(
-                    kind, self._on_world_change, None, watch_timeout, TRANSFORMS.get(kind)
-                )
+                self._inform(kind, self._on_world_change, None, watch_timeout, TRANSFORMS.get(kind))
             elif kind in kcluster.POLICY_KINDS:
                 # Policies are optional: waypoints work without them. A CRD installed later
                 # is picked up when the controller restarts.

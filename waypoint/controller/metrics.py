@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import wsgiref.simple_server
 
 import prometheus_client
@@ -66,10 +67,8 @@ class Metrics:
     def forget_gateway(self, namespace: str, name: str) -> None:
         """Drop a Gateway's series (deleted, or not accepted: nothing of it is applied)."""
         for gauge in (self.foreign, self.rejected):
-            try:
+            with contextlib.suppress(KeyError):  # never measured
                 gauge.remove(namespace, name)
-            except KeyError:
-                pass  # never measured
 
     def serve(self, address: str) -> wsgiref.simple_server.WSGIServer:
         """Serve /metrics on ``host:port``; returns the server (call ``shutdown()``)."""

@@ -244,9 +244,7 @@ class Reconciler:
             outcome.programmed = False
         bound = serving.verdict(plan.rendered.translation, plan.rendered.waypoint)
         observed = status.Listeners(attached_routes=len(serving.routes(plan.rendered.waypoint)))
-        self._write_gateway_status(
-            gw, accepted, programmed, addresses, outcome, [bound], observed
-        )
+        self._write_gateway_status(gw, accepted, programmed, addresses, outcome, [bound], observed)
         self.metrics.foreign.labels(namespace, name).set(len(outcome.foreign))
         self.metrics.rejected.labels(namespace, name).set(len(outcome.rejected))
         return outcome

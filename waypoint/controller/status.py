@@ -166,17 +166,13 @@ def gateway_status(
     return result
 
 
-def waypoint_bound(
-    service: Mapping[str, Any], verdict: model.Condition | None, now: str
-) -> Obj:
+def waypoint_bound(service: Mapping[str, Any], verdict: model.Condition | None, now: str) -> Obj:
     """A Service's status with Istio's ``istio.io/WaypointBound`` condition set from
     ``verdict``, or removed when the Service names no waypoint (None). Other conditions and
     fields (``loadBalancer``) are kept. The shape is Istio's: ``status.conditions`` of the
     Service, written by istiod's status queue (pilot/pkg/model/service.go ``WaypointBound``)."""
     previous = dict(service.get("status") or {})
-    others = [
-        c for c in previous.get("conditions") or [] if c.get("type") != WAYPOINT_BOUND
-    ]
+    others = [c for c in previous.get("conditions") or [] if c.get("type") != WAYPOINT_BOUND]
     mine = [c for c in previous.get("conditions") or [] if c.get("type") == WAYPOINT_BOUND]
     if verdict is not None:
         judged = Verdict(verdict.type, verdict.status, verdict.reason, verdict.message[:32768])

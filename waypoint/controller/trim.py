@@ -26,7 +26,11 @@ def pod(obj: Mapping[str, Any]) -> Obj:
     if spec.get("serviceAccountName"):
         kept_spec["serviceAccountName"] = spec["serviceAccountName"]
     containers = [
-        {"ports": [_port(port) for port in container.get("ports") or [] if isinstance(port, Mapping)]}
+        {
+            "ports": [
+                _port(port) for port in container.get("ports") or [] if isinstance(port, Mapping)
+            ]
+        }
         for container in spec.get("containers") or []
         if isinstance(container, Mapping) and container.get("ports")
     ]
