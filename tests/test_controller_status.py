@@ -148,8 +148,10 @@ def test_service_account_waypoint_serves_its_workloads_and_the_namespace_one_doe
         informed.reconciler.reconcile_gateway("shop", name)
     scoped = _envoy_config(fake, "shop", "reviews-wp")
     namespace_wide = _envoy_config(fake, "shop", "waypoint")
-    assert "reviews.shop" in scoped and "ratings.shop" not in scoped
-    assert "ratings.shop" in namespace_wide and "reviews.shop" not in namespace_wide
+    assert "reviews.shop" in scoped
+    assert "ratings.shop" not in scoped
+    assert "ratings.shop" in namespace_wide
+    assert "reviews.shop" not in namespace_wide
 
     bound = _condition(_gw(fake, "shop", "reviews-wp"), "waypoint.dev/Bound")
     assert (bound["status"], bound["reason"]) == ("True", "Bound")
@@ -212,51 +214,60 @@ def test_unknown_service_account_is_reported_on_the_service_and_the_gateway(
     assert ("PUT", "Service", "status") not in _written(fake)
 
 
-def _state(obj: Obj | None, kind: str) -> str:
-    """The status of ``obj``'s ``kind`` condition, "" while there is none."""
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-    return next((str(c["status"]) for c in conditions if c["type"] == kind), "")
+def _bound_message(fake: server.FakeKube) -> str:
+    gw = _gw(fake, "shop", "reviews-wp")
+    conditions = ((gw or {}).get("status") or {}).get("conditions") or []
+    return next((c["message"] for c in conditions if c["type"] == "waypoint.dev/Bound"), "")
 
 
-def test_a_pod_getting_its_ip_reaches_the_running_controller(
-    api: kcluster.Cluster, fake: server.FakeKube
+def _quiesce(controller: manager.Controller) -> None:
+    """Work the queue until it stays empty (our own writes requeue the Gateway for a while)."""
+    deadline = time.monotonic() + PATIENCE
+    while controller.process_one(timeout=0.5):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the queue never emptied; errors: {controller.errors}")
+
+
+def test_a_pod_getting_its_ip_requeues_its_waypoint(
+    api: kcluster.Cluster, fake: server.FakeKube, informed: manager.Controller
 ) -> None:
-    fake.seed(
-        [world.namespace("shop"), world.service("shop", "reviews", "10.96.2.10", "reviews-wp")]
+    fake.seed([world.namespace("shop")])
+    api.apply(gateway.generate_gateway("shop", "reviews-wp", "workload", "reviews"), "waypoint")
+    # Scheduled, not running yet: the waypoint reports the Pod it cannot serve.
+    workload = pod("shop", "reviews-1", "reviews", "reviews")
+    workload["metadata"]["labels"]["istio.io/use-waypoint"] = "reviews-wp"
+    fake.seed([workload])
+    _settle(informed, fake, 1)
+    informed.enqueue_all()
+    _quiesce(informed)
+    assert "Pod shop/reviews-1: waypoint shop/reviews-wp: the pod has no IP" in _bound_message(fake)
+    assert "10.0.2.10" not in _envoy_config(fake, "shop", "reviews-wp")
+
+    # The kubelet reports its IP: a change to the Pod's status only, yet an input.
+    fake.set_status("v1", "Pod", "shop", "reviews-1", running("10.0.2.10"))
+    wait_for(lambda: len(informed.queue) > 0, "the Pod's new IP to requeue its waypoint")
+    _quiesce(informed)
+    assert "10.0.2.10" in _envoy_config(fake, "shop", "reviews-wp")
+    assert "serves 0 Service(s) and 1 workload(s)" in _bound_message(fake)
+    assert informed.errors == []
+
+    # A status change translation does not read (a condition) requeues nothing.
+    fake.set_status(
+        "v1",
+        "Pod",
+        "shop",
+        "reviews-1",
+        {**running("10.0.2.10"), "conditions": [{"type": "Ready", "status": "False"}]},
     )
-    api.apply(gateway.generate_gateway("shop", "reviews-wp", service_account="reviews"), "waypoint")
-    controller = manager.Controller(api, watch_timeout=5, resync_period=3600)
-    done = controller.metrics.reconciles.labels("gateway", "ok")
-    stop = threading.Event()
-    runner = threading.Thread(target=controller.run, args=(stop,))
-    runner.start()
-    try:
-        wait_for(
-            lambda: _state(_gw(fake, "shop", "reviews-wp"), "waypoint.dev/Bound") == "False",
-            "the scoped waypoint reported idle",
-        )
-        # Scheduled first, and reconciled while it has no IP...
-        before = done._value.get()
-        fake.seed([pod("shop", "reviews-1", "reviews", "reviews")])
-        wait_for(lambda: done._value.get() > before, "a reconcile after the Pod appeared")
-        assert "reviews.shop" not in _envoy_config(fake, "shop", "reviews-wp")
-        # ...then the kubelet reports its IP: a change to the Pod's status only.
-        fake.set_status("v1", "Pod", "shop", "reviews-1", running("10.0.2.10"))
-        wait_for(
-            lambda: "reviews.shop" in _envoy_config(fake, "shop", "reviews-wp"),
-            "the scoped waypoint to serve reviews",
-        )
-        wait_for(
-            lambda: (
-                _state(fake.get("v1", "Service", "shop", "reviews"), "istio.io/WaypointBound")
-                == "True"
-            ),
-            "the Service bound",
-        )
-    finally:
-        stop.set()
-        runner.join(PATIENCE)
-    assert controller.errors == []
+    wait_for(
+        lambda: any(
+            c.get("status") == "False"
+            for p in [fake.get("v1", "Pod", "shop", "reviews-1") or {}]
+            for c in p["status"]["conditions"]
+        ),
+        "the Pod's condition stored",
+    )
+    assert not informed.process_one(timeout=1.0)
 
 
 # --- truthful status --------------------------------------------------------------------------
@@ -310,7 +321,8 @@ def test_a_rejected_apply_is_reported_and_the_other_objects_still_apply(
     assert ("PATCH", "PodDisruptionBudget", "") in _written(fake)
     assert fake.get("policy/v1", "PodDisruptionBudget", "demo", "waypoint") is not None
     hpa = fake.get("autoscaling/v2", "HorizontalPodAutoscaler", "demo", "waypoint")
-    assert hpa is not None and hpa["spec"]["minReplicas"] == 1
+    assert hpa is not None
+    assert hpa["spec"]["minReplicas"] == 1
     gw = _gw(fake, "demo", "waypoint")
     assert gw is not None
     programmed = _condition(gw, "Programmed")
@@ -351,7 +363,8 @@ def test_every_condition_carries_its_objects_generation(
     reconciler.reconcile_gateway_class("waypoint")
     reconciler.reconcile_route_status()
     gw = _gw(fake, "demo", "waypoint")
-    assert gw is not None and gw["metadata"]["generation"] == 2
+    assert gw is not None
+    assert gw["metadata"]["generation"] == 2
     found = list(gw["status"]["conditions"])
     for listener in gw["status"]["listeners"]:
         found += listener["conditions"]
@@ -441,7 +454,8 @@ def test_a_fixed_parameters_config_map_is_noticed_without_a_resync(
         )
         wait_for(lambda: accepted() == "True", "the fixed ConfigMap noticed")
         hpa = fake.get("autoscaling/v2", "HorizontalPodAutoscaler", "demo", "waypoint")
-        assert hpa is not None and hpa["spec"]["maxReplicas"] == 3
+        assert hpa is not None
+        assert hpa["spec"]["maxReplicas"] == 3
     finally:
         stop.set()
         runner.join(PATIENCE)
@@ -539,7 +553,8 @@ def test_a_labelled_deployment_without_an_owner_is_not_adopted(
     )
     assert "no controller ownerReference to Gateway demo/waypoint; not adopted" in problem
     programmed = _condition(_gw(fake, "demo", "waypoint"), "Programmed")
-    assert programmed["status"] == "False" and "not adopted" in programmed["message"]
+    assert programmed["status"] == "False"
+    assert "not adopted" in programmed["message"]
 
 
 def test_an_immutable_change_to_our_deployment_recreates_it(
@@ -560,7 +575,7 @@ def test_an_immutable_change_to_our_deployment_recreates_it(
             "spec": {
                 "selector": {
                     "matchLabels": {
-                        **{key: None for key in wanted_selector["matchLabels"]},
+                        **dict.fromkeys(wanted_selector["matchLabels"]),
                         "app": "old-waypoint",
                     }
                 }
