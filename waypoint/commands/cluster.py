@@ -22,8 +22,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-import yaml
-
 from waypoint import model
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
@@ -220,7 +218,7 @@ def _dump(obj: Any, output: str, stream: TextIO) -> None:
     if output == "json":
         stream.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     else:
-        stream.write(yaml.safe_dump(obj, sort_keys=False))
+        stream.write(cli_args.dump_yaml(obj))
 
 
 def _generated(args: argparse.Namespace, namespace: str) -> Obj:
