@@ -216,11 +216,7 @@ class Reconciler:
         conf = None if problems else self._settings(gw, problems)
         if conf is None:
             accepted = status.Verdict("Accepted", False, "InvalidParameters", "; ".join(problems))
-            self._write_gateway_status(
-                gw, accepted, _not_programmed("Invalid", "not accepted"), [], outcome
-            )
-            self.metrics.forget_gateway(namespace, name)
-            return outcome
+            return self._not_accepted(gw, accepted, outcome)
         try:
             plan = render.gateway_plan(
                 gw, conf, self.world(), self.options, self.renderer, self._config_map
@@ -229,11 +225,7 @@ class Reconciler:
             # The last applied objects stay: a bad input never takes a running waypoint down.
             reason = "InvalidParameters" if isinstance(exc, settings.SettingsError) else "Invalid"
             accepted = status.Verdict("Accepted", False, reason, str(exc))
-            self._write_gateway_status(
-                gw, accepted, _not_programmed("Invalid", "not accepted"), [], outcome
-            )
-            self.metrics.forget_gateway(namespace, name)
-            return outcome
+            return self._not_accepted(gw, accepted, outcome)
         live = self._apply_all(gw, plan.objects, outcome)
         self._prune(gw, plan.objects, outcome)
         accepted = status.Verdict("Accepted", True, "Accepted", "waypoint accepted")
@@ -247,6 +239,13 @@ class Reconciler:
         self._write_gateway_status(gw, accepted, programmed, addresses, outcome, [bound], observed)
         self.metrics.foreign.labels(namespace, name).set(len(outcome.foreign))
         self.metrics.rejected.labels(namespace, name).set(len(outcome.rejected))
+        return outcome
+
+    def _not_accepted(self, gw: Obj, accepted: status.Verdict, outcome: Outcome) -> Outcome:
+        """Report why the Gateway is not accepted; nothing of it is applied (or measured)."""
+        not_programmed = _not_programmed("Invalid", "not accepted")
+        self._write_gateway_status(gw, accepted, not_programmed, [], outcome)
+        self.metrics.forget_gateway(*gateway.key(gw))
         return outcome
 
     def _settings(self, gw: Obj, problems: list[str]) -> settings.Settings | None:

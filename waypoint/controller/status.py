@@ -14,6 +14,8 @@ from waypoint import model
 from waypoint.kube import constants
 
 Obj = dict[str, Any]
+# metav1.Condition's message limit (and the Gateway API CRDs' maxLength).
+MAX_MESSAGE = 32768
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,7 @@ def conditions(
                 "type": verdict.type,
                 "status": status,
                 "reason": verdict.reason,
-                "message": verdict.message,
+                "message": verdict.message[:MAX_MESSAGE],
                 "observedGeneration": generation,
                 "lastTransitionTime": since or now,
             }
@@ -175,7 +177,7 @@ def waypoint_bound(service: Mapping[str, Any], verdict: model.Condition | None, 
     others = [c for c in previous.get("conditions") or [] if c.get("type") != WAYPOINT_BOUND]
     mine = [c for c in previous.get("conditions") or [] if c.get("type") == WAYPOINT_BOUND]
     if verdict is not None:
-        judged = Verdict(verdict.type, verdict.status, verdict.reason, verdict.message[:32768])
+        judged = Verdict(verdict.type, verdict.status, verdict.reason, verdict.message)
         others += conditions([judged], _generation(service), mine, now)
     if others:
         previous["conditions"] = others
