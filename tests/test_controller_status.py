@@ -461,6 +461,56 @@ def test_a_fixed_parameters_config_map_is_noticed_without_a_resync(
         runner.join(PATIENCE)
 
 
+def test_the_class_parameters_config_map_is_watched_too(
+    api: kcluster.Cluster, fake: server.FakeKube
+) -> None:
+    fake.seed([world.namespace("waypoint-system")])
+    gateway_class = world.gateway_class()
+    gateway_class["spec"]["parametersRef"] = {
+        "group": "",
+        "kind": "ConfigMap",
+        "name": "defaults",
+        "namespace": "waypoint-system",
+    }
+    api.apply(gateway_class, "installer")
+    api.apply(gateway.generate_gateway("demo"), "waypoint")
+    controller = manager.Controller(api, watch_timeout=5, resync_period=3600)
+    stop = threading.Event()
+    runner = threading.Thread(target=controller.run, args=(stop,))
+    runner.start()
+
+    def accepted(obj: Obj | None) -> str:
+        conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+        return next((c["status"] for c in conditions if c["type"] == "Accepted"), "")
+
+    try:
+        wait_for(
+            lambda: (
+                accepted(fake.get(GW_API, "GatewayClass", "", "waypoint")) == "False"
+                and accepted(_gw(fake, "demo", "waypoint")) == "False"
+            ),
+            "the missing class ConfigMap reported on the class and the Gateway",
+        )
+        api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "defaults", "namespace": "waypoint-system"},
+                "data": {"maxReplicas": "4"},
+            }
+        )
+        wait_for(
+            lambda: (
+                accepted(fake.get(GW_API, "GatewayClass", "", "waypoint")) == "True"
+                and accepted(_gw(fake, "demo", "waypoint")) == "True"
+            ),
+            "the class ConfigMap noticed",
+        )
+    finally:
+        stop.set()
+        runner.join(PATIENCE)
+
+
 def test_listeners_report_supported_kinds_and_attached_routes(
     api: kcluster.Cluster, fake: server.FakeKube
 ) -> None:
