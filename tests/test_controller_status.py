@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from tests.fakekube import server, world
+from waypoint import pipeline
 from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager, reconcile
+from waypoint.controller import manager, reconcile, trim
 from waypoint.kube import gateway
 
 Obj = dict[str, Any]
@@ -167,6 +168,26 @@ def test_service_account_waypoint_serves_its_workloads_and_the_namespace_one_doe
     assert (where["status"], where["reason"]) == ("True", "WaypointAccepted")
     assert "bound to waypoint shop/reviews-wp" in where["message"]
     assert where["observedGeneration"] == service["metadata"]["generation"]
+
+
+def test_trimmed_pods_translate_as_the_full_ones() -> None:
+    full = []
+    for app, ip in (("reviews", "10.0.2.10"), ("ratings", "10.0.2.11")):
+        obj = pod("shop", f"{app}-1", app, app)
+        obj["metadata"]["labels"]["istio.io/use-waypoint"] = "pods"
+        full.append({**obj, "status": running(ip)})
+    world_objects = [
+        world.namespace("shop", {"istio.io/use-waypoint": "waypoint"}),
+        gateway.generate_gateway("shop"),
+        gateway.generate_gateway("shop", "pods", "all", "reviews"),
+        world.service("shop", "reviews", "10.96.2.10", waypoint=None),
+        world.endpoint_slice("shop", "reviews", "10.0.2.10"),
+    ]
+    trimmed = [trim.pod(obj) for obj in full]
+    assert trimmed != full
+    assert pipeline.translate_objects(
+        [*world_objects, *trimmed], "cluster.local"
+    ) == pipeline.translate_objects([*world_objects, *full], "cluster.local")
 
 
 def test_unknown_service_account_is_reported_on_the_service_and_the_gateway(
