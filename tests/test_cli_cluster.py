@@ -206,20 +206,20 @@ def test_apply_wait_times_out_with_the_reason(run: Run) -> None:
 
 
 def _gateway_status(fake: server.FakeKube, generation: int, **programmed: str) -> None:
-    """Play the controller: the Gateway's conditions, observed at ``generation``."""
+    """Play the controller: the Gateway's conditions, computed from its current labels and
+    annotations at ``generation``."""
+    live = fake.get(GW_API, "Gateway", "demo", "waypoint")
+    assert live is not None
     condition = {"lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation}
-    fake.set_status(
-        GW_API,
-        "Gateway",
-        "demo",
-        "waypoint",
-        {
-            "conditions": [
-                {**condition, "type": "Accepted", "status": "True", "reason": "Accepted"},
-                {**condition, "type": "Programmed", "message": "", **programmed},
-            ]
-        },
-    )
+    accepted = {
+        **condition,
+        "type": "Accepted",
+        "status": "True",
+        "reason": "Accepted",
+        "message": f"waypoint accepted {gateway.observed_marker(live)}",
+    }
+    programmed = {**condition, "type": "Programmed", "message": "", **programmed}
+    fake.set_status(GW_API, "Gateway", "demo", "waypoint", {"conditions": [accepted, programmed]})
 
 
 def test_apply_wait_fails_at_once_on_programmed_false(run: Run, fake: server.FakeKube) -> None:
@@ -245,7 +245,16 @@ def test_apply_wait_ignores_a_stale_programmed(
     run: Run, fake: server.FakeKube, api: kcluster.Cluster
 ) -> None:
     fake.seed([gateway.generate_gateway("demo")])
-    # Someone changes the spec (generation 2); the controller has only seen generation 1.
+    _gateway_status(fake, 1, status="True", reason="Programmed")
+    # An annotation-only change (generation stays 1): the status is of the Gateway before it.
+    code, _, err = run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "0.3s")
+    assert code == 1
+    assert "NoStatus: waiting for the controller to observe this version" in err
+    assert "not Programmed after 0.3s" in err
+
+    # The controller catches up; then someone changes the spec (generation 2).
+    _gateway_status(fake, 1, status="True", reason="Programmed")
+    assert run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "5s")[0] == 0
     api.merge_patch(
         kcluster.GATEWAY,
         "demo",
@@ -253,10 +262,9 @@ def test_apply_wait_ignores_a_stale_programmed(
         {"spec": {"infrastructure": {"labels": {"team": "a"}}}},
         "someone",
     )
-    _gateway_status(fake, 1, status="True", reason="Programmed")
-    code, _, err = run("apply", "-n", "demo", "--wait", "--timeout", "0.3s")
+    code, _, err = run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "0.3s")
     assert code == 1
-    assert "NoStatus: waiting for the controller to observe generation 2" in err
+    assert "(generation 2, (metadata " in err
     assert "not Programmed after 0.3s" in err
 
 

@@ -5,6 +5,7 @@ routes, per-Gateway metrics, strict adoption and immutable fields."""
 
 from __future__ import annotations
 
+import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fakekube import server, world
-from waypoint import pipeline
+from waypoint import cli, pipeline
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import manager, reconcile, trim
 from waypoint.kube import gateway
@@ -359,6 +360,47 @@ def test_a_rejected_apply_is_reported_and_the_other_objects_still_apply(
     reconciler.reconcile_gateway("demo", "waypoint")
     assert _condition(_gw(fake, "demo", "waypoint"), "Programmed")["status"] == "True"
     assert reconciler.metrics.rejected.labels("demo", "waypoint")._value.get() == 0
+
+
+def test_apply_wait_fails_when_the_autoscaler_is_rejected(
+    api: kcluster.Cluster,
+    fake: server.FakeKube,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert isinstance(fake, RejectingFake)
+    kubeconfig = str(fake.write_kubeconfig(tmp_path / "kubeconfig"))
+    controller = manager.Controller(api, watch_timeout=5, resync_period=3600)
+    stop = threading.Event()
+    runner = threading.Thread(target=controller.run, args=(stop,))
+
+    def kubelet() -> None:
+        while not stop.is_set():
+            if fake.get("apps/v1", "Deployment", "demo", "waypoint") is not None:
+                world.mark_ready(fake, "demo", "waypoint")
+                return
+            time.sleep(0.05)
+
+    helper = threading.Thread(target=kubelet)
+    runner.start()
+    helper.start()
+    wait = ["--wait", "--timeout", "60s", "--kubeconfig", kubeconfig]
+    try:
+        assert cli.main(["apply", "-n", "demo", *wait]) == 0
+        assert "waypoint demo/waypoint is Programmed" in capsys.readouterr().err
+        fake.reject["horizontalpodautoscalers"] = (422, "Invalid", "minReplicas exceeds the quota")
+        code = cli.main(["apply", "-n", "demo", "--min-replicas", "2", *wait])
+        err = capsys.readouterr().err
+    finally:
+        stop.set()
+        helper.join(PATIENCE)
+        runner.join(PATIENCE)
+    assert code == 1, err
+    assert (
+        "error: waypoint demo/waypoint is not Programmed: Invalid: apply "
+        "HorizontalPodAutoscaler.autoscaling demo/waypoint: 422 minReplicas exceeds the quota"
+    ) in err
+    assert fake.get("policy/v1", "PodDisruptionBudget", "demo", "waypoint") is not None
 
 
 def test_a_server_error_is_retried_not_reported(

@@ -318,8 +318,9 @@ def wait_programmed(
     while True:
         live = cluster.get(kcluster.GATEWAY, namespace, name) or {}
         generation = int((live.get("metadata") or {}).get("generation") or 0)
-        accepted = _current(_condition(live, "Accepted"), generation)
-        programmed = _current(_condition(live, "Programmed"), generation)
+        seen = _observed(_condition(live, "Accepted"), generation, gateway.observed_marker(live))
+        accepted = _condition(live, "Accepted") if seen else {}
+        programmed = _condition(live, "Programmed") if seen else {}
         if programmed.get("status") == "True":
             print(f"waypoint {namespace}/{name} is Programmed", file=stream)
             return 0
@@ -342,7 +343,8 @@ def wait_programmed(
         progress = (
             f"{programmed.get('reason')}: {programmed.get('message')}"
             if programmed
-            else f"NoStatus: waiting for the controller to observe generation {generation}"
+            else "NoStatus: waiting for the controller to observe this version of the Gateway "
+            f"(generation {generation}, {gateway.observed_marker(live)})"
         )
         if progress != last:
             print(f"waiting for waypoint {namespace}/{name}: {progress}", file=stream)
@@ -356,11 +358,12 @@ def wait_programmed(
         time.sleep(poll)
 
 
-def _current(condition: Obj, generation: int) -> Obj:
-    """``condition`` when it was written for ``generation``; {} when it is stale."""
-    if int(condition.get("observedGeneration") or 0) != generation:
-        return {}
-    return condition
+def _observed(accepted: Obj, generation: int, marker: str) -> bool:
+    """The status was computed from this version of the Gateway: its spec (generation) and
+    its labels and annotations (the marker the controller ends ``Accepted`` with)."""
+    return int(accepted.get("observedGeneration") or 0) == generation and str(
+        accepted.get("message") or ""
+    ).endswith(marker)
 
 
 def _condition(obj: Obj, kind: str) -> Obj:

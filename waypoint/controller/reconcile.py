@@ -394,9 +394,15 @@ class Reconciler:
         extra: Sequence[status.Verdict] = (),
         observed: status.Listeners | None = None,
     ) -> None:
+        # The Gateway this status judged, as --wait needs it (labels and annotations do not
+        # move the generation).
+        judged = dataclasses.replace(
+            accepted, message=f"{accepted.message} {gateway.observed_marker(gw)}"
+        )
+
         def compute(current: Obj) -> Obj:
             return status.gateway_status(
-                current, accepted, programmed, addresses, self.clock(), extra, observed
+                current, judged, programmed, addresses, self.clock(), extra, observed
             )
 
         self._update_status(gw, compute, outcome)
