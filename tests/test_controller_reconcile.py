@@ -98,13 +98,15 @@ def test_a_change_makes_exactly_the_right_update(
     reconciler.reconcile_gateway("demo", "waypoint")
     config_before = fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config")
 
-    # More replicas: the HPA changes and a PDB appears; the Envoy config does not move.
+    # More replicas: the HPA changes and a PDB appears; the Envoy config does not move. The
+    # status records the annotations it was computed from (for --wait).
     _apply_gateway(api, min_replicas=2, max_replicas=8)
     fake.reset_writes()
     reconciler.reconcile_gateway("demo", "waypoint")
     assert _written(fake) == [
         ("PATCH", "HorizontalPodAutoscaler", ""),
         ("PATCH", "PodDisruptionBudget", ""),
+        ("PUT", "Gateway", "status"),
     ]
     hpa = fake.get("autoscaling/v2", "HorizontalPodAutoscaler", "demo", "waypoint")
     assert hpa is not None
@@ -118,6 +120,7 @@ def test_a_change_makes_exactly_the_right_update(
     assert _written(fake) == [
         ("PATCH", "HorizontalPodAutoscaler", ""),
         ("DELETE", "PodDisruptionBudget", ""),
+        ("PUT", "Gateway", "status"),
     ]
 
     # A new bound Service changes the rendered config: the ConfigMap and the pod template's
