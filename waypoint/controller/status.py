@@ -16,6 +16,8 @@ from waypoint.kube import constants
 Obj = dict[str, Any]
 # metav1.Condition's message limit (and the Gateway API CRDs' maxLength).
 MAX_MESSAGE = 32768
+# Istio's condition on a Service that names a waypoint (pilot/pkg/model/service.go).
+WAYPOINT_BOUND = "istio.io/WaypointBound"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,9 +186,6 @@ def waypoint_bound(service: Mapping[str, Any], verdict: model.Condition | None, 
     else:
         previous.pop("conditions", None)
     return previous
-
-
-WAYPOINT_BOUND = "istio.io/WaypointBound"
 
 
 def route_parents(route: Mapping[str, Any], verdict: model.ResourceStatus, now: str) -> list[Obj]:
