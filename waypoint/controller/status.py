@@ -76,6 +76,7 @@ ROUTE_GROUP = constants.GATEWAY_API_GROUP
 HTTP_KINDS = ("HTTPRoute", "GRPCRoute")
 SUPPORTED_KINDS = {
     constants.HBONE_PROTOCOL: HTTP_KINDS,
+    constants.PROXY_PROTOCOL: HTTP_KINDS,  # behind ztunnel's sandwich: the same routes
     "HTTP": HTTP_KINDS,
     "HTTPS": HTTP_KINDS,
 }
@@ -107,8 +108,9 @@ def listener_kinds(listener: Mapping[str, Any]) -> tuple[list[Obj], list[str]]:
 
 @dataclasses.dataclass(frozen=True)
 class Listeners:
-    """What the controller observed for the Gateway's listeners: routes attached to the
-    HBONE listener (through the Services the waypoint serves)."""
+    """What the controller observed for the Gateway's listeners: routes attached to its
+    front listener (HBONE, or PROXY behind ztunnel's sandwich) through the Services the
+    waypoint serves."""
 
     attached_routes: int = 0
 
@@ -156,12 +158,12 @@ def gateway_status(
             Verdict("Programmed", programmed.status, programmed.reason, programmed.message),
             resolved,
         ]
-        hbone = listener.get("protocol") == constants.HBONE_PROTOCOL
+        front = listener.get("protocol") in (constants.HBONE_PROTOCOL, constants.PROXY_PROTOCOL)
         listeners.append(
             {
                 "name": name,
                 "supportedKinds": kinds,
-                "attachedRoutes": observed.attached_routes if hbone and accepted.status else 0,
+                "attachedRoutes": observed.attached_routes if front and accepted.status else 0,
                 "conditions": conditions(verdicts, generation, old, now),
             }
         )

@@ -69,7 +69,10 @@ def gateway_plan(
     if extauthz.wanted(conf, rendered.waypoint):
         rego = config_map(namespace, extauthz.policy_config_map_name(gw, conf))
     sidecar = extauthz.plan(gw, conf, rendered.waypoint, rego)
-    return Plan(objects.desired_objects(gw, conf, rendered.bootstrap_yaml, opts, sidecar), rendered)
+    desired = objects.desired_objects(
+        gw, conf, rendered.bootstrap_yaml, opts, sidecar, rendered.waypoint.proxy_port
+    )
+    return Plan(desired, rendered)
 
 
 def gateway_objects(
