@@ -12,7 +12,8 @@ follows each:
   last translation says which waypoints read N at all (they serve or route to a Service in N),
   so an EndpointSlice or Pod in N reaches a waypoint in another namespace that routes there.
 
-The GatewayClass is mesh-wide: it affects every waypoint, and callers handle it themselves.
+The GatewayClass is mesh-wide: it affects every waypoint, and callers handle it themselves, as
+they do ConfigMaps (a parametersRef names its readers).
 The result is a superset of the truly affected Gateways; a reconcile of an unaffected one reads
 its Gateway, finds nothing to change and writes nothing.
 """
@@ -20,7 +21,7 @@ its Gateway, finds nothing to change and writes nothing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from waypoint import model
@@ -106,18 +107,6 @@ class Index:
                 found.update(self._readers.get(namespace, ()))
             found.update(key for key in named if key[1] in self._gateways.get(key[0], ()))
         return found
-
-    def config_map_users(
-        self, config_map: Obj, gateways: Iterable[Obj], class_ref: tuple[str, str] | None
-    ) -> set[GatewayKey]:
-        """The Gateways that read ``config_map``: every waypoint when the GatewayClass's
-        parametersRef names it, else the waypoints of its namespace (their parametersRef or
-        their Rego ConfigMap may name it)."""
-        namespace = _own_namespace(config_map)
-        name = str((config_map.get("metadata") or {}).get("name") or "")
-        if class_ref == (namespace, name):
-            return set(self.gateways())
-        return {gateway.key(gw) for gw in gateways if gateway.key(gw)[0] == namespace}
 
 
 def _labels(obj: Obj) -> dict[str, str]:

@@ -28,6 +28,8 @@ LOG = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Key = tuple[str, str]
 Handler = Callable[[Obj | None, Obj | None], None]
+# Applied to every object before it is stored: keeps only what the controller reads.
+Transform = Callable[[Obj], Obj]
 
 
 def object_key(obj: Obj) -> Key:
@@ -49,7 +51,7 @@ class Informer:
         optional_retry: float = 60.0,
         on_availability: Callable[[], None] | None = None,
         significant: Callable[[Obj | None, Obj | None], bool] | None = None,
-        transform: Callable[[Obj], Obj] | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self.cluster = cluster
         self.kind = kind

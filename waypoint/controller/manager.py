@@ -7,7 +7,10 @@ namespace, the waypoints its labels and references name, and those that last rea
 namespace), plus the route and policy status; a GatewayClass change requeues everything.
 Generated objects are read from informer caches (``informer.CacheReader``), not GETs, and the
 world is translated once per change (``world.Translations``), shared by every Gateway
-reconcile, the route and policy status and the xDS publisher.
+reconcile, the route, policy and Service binding status and the xDS publisher. Pods are
+cached trimmed to what translation reads (``trim.pod``). parametersRef ConfigMaps carry no
+label of ours, so every ConfigMap is watched, trimmed to its identity, and a change requeues
+the Gateways (or the whole class) whose settings name it.
 
 ``workers`` threads reconcile at once; the queue never hands the same key to two of them,
 so a hung request holds up only its own key. Optional kinds (policies, GRPCRoute) that the
@@ -28,7 +31,7 @@ from waypoint.controller import index as kindex
 from waypoint.controller import informer as kinformer
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import queue as kqueue
-from waypoint.controller import reconcile, status
+from waypoint.controller import reconcile, status, trim
 from waypoint.controller import world as kworld
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
@@ -39,6 +42,7 @@ Obj = dict[str, Any]
 ROUTES_KEY = ("routes", "", "")
 MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
 REGO_INFORMER = "ConfigMap/extauthz-policy"  # the users' labeled Rego ConfigMaps
+PARAMETERS_INFORMER = "ConfigMap/parameters"  # every ConfigMap, trimmed to its identity
 DEFAULT_WORKERS = 4
 # Inputs the controller works without: a cluster may lack their CRDs, or deny reading them.
 OPTIONAL_KINDS = (*kcluster.POLICY_KINDS, kcluster.GRPC_ROUTE)
@@ -90,7 +94,7 @@ class Controller:
         self.reader = kinformer.CacheReader(cluster)
         self.informers: dict[str, kinformer.Informer] = {}
         self._world_kinds: list[str] = []
-        for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
+        for kind in reconcile.WORLD_KINDS:
             optional = kind in OPTIONAL_KINDS
             self._inform(
                 kind,
@@ -100,9 +104,9 @@ class Controller:
                 watch_timeout,
                 optional,
                 optional_retry,
+                TRANSFORMS.get(kind),
             )
-            if kind in reconcile.WORLD_KINDS:
-                self._world_kinds.append(kind.kind)
+            self._world_kinds.append(kind.kind)
         for kind in OWNED_KINDS:
             if kind.kind not in self.informers:
                 self._inform(
@@ -111,9 +115,21 @@ class Controller:
         self._inform(
             kcluster.CONFIG_MAP,
             REGO_INFORMER,
-            self._on_config_map_change,
+            self._on_rego_change,
             constants.EXTAUTHZ_POLICY_LABEL,
             watch_timeout,
+        )
+        # parametersRef ConfigMaps carry no label of ours: watch them all, keeping only their
+        # identity, and requeue the Gateways (or the whole class) whose settings name one.
+        # Trimmed, they cannot answer reads: the CacheReader does not use them.
+        self.informers[PARAMETERS_INFORMER] = kinformer.Informer(
+            cluster,
+            kcluster.CONFIG_MAP,
+            self._on_parameters_change,
+            self.metrics,
+            None,
+            watch_timeout,
+            transform=trim.reference,
         )
         self.reconciler = reconcile.Reconciler(
             cluster,
@@ -140,6 +156,7 @@ class Controller:
         watch_timeout: int,
         optional: bool = False,
         optional_retry: float = 60.0,
+        transform: kinformer.Transform | None = None,
     ) -> None:
         informer = kinformer.Informer(
             self.cluster,
@@ -152,6 +169,7 @@ class Controller:
             optional_retry=optional_retry,
             on_availability=self._on_availability if optional else None,
             significant=_significant,
+            transform=transform,
         )
         self.informers[key] = informer
         self.reader.add(informer, complete=selector is None)
@@ -254,22 +272,25 @@ class Controller:
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
         if name:
             self.queue.add(("gateway", namespace, name))
-        if obj.get("kind") == "ConfigMap":
-            self._on_config_map_change(before, after)
 
-    def _on_config_map_change(self, before: Obj | None, after: Obj | None) -> None:
-        """A user's ConfigMap (Rego, or a parametersRef) changed: requeue who reads it."""
+    def _on_parameters_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        if labels.get(constants.MANAGED_BY_LABEL) == constants.MANAGED_BY_VALUE:
-            return  # one of ours: its Gateway was requeued by its label
-        gateway_class = self.reader.get(kcluster.GATEWAY_CLASS, "", constants.GATEWAY_CLASS)
-        try:
-            class_ref = settings.class_parameters_ref(gateway_class) if gateway_class else None
-        except settings.SettingsError:
-            class_ref = None  # reported on the GatewayClass's Gateways by their reconcile
-        for namespace, name in sorted(self.index.config_map_users(obj, self.gateways(), class_ref)):
-            self.queue.add(("gateway", namespace, name))
+        key = kinformer.object_key(obj)
+        for gateway_class in self.informers["GatewayClass"].items():
+            if key in settings.referenced_config_maps({}, gateway_class):
+                self.enqueue_all()  # class-wide defaults: every waypoint, and the class
+                return
+        for gw in self.gateways():
+            if key in settings.referenced_config_maps(gw, None):
+                self.queue.add(("gateway", *gateway.key(gw)))
+
+    def _on_rego_change(self, before: Obj | None, after: Obj | None) -> None:
+        """A user's labeled Rego ConfigMap changed: requeue the waypoints of its namespace
+        (any of them may name it)."""
+        obj = after or before or {}
+        namespace = str((obj.get("metadata") or {}).get("namespace") or "")
+        for name_space, name in self.index.in_namespace(namespace):
+            self.queue.add(("gateway", name_space, name))
 
     # --- running -----------------------------------------------------------------------
 
@@ -372,9 +393,19 @@ def _significant(before: Obj | None, after: Obj | None) -> bool:
     input (it is mostly our own writes), except a Pod's: its IPs and phase."""
     if before is None or after is None:
         return True
-    if (after.get("kind")) == "Pod":
-        return before != after
+    if after.get("kind") == kcluster.POD.kind:
+        # Trimmed to what translation reads (status included): anything but the version.
+        return _without_version(before) != _without_version(after)
     return _without_status(before) != _without_status(after)
+
+
+# Kinds whose cached objects are trimmed to what translation reads (trim.py).
+TRANSFORMS: dict[kcluster.Kind, kinformer.Transform] = {kcluster.POD: trim.pod}
+
+
+def _without_version(obj: Obj) -> Obj:
+    meta = obj.get("metadata") or {}
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
 
 
 def _without_status(obj: Obj) -> Obj:
