@@ -318,7 +318,7 @@ def report(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--namespaces", type=int, default=200)
     parser.add_argument("--services", type=int, default=5, help="Services per namespace")
@@ -332,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         "--controller-arg", action="append", default=[], help="extra flag for the controller"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     # A plain kill must still stop the controller process (``run``'s finally).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
