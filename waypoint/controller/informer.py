@@ -154,8 +154,7 @@ class Informer:
 
     def _relist(self) -> None:
         items, rv = self.cluster.list(self.kind, label_selector=self.label_selector)
-        if self.transform is not None:
-            items = [self.transform(item) for item in items]
+        items = [self._keep(item) for item in items]
         fresh = {object_key(item): item for item in items}
         with self._lock:
             old = self.store
@@ -185,11 +184,18 @@ class Informer:
             if event_type == "BOOKMARK":
                 self.resource_version = rv or self.resource_version
             else:
-                if self.transform is not None:
-                    obj = self.transform(obj)
-                self._apply_event(event_type, obj, rv)
+                self._apply_event(event_type, self._keep(obj), rv)
             if self._stop.is_set():
                 return
+
+    def _keep(self, obj: Obj) -> Obj:
+        """What the store keeps of ``obj``: never its managedFields, which nothing here reads
+        and which are often the bulk of an object (client-go's TransformStripManagedFields),
+        then whatever ``transform`` keeps."""
+        meta = obj.get("metadata")
+        if isinstance(meta, dict) and "managedFields" in meta:
+            obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+        return self.transform(obj) if self.transform is not None else obj
 
     def _apply_event(self, event_type: str, obj: Obj, rv: str) -> None:
         key = object_key(obj)

@@ -12,6 +12,7 @@ renders nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -76,7 +77,8 @@ class Translations:
         opts: envoy_options.BootstrapOptions,
     ) -> pipeline.Rendered:
         """A ``reconcile.Renderer`` on the shared translation: only this waypoint's bootstrap is
-        built per call."""
+        built, once per translation. The result carries it as ``bootstrap_yaml`` only
+        (``bootstrap`` is empty)."""
         translation = self.translate(objects, opts.trust_domain)
         key = (id(translation), namespace, name, opts)
         with self._lock:
@@ -84,9 +86,12 @@ class Translations:
         if rendered is not None:
             return rendered
         try:
-            rendered = pipeline.render_translation(translation, namespace, name, opts)
+            full = pipeline.render_translation(translation, namespace, name, opts)
         except pipeline.WaypointNotFound as exc:
             raise reconcile.RenderRejected(str(exc)) from exc
+        # Kept as YAML only: the reconcile reads the YAML and the waypoint, and the bootstrap
+        # as a dict is most of the memory (24 of 29 MiB at 200 waypoints, measured).
+        rendered = dataclasses.replace(full, bootstrap={})
         with self._lock:
             if translation is self._value:
                 self._rendered[key] = rendered
