@@ -31,6 +31,8 @@ ROUTER = "envoy.filters.http.router"
 SET_FILTER_STATE = "envoy.filters.http.set_filter_state"
 # The client's SPIFFE ID, set on the HBONE stream and shared with the internal listener.
 SOURCE_PRINCIPAL_KEY = "io.waypoint.source_principal"
+# The client's IP address (the HBONE peer's), for AuthorizationPolicy ipBlocks / source.ip.
+SOURCE_ADDRESS_KEY = "io.waypoint.source_address"
 
 _LOG_FIELDS = {
     "start_time": "%START_TIME%",
@@ -57,15 +59,26 @@ def stat_prefix(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+# Where an AuthorizationPolicy's verdict shows: the RBAC filters' matched policies (by
+# action: allow_/deny_/audit_ and dry_run_ prefixes) and AUDIT's log hint.
+_AUTHZ_LOG_FIELDS = {
+    "rbac": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
+    "audit": "%DYNAMIC_METADATA(envoy.common:access_log_hint)%",
+}
+
+
 @functools.cache
-def access_log() -> accesslog_pb2.AccessLog:
-    """A JSON line per request or connection on stdout.
+def access_log(authz: bool = False) -> accesslog_pb2.AccessLog:
+    """A JSON line per request or connection on stdout; ``authz`` adds the RBAC verdicts.
 
     Cached (the same for every listener); callers copy it into their messages and must not
     mutate it.
     """
+    fields: dict[str, object] = dict(_LOG_FIELDS)
+    if authz:
+        fields.update(_AUTHZ_LOG_FIELDS)
     fmt = substitution_format_string_pb2.SubstitutionFormatString(
-        json_format=protos.struct(dict(_LOG_FIELDS)), omit_empty_values=True
+        json_format=protos.struct(fields), omit_empty_values=True
     )
     return accesslog_pb2.AccessLog(
         name="envoy.access_loggers.stdout",
@@ -73,9 +86,9 @@ def access_log() -> accesslog_pb2.AccessLog:
     )
 
 
-def access_logs(enabled: bool) -> list[accesslog_pb2.AccessLog]:
+def access_logs(enabled: bool, authz: bool = False) -> list[accesslog_pb2.AccessLog]:
     """What an HCM's or tcp_proxy's ``access_log`` field holds: the JSON log, or nothing."""
-    return [access_log()] if enabled else []
+    return [access_log(authz)] if enabled else []
 
 
 @functools.cache
@@ -83,22 +96,34 @@ def router() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=ROUTER, typed_config=protos.pack(router_pb2.Router()))
 
 
-def set_source_principal() -> hcm_pb2.HttpFilter:
-    """Store the client's URI SAN as a string filter state shared with the upstream side.
-
-    Shared ONCE: it crosses into the internal listener of the destination (which matches
-    consumer routes on it) and stops there.
-    """
-    value = value_pb2.FilterStateValue(
-        object_key=SOURCE_PRINCIPAL_KEY,
-        factory_key="envoy.string",
+def _shared_value(key: str, factory: str, fmt: str) -> value_pb2.FilterStateValue:
+    return value_pb2.FilterStateValue(
+        object_key=key,
+        factory_key=factory,
         format_string=substitution_format_string_pb2.SubstitutionFormatString(
-            text_format_source=protos.inline("%DOWNSTREAM_PEER_URI_SAN%")
+            text_format_source=protos.inline(fmt)
         ),
         read_only=True,
         shared_with_upstream=value_pb2.FilterStateValue.ONCE,
     )
-    config = set_filter_state_pb2.Config(on_request_headers=[value])
+
+
+def set_source_principal(source_address: bool = False) -> hcm_pb2.HttpFilter:
+    """Store the client's URI SAN as a string filter state shared with the upstream side.
+
+    Shared ONCE: it crosses into the internal listener of the destination (which matches
+    consumer routes and AuthorizationPolicy principals on it) and stops there. With
+    ``source_address``, the client's IP goes along too, as an IP object RBAC can match
+    CIDRs against.
+    """
+    values = [_shared_value(SOURCE_PRINCIPAL_KEY, "envoy.string", "%DOWNSTREAM_PEER_URI_SAN%")]
+    if source_address:
+        values.append(
+            _shared_value(
+                SOURCE_ADDRESS_KEY, "envoy.network.ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
+            )
+        )
+    config = set_filter_state_pb2.Config(on_request_headers=values)
     return hcm_pb2.HttpFilter(name=SET_FILTER_STATE, typed_config=protos.pack(config))
 
 
@@ -108,6 +133,7 @@ def http_connection_manager(
     http_filters: list[hcm_pb2.HttpFilter],
     *,
     access_log: bool,
+    authz_log: bool = False,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM with the project's common settings (any codec; the caller refines)."""
     return hcm_pb2.HttpConnectionManager(
@@ -115,7 +141,7 @@ def http_connection_manager(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_config,
         http_filters=http_filters,
-        access_log=access_logs(access_log),
+        access_log=access_logs(access_log, authz_log),
         use_remote_address=protos.boolean(False),
         normalize_path=protos.boolean(True),
         merge_slashes=False,
@@ -127,10 +153,14 @@ def connect_terminate_hcm(
     name: str,
     route_config: route_pb2.RouteConfiguration,
     options: options_mod.BootstrapOptions,
+    source_address: bool = False,
 ) -> hcm_pb2.HttpConnectionManager:
     """HTTP/2 only, CONNECT allowed and upgraded, bounded streams, keepalive pings."""
     hcm = http_connection_manager(
-        name, route_config, [set_source_principal(), router()], access_log=options.access_log
+        name,
+        route_config,
+        [set_source_principal(source_address), router()],
+        access_log=options.access_log,
     )
     hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP2
     # The authority's port picks the destination: stripping it would make every route miss.

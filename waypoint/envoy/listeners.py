@@ -3,7 +3,7 @@ origination, and the readiness and Prometheus listeners."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
@@ -11,7 +11,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 
 from waypoint import model, names
-from waypoint.envoy import clusters, filters, policies, protos, routes, secrets
+from waypoint.envoy import clusters, filters, policies, protos, rbac, routes, secrets
 from waypoint.envoy import options as options_mod
 
 READINESS_PATH = "/healthz/ready"
@@ -26,7 +26,10 @@ def build(
     lbs = policies.load_balancers(waypoint)
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"  # the tracing service name
-    out += [inbound(dest, td, options, lbs, service) for dest in waypoint.destinations]
+    out += [
+        inbound(dest, td, options, lbs, service, waypoint.jwt_providers)
+        for dest in waypoint.destinations
+    ]
     out += [
         connect_originate(target.name, access_log=options.access_log)
         for target in clusters.originate_targets(waypoint)
@@ -40,7 +43,10 @@ def connect_terminate(
 ) -> listener_pb2.Listener:
     """HBONE: mTLS 1.3 from our trust domain, HTTP/2 CONNECT dispatched on the authority."""
     hcm = filters.connect_terminate_hcm(
-        names.CONNECT_TERMINATE, routes.connect_route_config(waypoint), options
+        names.CONNECT_TERMINATE,
+        routes.connect_route_config(waypoint),
+        options,
+        source_address=rbac.uses_source_address(waypoint),
     )
     chain = listener_components_pb2.FilterChain(
         filters=[filters.hcm_filter(hcm)], transport_socket=secrets.downstream_tls(options)
@@ -64,6 +70,7 @@ def inbound(
     options: options_mod.BootstrapOptions | None = None,
     lbs: Mapping[str, model.LoadBalancer] | None = None,
     service: str = "waypoint",
+    providers: Sequence[model.JwtProvider] = (),
 ) -> listener_pb2.Listener:
     """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
     name = routes.inbound_name(destination)
@@ -72,16 +79,22 @@ def inbound(
     if destination.protocol.is_http:
         route_config = routes.destination_route_config(destination, trust_domain, lbs)
         hcm = filters.http_connection_manager(
-            name, route_config, policies.http_filters(destination), access_log=options.access_log
+            name,
+            route_config,
+            policies.http_filters(destination, providers),
+            access_log=options.access_log,
+            authz_log=bool(destination.authorization),
         )
         # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
         policies.tracing(hcm, options, service)
-        network_filter = filters.hcm_filter(hcm)
+        network_filters = [filters.hcm_filter(hcm)]
     else:
-        network_filter = filters.tcp_proxy(
-            name, destination.default_cluster, access_log=options.access_log
-        )
-    out.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
+        # Istio's AuthorizationPolicy on a TCP port: RBAC on what a connection has.
+        network_filters = [
+            *rbac.network_filters(destination),
+            filters.tcp_proxy(name, destination.default_cluster, access_log=options.access_log),
+        ]
+    out.filter_chains.append(listener_components_pb2.FilterChain(filters=network_filters))
     return out
 
 

@@ -18,8 +18,11 @@ API_VERSION = "policy.waypoint.dev/v1alpha1"
 
 
 def needs_extauthz(waypoint: model.Waypoint) -> bool:
-    """True when some route or default route of the waypoint asks extauthz for a decision."""
+    """True when some route or default route of the waypoint asks extauthz for a decision,
+    directly (ExtAuthzPolicy) or through an AuthorizationPolicy with action CUSTOM."""
     for destination in waypoint.destinations:
+        if any(p.action is model.AuthzAction.CUSTOM for p in destination.authorization):
+            return True
         if destination.policy is not None and destination.policy.authz is not None:
             return True
         if any(r.policy is not None and r.policy.authz is not None for r in destination.routes):
