@@ -161,8 +161,11 @@ def _jwt_metadata(path: Sequence[str], value: value_pb2.ValueMatcher) -> rbac_pb
     segments = [
         metadata_pb2.MetadataMatcher.PathSegment(key=key) for key in (jwt_authn.PAYLOAD_KEY, *path)
     ]
+    matcher = metadata_pb2.MetadataMatcher(filter=jwt_authn.FILTER, path=segments, value=value)
     return rbac_pb2.Principal(
-        metadata=metadata_pb2.MetadataMatcher(filter=jwt_authn.FILTER, path=segments, value=value)
+        sourced_metadata=rbac_pb2.SourcedMetadata(
+            metadata_matcher=matcher, metadata_source=rbac_pb2.MetadataSource.DYNAMIC
+        )
     )
 
 
