@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from tests import conftest
 from tests.extauthz import support
@@ -273,8 +272,8 @@ def _objects(echo_port: int) -> list[dict[str, Any]]:
     ]
     for service, (vip, policies) in POLICY_SETS.items():
         out += _service(service, vip, echo_port)
-        for name, spec, annotations in policies:
-            out.append(_policy("ns1", f"{service}-{name}", [_svc(service)], spec, annotations))
+        for name, spec, notes in policies:
+            out.append(_policy("ns1", f"{service}-{name}", [_svc(service)], spec, notes))
     return out
 
 

@@ -72,7 +72,7 @@ def test_request_authentication_rules() -> None:
             {
                 "issuer": "https://j",
                 "audiences": ["a"],
-                "jwks": '{"keys": []}',
+                "jwks": '{"keys":[{"kty":"EC","crv":"P-256","x":"Rh2B6tdxhdDgRZ4xK15pHi8nM-CO2sp7o6_4vzDEyig","y":"rHqczVPoxCypHEzb-X3YvTUjIsr1FPQvcI6qp58OGi4","kid":"golden-ec","use":"sig"}]}',
                 "outputPayloadToHeader": "X-Payload",
             },
         ]

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -521,6 +522,15 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
     item = fields.mapping(raw, path, required=True)
     _known(item, path, _RULE_KEYS)
     jwks_uri = fields.opt_string(item.get("jwksUri"), f"{path}.jwksUri")
+    if jwks_uri is not None:
+        # Envoy fetches it through a cluster made from its host and port.
+        url = urllib.parse.urlsplit(jwks_uri)
+        try:
+            url_ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+        except ValueError:
+            url_ok = False
+        if not url_ok:
+            raise fields.Bad(f"{path}.jwksUri {jwks_uri!r} must be an http or https URL")
     jwks = fields.opt_string(item.get("jwks"), f"{path}.jwks")
     if jwks is not None:
         try:
@@ -529,6 +539,9 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
             keys = None
         if not isinstance(keys, list):
             raise fields.Bad(f"{path}.jwks must be a JSON Web Key Set with a keys list")
+        if not any(_usable_jwk(key) for key in keys):
+            # Envoy refuses a whole config whose inline JWKS has no public key it can use.
+            raise fields.Bad(f"{path}.jwks has no usable public key (RSA, EC or OKP)")
     if (jwks_uri is None) == (jwks is None):
         raise fields.Bad(f"{path} needs exactly one of jwksUri and jwks")
     if not fields.seq(item.get("audiences"), f"{path}.audiences"):
@@ -557,6 +570,16 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
             item.get("forwardOriginalToken"), f"{path}.forwardOriginalToken"
         ),
     )
+
+
+_JWK_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}
+
+
+def _usable_jwk(key: Any) -> bool:
+    if not fields.is_mapping(key):
+        return False
+    members = _JWK_MEMBERS.get(key.get("kty"))  # type: ignore[arg-type]
+    return members is not None and all(isinstance(key.get(m), str) for m in members)
 
 
 def _flag(value: Any, path: str) -> bool:
