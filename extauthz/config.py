@@ -77,6 +77,9 @@ class JwtConfig:
     leeway_seconds: int = 60
     max_token_bytes: int = 16 * 1024
     providers: tuple[Provider, ...] = ()
+    # Behind Envoy's jwt_authn (a waypoint with a RequestAuthentication): take the payload
+    # it verified from the CheckRequest's metadata_context instead of verifying again.
+    trust_envoy_metadata: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +197,10 @@ def host_port(addr: str, key: str) -> tuple[str, int]:
 
 def _jwt(raw: object, base_dir: pathlib.Path) -> JwtConfig:
     doc = _mapping(raw, "jwt")
-    _known(doc, "jwt", {"leeway_seconds", "max_token_bytes", "providers"})
+    _known(doc, "jwt", {"leeway_seconds", "max_token_bytes", "providers", "trust_envoy_metadata"})
+    trust = doc.get("trust_envoy_metadata", False)
+    if not isinstance(trust, bool):
+        raise ConfigError("jwt.trust_envoy_metadata: must be true or false")
     providers_raw = _list(doc.get("providers", []), "jwt.providers")
     providers = tuple(
         _provider(item, f"jwt.providers[{i}]", base_dir) for i, item in enumerate(providers_raw)
@@ -209,6 +215,7 @@ def _jwt(raw: object, base_dir: pathlib.Path) -> JwtConfig:
             doc.get("max_token_bytes", 16 * 1024), "jwt.max_token_bytes", 256, 1024 * 1024
         ),
         providers=providers,
+        trust_envoy_metadata=trust,
     )
 
 

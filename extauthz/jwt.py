@@ -33,6 +33,8 @@ from typing import Any
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf import json_format
 from jwt import algorithms as jwt_algorithms
 
 from extauthz import config
@@ -638,3 +640,48 @@ def claim_header_value(value: object) -> str | None:
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
         return None
     return text
+
+
+# Where Envoy's jwt_authn filter leaves a verified payload (waypoint.envoy.jwt_authn).
+ENVOY_JWT_FILTER = "envoy.filters.http.jwt_authn"
+ENVOY_PAYLOAD_KEY = "payload"
+
+
+def from_envoy_metadata(
+    request: external_auth_pb2.CheckRequest, providers_by_issuer: Mapping[str, str]
+) -> Identity | None:
+    """The identity Envoy's jwt_authn verified for this request, if any.
+
+    Only dynamic metadata is read (filters write it; a client cannot), and only a payload
+    from an issuer of ours counts: anything else is verified here as before.
+    """
+    found = request.attributes.metadata_context.filter_metadata.get(ENVOY_JWT_FILTER)
+    if found is None or ENVOY_PAYLOAD_KEY not in found.fields:
+        return None
+    value = found.fields[ENVOY_PAYLOAD_KEY]
+    if value.WhichOneof("kind") != "struct_value":
+        return None
+    claims = _integral(json_format.MessageToDict(value.struct_value))
+    provider = providers_by_issuer.get(str(claims.get("iss")))
+    if provider is None:
+        return None
+    exp = claims.get("exp")
+    segment = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return Identity(
+        provider=provider,
+        claims=claims,
+        payload_segment=segment,
+        source_header=None,
+        expires_at=float(exp) if isinstance(exp, int | float) else math.inf,
+    )
+
+
+def _integral(value: Any) -> Any:
+    """Protobuf Struct numbers are doubles; give JSON integers back as ints (exp, iat)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value

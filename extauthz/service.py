@@ -153,6 +153,7 @@ class Checker:
         self._log = decision_log
         self._new_id = new_id or new_decision_ids()
         self._providers = {p.name: p for p in settings.jwt.providers}
+        self._issuers = {p.issuer: p.name for p in reversed(settings.jwt.providers)}
 
     async def check(
         self, request: external_auth_pb2.CheckRequest
@@ -191,7 +192,12 @@ class Checker:
         tokens = jwt_auth.RequestTokens(
             headers, parsed_query, jwt_auth.parse_cookies(headers.get("cookie"))
         )
-        identity = trace.identity = await self._authn.authenticate(tokens)
+        identity = None
+        if self._settings.jwt.trust_envoy_metadata:
+            identity = jwt_auth.from_envoy_metadata(request, self._issuers)
+        if identity is None:
+            identity = await self._authn.authenticate(tokens)
+        trace.identity = identity
         extensions = request.attributes.context_extensions
         if identity is None and extensions.get(policy_input.JWT_KEY) == "required":
             raise jwt_auth.InvalidToken("this route requires a token and none was presented")

@@ -217,6 +217,11 @@ def test_policy_adds_sidecar_and_config_then_removal_prunes_them(
     assert list(_containers(fake)) == ["envoy"]
     assert fake.get(*EXTAUTHZ_CM) is None
     assert _extauthz_cluster(fake) is None
+    # The RequestAuthentication still applies on its own (Envoy's jwt_authn); without it
+    # the config is the one before any policy.
+    assert _config_hash(fake) != before
+    api.delete(kcluster.REQUEST_AUTHENTICATION, "demo", "corp")
+    reconciler.reconcile_gateway("demo", "waypoint")
     assert _config_hash(fake) == before
     fake.reset_writes()
     assert reconciler.reconcile_gateway("demo", "waypoint").writes == 0

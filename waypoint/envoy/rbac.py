@@ -49,7 +49,6 @@ from envoy.type.matcher.v3 import (
     value_pb2,
 )
 from envoy.type.v3 import http_status_pb2
-
 from xds.core.v3 import cidr_pb2
 
 from waypoint import model

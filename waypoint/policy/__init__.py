@@ -74,7 +74,11 @@ def extauthz_config(
     """
     config: dict[str, Any] = {
         "listen": listen,
-        "jwt": {"providers": [_provider(p) for p in waypoint.jwt_providers]},
+        # Envoy's jwt_authn verifies tokens before ext_authz and passes the payload along.
+        "jwt": {
+            "providers": [_provider(p) for p in waypoint.jwt_providers],
+            "trust_envoy_metadata": True,
+        },
         "policy": {"engine": "embedded", "modules": list(modules)},
     }
     if metrics_listen is not None:

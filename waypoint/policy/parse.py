@@ -541,7 +541,7 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
             raise fields.Bad(f"{path}.jwks must be a JSON Web Key Set with a keys list")
         if not any(_usable_jwk(key) for key in keys):
             # Envoy refuses a whole config whose inline JWKS has no public key it can use.
-            raise fields.Bad(f"{path}.jwks has no usable public key (RSA, EC or OKP)")
+            raise fields.Bad(f"{path}.jwks has no usable key (RSA, EC, OKP or oct)")
     if (jwks_uri is None) == (jwks is None):
         raise fields.Bad(f"{path} needs exactly one of jwksUri and jwks")
     if not fields.seq(item.get("audiences"), f"{path}.audiences"):
@@ -572,7 +572,7 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
     )
 
 
-_JWK_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}
+_JWK_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x"), "oct": ("k",)}
 
 
 def _usable_jwk(key: Any) -> bool:
