@@ -220,7 +220,7 @@ def test_needs_extauthz_and_config() -> None:
     assert not policy.needs_extauthz(plain)
     assert policy.extauthz_config(plain, metrics_listen=None) == {
         "listen": "127.0.0.1:9191",
-        "jwt": {"providers": []},
+        "jwt": {"providers": [], "trust_envoy_metadata": True},
         "policy": {"engine": "embedded", "modules": ["/etc/extauthz/policies/policy.rego"]},
     }
     authz = model.ExtAuthz("ns1/p", "envoy/authz/allow")
