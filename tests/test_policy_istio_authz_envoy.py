@@ -13,11 +13,12 @@ DENY policy and the mesh-wide (GatewayClass) DENY policy apply to every Service.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from tests.extauthz import support
 from waypoint import echo, model, names, pki, translate
 from waypoint.envoy import bootstrap, options, secrets
 from waypoint.hbone import client as hbone_client
+from waypoint.hbone import errors as hbone_errors
 from waypoint.runtime import envoy_process
 
 TD = "cluster.local"
@@ -220,7 +222,39 @@ POLICY_SETS: dict[str, tuple[str, list[tuple[str, dict[str, Any], dict[str, str]
 }
 
 
-def _objects(echo_port: int) -> list[dict[str, Any]]:
+DB_VIP = "10.96.3.20"
+
+
+def _tcp_world(port: int) -> list[dict[str, Any]]:
+    """A TCP Service: the policy's HTTP-only parts are dropped (ALLOW) or ignored (DENY)."""
+    service = _service("db", DB_VIP, port)
+    service[0]["spec"]["ports"] = [
+        {"name": "db", "port": 5432, "targetPort": port, "appProtocol": "tcp"}
+    ]
+    service[1]["ports"] = [{"name": "db", "port": port}]
+    db = [_svc("db")]
+    allow = {
+        "rules": [
+            {"from": [{"source": {"namespaces": ["client"]}}]},
+            {
+                "from": [{"source": {"namespaces": ["ops"]}}],
+                "to": [{"operation": {"methods": ["GET"]}}],
+            },
+        ]
+    }
+    deny = {
+        "action": "DENY",
+        "rules": [
+            {
+                "from": [{"source": {"principals": ["cluster.local/ns/client/sa/other"]}}],
+                "when": [{"key": "request.headers[x-never-sent]", "values": ["1"]}],
+            }
+        ],
+    }
+    return [*service, _policy("ns1", "db-allow", db, allow), _policy("ns1", "db-deny", db, deny)]
+
+
+def _objects(echo_port: int, tcp_port: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
@@ -270,6 +304,7 @@ def _objects(echo_port: int) -> list[dict[str, Any]]:
             },
         ),
     ]
+    out += _tcp_world(tcp_port)
     for service, (vip, policies) in POLICY_SETS.items():
         out += _service(service, vip, echo_port)
         for name, spec, notes in policies:
@@ -862,9 +897,11 @@ class World:
         )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("istio-authz")
+@contextlib.contextmanager
+def _running(
+    tmp: pathlib.Path, objects: Callable[[int, int], list[dict[str, Any]]]
+) -> Iterator[World]:
+    """A waypoint Envoy for ``objects(http_port, tcp_port)`` in front of one echo backend."""
     ca = pki.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
     opts = options.BootstrapOptions(
@@ -877,10 +914,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         readiness_port=conftest.free_port(),
         stats_port=conftest.free_port(),
     )
-    backend = echo.EchoServer("backend", "ns1", http_ports=(0,))
+    backend = echo.EchoServer("backend", "ns1", http_ports=(0,), tcp_ports=(0,))
     backend.start_background()
     try:
-        translation = translate.translate(_objects(backend.http_ports[0]), TD)
+        translation = translate.translate(objects(backend.http_ports[0], backend.tcp_ports[0]), TD)
         waypoint = translation.waypoint("ns1", "waypoint")
         assert waypoint is not None
         secrets.write_sds_files(opts)
@@ -901,10 +938,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         backend.stop_background()
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with _running(tmp_path_factory.mktemp("istio-authz"), _objects) as found:
+        yield found
+
+
+def _tcp_only(_http_port: int, tcp_port: int) -> list[dict[str, Any]]:
+    """The waypoint with the TCP Service's policies alone (no waypoint-wide DENY)."""
+    base = _objects(0, tcp_port)[:2]
+    return [*base, *_tcp_world(tcp_port)]
+
+
+@pytest.fixture(scope="module")
+def tcp_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with _running(tmp_path_factory.mktemp("istio-authz-tcp"), _tcp_only) as found:
+        yield found
+
+
 def test_every_policy_is_accepted(world: World) -> None:
     kinds = ("AuthorizationPolicy", "RequestAuthentication")
     judged = [s for s in world.translation.statuses if s.ref.kind in kinds]
-    assert len(judged) == 3 + sum(len(p) for _vip, p in POLICY_SETS.values())
+    assert len(judged) == 5 + sum(len(p) for _vip, p in POLICY_SETS.values())
     for status in judged:
         assert status.ok, status
 
@@ -922,6 +977,35 @@ def test_table(world: World) -> None:
         if response.status != case.expect:
             wrong.append(f"{case.id}: got {response.status} — {case.rule}")
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    ("identity", "allowed", "rule"),
+    [
+        ("client/sleep", True, "TCP: an ALLOW rule on L4 attributes applies"),
+        ("ops/deployer", False, "TCP: an ALLOW rule with HTTP-only fields is dropped (allow less)"),
+        ("client/other", False, "TCP: a DENY rule ignores its HTTP-only fields (deny more)"),
+    ],
+)
+def test_tcp_destination(tcp_world: World, identity: str, allowed: bool, rule: str) -> None:
+    assert _tcp_echo(tcp_world, identity) is allowed, rule
+
+
+def test_a_waypoint_wide_deny_with_http_fields_denies_all_tcp(world: World) -> None:
+    """Istio: a DENY rule's HTTP-only fields are ignored on TCP, so the Gateway's and the
+    mesh-wide DENY (header and path conditions) deny every connection to the TCP Service."""
+    assert _tcp_echo(world, "client/sleep") is False
+
+
+def _tcp_echo(world: World, identity: str) -> bool:
+    tunnel = world.client(identity).open_tunnel(names.authority(DB_VIP, 5432))
+    with tunnel:
+        tunnel.send(b"ping")
+        try:
+            got = tunnel.recv_exactly(len(b"Hostname=backend\nping"))
+        except (hbone_errors.HboneError, ConnectionError, OSError):
+            return False
+    return got.endswith(b"ping")
 
 
 def test_dry_run_is_counted_not_enforced(world: World) -> None:

@@ -91,7 +91,7 @@ def inbound(
     else:
         # Istio's AuthorizationPolicy on a TCP port: RBAC on what a connection has.
         network_filters = [
-            *rbac.network_filters(destination),
+            *rbac.network_filters(destination, name),
             filters.tcp_proxy(name, destination.default_cluster, access_log=options.access_log),
         ]
     out.filter_chains.append(listener_components_pb2.FilterChain(filters=network_filters))

@@ -432,14 +432,16 @@ def http_filters(destination: model.Destination) -> list[hcm_pb2.HttpFilter]:
     return out
 
 
-def network_filters(destination: model.Destination) -> list[listener_components_pb2.Filter]:
+def network_filters(
+    destination: model.Destination, listener: str
+) -> list[listener_components_pb2.Filter]:
     """The same decisions for a TCP destination, on the attributes a connection has."""
     out = []
     for action, (name, rbac_action, prefix, shadow_prefix) in _ACTIONS.items():
         enforced, dry = _split(destination, action)
         if not enforced and not dry:
             continue
-        config = net_rbac_pb2.RBAC(stat_prefix=filters.stat_prefix(name) + "." + prefix)
+        config = net_rbac_pb2.RBAC(stat_prefix=f"{filters.stat_prefix(listener)}.{prefix}")
         if enforced:
             config.rules.CopyFrom(_rules(enforced, rbac_action, destination, tcp=True))
         if dry:
