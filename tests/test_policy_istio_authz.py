@@ -4,12 +4,15 @@ destination port, request principals)."""
 
 from __future__ import annotations
 
+import argparse
+import pathlib
 from typing import Any
 
 import pytest
 import yaml
 
 from waypoint import model, translate
+from waypoint.commands import explain
 from waypoint.envoy import protos, rbac
 from waypoint.policy import authorization, parse
 from waypoint.translate import fields
@@ -305,3 +308,49 @@ def test_custom_marks_matches_and_enables_ext_authz_on_them() -> None:
     assert config["filter_enabled_metadata"]["path"] == [
         {"key": "ext_authz_shadow_effective_policy_id"}
     ]
+
+
+# --- waypoint explain ----------------------------------------------------------------------
+
+EXPLAIN_POLICIES = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: ns1}
+spec:
+  targetRefs: [{group: "", kind: Service, name: orders}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: ns1, annotations: {istio.io/dry-run: "true"}}
+spec:
+  targetRefs: [{group: "", kind: Service, name: orders}]
+  rules: [{from: [{source: {namespaces: [client]}}]}]
+"""
+
+
+def _explain(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str]:
+    world = tmp_path / "world.yaml"
+    world.write_text(WORLD + EXPLAIN_POLICIES)
+    parser = argparse.ArgumentParser(prog="waypoint")
+    explain.register(parser.add_subparsers())
+    args = parser.parse_args(["explain", "--waypoint", "ns1/waypoint", "-f", str(world), *argv])
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
+def test_explain_names_the_deciding_policy(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _explain(tmp_path, capsys, "--from", "other/app", "http://10.96.0.10/admin/x")
+    assert code == 0
+    assert "authz: rbac DENY: ns[ns1]-policy[deny-admin]-rule[0] matches" in out
+    assert "result: Envoy answers 403 (DENY ns[ns1]-policy[deny-admin]-rule[0])" in out
+    code, out = _explain(tmp_path, capsys, "--from", "other/app", "http://10.96.0.10/ok")
+    assert "authz: rbac ALLOW (dry run): no policy matches, not enforced" in out
+    assert "authz: authorization: allowed" in out
+    assert "result: Envoy answers 503" in out  # no endpoints in this world: past authz
