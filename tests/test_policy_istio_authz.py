@@ -111,6 +111,9 @@ def test_dry_run_annotation_is_strict() -> None:
     assert not _read({}, annotations={"istio.io/dry-run": "false"}).dry_run
     with pytest.raises(fields.Bad, match=r"istio.io/dry-run"):
         _read({}, annotations={"istio.io/dry-run": "maybe"})
+    custom = {"action": "CUSTOM", "provider": {"name": authorization.EXTAUTHZ_PROVIDER}}
+    with pytest.raises(fields.Bad, match=r"istio.io/dry-run\] is not supported with action CUSTOM"):
+        _read(custom, annotations={"istio.io/dry-run": "true"})
 
 
 def test_targets() -> None:

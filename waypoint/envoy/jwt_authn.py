@@ -39,6 +39,9 @@ PAYLOAD_KEY = "payload"
 CLOCK_SKEW_SECONDS = 60
 JWKS_CACHE_SECONDS = 20 * 60  # istiod's default JWKS refresh interval
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
+# Verified tokens are remembered (until they expire) so a client reusing its token costs a
+# lookup, not an RS256 verification, per request.
+JWT_CACHE_SIZE = 1000
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -63,6 +66,7 @@ def _provider(provider: model.JwtProvider) -> jwt_pb2.JwtProvider:
         clock_skew_seconds=CLOCK_SKEW_SECONDS,
         forward=provider.forward_original_token,
         payload_in_metadata=PAYLOAD_KEY,
+        jwt_cache_config=jwt_pb2.JwtCacheConfig(jwt_cache_size=JWT_CACHE_SIZE),
         from_headers=[
             jwt_pb2.JwtHeader(name=h.name, value_prefix=h.prefix) for h in provider.from_headers
         ],

@@ -62,7 +62,12 @@ URI_TEMPLATE = "envoy.path.match.uri_template.uri_template_matcher"
 # Envoy writes the matched policy to dynamic metadata (namespace envoy.filters.http.rbac)
 # under "<prefix>enforced_effective_policy_id" / "<shadow prefix>shadow_effective_policy_id".
 _ACTIONS = {
-    model.AuthzAction.AUDIT: (HTTP_RBAC + ".audit", rbac_pb2.RBAC.LOG, "audit_", ""),
+    model.AuthzAction.AUDIT: (
+        HTTP_RBAC + ".audit",
+        rbac_pb2.RBAC.LOG,
+        "audit_",
+        "dry_run_audit_",
+    ),
     model.AuthzAction.DENY: (HTTP_RBAC + ".deny", rbac_pb2.RBAC.DENY, "deny_", "dry_run_deny_"),
     model.AuthzAction.ALLOW: (
         HTTP_RBAC + ".allow",

@@ -72,12 +72,18 @@ def read(
         _rule(raw, f"spec.rules[{i}]")
         for i, raw in enumerate(fields.seq(spec.get("rules"), "spec.rules"))
     )
+    trial = dry_run(annotations)
+    if trial and action is model.AuthzAction.CUSTOM:
+        # A CUSTOM policy's check is the extauthz call itself: there is nothing to shadow.
+        raise fields.Bad(
+            f"metadata.annotations[{DRY_RUN_ANNOTATION}] is not supported with action CUSTOM"
+        )
     return model.AuthorizationPolicy(
         namespace=namespace,
         name=name,
         action=action,
         rules=rules,
-        dry_run=dry_run(annotations),
+        dry_run=trial,
         provider=provider,
     )
 
