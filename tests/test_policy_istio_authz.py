@@ -78,7 +78,7 @@ def _rule(**parts: Any) -> dict[str, Any]:
             "spec.rules[0].to[0].operation.paths[0]",
         ),
         (
-            _rule(to=[{"operation": {"paths": ["/{**}/a"]}}]),
+            _rule(to=[{"operation": {"paths": ["/{**}/a/{*}"]}}]),
             "spec.rules[0].to[0].operation.paths[0]",
         ),
         (_rule(to=[{"operation": {"sni": ["x"]}}]), "spec.rules[0].to[0].operation.sni"),

@@ -59,7 +59,17 @@ POLICY_SETS: dict[str, tuple[str, list[tuple[str, dict[str, Any], dict[str, str]
                         },
                         {
                             "from": [{"source": {"namespaces": ["ops"]}}],
-                            "to": [{"operation": {"paths": ["/admin/{*}/view", "/files/{**}"]}}],
+                            "to": [
+                                {
+                                    "operation": {
+                                        "paths": [
+                                            "/admin/{*}/view",
+                                            "/files/{**}",
+                                            "/{**}/report.pdf",
+                                        ]
+                                    }
+                                }
+                            ],
                         },
                         {"to": [{"operation": {"paths": ["*.png"], "notMethods": ["DELETE"]}}]},
                         {
@@ -459,6 +469,10 @@ CASES = [
         403,
         ALLOW_NONE + " (namespaces: client is not ops)",
     ),
+    Case("paths", "ops/deployer", "/files", 403, "paths: /files/{**} needs more than /files"),
+    Case("paths", "ops/deployer", "/files/", 200, "paths: /files/{**} takes an empty segment"),
+    Case("paths", "ops/deployer", "/a/b/report.pdf", 200, "paths: {**} before a literal"),
+    Case("paths", "ops/deployer", "/report.pdf", 403, "paths: {**} before a literal, none given"),
     Case(
         "paths",
         "shop/robot2",

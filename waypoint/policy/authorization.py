@@ -277,19 +277,22 @@ def _check(key: model.AuthzKey, value: str, path: str) -> None:
 def _check_path(value: str, path: str) -> None:
     if not _TEMPLATE.search(value):
         return  # as in Istio, '*' is special only as the whole value, a prefix or a suffix
-    # Templates (Istio 1.22+): whole segments {*} (one segment) or {**} (any number, last).
+    # Templates (Istio 1.22+, pkg/config/security CheckValidPathTemplate): operators are whole
+    # segments, {*} (one segment) or {**} (any number), and no operator follows {**}.
     segments = value.split("/")
     if segments[0] != "":
         raise fields.Bad(f"{path} {value!r}: a path template must start with /")
-    for i, segment in enumerate(segments[1:], start=1):
+    seen_any = False
+    for segment in segments[1:]:
         if "{" in segment or "}" in segment or "*" in segment:
             if segment not in ("{*}", "{**}"):
                 raise fields.Bad(
                     f"{path} {value!r}: a template operator must be a whole segment, "
                     "{*} or {**}"
                 )
-            if segment == "{**}" and i != len(segments) - 1:
-                raise fields.Bad(f"{path} {value!r}: {{**}} must be the last segment")
+            if seen_any:
+                raise fields.Bad(f"{path} {value!r}: {{**}} must be the last operator")
+            seen_any = segment == "{**}"
 
 
 def _service_accounts(condition: model.AuthzCondition, path: str) -> model.AuthzCondition:

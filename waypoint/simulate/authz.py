@@ -21,6 +21,7 @@ import binascii
 import dataclasses
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -353,22 +354,18 @@ def _value(matcher: value_pb2.ValueMatcher, value: Any) -> bool:
 
 
 def _template(template: str, path: str) -> bool:
-    """Envoy's uri_template: ``*`` one segment, ``**`` any number (as our builder writes)."""
-    want, got = template.strip("/").split("/"), path.strip("/").split("/")
-    return _segments(want, got)
-
-
-def _segments(want: list[str], got: list[str]) -> bool:
-    if not want:
-        return not got
-    head, rest = want[0], want[1:]
-    if head == "**":
-        return any(_segments(rest, got[i:]) for i in range(len(got) + 1)) and bool(got)
-    if not got:
-        return False
-    if head == "*":
-        return bool(got[0]) and _segments(rest, got[1:])
-    return head == got[0] and _segments(rest, got[1:])
+    """Envoy's uri_template as a regex: ``*`` is one non-empty segment, ``**`` any text,
+    slashes included, possibly empty (so ``/files/**`` takes ``/files/`` but not
+    ``/files``); checked against Envoy by the behavioural table."""
+    parts = []
+    for segment in template.split("/"):
+        if segment == "**":
+            parts.append(".*")
+        elif segment == "*":
+            parts.append("[^/]+")
+        else:
+            parts.append(re.escape(segment))
+    return re.fullmatch("/".join(parts), path) is not None
 
 
 def describe(verdict: Verdict) -> list[str]:
