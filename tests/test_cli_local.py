@@ -108,7 +108,10 @@ def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
     assert "✗" not in out
     assert "← 403 Forbidden" in out  # the Rego deny for role viewer
     assert "x-jwt-role=admin" in out  # claim_to_headers on the allowed admin request
-    assert 'www-authenticate: Bearer error="invalid_token"' in out  # the expired token
+    # The expired token: Envoy's jwt_authn (the RequestAuthentication) answers, before extauthz.
+    assert (
+        'www-authenticate: Bearer realm="http://echo-v1.demo/admin", error="invalid_token"' in out
+    )
 
 
 def test_request_command_through_a_running_waypoint(
