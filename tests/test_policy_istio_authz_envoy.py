@@ -1043,12 +1043,29 @@ def _predict(
 )
 def test_tcp_destination(tcp_world: World, identity: str, allowed: bool, rule: str) -> None:
     assert _tcp_echo(tcp_world, identity) is allowed, rule
+    # waypoint explain evaluates the same network RBAC filters offline.
+    namespace, account = identity.split("/")
+    request = simulate.Request(
+        authority=names.authority(DB_VIP, 5432),
+        source_principal=pki.spiffe_id(TD, namespace, account),
+        source_address="127.0.0.1",
+    )
+    traced = simulate.trace(envoy_resources.build(tcp_world.waypoint, tcp_world.opts), request)
+    assert (traced.status is None) is allowed, traced.authz
 
 
 def test_a_waypoint_wide_deny_with_http_fields_denies_all_tcp(world: World) -> None:
     """Istio: a DENY rule's HTTP-only fields are ignored on TCP, so the Gateway's and the
     mesh-wide DENY (header and path conditions) deny every connection to the TCP Service."""
     assert _tcp_echo(world, "client/sleep") is False
+    request = simulate.Request(
+        authority=names.authority(DB_VIP, 5432),
+        source_principal=pki.spiffe_id(TD, "client", "sleep"),
+    )
+    traced = simulate.trace(envoy_resources.build(world.waypoint, world.opts), request)
+    assert traced.status == 403
+    assert traced.authz is not None
+    assert "mesh-deny" in traced.authz.decided_by or "gateway-deny" in traced.authz.decided_by
 
 
 def _tcp_echo(world: World, identity: str) -> bool:

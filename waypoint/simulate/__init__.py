@@ -30,6 +30,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -195,9 +196,32 @@ def trace(source: config.Source, request: Request) -> Trace:
     network = index.network_filter(index.listener(listener_name))
     if isinstance(network, tcp_proxy_pb2.TcpProxy):
         action = _tcp(index, network)
-        return Trace(request, connect, listener_name, "tcp", action=action)
+        traced = Trace(request, connect, listener_name, "tcp", action=action)
+        return _tcp_authorized(traced, index.listener(listener_name), request)
     traced = _http(index, request, connect, listener_name, index.route_config(network))
     return _authorized(traced, network, request)
+
+
+def _filter_state(request: Request) -> dict[str, str]:
+    state = {}
+    if request.source_principal is not None:
+        state[filters.SOURCE_PRINCIPAL_KEY] = request.source_principal
+    if request.source_address is not None:
+        state[filters.SOURCE_ADDRESS_KEY] = request.source_address
+    return state
+
+
+def _tcp_authorized(traced: Trace, listener: listener_pb2.Listener, request: Request) -> Trace:
+    """The network RBAC filters before a TCP proxy; a denied connection is closed (shown as
+    403, the verdict of the filter that closes it)."""
+    verdict = authz_mod.evaluate_network(
+        list(listener.filter_chains[0].filters), _filter_state(request)
+    )
+    if verdict is None:
+        return traced
+    if verdict.status is not None:
+        return dataclasses.replace(traced, authz=verdict, status=verdict.status)
+    return dataclasses.replace(traced, authz=verdict)
 
 
 def _authorized(traced: Trace, hcm: hcm_pb2.HttpConnectionManager, request: Request) -> Trace:
@@ -205,11 +229,7 @@ def _authorized(traced: Trace, hcm: hcm_pb2.HttpConnectionManager, request: Requ
     401 or 403 from them is the answer whatever the route would have done."""
     if traced.rejected:
         return traced
-    state = {}
-    if request.source_principal is not None:
-        state[filters.SOURCE_PRINCIPAL_KEY] = request.source_principal
-    if request.source_address is not None:
-        state[filters.SOURCE_ADDRESS_KEY] = request.source_address
+    state = _filter_state(request)
     host = matching.strip_port(request.host or request.authority)
     headers = ((":authority", host), *((k.lower(), v) for k, v in request.headers))
     path = matching.normalize_path(request.path)

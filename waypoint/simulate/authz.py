@@ -27,12 +27,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jwt as pyjwt
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.type.matcher.v3 import metadata_pb2, value_pb2
 
@@ -124,6 +126,32 @@ def evaluate(
         return None
     custom = any(r.action == "CUSTOM" and r.matched for r in results)
     return Verdict(token, tuple(results), None, ext_authz=custom)
+
+
+def evaluate_network(
+    network_filters: Sequence[listener_components_pb2.Filter], state: Mapping[str, str]
+) -> Verdict | None:
+    """The verdict of a TCP destination's network RBAC filters; None when it has none."""
+    ctx = Context("", "", (), state, {}, 0.0)
+    results: list[FilterResult] = []
+    for network_filter in network_filters:
+        if not network_filter.name.startswith(rbac.NETWORK_RBAC + "."):
+            continue
+        config = net_rbac_pb2.RBAC()
+        network_filter.typed_config.Unpack(config)
+        as_http = http_rbac_pb2.RBAC(rules=config.rules) if config.HasField("rules") else None
+        if as_http is None:
+            as_http = http_rbac_pb2.RBAC()
+        if config.HasField("shadow_rules"):
+            as_http.shadow_rules.CopyFrom(config.shadow_rules)
+        result = _rbac(network_filter.name, as_http, ctx)
+        results.append(result)
+        verdict = _decide(result, None, results)
+        if verdict is not None:
+            return verdict
+    if not results:
+        return None
+    return Verdict(None, tuple(results), None)
 
 
 def _decide(
