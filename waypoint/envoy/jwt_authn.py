@@ -87,7 +87,7 @@ def _provider(provider: model.JwtProvider) -> jwt_pb2.JwtProvider:
                 http_uri=http_uri_pb2.HttpUri(
                     uri=provider.jwks_uri,
                     cluster=jwks_cluster_name(provider.jwks_uri),
-                    timeout=protos.duration(JWKS_FETCH_TIMEOUT_SECONDS),
+                    timeout=protos.duration(provider.jwks_timeout or JWKS_FETCH_TIMEOUT_SECONDS),
                 ),
                 cache_duration=protos.duration(JWKS_CACHE_SECONDS),
                 # Fetched in the background: the listener is ready before the keys arrive,

@@ -330,6 +330,7 @@ class JwtProvider:
     claim_to_headers: tuple[ClaimHeader, ...] = ()
     payload_header: str | None = None
     forward_original_token: bool = False
+    jwks_timeout: float | None = None  # seconds to fetch ``jwks_uri``; None: 5 s
 
 
 # --- Istio AuthorizationPolicy -------------------------------------------------------------

@@ -569,6 +569,9 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
         forward_original_token=_flag(
             item.get("forwardOriginalToken"), f"{path}.forwardOriginalToken"
         ),
+        jwks_timeout=None
+        if item.get("timeout") is None
+        else _positive_duration(item["timeout"], f"{path}.timeout"),
     )
 
 

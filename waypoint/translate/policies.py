@@ -43,7 +43,8 @@ class _Use:
 # (kind, namespace, name) of the place a target names -> its (position, policy, target), so that
 # finding the policies of a route or cluster never scans every policy (quadratic otherwise).
 Place = tuple[str, str, str]
-Candidates = dict[Place, list[tuple[int, parse.Policy, parse.Target]]]
+# Quoted: waypoint.policy.parse imports this package, so its names may not exist yet here.
+Candidates = dict[Place, list[tuple[int, "parse.Policy", "parse.Target"]]]
 
 
 @dataclasses.dataclass
