@@ -38,7 +38,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.type.matcher.v3 import metadata_pb2, value_pb2
 
-from waypoint.envoy import filters, jwt_authn, rbac
+from waypoint.envoy import jwt_authn, rbac
 from waypoint.simulate import matching
 
 Headers = Sequence[tuple[str, str]]
@@ -429,7 +429,3 @@ def describe(verdict: Verdict) -> list[str]:
     else:
         lines.append("authorization: allowed")
     return lines
-
-
-# The key the source address is kept under, for callers that set it.
-SOURCE_ADDRESS_KEY = filters.SOURCE_ADDRESS_KEY
