@@ -215,9 +215,11 @@ def test_statuses() -> None:
     gateway = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
     mesh = {"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "waypoint"}
     other_class = {**mesh, "name": "istio"}
+    beta = named("v1beta1", {"targetRefs": [gateway]})
+    beta["apiVersion"] = "security.istio.io/v1beta1"
     translation = _translate(
         named("ok", {"rules": [{}]}),
-        named("v1beta1", {"targetRefs": [gateway]}),
+        beta,
         named("missing", {"targetRefs": [{**SERVICE, "name": "nope"}]}),
         named("not-served", {"targetRefs": [{**SERVICE, "name": "outside"}]}),
         named("bad", {"action": "DENY", "rules": [{"when": [{"key": "x", "values": ["y"]}]}]}),
