@@ -13,7 +13,7 @@ import yaml
 
 from waypoint import model, translate
 from waypoint.commands import explain
-from waypoint.envoy import protos, rbac
+from waypoint.envoy import bootstrap, options, protos, rbac
 from waypoint.policy import authorization, parse
 from waypoint.translate import fields
 from waypoint.translate import policies as attach
@@ -359,3 +359,79 @@ def test_explain_names_the_deciding_policy(
     assert "authz: rbac ALLOW (dry run): no policy matches, not enforced" in out
     assert "authz: authorization: allowed" in out
     assert "result: Envoy answers 503" in out  # no endpoints in this world: past authz
+
+
+# --- junk in every field ---------------------------------------------------------------------
+
+RICH = {
+    "action": "DENY",
+    "rules": [
+        {
+            "from": [
+                {
+                    "source": {
+                        "principals": ["cluster.local/ns/a/sa/b", "*"],
+                        "notRequestPrincipals": ["https://i/*"],
+                        "namespaces": ["a-*"],
+                        "serviceAccounts": ["ns/sa"],
+                        "ipBlocks": ["10.0.0.0/8"],
+                    }
+                }
+            ],
+            "to": [
+                {
+                    "operation": {
+                        "hosts": ["*.example"],
+                        "ports": ["80"],
+                        "methods": ["GET"],
+                        "notPaths": ["/a/{*}/b", "/c/{**}"],
+                    }
+                }
+            ],
+            "when": [
+                {"key": "request.auth.claims[a][b]", "values": ["x"]},
+                {"key": "request.headers[x-y]", "notValues": ["z"]},
+                {"key": "destination.ip", "values": ["10.96.0.0/16"]},
+            ],
+        }
+    ],
+}
+JUNK: tuple[Any, ...] = (None, 0, -1, "", "x", "{**}", "*", [], {}, [None], {"x": 1}, True, 1.5)
+
+
+def _leaves(value: Any, prefix: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _leaves(item, (*prefix, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _leaves(item, (*prefix, i))
+    return found
+
+
+def _swap(doc: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(doc) if isinstance(doc, dict) else list(doc)
+    copy[path[0]] = _swap(doc[path[0]], path[1:], new)
+    return copy
+
+
+def test_junk_in_any_field_is_a_status_never_an_exception() -> None:
+    """Every field replaced by junk: Accepted or Invalid (never an exception), and whatever
+    was accepted renders into Envoy config."""
+    rendered: set[model.Waypoint] = set()
+    outcomes: set[str] = set()
+    for path in _leaves(RICH, ()):
+        for junk in JUNK:
+            spec = _swap(RICH, path, junk) if path else junk
+            raw = _raw(spec if isinstance(spec, dict) else {"rules": spec})
+            translation = _translate(raw)
+            outcomes.add(_condition(translation, "p").reason)
+            waypoint = translation.waypoint("ns1", "waypoint")
+            assert waypoint is not None
+            if waypoint not in rendered:
+                bootstrap.build(waypoint, options.BootstrapOptions())
+                rendered.add(waypoint)
+    assert outcomes == {"Accepted", "Invalid"}
