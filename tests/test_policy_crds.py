@@ -1,5 +1,9 @@
 """The policy CRDs: valid Kubernetes objects with structural schemas, which accept every
-documented and golden example and reject what the translator rejects."""
+documented and golden example and reject what the translator rejects.
+
+Objects are judged as the API server judges them (``tests.fakekube.crschema``): pruned,
+defaulted and validated, with unknown fields as errors, as ``kubectl apply`` asks for
+(``fieldValidation=Strict``)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped,unused-ignore]
 import kubernetes_validate
 import pytest
 import yaml
 
+from tests.fakekube import crdrules, crschema
 from waypoint.policy import parse
 from waypoint.translate import fields, policies
 
@@ -34,8 +38,8 @@ def _schema(kind: str) -> dict[str, Any]:
 
 
 def _errors(doc: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft7Validator(_schema(doc["kind"]))
-    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+    _, unknown, errors = crschema.admit(doc, _schema(doc["kind"]))
+    return [f'unknown field "{field}"' for field in unknown] + [str(e) for e in errors]
 
 
 def _doc_examples() -> list[dict[str, Any]]:
@@ -60,22 +64,22 @@ def test_crds_are_valid_kubernetes_objects() -> None:
         kubernetes_validate.validate(_crd(kind), "1.32", strict=True)
 
 
-def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, schema
-    for name, sub in schema.get("properties", {}).items():
-        yield from _nodes(sub, f"{path}.{name}")
-    if "items" in schema:
-        yield from _nodes(schema["items"], f"{path}[]")
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_crds_pass_the_api_servers_crd_rules(kind: str) -> None:
+    """Structural, no properties beside additionalProperties, typed nodes: see crdrules."""
+    assert crdrules.check(_crd(kind)) == []
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_schemas_are_structural(kind: str) -> None:
-    """Every node has a type; objects are closed unless they say they preserve fields."""
-    for path, node in _nodes(_schema(kind)):
-        assert "type" in node, f"{kind}{path} has no type"
-        if node["type"] == "object" and path not in (".metadata",):
-            closed = node.get("additionalProperties") is False
-            assert closed or node.get("x-kubernetes-preserve-unknown-fields"), f"{kind}{path}"
+def test_unknown_fields_are_pruned_without_strict_validation(kind: str) -> None:
+    real = {"timeout": {"request": "1s"}} if kind == "TrafficPolicy" else {}
+    doc = _base(kind, surprise=True, **real)
+    doc["spec"]["targetRefs"][0]["extra"] = "x"
+    admitted, unknown, errors = crschema.admit(doc, _schema(kind))
+    assert errors == []
+    assert unknown == ["spec.targetRefs[0].extra", "spec.surprise"]
+    assert "surprise" not in admitted["spec"]
+    assert "extra" not in admitted["spec"]["targetRefs"][0]
 
 
 def test_documented_and_golden_examples_pass_the_schema_and_the_translator() -> None:
