@@ -276,11 +276,15 @@ def _junctors(value: Any, s: Schema, path: str, errors: list[fe.FieldError]) -> 
     where = path or "<root>"
     for sub in s.get("allOf") or []:
         _validate(value, sub, path, False, errors)
-    if s.get("anyOf") and not s.get("x-kubernetes-int-or-string"):
-        if all(validate(value, sub, path) for sub in s["anyOf"]):
-            errors.append(
-                fe.invalid(where, value, f'"{where}" must validate at least one schema (anyOf)')
-            )
+    int_or_string = s.get("x-kubernetes-int-or-string")
+    if (
+        s.get("anyOf")
+        and not int_or_string
+        and all(validate(value, sub, path) for sub in s["anyOf"])
+    ):
+        errors.append(
+            fe.invalid(where, value, f'"{where}" must validate at least one schema (anyOf)')
+        )
     if s.get("oneOf"):
         passing = sum(1 for sub in s["oneOf"] if not validate(value, sub, path))
         if passing != 1:
