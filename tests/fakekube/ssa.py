@@ -176,7 +176,8 @@ def apply(
         for other, paths in sorted(owners.items())
         if other != manager
         for path in sorted(new_set & paths, key=render)
-        if get(live, path) != get(patch, path)
+        # Values conflict; an item's own entry (its key) is shared, as in structured-merge-diff.
+        if not isinstance(path[-1], tuple) and get(live, path) != get(patch, path)
     ]
     if conflicts and not force:
         raise ApplyConflict(conflicts)
