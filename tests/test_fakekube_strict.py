@@ -260,7 +260,7 @@ def test_deployment_selector_is_immutable(api: kcluster.Cluster) -> None:
     assert live is not None
     live["spec"]["selector"] = {"matchLabels": {"tier": "front"}}
     with pytest.raises(
-        kcluster.ClusterError, match="spec.selector: Invalid value.*field is immutable"
+        kcluster.ClusterError, match=r"spec\.selector: Invalid value.*field is immutable"
     ):
         api.replace(live)
 

@@ -56,13 +56,15 @@ def _pod_lists(prefix: Spath) -> dict[Spath, tuple[str, ...]]:
 
 
 CONDITIONS = {("status", "conditions"): ("type",)}
+# metav1.LabelSelector is +structType=atomic; ServiceSpec.selector is +mapType=atomic.
+SELECTOR: dict[Spath, tuple[str, ...]] = {("spec", "selector"): ()}
 LIST_MAP_KEYS: dict[str, dict[Spath, tuple[str, ...]]] = {
     "Pod": {**_pod_lists(("spec",)), **CONDITIONS},
-    "Deployment": {**_pod_lists(POD_TEMPLATE), **CONDITIONS},
-    "Job": {**_pod_lists(POD_TEMPLATE), **CONDITIONS},
-    "Service": {("spec", "ports"): ("port", "protocol"), **CONDITIONS},
+    "Deployment": {**_pod_lists(POD_TEMPLATE), **CONDITIONS, **SELECTOR},
+    "Job": {**_pod_lists(POD_TEMPLATE), **CONDITIONS, **SELECTOR},
+    "Service": {("spec", "ports"): ("port", "protocol"), **CONDITIONS, **SELECTOR},
     "HorizontalPodAutoscaler": dict(CONDITIONS),  # spec.metrics is atomic
-    "PodDisruptionBudget": dict(CONDITIONS),
+    "PodDisruptionBudget": {**CONDITIONS, **SELECTOR},
     "Namespace": dict(CONDITIONS),
     "GatewayClass": dict(CONDITIONS),
     "Gateway": {
@@ -127,8 +129,9 @@ def quantities(kind: str, obj: Obj) -> Iterator[tuple[Obj, str, str]]:
         yield from ((c, k, "spec." + p) for c, k, p in _hpa_quantities(spec))
 
 
-def canonicalize(kind: str, obj: Obj) -> list[fe.FieldError]:
-    """Rewrite every quantity of ``obj`` in canonical form; the ones that do not parse."""
+def canonicalize(kind: str, obj: Obj, rewritten: list[str] | None = None) -> list[fe.FieldError]:
+    """Rewrite every quantity of ``obj`` in canonical form; the ones that do not parse.
+    Each rewrite is noted in ``rewritten`` as ``<path>: <sent> -> <stored>``."""
     errors = []
     for holder, key, path in list(quantities(kind, obj)):
         raw = holder[key]
@@ -136,6 +139,9 @@ def canonicalize(kind: str, obj: Obj) -> list[fe.FieldError]:
             holder[key] = quantity.canonical(str(raw) if isinstance(raw, (int, float)) else raw)
         except quantity.Invalid as exc:
             errors.append(fe.invalid(path, raw, str(exc)))
+            continue
+        if rewritten is not None and holder[key] != raw:
+            rewritten.append(f"{path}: {raw} -> {holder[key]}")
     return errors
 
 

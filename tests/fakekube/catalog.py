@@ -109,9 +109,12 @@ def from_crd(crd: dict[str, Any]) -> list[Resource]:
 def list_map_keys(
     schema: Mapping[str, Any], path: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Every ``x-kubernetes-list-type: map`` list of a schema, with its keys."""
+    """Every ``x-kubernetes-list-type: map`` list of a schema, with its keys, and every
+    ``x-kubernetes-map-type: atomic`` object, with none (see ``ssa``)."""
     if schema.get("x-kubernetes-list-type") == "map":
         yield path, tuple(schema.get("x-kubernetes-list-map-keys") or ())
+    if schema.get("x-kubernetes-map-type") == "atomic":
+        yield path, ()
     for name, sub in (schema.get("properties") or {}).items():
         if isinstance(sub, Mapping):
             yield from list_map_keys(sub, (*path, name))

@@ -103,6 +103,8 @@ class FakeKube:
         self._warnings: list[str] = []
         # Every Warning the server sent (unknown fields it pruned), for tests to assert on.
         self.warned: list[str] = []
+        # Every quantity stored in another form than sent (``Deployment web spec...: 0.5 -> 500m``).
+        self.rewritten: list[str] = []
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -253,7 +255,9 @@ class FakeKube:
             self._warnings += [f'unknown field "{field}"' for field in unknown]
             self.warned += [f'unknown field "{field}"' for field in unknown]
         else:
-            errors = builtin.canonicalize(resource.kind, obj)
+            rewritten: list[str] = []
+            errors = builtin.canonicalize(resource.kind, obj, rewritten)
+            self.rewritten += [f"{resource.kind} {name} {change}" for change in rewritten]
             if old is not None:
                 builtin.carry_allocated(resource.kind, old, obj)
                 errors += builtin.validate_update(resource.kind, old, obj)
@@ -587,7 +591,9 @@ class FakeKube:
             patch = {k: v for k, v in patch.items() if k != "status" or not resource.status}
         if resource.schema is None:
             # The server compares and merges decoded, canonical values, not the client's text.
-            builtin.canonicalize(resource.kind, patch)
+            rewritten: list[str] = []
+            builtin.canonicalize(resource.kind, patch, rewritten)
+            self.rewritten += [f"{resource.kind} {key[2]} {change}" for change in rewritten]
         owners = copy.deepcopy(owners)
         try:
             applied = ssa.apply(live, patch, owners, owner_key, force, resource.list_keys)

@@ -6,7 +6,9 @@ item on its ``x-kubernetes-list-map-keys`` (containers by name, container ports 
 containerPort and protocol, env by name, conditions by type); every other list is atomic, owned
 and replaced as a whole. ``Lists`` maps a field path (field names, list items skipped) to its
 keys; ``builtin.LIST_MAP_KEYS`` holds them for the built-in and Gateway API kinds and
-``catalog.from_crd`` reads them from a CRD's schema.
+``catalog.from_crd`` reads them from a CRD's schema. An empty tuple marks an atomic map or
+struct (``+structType=atomic``, ``x-kubernetes-map-type: atomic``): a label selector is
+replaced whole, never merged key by key.
 
 A field path is a tuple of map keys and list-item keys, ``("k", ((field, value), ...))``.
 """
@@ -63,7 +65,7 @@ def _schema_path(path: Path) -> tuple[str, ...]:
 
 def _keys_of(lists: Lists, path: Path) -> tuple[str, ...] | None:
     spath = _schema_path(path)
-    return META_LISTS.get(spath) or lists.get(spath)
+    return META_LISTS[spath] if spath in META_LISTS else lists.get(spath)
 
 
 def item_key(item: Any, keys: tuple[str, ...], where: str = "") -> tuple[Any, ...]:
@@ -91,6 +93,9 @@ def fieldset(obj: Mapping[str, Any], lists: Lists) -> set[Path]:
 
 
 def _walk(value: Any, path: Path, lists: Lists) -> Iterator[Path]:
+    if _keys_of(lists, path) == ():
+        yield path
+        return
     if isinstance(value, Mapping) and value:
         for key, child in value.items():
             yield from _walk(child, (*path, key), lists)
@@ -139,7 +144,8 @@ def delete(obj: Any, path: Path) -> None:
 
 
 def merge(live: Any, patch: Any, lists: Lists, path: Path = ()) -> Any:
-    if isinstance(live, Mapping) and isinstance(patch, Mapping):
+    keys = _keys_of(lists, path)
+    if isinstance(live, Mapping) and isinstance(patch, Mapping) and keys != ():
         result = dict(copy.deepcopy(live))
         for key, value in patch.items():
             child = (*path, key)
@@ -147,8 +153,7 @@ def merge(live: Any, patch: Any, lists: Lists, path: Path = ()) -> Any:
                 merge(result[key], value, lists, child) if key in result else copy.deepcopy(value)
             )
         return result
-    keys = _keys_of(lists, path)
-    if isinstance(live, list) and isinstance(patch, list) and keys is not None:
+    if isinstance(live, list) and isinstance(patch, list) and keys:
         merged = [copy.deepcopy(item) for item in live]
         for item in patch:
             element = item_key(item, keys, render(path))
