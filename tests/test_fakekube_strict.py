@@ -28,7 +28,7 @@ JOB = kcluster.Kind("batch/v1", "Job")
 
 def _status(exc: BaseException) -> Obj:
     assert isinstance(exc, (dyn_errors.DynamicApiError, k8s_client.ApiException))
-    body: Obj = json.loads(exc.body)
+    body: Obj = json.loads(exc.body or "{}")
     return body
 
 
@@ -179,6 +179,7 @@ def test_unknown_fields_are_pruned_with_a_warning_or_refused_when_strict(
     custom = k8s_client.CustomObjectsApi(api.api_client)
     where = ("policy.waypoint.dev", "v1alpha1", "demo", "trafficpolicies")
     body = _traffic_policy({"timeout": {"request": "1s", "perTry": "1s"}, "surprise": True})
+    created: Any
     created, code, headers = custom.create_namespaced_custom_object_with_http_info(
         *where, body=body
     )
@@ -295,7 +296,7 @@ def test_service_cluster_ip_may_not_change_once_set(api: kcluster.Cluster) -> No
 
 
 def test_job_template_is_immutable(api: kcluster.Cluster) -> None:
-    job = {
+    job: Obj = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "once", "namespace": "demo"},
@@ -317,7 +318,7 @@ def test_job_template_is_immutable(api: kcluster.Cluster) -> None:
 
 
 def test_disruption_budget_selector_is_mutable(api: kcluster.Cluster) -> None:
-    pdb = {
+    pdb: Obj = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {"name": "pdb", "namespace": "demo"},
@@ -443,7 +444,7 @@ def test_apply_conflicts_between_managers_unless_forced(api: kcluster.Cluster) -
 
 
 def test_lists_without_map_keys_are_atomic(api: kcluster.Cluster) -> None:
-    hpa = {
+    hpa: Obj = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "web", "namespace": "demo"},

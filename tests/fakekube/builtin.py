@@ -55,7 +55,7 @@ def _pod_lists(prefix: Spath) -> dict[Spath, tuple[str, ...]]:
     return lists
 
 
-CONDITIONS = {("status", "conditions"): ("type",)}
+CONDITIONS: dict[Spath, tuple[str, ...]] = {("status", "conditions"): ("type",)}
 # metav1.LabelSelector is +structType=atomic; ServiceSpec.selector is +mapType=atomic.
 SELECTOR: dict[Spath, tuple[str, ...]] = {("spec", "selector"): ()}
 LIST_MAP_KEYS: dict[str, dict[Spath, tuple[str, ...]]] = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tests.fakekube import fielderrors as fe
@@ -155,7 +155,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _has_type(value: Any, kind: str) -> bool:
-    checks = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "string": lambda v: isinstance(v, str),
         "boolean": lambda v: isinstance(v, bool),
         "integer": _is_int,
