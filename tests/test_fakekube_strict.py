@@ -173,6 +173,22 @@ def test_custom_resources_are_validated_against_their_schema(
     assert fake.objects("policy.waypoint.dev/v1alpha1", "TrafficPolicy") == []
 
 
+def test_cel_rules_are_enforced(api: kcluster.Cluster) -> None:
+    hashless = _traffic_policy({"loadBalancer": {"type": "ConsistentHash"}})
+    status = _fails(api.resource(kcluster.TRAFFIC_POLICY).create, body=hashless, namespace="demo")
+    assert status["message"] == (
+        'TrafficPolicy.policy.waypoint.dev "tp" is invalid: spec.loadBalancer: Invalid value: '
+        '"object": consistentHash is required for, and only for, type ConsistentHash'
+    )
+    wrong_group = _traffic_policy({"timeout": {"request": "1s"}})
+    wrong_group["spec"]["targetRefs"][0]["group"] = "gateway.networking.k8s.io"
+    status = _fails(
+        api.resource(kcluster.TRAFFIC_POLICY).create, body=wrong_group, namespace="demo"
+    )
+    assert status["details"]["causes"][0]["field"] == "spec.targetRefs[0]"
+    assert 'Service targets have group ""' in status["message"]
+
+
 def test_unknown_fields_are_pruned_with_a_warning_or_refused_when_strict(
     api: kcluster.Cluster, fake: server.FakeKube
 ) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pathlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.fakekube import crdrules, crschema
+from tests.fakekube import cel, crdrules, crschema
 from waypoint.policy import parse
 from waypoint.translate import fields, policies
 
@@ -70,6 +71,23 @@ def test_crds_pass_the_api_servers_crd_rules(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_cel_rule_is_evaluated_by_the_fake(kind: str) -> None:
+    """No rule is beyond cel-python, so the fake API server enforces all of them."""
+    rules = list(_rules(_schema(kind)))
+    assert rules
+    assert [(path, cel.unsupported(rule)) for path, rule in rules if cel.unsupported(rule)] == []
+
+
+def _rules(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    for rule in schema.get("x-kubernetes-validations") or []:
+        yield path, rule
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from _rules(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _rules(schema["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_unknown_fields_are_pruned_without_strict_validation(kind: str) -> None:
     real = {"timeout": {"request": "1s"}} if kind == "TrafficPolicy" else {}
     doc = _base(kind, surprise=True, **real)
@@ -121,6 +139,16 @@ BAD = [
     _base("TrafficPolicy", faultInjection={"delay": {"fixedDelay": "1s", "percentage": 150}}),
     _base("TrafficPolicy", mirror={"backendRef": {"name": "x"}}),
     _base("TrafficPolicy"),  # sets nothing
+    # Cross-field rules: the CRDs' x-kubernetes-validations (CEL).
+    _base("TrafficPolicy", loadBalancer={"type": "ConsistentHash"}),
+    _base("TrafficPolicy", loadBalancer={"type": "Random", "consistentHash": {"header": "x"}}),
+    {
+        **_base("ExtAuthzPolicy"),
+        "spec": {
+            "targetRefs": [{"group": "example.dev", "kind": "Service", "name": "orders"}],
+            "decision": "envoy/authz/allow",
+        },
+    },
 ]
 
 

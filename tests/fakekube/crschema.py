@@ -11,7 +11,7 @@ runs the OpenAPI value validations of k8s.io/kube-openapi ``pkg/validation/valid
 Unknown fields are errors only with ``fieldValidation=Strict``
 (``apiserver/customresource_handler.go``); otherwise they become ``Warning`` headers.
 
-``x-kubernetes-validations`` (CEL) rules are not evaluated here.
+``x-kubernetes-validations`` (CEL) rules are evaluated by ``cel``, with the limits it states.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tests.fakekube import cel
 from tests.fakekube import fielderrors as fe
 
 Schema = Mapping[str, Any]
@@ -124,6 +125,8 @@ def _validate(value: Any, s: Schema, path: str, root: bool, errors: list[fe.Fiel
     elif isinstance(value, Mapping):
         _object(value, s, path, root, errors)
     _junctors(value, s, path, errors)
+    if s.get("x-kubernetes-validations"):
+        errors += cel.check(value, s["x-kubernetes-validations"], where)
 
 
 def _type_error(where: str, value: Any, wanted: str) -> fe.FieldError:

@@ -16,6 +16,7 @@ import http.server
 import json
 import pathlib
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -105,7 +106,7 @@ class FakeKube:
         self.warned: list[str] = []
         # Every quantity stored in another form than sent (``Deployment web spec...: 0.5 -> 500m``).
         self.rewritten: list[str] = []
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -821,6 +822,14 @@ class FakeKube:
                 since = max(since, self._rv)
                 last_sent = now
             self._cond.wait(timeout=min(self.bookmark_interval, max(deadline - now, 0.01)))
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that hung up (a timed-out request the fake was holding) is not an error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 def _monotonic() -> float:
