@@ -21,7 +21,6 @@ it is converted to does; otherwise under ``spec.versions[i].schema.openAPIV3Sche
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -469,7 +468,3 @@ def _nested(s: Any, path: str, parent: Schema) -> Iterator[fe.FieldError]:
         yield from _nested(sub, f"{path}.properties[{name}]", {})
     if isinstance(s.get("items"), Mapping):
         yield from _nested(s["items"], path + ".items", {})
-
-
-def render(errors: list[fe.FieldError]) -> str:
-    return json.dumps([str(e) for e in errors], indent=1)
