@@ -22,8 +22,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-import yaml
-
 from waypoint import model
 from waypoint import names as envoy_names
 from waypoint.commands import args as cli_args
@@ -221,7 +219,7 @@ def _dump(obj: Any, output: str, stream: TextIO) -> None:
     if output == "json":
         stream.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     else:
-        stream.write(yaml.safe_dump(obj, sort_keys=False))
+        stream.write(cli_args.dump_yaml(obj))
 
 
 def _generated(args: argparse.Namespace, namespace: str) -> Obj:

@@ -95,7 +95,6 @@ def set_source_principal() -> hcm_pb2.HttpFilter:
         format_string=substitution_format_string_pb2.SubstitutionFormatString(
             text_format_source=protos.inline("%DOWNSTREAM_PEER_URI_SAN%")
         ),
-        read_only=True,
         shared_with_upstream=value_pb2.FilterStateValue.ONCE,
     )
     config = set_filter_state_pb2.Config(on_request_headers=[value])
