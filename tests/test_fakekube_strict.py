@@ -598,3 +598,36 @@ def test_hung_requests_are_held_until_the_client_gives_up(
     assert api.get(kcluster.CONFIG_MAP, "demo", "none") is None
     fake.faults.clear()
     assert api.resource(kcluster.SERVICE).get(name="echo", namespace="demo").metadata.name == "echo"
+
+
+def test_apply_of_a_custom_resource_prunes_before_merging(
+    api: kcluster.Cluster, fake: server.FakeKube
+) -> None:
+    policy = _traffic_policy({"timeout": {"request": "1s"}})
+    api.apply(policy, "mine")
+    policy["spec"]["timeout"]["perTry"] = "1s"
+    applied = api.apply(policy, "mine")
+    assert applied["spec"]["timeout"] == {"request": "1s"}
+    assert fake.warned == ['unknown field "spec.timeout.perTry"']
+    fields = applied["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:timeout"]
+    assert fields == {"f:request": {}}  # nobody owns a field that was never stored
+
+
+def test_deleting_a_crd_deletes_its_objects_and_stops_serving_them(
+    api: kcluster.Cluster, fake: server.FakeKube
+) -> None:
+    crd = _widget_crd({"type": "object", "properties": {"size": {"type": "integer"}}})
+    api.create(crd)
+    api.dynamic.resources.invalidate_cache()
+    widget = {
+        "apiVersion": "example.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w", "namespace": "demo"},
+        "spec": {"size": 3},
+    }
+    assert api.create(widget)["spec"] == {"size": 3}
+    assert api.delete(CRD_KIND, "", "widgets.example.dev")
+    code, _, status = _raw_get(fake, "/apis/example.dev/v1/namespaces/demo/widgets/w")
+    assert (code, status["reason"]) == (404, "NotFound")
+    api.create(crd)  # served again, and empty
+    assert fake.get("example.dev/v1", "Widget", "demo", "w") is None

@@ -19,7 +19,8 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-import celpy  # type: ignore[import-untyped,unused-ignore]
+import celpy
+from celpy import adapter, celparser
 
 from tests.fakekube import fielderrors as fe
 
@@ -30,7 +31,7 @@ def _program(rule: str) -> Any:
     env = celpy.Environment()
     try:
         return env.program(env.compile(rule))
-    except celpy.CELParseError:
+    except celparser.CELParseError:
         return None
     except Exception:  # cel-python raises assorted errors for functions it lacks
         return None
@@ -67,7 +68,7 @@ def check(value: Any, rules: list[Mapping[str, Any]], where: str) -> list[fe.Fie
         path = where + str(rule.get("fieldPath") or "")
         message = str(rule.get("message") or f"failed rule: {text}")
         try:
-            result = _program(text).evaluate({"self": celpy.json_to_cel(value)})
+            result = _program(text).evaluate({"self": adapter.json_to_cel(value)})
         except Exception as exc:  # celpy raises some evaluation errors and returns others
             result = exc
         if isinstance(result, Exception):

@@ -245,16 +245,7 @@ class FakeKube:
             errors = crdrules.check(obj)
         elif resource.schema is not None:
             obj, unknown, errors = crschema.admit(obj, resource.schema)
-            if unknown and strict:
-                fields = ", ".join(f'unknown field "{field}"' for field in unknown)
-                raise ApiError(
-                    400,
-                    "BadRequest",
-                    f'{resource.kind} in version "{resource.version}" cannot be handled as a '
-                    f"{resource.kind}: strict decoding error: {fields}",
-                )
-            self._warnings += [f'unknown field "{field}"' for field in unknown]
-            self.warned += [f'unknown field "{field}"' for field in unknown]
+            self._unknown_fields(resource, unknown, strict)
         else:
             rewritten: list[str] = []
             errors = builtin.canonicalize(resource.kind, obj, rewritten)
@@ -267,6 +258,19 @@ class FakeKube:
         if errors:
             raise invalid(resource, name, errors)
         return obj
+
+    def _unknown_fields(self, resource: catalog.Resource, unknown: list[str], strict: bool) -> None:
+        """Pruned fields: an error with fieldValidation=Strict, else Warning headers."""
+        if unknown and strict:
+            fields = ", ".join(f'unknown field "{field}"' for field in unknown)
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'{resource.kind} in version "{resource.version}" cannot be handled as a '
+                f"{resource.kind}: strict decoding error: {fields}",
+            )
+        self._warnings += [f'unknown field "{field}"' for field in unknown]
+        self.warned += [f'unknown field "{field}"' for field in unknown]
 
     def _next_rv(self) -> int:
         self._rv += 1
@@ -412,6 +416,12 @@ class FakeKube:
         self._owners.pop(key, None)
         if resource.kind == "CustomResourceDefinition":
             self._serve_crd(obj, False)
+            # Its custom resources go with it, as the CRD finalizer deletes them.
+            spec = obj.get("spec") or {}
+            served = (spec.get("group"), (spec.get("names") or {}).get("plural"))
+            for gone in [k for k in self._objects if k[0] == served]:
+                self._objects.pop(gone)
+                self._owners.pop(gone, None)
         obj["metadata"]["resourceVersion"] = str(self._next_rv())
         self._events.append(_Event(self._rv, resource.key, "DELETED", copy.deepcopy(obj)))
         self._cond.notify_all()
@@ -590,11 +600,14 @@ class FakeKube:
             }
         else:
             patch = {k: v for k, v in patch.items() if k != "status" or not resource.status}
+        # The server merges what it decoded: canonical quantities, no unknown fields.
         if resource.schema is None:
-            # The server compares and merges decoded, canonical values, not the client's text.
             rewritten: list[str] = []
             builtin.canonicalize(resource.kind, patch, rewritten)
             self.rewritten += [f"{resource.kind} {key[2]} {change}" for change in rewritten]
+        else:
+            patch, unknown = crschema.prune(patch, resource.schema, root=True)
+            self._unknown_fields(resource, unknown, strict)
         owners = copy.deepcopy(owners)
         try:
             applied = ssa.apply(live, patch, owners, owner_key, force, resource.list_keys)
