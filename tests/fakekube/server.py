@@ -324,7 +324,7 @@ class FakeKube:
         if key in self._objects:
             raise ApiError(409, "AlreadyExists", f'{resource.plural} "{name}" already exists')
         self._check_namespace(resource, namespace)
-        if resource.status and resource.kind not in ("Namespace", "CustomResourceDefinition"):
+        if resource.status and resource.kind != "Namespace":
             body.pop("status", None)
         body = self._admit(resource, body, None, strict)
         meta = body["metadata"]
@@ -507,6 +507,7 @@ class FakeKube:
                 copy.deepcopy(self._owners),
                 list(self._events),
                 self._rv,
+                list(self.resources),
             )
         try:
             return self._mutate(
@@ -514,7 +515,8 @@ class FakeKube:
             )
         finally:
             if dry_run:
-                self._objects, self._owners, self._events, self._rv = snapshot
+                self._objects, self._owners, self._events, self._rv, self.resources = snapshot
+                self._by_key = {resource.key: resource for resource in self.resources}
 
     def _mutate(
         self,
