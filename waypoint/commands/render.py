@@ -176,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bad = report_statuses(rendered.translation.statuses)
-    if _writes_files(args):
+    if rendered.waypoint.proxy_port is not None:
+        pass  # behind ztunnel's sandwich: no certificate, so no SDS files either
+    elif _writes_files(args):
         try:
             secrets.write_sds_files(opts)
         except OSError as exc:
