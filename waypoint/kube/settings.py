@@ -163,6 +163,8 @@ KNOBS = (
 
 def _where(gateway: Mapping[str, Any]) -> str:
     meta = gateway.get("metadata") or {}
+    if gateway.get("kind") == "GatewayClass":
+        return f"GatewayClass {meta.get('name', '')}"
     return f"Gateway {meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
@@ -193,6 +195,38 @@ def class_parameters_ref(gateway_class: Mapping[str, Any]) -> tuple[str, str] | 
     if not ref.get("namespace"):
         raise SettingsError(f"GatewayClass {name}: spec.parametersRef needs a namespace")
     return str(ref["namespace"]), str(ref["name"])
+
+
+def check_class_config(
+    gateway_class: Mapping[str, Any], config_map: Mapping[str, Any], defaults: Settings | None
+) -> None:
+    """Raise SettingsError, naming the GatewayClass, when its parametersRef ConfigMap holds a
+    value no Gateway could use (the class's own status reports it)."""
+    name = (gateway_class.get("metadata") or {}).get("name", "")
+    # Only the ConfigMap is checked: a GatewayClass's own annotations are no settings layer.
+    resolve({"kind": "GatewayClass", "metadata": {"name": name}}, None, defaults, config_map)
+
+
+def referenced_config_maps(
+    gateway: Mapping[str, Any], gateway_class: Mapping[str, Any] | None
+) -> set[tuple[str, str]]:
+    """(namespace, name) of every parametersRef ConfigMap the Gateway's settings read: its
+    own and its GatewayClass's. Invalid references name nothing (status reports them)."""
+    found: set[tuple[str, str]] = set()
+    namespace = str((gateway.get("metadata") or {}).get("namespace") or "")
+    try:
+        own = parameters_ref(gateway)
+        if own:
+            found.add((namespace, own))
+    except SettingsError:
+        pass
+    try:
+        klass = class_parameters_ref(gateway_class) if gateway_class else None
+        if klass:
+            found.add(klass)
+    except SettingsError:
+        pass
+    return found
 
 
 def resolve(
