@@ -65,6 +65,10 @@ class InvalidToken(Exception):
     """A presented token failed a check; ``str(exc)`` is for logs, never for clients."""
 
 
+class HostileToken(InvalidToken):
+    """A token shaped to hurt a parser (duplicate names, deep nesting): refused by name."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Identity:
     """A verified token: who issued it, its claims and where it came from."""
@@ -186,9 +190,32 @@ def _b64decode(segment: str) -> bytes:
         raise InvalidToken("bad base64url segment") from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object hook refusing duplicate names (RFC 7519 7.2 lets a parser do so).
+
+    Otherwise the last ``role`` would win here while another reader of the same token
+    might take the first.
+    """
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _DuplicateKey
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(segment))
+        value = _DECODER.decode(_b64decode(segment).decode("utf-8"))
+    except _DuplicateKey:
+        raise HostileToken(f"{what} has a duplicate member name") from None
+    except RecursionError:
+        raise HostileToken(f"{what} is nested too deeply") from None
     except (UnicodeDecodeError, ValueError):
         raise InvalidToken(f"{what} is not JSON") from None
     if not isinstance(value, dict):
@@ -206,12 +233,18 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
 
 
 def peek_issuer(token: str) -> str | None:
-    """The unverified ``iss`` claim, used only to pick which provider verifies."""
+    """The unverified ``iss`` claim, used only to pick which provider verifies.
+
+    A payload that is not JSON names no issuer; one shaped to hurt a parser raises
+    ``HostileToken``, so the refusal says what was wrong.
+    """
     parts = token.split(".")
     if len(parts) != 3:
         return None
     try:
         iss = _json_object(parts[1], "payload").get("iss")
+    except HostileToken:
+        raise
     except InvalidToken:
         return None
     return iss if isinstance(iss, str) else None
@@ -385,6 +418,8 @@ class ProviderVerifier:
 
     def cached(self, token: str, source: str | None = None) -> Identity | None:
         """A still-valid identity verified earlier for this exact token, if any."""
+        if len(token) > self.max_token_bytes:
+            return None  # never hashed, decoded or parsed: refused by size
         hit = self._cache.get(hashlib.sha256(token.encode()).digest())
         if hit is None or self._clock() >= hit.expires_at + self._leeway:
             return None
@@ -394,8 +429,7 @@ class ProviderVerifier:
 
     async def verify(self, token: str, source: str | None = None) -> Identity:
         """Verify a token for this provider or raise InvalidToken."""
-        if len(token) > self.max_token_bytes:
-            raise InvalidToken(f"token of {len(token)} bytes exceeds {self.max_token_bytes}")
+        self.check_size(token)
         self.maybe_refresh()
         hit = self.cached(token, source)
         if hit is not None:
@@ -410,6 +444,21 @@ class ProviderVerifier:
         identity = dataclasses.replace(verified, source_header=source)
         self._remember(digest, identity)
         return identity
+
+    def check_size(self, token: str) -> None:
+        """Refuse a token over ``max_token_bytes`` before any work is spent on it."""
+        if len(token) > self.max_token_bytes:
+            raise InvalidToken(f"token of {len(token)} bytes exceeds {self.max_token_bytes}")
+
+    def check_remembered(self, token: str) -> None:
+        """Raise the remembered refusal of this exact token, if it is still remembered."""
+        if self._rejected:
+            self._check_rejected(hashlib.sha256(token.encode()).digest())
+
+    def refuse(self, token: str, exc: InvalidToken) -> InvalidToken:
+        """Remember a refusal decided outside ``verify`` (no provider claims the token)."""
+        self._remember_rejection(hashlib.sha256(token.encode()).digest(), exc)
+        return exc
 
     def _check_rejected(self, digest: bytes) -> None:
         rejected = self._rejected.get(digest)
@@ -581,13 +630,19 @@ class Authenticator:
                 verifier.maybe_refresh()
                 return hit
         for verifier, token, source in found:
-            if peek_issuer(token) == verifier.provider.issuer:
+            # Size first: a long token is never decoded. Then a refusal remembered for this
+            # exact token stands, as it would inside verify; any invalid token presented
+            # fails the request (Istio's rule too), so this never hides a valid one.
+            verifier.check_size(token)
+            verifier.check_remembered(token)
+            try:
+                issuer = peek_issuer(token)
+            except HostileToken as exc:
+                raise verifier.refuse(token, exc) from None
+            if issuer == verifier.provider.issuer:
                 return await verifier.verify(token, source)
-        # No provider claims the issuer: still run the size check first for a clear reason.
         verifier, token, _source = found[0]
-        if len(token) > verifier.max_token_bytes:
-            raise InvalidToken(f"token of {len(token)} bytes exceeds {verifier.max_token_bytes}")
-        raise InvalidToken("no provider for the token's issuer")
+        raise verifier.refuse(token, InvalidToken("no provider for the token's issuer"))
 
 
 def _extract(provider: config.Provider, request: RequestTokens) -> list[tuple[str, str | None]]:

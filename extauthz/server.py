@@ -217,6 +217,7 @@ async def _h2(
             f"/{AUTHZ_SERVICE}/Check",
             external_auth_pb2.CheckRequest.FromString,
             unary=checker.check,
+            unparsable=checker.unparsable,
         ),
         *health_table.methods(),
         h2grpc.Method(
@@ -225,7 +226,9 @@ async def _h2(
             per_message=reflection_answer,
         ),
     ]
-    server = h2grpc.Server(methods)
+    server = h2grpc.Server(
+        methods, limits=settings.limits, on_event=checker.metrics.transport_event
+    )
     port = await server.add_address(grpc_address(address), reuse_port=settings.reuse_port)
     return server, health_table, port
 
