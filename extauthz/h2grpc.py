@@ -45,6 +45,7 @@ UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's own default receive limit
 _MIN_WINDOW = 4 * 1024 * 1024  # so a request body of any allowed size needs no round trip
 _MAX_UNSENT_ON_ABORT = 64 * 1024
+_DEFAULT_LIMITS = config.Limits()
 _PREFIX = struct.Struct(">BI")  # gRPC length-prefixed message: compressed flag, length
 _CODES = {
     http2.NO_ERROR: "no_error",
@@ -526,10 +527,8 @@ class _Connection(asyncio.Protocol):
             return
         self._release(stream)
         _stop_clock(stream)
-        if code == OK and not message:
-            trailers = _OK_TRAILERS
-        else:
-            trailers = _trailers(code, message, extra)
+        ok = code == OK and not message
+        trailers = _OK_TRAILERS if ok else _trailers(code, message, extra)
         if not stream.started:
             self._h2.send_headers(stream.stream_id, _RESPONSE_BLOCK + trailers, end_stream=True)
         else:
@@ -648,7 +647,7 @@ class Server:
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_streams: int = 1024,
-        limits: config.Limits = config.Limits(),
+        limits: config.Limits = _DEFAULT_LIMITS,
         clock: http2.Clock = time.monotonic,
         on_event: Callable[[str], None] = lambda _event: None,
     ) -> None:

@@ -97,7 +97,7 @@ class Budget:
 class _Bucket:
     """A token bucket: ``take`` is False once ``burst`` tokens are spent faster than ``rate``."""
 
-    __slots__ = ("_rate", "_burst", "_tokens", "_clock", "_last")
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
 
     def __init__(self, rate: float, burst: int, clock: Clock) -> None:
         self._rate = rate

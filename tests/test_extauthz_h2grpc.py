@@ -331,7 +331,9 @@ async def test_message_cardinality_and_compression_get_grpc_statuses() -> None:
         # The compressed flag with no encoding at all: INTERNAL.
         flagged = client.open("/t.T/Echo")
         client.send(flagged, b"\x01" + message("z")[1:], end=True)
-        got = {s: await asyncio.to_thread(client.outcome, s) for s in (two, none, cut, gzip, flagged)}
+        got = {
+            s: await asyncio.to_thread(client.outcome, s) for s in (two, none, cut, gzip, flagged)
+        }
         assert got[two]["grpc-status"] == got[none]["grpc-status"] == "12"
         assert got[cut]["grpc-status"] == got[flagged]["grpc-status"] == "13"
         assert got[gzip]["grpc-status"] == "12"

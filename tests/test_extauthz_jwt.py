@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from jwt import algorithms as jwt_algorithms
 
 from extauthz import cli, config
 from extauthz import jwt as jwt_auth
@@ -649,7 +650,7 @@ async def test_bad_jwks_file_at_startup_is_an_error(tmp_path: pathlib.Path, bad:
 def _signed_raw(header_json: str, payload_json: str) -> str:
     """An RS256 token over exactly these JSON texts (pyjwt would re-serialize them)."""
     signing_input = f"{support.b64(header_json.encode())}.{support.b64(payload_json.encode())}"
-    signer = jwt_auth.pyjwt.algorithms.RSAAlgorithm(jwt_auth.pyjwt.algorithms.RSAAlgorithm.SHA256)
+    signer = jwt_algorithms.RSAAlgorithm(jwt_algorithms.RSAAlgorithm.SHA256)
     signature = signer.sign(signing_input.encode(), support.RSA_KEY)
     return f"{signing_input}.{support.b64(signature)}"
 
@@ -714,6 +715,6 @@ async def test_an_oversized_token_is_refused_before_any_decoding(
         raise AssertionError("an oversized token was decoded or hashed")
 
     monkeypatch.setattr(jwt_auth, "_b64decode", never)
-    monkeypatch.setattr(jwt_auth.hashlib, "sha256", never)
+    monkeypatch.setattr(hashlib, "sha256", never)
     with pytest.raises(jwt_auth.InvalidToken, match="exceeds 16384"):
         await _verify(authn, huge)
