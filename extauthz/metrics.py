@@ -58,6 +58,11 @@ class Metrics:
             ["event"],
             registry=self.registry,
         )
+        self.worker_restarts = prometheus_client.Gauge(
+            "extauthz_worker_restarts",
+            "Times the --workers supervisor restarted this worker's slot after it died.",
+            registry=self.registry,
+        )
         self.cache_hit = self.decision_cache.labels("hit")
         self.cache_miss = self.decision_cache.labels("miss")
         self.by_outcome = {outcome: self.checks.labels(outcome) for outcome in OUTCOMES}

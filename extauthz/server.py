@@ -241,9 +241,12 @@ async def _not_serving(table: HealthTable) -> None:
 _TRANSPORTS = {"h2": _h2, "grpcio": _grpcio}
 
 
-async def serve_forever(settings: config.Settings, listen: str | None, stop: asyncio.Event) -> None:
+async def serve_forever(
+    settings: config.Settings, listen: str | None, stop: asyncio.Event, worker_restarts: int = 0
+) -> None:
     """Run until ``stop`` is set, then shut down gracefully."""
     running, _port = await run_server(settings, listen=listen)
+    running.metrics.worker_restarts.set(worker_restarts)
     try:
         await stop.wait()
     finally:
