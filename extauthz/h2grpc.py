@@ -45,6 +45,7 @@ UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's own default receive limit
 _MIN_WINDOW = 4 * 1024 * 1024  # so a request body of any allowed size needs no round trip
 _MAX_UNSENT_ON_ABORT = 64 * 1024
+_TURN_BYTES = 16 * 1024  # read bytes of one connection handled per event-loop turn
 _DEFAULT_LIMITS = config.Limits()
 _PREFIX = struct.Struct(">BI")  # gRPC length-prefixed message: compressed flag, length
 _CODES = {
@@ -224,6 +225,8 @@ class _Connection(asyncio.Protocol):
         self._outbound: dict[int, _Outbound] = {}
         self._closing = False
         self._heard = True  # bytes arrived since the idle timer last looked
+        self._backlog = bytearray()  # read but left for the next turns (see data_received)
+        self._writing_paused = False
         self._timers: list[asyncio.TimerHandle] = []
 
     # -- asyncio.Protocol ----------------------------------------------------------------
@@ -260,6 +263,33 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
+        if self._backlog:
+            self._backlog += data  # read while a turn was pending: keep the order
+            return
+        if len(data) > _TURN_BYTES and self._transport is not None:
+            # One turn of the loop serves at most this much of one connection, so a peer
+            # that sends requests as fast as it can does not hold up everyone else's
+            # answers for a whole 256 KiB read; the rest waits for the next turn.
+            self._backlog = bytearray(data[_TURN_BYTES:])
+            data = data[:_TURN_BYTES]
+            self._transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._receive(data)
+
+    def _next_turn(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._backlog.clear()
+            return
+        chunk = bytes(self._backlog[:_TURN_BYTES])
+        del self._backlog[:_TURN_BYTES]
+        self._receive(chunk)
+        if self._backlog and not transport.is_closing():
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        elif not self._writing_paused and not transport.is_closing():
+            transport.resume_reading()
+
+    def _receive(self, data: bytes) -> None:
         try:
             self._h2.receive(data)
         except http2.ProtocolError as exc:
@@ -293,11 +323,13 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # A peer that does not read (its PINGs and SETTINGS still want answers) must not
         # grow our write buffer without bound: stop reading from it until it catches up.
+        self._writing_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        self._writing_paused = False
+        if self._transport is not None and not self._transport.is_closing() and not self._backlog:
             self._transport.resume_reading()
 
     # -- http2.Handler -------------------------------------------------------------------
@@ -329,7 +361,9 @@ class _Connection(asyncio.Protocol):
             stream.buffer += data
             server = self._server
             server.held += len(data)
-            if server.held > server.max_held_bytes:
+            # A call whose request ends here is taken off our hands in this same turn: only
+            # one that stays unfinished can be refused for what the process holds.
+            if server.held > server.max_held_bytes and not end_stream:
                 limit = server.max_held_bytes
                 server.count("buffered_bytes_exhausted")
                 self._finish(stream, RESOURCE_EXHAUSTED, f"over {limit} bytes of requests held")

@@ -7,7 +7,7 @@ answers every request, well-formed or not, with a CheckResponse, and never ``all
 where the policy says otherwise.
 
 CI runs a small budget (a few seconds in all). For a longer run set the number of
-examples per property, e.g. ``EXTAUTHZ_FUZZ_EXAMPLES=20000 pytest tests/test_extauthz_fuzz.py``.
+examples per property, e.g. ``EXTAUTHZ_FUZZ_EXAMPLES=20000 pytest --timeout 0 tests/test_extauthz_fuzz.py``.
 Inputs that once found a bug are pinned below with ``@example``.
 """
 

@@ -326,3 +326,60 @@ async def test_a_bug_inside_a_connection_ends_in_goaway_internal_error(
         got = await asyncio.to_thread(read_all, sock)
         assert goaway_code(got) == http2.INTERNAL_ERROR
         assert server.events["goaway_internal_error"] == 1
+
+
+def _call(stream_id: int, encoder: hpack.Encoder, text: str) -> bytes:
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/t.T/Echo"),
+        (b":authority", b"x"),
+        (b"content-type", b"application/grpc"),
+    ]
+    body = bytes(h2grpc.frame(Text(value=text)))
+    return raw(http2.HEADERS, http2.END_HEADERS, stream_id, encoder.encode(headers)) + raw(
+        http2.DATA, http2.END_STREAM, stream_id, body
+    )
+
+
+def _statuses(wire: bytes) -> dict[int, bytes]:
+    decoder = hpack.Decoder()
+    found: dict[int, bytes] = {}
+    for kind, _flags, stream_id, payload in frames(wire):
+        if kind == http2.HEADERS:
+            for name, value in decoder.decode(payload, raw=True):
+                if name == b"grpc-status":
+                    found[stream_id] = value
+    return found
+
+
+@pytest.mark.asyncio
+async def test_a_big_read_is_served_over_several_turns_in_order() -> None:
+    async with serving() as (_server, port):
+        encoder = hpack.Encoder()
+        calls = b"".join(_call(s, encoder, "x" * 200) for s in range(1, 801, 2))
+        assert len(calls) > 5 * 16 * 1024
+        sock = socket.create_connection(("127.0.0.1", port))
+        grant = raw(http2.WINDOW_UPDATE, 0, 0, struct.pack(">L", 1 << 30))  # room for answers
+        sock.sendall(client_wire(grant, calls, raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 0, 0))))
+        got = await asyncio.to_thread(read_all, sock)
+        assert _statuses(got) == dict.fromkeys(range(1, 801, 2), b"0")
+
+
+@pytest.mark.asyncio
+async def test_over_the_held_cap_a_call_that_completes_still_goes_through() -> None:
+    async with serving(max_buffered_request_bytes=4000) as (server, port):
+        encoder = hpack.Encoder()
+        sock = socket.create_connection(("127.0.0.1", port))
+        hog = raw(http2.HEADERS, http2.END_HEADERS, 1, encoder.encode(REQUEST_ECHO))
+        hog += raw(http2.DATA, 0, 1, b"\0\0\0\x10\0" + b"h" * 3990)  # unfinished, at the cap
+        sock.sendall(client_wire(hog, _call(3, encoder, "y" * 100)))
+        sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 3, 0)))
+        await asyncio.sleep(0.3)
+        assert server.held == 3995
+        sock.sendall(raw(http2.RST_STREAM, 0, 1, struct.pack(">L", http2.CANCEL)))
+        got = await asyncio.to_thread(read_all, sock)
+        assert _statuses(got) == {3: b"0"}
+
+
+REQUEST_ECHO = [(n, b"/t.T/Echo" if n == b":path" else v) for n, v in REQUEST]
