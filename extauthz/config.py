@@ -99,6 +99,7 @@ class PolicyConfig:
     # Decisions remembered by the input paths the policy reads (extauthz/decisioncache.py);
     # 0 turns the cache off. Only the embedded engine can be analysed, so only it caches.
     cache_entries: int = 10_000
+    cache_bytes: int = 16 * 1024 * 1024  # the cache's approximate size cap, keys and entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,7 +413,11 @@ def _claim_headers(raw: object, provider_key: str) -> tuple[ClaimToHeader, ...]:
 
 def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
     doc = _mapping(raw, "policy")
-    _known(doc, "policy", {"engine", "modules", "decision", "rego_version", "opa", "cache_entries"})
+    _known(
+        doc,
+        "policy",
+        {"engine", "modules", "decision", "rego_version", "opa", "cache_entries", "cache_bytes"},
+    )
     engine = _choice(doc.get("engine", "embedded"), "policy.engine", ("embedded", "opa"))
     modules = tuple(
         _path(item, f"policy.modules[{i}]", base_dir)
@@ -435,6 +440,9 @@ def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
         ),
         opa=_opa(doc.get("opa", {})),
         cache_entries=_int(doc.get("cache_entries", 10_000), "policy.cache_entries", 0, 10_000_000),
+        cache_bytes=_int(
+            doc.get("cache_bytes", 16 * 1024 * 1024), "policy.cache_bytes", 64 * 1024, 2**40
+        ),
     )
 
 

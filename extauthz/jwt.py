@@ -49,6 +49,10 @@ FileStamp = tuple[int, int, int]
 _MAX_JWKS_BYTES = 1024 * 1024
 _MIN_RSA_BITS = 2048
 _CACHE_LIMIT = 10_000
+# Bytes the verified-token cache may hold, roughly: an identity keeps the payload segment
+# and its decoded claims, about three times the token, plus a fixed overhead.
+_CACHE_BYTES = 32 * 1024 * 1024
+_IDENTITY_OVERHEAD = 600
 _REJECTION_TTL_SECONDS = 10.0
 _STARTUP_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
@@ -272,6 +276,7 @@ class ProviderVerifier:
         self._keys: dict[str, TrustedKey] | None = None
         self._hmac_secret: bytes | None = None
         self._cache: dict[bytes, Identity] = {}
+        self._cache_bytes = 0  # approximate, see _CACHE_BYTES
         self._rejected: dict[bytes, tuple[str, float]] = {}
         self._inflight: asyncio.Task[None] | None = None
         self._last_attempt = -math.inf
@@ -330,6 +335,7 @@ class ProviderVerifier:
             # A removed or replaced key must stop verifying at once: cached tokens go too,
             # and so do rejections, since a new key may verify a token refused before.
             self._cache.clear()
+            self._cache_bytes = 0
             self._rejected.clear()
         self._keys = keys
 
@@ -479,13 +485,18 @@ class ProviderVerifier:
         self._rejected[digest] = (reason, self._clock() + _REJECTION_TTL_SECONDS)
 
     def _remember(self, digest: bytes, identity: Identity) -> None:
-        if len(self._cache) >= _CACHE_LIMIT:
+        size = _identity_size(identity)
+        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
             now = self._clock()
             self._cache = {
                 k: v for k, v in self._cache.items() if now < v.expires_at + self._leeway
             }
-            if len(self._cache) >= _CACHE_LIMIT:
+            self._cache_bytes = sum(_identity_size(v) for v in self._cache.values())
+            if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
                 self._cache.clear()
+                self._cache_bytes = 0
+        if digest not in self._cache:
+            self._cache_bytes += size
         self._cache[digest] = identity
 
     async def _verify_uncached(self, token: str) -> Identity:
@@ -554,6 +565,10 @@ class ProviderVerifier:
         ):
             raise InvalidToken("aud does not match")
         return exp
+
+
+def _identity_size(identity: Identity) -> int:
+    return 3 * len(identity.payload_segment) + _IDENTITY_OVERHEAD
 
 
 def _opt_str(path: pathlib.Path | None) -> str | None:

@@ -128,7 +128,9 @@ def decision_cache(
         return None
     shown = ", ".join("input." + ".".join(map(str, p)) for p in analysis.paths) or "nothing"
     log.info("decision cache on (%d entries), keyed by %s", settings.policy.cache_entries, shown)
-    return decisioncache.DecisionCache(analysis.paths, settings.policy.cache_entries)
+    return decisioncache.DecisionCache(
+        analysis.paths, settings.policy.cache_entries, settings.policy.cache_bytes
+    )
 
 
 async def run_server(

@@ -718,3 +718,16 @@ async def test_an_oversized_token_is_refused_before_any_decoding(
     monkeypatch.setattr(hashlib, "sha256", never)
     with pytest.raises(jwt_auth.InvalidToken, match="exceeds 16384"):
         await _verify(authn, huge)
+
+
+async def test_the_token_cache_is_bounded_by_bytes(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jwt_auth, "_CACHE_BYTES", 100_000)
+    authn = _authenticator(tmp_path)
+    verifier = authn.provider("corp")
+    for i in range(40):  # tokens of about 10 KB each: 40 x 3 x 10 KB would be 1.2 MB
+        token = support.token(support.claims(NOW, sub=f"user-{i}", pad="p" * 7000))
+        assert await _verify(authn, token) is not None
+        assert verifier._cache_bytes <= 100_000
+    assert 0 < len(verifier._cache) < 40
