@@ -9,6 +9,8 @@ attacker was cut off (its connection closed, GOAWAY or not).
 
 Attacks (all on 127.0.0.1, each bounded by ``--duration``):
 
+- ``control``: the attacker's PING flood sent to a socket that discards it, not to extauthz:
+  what the attacker process alone costs the legit client on a machine this size;
 - ``settings``: 1,000 open streams, then SETTINGS frames of 2,730 INITIAL_WINDOW_SIZE entries;
 - ``settings-flood``, ``ping-flood``: empty SETTINGS frames or PINGs, as fast as they go;
 - ``continuation-flood``: one HEADERS without END_HEADERS, then empty CONTINUATIONs;
@@ -267,7 +269,22 @@ def attack_metadata(port: int, deadline: float, message: bytes) -> int:
     return peer.cutoffs
 
 
+def attack_control(_port: int, deadline: float, message: bytes) -> int:
+    """The PING flood against a discard socket, not extauthz: what the attacker's own CPU
+    costs the legit client on this machine, the floor under every other row."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sink_port = listener.getsockname()[1]
+
+    def discard() -> None:
+        conn, _ = listener.accept()
+        _drain(conn)
+
+    threading.Thread(target=discard, daemon=True).start()
+    return _flood(_frame(http2.PING, 0, 0, b"12345678"))(sink_port, deadline, message)
+
+
 ATTACKS: dict[str, Callable[..., int]] = {
+    "control": attack_control,
     "settings": attack_settings,
     "settings-flood": _flood(_frame(http2.SETTINGS, 0, 0)),
     "ping-flood": _flood(_frame(http2.PING, 0, 0, b"12345678")),
