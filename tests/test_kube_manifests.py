@@ -25,7 +25,7 @@ from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 
 MANIFESTS = conftest.REPO / "manifests"
-TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds"]
+TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds", "overlays/istio"]
 # cert-manager's kinds have no schema in kubernetes-validate and we do not carry their CRDs.
 UNCHECKED = {"Certificate", "ClusterIssuer"}
 

@@ -15,6 +15,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.up",
     "waypoint.commands.request",
     "waypoint.commands.explain",
+    "waypoint.commands.certs",
+    "waypoint.commands.proxyconfig",
 )
 
 

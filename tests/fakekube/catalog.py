@@ -63,6 +63,9 @@ GATEWAY_API = (
 REQUEST_AUTHENTICATION = Resource(
     "security.istio.io", "v1", "RequestAuthentication", "requestauthentications", status=True
 )
+AUTHORIZATION_POLICY = Resource(
+    "security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies", status=True
+)
 
 
 def from_crd(crd: dict[str, Any]) -> list[Resource]:
@@ -89,7 +92,7 @@ def policies() -> tuple[Resource, ...]:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
                 found.extend(from_crd(doc))
-    return (*found, REQUEST_AUTHENTICATION)
+    return (*found, REQUEST_AUTHENTICATION, AUTHORIZATION_POLICY)
 
 
 def all_resources() -> tuple[Resource, ...]:

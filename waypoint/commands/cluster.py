@@ -22,8 +22,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-import yaml
-
 from waypoint import model
 from waypoint import names as envoy_names
 from waypoint.commands import args as cli_args
@@ -32,7 +30,7 @@ from waypoint.controller import leader, manager, reconcile
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, names, settings
+from waypoint.kube import constants, failclosed, gateway, names, settings
 from waypoint.xds import bootstrap as xds_bootstrap
 from waypoint.xds import cache as xds_cache
 from waypoint.xds import runner as xds_runner
@@ -161,6 +159,17 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-replicas", type=_positive, metavar="N")
     parser.add_argument("--max-replicas", type=_positive, metavar="N")
+    parser.add_argument(
+        "--require-waypoint",
+        action="store_true",
+        help="also write Istio AuthorizationPolicies so that ztunnel admits only the waypoint "
+        "into the namespace's workloads: traffic cannot bypass L7 policy (docs/istio.md)",
+    )
+    parser.add_argument(
+        "--trust-domain",
+        default=envoy_options.BootstrapOptions().trust_domain,
+        help="the mesh's trust domain, for --require-waypoint's principal",
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"])
 
 
@@ -221,7 +230,7 @@ def _dump(obj: Any, output: str, stream: TextIO) -> None:
     if output == "json":
         stream.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     else:
-        stream.write(yaml.safe_dump(obj, sort_keys=False))
+        stream.write(cli_args.dump_yaml(obj))
 
 
 def _generated(args: argparse.Namespace, namespace: str) -> Obj:
@@ -238,9 +247,24 @@ def _generated(args: argparse.Namespace, namespace: str) -> Obj:
 # --- generate / apply ----------------------------------------------------------------------
 
 
+def _fail_closed(args: argparse.Namespace, namespace: str) -> list[Obj]:
+    """The ``--require-waypoint`` policies, or none."""
+    if not args.require_waypoint:
+        return []
+    failclosed.check(args.traffic_type, args.service_account)
+    return failclosed.policies(namespace, args.name, args.trust_domain)
+
+
 @_guard
 def run_generate(args: argparse.Namespace) -> int:
-    _dump(_generated(args, args.namespace or "default"), args.output or "yaml", sys.stdout)
+    namespace = args.namespace or "default"
+    found = [_generated(args, namespace), *_fail_closed(args, namespace)]
+    if len(found) == 1:
+        _dump(found[0], args.output or "yaml", sys.stdout)
+    elif args.output == "json":
+        _dump({"apiVersion": "v1", "kind": "List", "items": found}, "json", sys.stdout)
+    else:
+        sys.stdout.write(cli_args.dump_yaml_all(found))
     return 0
 
 
@@ -249,10 +273,14 @@ def run_apply(args: argparse.Namespace) -> int:
     with _connect(args) as cluster:
         namespace = _namespace(args)
         desired = _generated(args, namespace)
+        policies = _fail_closed(args, namespace)
         cluster.resource(kcluster.GATEWAY)
+        if policies:
+            cluster.resource(kcluster.AUTHORIZATION_POLICY)  # Istio's CRDs, or a clear error
         _check_existing(cluster, namespace, args.name)
         if args.enroll_namespace:
             _check_enrollment(cluster, namespace, args.name, args.overwrite)
+        _warn_unless_ambient(cluster, namespace)
         try:
             applied = cluster.apply(
                 desired, CLI_FIELD_MANAGER, force=args.overwrite, dry_run=args.dry_run
@@ -262,16 +290,50 @@ def run_apply(args: argparse.Namespace) -> int:
         if args.enroll_namespace and not args.dry_run:
             patch = {"metadata": {"labels": {constants.USE_WAYPOINT: args.name}}}
             cluster.merge_patch(kcluster.NAMESPACE, "", namespace, patch, CLI_FIELD_MANAGER)
+        suffix = " (dry run)" if args.dry_run else ""
         if args.output:
             _dump(applied, args.output, sys.stdout)
         else:
-            suffix = " (dry run)" if args.dry_run else ""
             print(f"waypoint {namespace}/{args.name} applied{suffix}")
             if args.enroll_namespace and not args.dry_run:
                 print(f"namespace {namespace} labeled with {constants.USE_WAYPOINT}={args.name}")
         if args.wait and not args.dry_run:
-            return wait_programmed(cluster, namespace, args.name, args.timeout, sys.stderr)
+            code = wait_programmed(cluster, namespace, args.name, args.timeout, sys.stderr)
+            if code:
+                return code
+        _apply_fail_closed(cluster, args, policies, suffix)
     return 0
+
+
+def _apply_fail_closed(
+    cluster: kcluster.Cluster, args: argparse.Namespace, policies: list[Obj], suffix: str
+) -> None:
+    """After the waypoint (and, with --wait, once it is Programmed): a policy that admits
+    only the waypoint, applied before ztunnel sends traffic to it, would refuse everyone."""
+    if policies and not args.wait and not args.dry_run:
+        print(
+            "warning: --require-waypoint without --wait: until the waypoint is Programmed, "
+            "ztunnel refuses the clients it does not yet send through it",
+            file=sys.stderr,
+        )
+    for policy in policies:
+        cluster.apply(policy, CLI_FIELD_MANAGER, force=args.overwrite, dry_run=args.dry_run)
+        if not args.output:
+            name = policy["metadata"]["name"]
+            print(f"AuthorizationPolicy {policy['metadata']['namespace']}/{name} applied{suffix}")
+
+
+def _warn_unless_ambient(cluster: kcluster.Cluster, namespace: str) -> None:
+    """istioctl's warning (istioctl/pkg/waypoint): without ambient mode, no ztunnel captures
+    the namespace's pods, so nothing sends their traffic to any waypoint."""
+    found = cluster.get(kcluster.NAMESPACE, "", namespace)
+    labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+    if found is not None and labels.get(constants.DATAPLANE_MODE_LABEL) != "ambient":
+        print(
+            f"warning: namespace {namespace} is not enrolled in ambient mode; consider running "
+            f"`kubectl label namespace {namespace} {constants.DATAPLANE_MODE_LABEL}=ambient`",
+            file=sys.stderr,
+        )
 
 
 def _check_existing(cluster: kcluster.Cluster, namespace: str, name: str) -> None:

@@ -56,6 +56,7 @@ GRPC_ROUTE = Kind(constants.GATEWAY_API_VERSION, "GRPCRoute")
 EXTAUTHZ_POLICY = Kind(constants.POLICY_API_VERSION, "ExtAuthzPolicy")
 TRAFFIC_POLICY = Kind(constants.POLICY_API_VERSION, "TrafficPolicy")
 REQUEST_AUTHENTICATION = Kind(constants.ISTIO_SECURITY_API_VERSION, "RequestAuthentication")
+AUTHORIZATION_POLICY = Kind(constants.ISTIO_SECURITY_API_VERSION, "AuthorizationPolicy")
 
 # Optional inputs: without their CRDs the controller runs, and says so once.
 POLICY_KINDS = (EXTAUTHZ_POLICY, TRAFFIC_POLICY, REQUEST_AUTHENTICATION)

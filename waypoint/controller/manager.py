@@ -58,7 +58,7 @@ class Controller:
         cluster.resource(kcluster.GATEWAY)
         cluster.resource(kcluster.GATEWAY_CLASS)
         self.informers: dict[str, kinformer.Informer] = {}
-        for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
+        for kind in reconcile.WORLD_KINDS:
             if cluster.serves(kind):
                 self._inform(kind, self._on_world_change, None, watch_timeout)
             elif kind in kcluster.POLICY_KINDS:

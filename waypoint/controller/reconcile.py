@@ -394,6 +394,8 @@ def list_world(cluster: kcluster.Cluster) -> list[Obj]:
 
 WORLD_KINDS = (
     kcluster.NAMESPACE,
+    # Its annotations and labels are inputs too (Istio's inbound binding, waypoint-for).
+    kcluster.GATEWAY_CLASS,
     kcluster.SERVICE,
     kcluster.ENDPOINT_SLICE,
     kcluster.GATEWAY,

@@ -80,6 +80,17 @@ def service_account(gateway: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
+def _front_listener(listener: Any) -> bool:
+    if not isinstance(listener, Mapping):
+        return False
+    if listener.get("protocol") == constants.PROXY_PROTOCOL:
+        return True
+    return (
+        listener.get("protocol") == constants.HBONE_PROTOCOL
+        and listener.get("port") == constants.HBONE_PORT
+    )
+
+
 def problems(gateway: Mapping[str, Any]) -> list[str]:
     """Why the Gateway cannot be accepted as a waypoint; empty when it can."""
     namespace, name = key(gateway)
@@ -89,14 +100,11 @@ def problems(gateway: Mapping[str, Any]) -> list[str]:
     except names.InvalidName as exc:
         found.append(str(exc))
     listeners = (gateway.get("spec") or {}).get("listeners") or []
-    if not any(
-        listener.get("protocol") == constants.HBONE_PROTOCOL
-        and listener.get("port") == constants.HBONE_PORT
-        for listener in listeners
-    ):
+    if not any(_front_listener(listener) for listener in listeners):
         found.append(
             f"Gateway {namespace}/{name}: needs a listener with protocol "
-            f"{constants.HBONE_PROTOCOL} on port {constants.HBONE_PORT}"
+            f"{constants.HBONE_PROTOCOL} on port {constants.HBONE_PORT}, or one with protocol "
+            f"{constants.PROXY_PROTOCOL} (behind ztunnel's sandwich)"
         )
     if traffic_type(gateway) not in TRAFFIC_TYPES:
         found.append(

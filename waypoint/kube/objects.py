@@ -4,6 +4,12 @@ Output is deterministic: the same Gateway, settings and rendered config give byt
 objects, which is what lets the controller skip writes when nothing changed. A change of the
 rendered config changes the pod template's ``waypoint.dev/config-hash`` annotation, so the
 Deployment rolls (maxUnavailable 0) instead of serving a stale bootstrap.
+
+A waypoint behind Istio's ztunnel sandwich (``proxy_port`` set) differs in three ways: its
+Service and container expose the PROXY port, the pod carries no certificate (no cert volume,
+no SDS files), and the pod is enrolled in ambient mode (``istio.io/dataplane-mode: ambient``)
+instead of opted out, because its ztunnel terminates HBONE for it and captures its upstream
+traffic (docs/istio.md).
 """
 
 from __future__ import annotations
@@ -31,22 +37,24 @@ def desired_objects(
     bootstrap_yaml: str,
     options: envoy_options.BootstrapOptions,
     sidecar: extauthz.Sidecar | None = None,
+    proxy_port: int | None = None,
 ) -> list[Obj]:
     """ServiceAccount, ConfigMap(s), Service, Deployment, then the HPA and PDB when enabled.
 
     With a ``sidecar`` the extauthz container joins the pod and its config ConfigMap
-    ``<gateway>-extauthz`` is generated; without one, neither exists.
+    ``<gateway>-extauthz`` is generated; without one, neither exists. ``proxy_port``: the
+    waypoint sits behind ztunnel's sandwich (``model.Waypoint.proxy_port``).
     """
     namespace, name = gateway.key(gw)
     object_names = names.names_for(namespace, name)
-    files = config_files(bootstrap_yaml, options)
+    files = config_files(bootstrap_yaml, options, sds=proxy_port is None)
     size = sum(len(text.encode()) for text in files.values())
     if size > CONFIGMAP_LIMIT:
         raise ValueError(
             f"Gateway {namespace}/{name}: the rendered Envoy config is {size} bytes, "
             f"above the ConfigMap limit of {CONFIGMAP_LIMIT}"
         )
-    base = _Base(gw, object_names)
+    base = _Base(gw, object_names, proxy_port)
     result = [_overlay(conf, "serviceAccount", service_account(base)), config_map(base, files)]
     if sidecar is not None:
         result.append(extauthz_config_map(base, sidecar))
@@ -80,8 +88,11 @@ def config_hash(files: dict[str, str]) -> str:
 class _Base:
     """What every generated object of one Gateway shares: names, labels, owner."""
 
-    def __init__(self, gw: Mapping[str, Any], object_names: names.ObjectNames) -> None:
+    def __init__(
+        self, gw: Mapping[str, Any], object_names: names.ObjectNames, proxy_port: int | None
+    ) -> None:
         self.gateway = gw
+        self.proxy_port = proxy_port
         self.names = object_names
         self.namespace, self.name = gateway.key(gw)
         infra = (gw.get("spec") or {}).get("infrastructure") or {}
@@ -146,11 +157,14 @@ def service_account(base: _Base) -> Obj:
     }
 
 
-def config_files(bootstrap_yaml: str, options: envoy_options.BootstrapOptions) -> dict[str, str]:
+def config_files(
+    bootstrap_yaml: str, options: envoy_options.BootstrapOptions, *, sds: bool = True
+) -> dict[str, str]:
     """The ConfigMap's files: the bootstrap, and the file-based SDS configs it points at
-    (which name the PEM files of ``cert_dir``; see ``waypoint.envoy.secrets``)."""
+    (which name the PEM files of ``cert_dir``; see ``waypoint.envoy.secrets``) unless ``sds``
+    is False (a waypoint without certificates)."""
     files = {constants.CONFIG_KEY: bootstrap_yaml}
-    if not options.sds_over_ads:
+    if sds and not options.sds_over_ads:
         files.update(secrets.sds_files(options))
     return files
 
@@ -181,13 +195,25 @@ def service(base: _Base, options: envoy_options.BootstrapOptions) -> Obj:
         "spec": {
             "type": "ClusterIP",
             "selector": base.selector(),
-            "ports": [
-                _service_port("mesh", options.hbone_port, "hbone"),
-                _service_port("status-port", options.readiness_port, None),
-                _service_port("http-envoy-prom", options.stats_port, None),
-            ],
+            "ports": [*_front_ports(base, options), *_status_ports(options)],
         },
     }
+
+
+def _front_ports(base: _Base, options: envoy_options.BootstrapOptions) -> list[Obj]:
+    """Where ztunnel connects. Behind the sandwich, 15008 stays listed: istiod hands ztunnel
+    the waypoint with HBONE port 15008, which the ztunnel capturing the pod terminates."""
+    mesh = _service_port("mesh", options.hbone_port, "hbone")
+    if base.proxy_port is None:
+        return [mesh]
+    return [mesh, _service_port("proxy", base.proxy_port, None)]
+
+
+def _status_ports(options: envoy_options.BootstrapOptions) -> list[Obj]:
+    return [
+        _service_port("status-port", options.readiness_port, None),
+        _service_port("http-envoy-prom", options.stats_port, None),
+    ]
 
 
 def _service_port(name: str, port: int, app_protocol: str | None) -> Obj:
@@ -268,13 +294,14 @@ def _pod_template(
     files: dict[str, str],
     sidecar: extauthz.Sidecar | None,
 ) -> Obj:
-    containers = [_envoy_container(conf, options)]
+    containers = [_envoy_container(conf, options, base.proxy_port)]
     sds_names = sorted(name for name in files if name != constants.CONFIG_KEY)
     volumes = [
         _config_volume("config", base, [constants.CONFIG_KEY]),
-        _cert_volume(base, conf),
         {"name": "tmp", "emptyDir": {}},
     ]
+    if base.proxy_port is None:
+        volumes.insert(1, _cert_volume(base, conf))
     if sds_names:
         volumes.insert(1, _config_volume("sds", base, sds_names))
         containers[0]["volumeMounts"].insert(
@@ -285,7 +312,7 @@ def _pod_template(
         volumes += _extauthz_volumes(base, sidecar)
     return {
         "metadata": {
-            "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: "none"},
+            "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: _dataplane_mode(base)},
             "annotations": {
                 **base.extra_annotations,
                 constants.CONFIG_HASH_ANNOTATION: config_hash(pod_inputs(files, sidecar)),
@@ -311,6 +338,11 @@ def _pod_template(
     }
 
 
+def _dataplane_mode(base: _Base) -> str:
+    """Out of the mesh when we terminate HBONE ourselves; in it behind the sandwich."""
+    return "none" if base.proxy_port is None else constants.DATAPLANE_MODE_AMBIENT
+
+
 def _config_volume(name: str, base: _Base, keys: list[str]) -> Obj:
     items = [{"key": key, "path": key} for key in keys]
     return {"name": name, "configMap": {"name": base.names.config_map, "items": items}}
@@ -326,8 +358,19 @@ def _container_security() -> Obj:
     }
 
 
-def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOptions) -> Obj:
+def _envoy_container(
+    conf: settings.Settings, options: envoy_options.BootstrapOptions, proxy_port: int | None
+) -> Obj:
     ready = {"httpGet": {"path": "/healthz/ready", "port": options.readiness_port}}
+    front = {"name": "hbone", "containerPort": options.hbone_port, "protocol": "TCP"}
+    if proxy_port is not None:
+        front = {"name": "proxy", "containerPort": proxy_port, "protocol": "TCP"}
+    mounts: list[Obj] = [
+        {"name": "config", "mountPath": constants.CONFIG_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if proxy_port is None:
+        mounts.insert(1, {"name": CERT_VOLUME, "mountPath": options.cert_dir, "readOnly": True})
     return {
         "name": "envoy",
         "image": conf.envoy_image,
@@ -342,7 +385,7 @@ def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOp
             "20",
         ],
         "ports": [
-            {"name": "hbone", "containerPort": options.hbone_port, "protocol": "TCP"},
+            front,
             {"name": "status-port", "containerPort": options.readiness_port, "protocol": "TCP"},
             {"name": "http-envoy-prom", "containerPort": options.stats_port, "protocol": "TCP"},
         ],
@@ -355,11 +398,7 @@ def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOp
             "limits": {"memory": "1Gi"},
         },
         "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": constants.CONFIG_MOUNT, "readOnly": True},
-            {"name": CERT_VOLUME, "mountPath": options.cert_dir, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": mounts,
     }
 
 

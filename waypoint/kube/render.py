@@ -61,7 +61,9 @@ def gateway_objects(
     if extauthz.wanted(conf, rendered.waypoint):
         rego = config_map(namespace, extauthz.policy_config_map_name(gw, conf))
     sidecar = extauthz.plan(gw, conf, rendered.waypoint, rego)
-    return objects.desired_objects(gw, conf, rendered.bootstrap_yaml, opts, sidecar)
+    return objects.desired_objects(
+        gw, conf, rendered.bootstrap_yaml, opts, sidecar, rendered.waypoint.proxy_port
+    )
 
 
 def render_kubernetes(
