@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 import socket
 import struct
 import time
@@ -21,7 +22,8 @@ import hpack
 import pytest
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
 
-from extauthz import config, h2grpc, http2
+from extauthz import config, h2grpc, http2, jwt, metrics, policy, service
+from tests.extauthz import support
 from tests.test_extauthz_http2 import REQUEST, Recorder, frames, headers_frame, raw, resets
 
 Text = wrappers_pb2.StringValue
@@ -354,16 +356,28 @@ def _statuses(wire: bytes) -> dict[int, bytes]:
 
 
 @pytest.mark.asyncio
-async def test_a_big_read_is_served_over_several_turns_in_order() -> None:
+async def test_a_big_read_is_served_over_several_turns_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async with serving() as (_server, port):
         encoder = hpack.Encoder()
         calls = b"".join(_call(s, encoder, "x" * 200) for s in range(1, 801, 2))
         assert len(calls) > 5 * 16 * 1024
+        turns = 0
+        original = h2grpc._Connection._next_turn
+
+        def counting(self: h2grpc._Connection) -> None:
+            nonlocal turns
+            turns += 1
+            original(self)
+
+        monkeypatch.setattr(h2grpc._Connection, "_next_turn", counting)
         sock = socket.create_connection(("127.0.0.1", port))
         grant = raw(http2.WINDOW_UPDATE, 0, 0, struct.pack(">L", 1 << 30))  # room for answers
         sock.sendall(client_wire(grant, calls, raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 0, 0))))
         got = await asyncio.to_thread(read_all, sock)
         assert _statuses(got) == dict.fromkeys(range(1, 801, 2), b"0")
+        assert turns >= 2  # reads over 16 KiB were split across turns
 
 
 @pytest.mark.asyncio
@@ -383,3 +397,16 @@ async def test_over_the_held_cap_a_call_that_completes_still_goes_through() -> N
 
 
 REQUEST_ECHO = [(n, b"/t.T/Echo" if n == b":path" else v) for n, v in REQUEST]
+
+
+def test_bytes_that_are_not_a_check_request_get_the_400_deny(tmp_path: pathlib.Path) -> None:
+    settings = support.settings(tmp_path)
+    authn = jwt.Authenticator(settings.jwt)
+    authn.load_static()
+    stats = metrics.Metrics()
+    checker = service.Checker(
+        settings, authn, policy.make_engine(settings.policy), stats, service.DecisionLog("off")
+    )
+    answer = checker.unparsable("cannot parse the request: DecodeError")
+    assert answer.denied_response.status.code == 400
+    assert stats.by_outcome["malformed"]._value.get() == 1
