@@ -140,6 +140,8 @@ class Settings:
     reuse_port: bool = False
     transport: Literal["h2", "grpcio"] = "h2"
     limits: Limits = Limits()
+    # What a deny without a body of the policy's own carries: a short JSON reason, or nothing.
+    deny_body: Literal["json", "empty"] = "json"
 
 
 def load(path: str | pathlib.Path) -> Settings:
@@ -178,6 +180,7 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
             "reuse_port",
             "transport",
             "limits",
+            "deny_body",
         },
     )
     listen = _str(doc.get("listen", DEFAULT_LISTEN), "listen")
@@ -198,6 +201,7 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
         reuse_port=_bool(doc.get("reuse_port", False), "reuse_port"),
         # h2 is this project's lean gRPC server (extauthz/h2grpc.py); grpcio is grpc.aio.
         transport=_choice(doc.get("transport", "h2"), "transport", ("h2", "grpcio")),  # type: ignore[arg-type]
+        deny_body=_choice(doc.get("deny_body", "json"), "deny_body", ("json", "empty")),  # type: ignore[arg-type]
         limits=_limits(doc.get("limits", {})),
     )
 

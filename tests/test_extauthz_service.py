@@ -174,8 +174,12 @@ async def test_invalid_token_is_401_before_policy(tmp_path: pathlib.Path) -> Non
         assert http_status(expired) == 401
         assert expired.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
         assert headers_of(expired.denied_response.headers) == {
-            "www-authenticate": 'Bearer error="invalid_token"'
+            "www-authenticate": 'Bearer error="invalid_token"',
+            "content-type": "application/json",
         }
+        reason = json.loads(expired.denied_response.body)
+        assert reason["error"] == "unauthenticated"
+        assert reason["decision_id"]
         garbage = await check(channel, path="/public", headers={"authorization": "Bearer x"})
         assert http_status(garbage) == 401
         text = srv.metrics.text().decode()
@@ -531,3 +535,22 @@ async def test_trust_envoy_metadata_skips_a_second_verification(tmp_path: pathli
     async with serving(support.settings(tmp_path)) as (_srv, channel):
         plain = await Stub(channel).Check(_with_envoy_payload(claims, path="/admin"), timeout=10)
         assert http_status(plain) == 403
+
+
+async def test_a_deny_carries_a_short_json_reason_unless_configured_off(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A policy deny without its own body: {"error","message","decision_id"} as JSON, as other
+    gateways answer; deny_body: empty restores the empty body."""
+    async with serving(support.settings(tmp_path)) as (_srv, channel):
+        denied = await check(channel, path="/admin", headers=bearer(role="viewer"))
+        assert http_status(denied) == 403
+        assert headers_of(denied.denied_response.headers)["content-type"] == "application/json"
+        reason = json.loads(denied.denied_response.body)
+        assert (reason["error"], reason["message"]) == ("forbidden", "denied by policy")
+        assert reason["decision_id"] == denied.dynamic_metadata.fields["decision_id"].string_value
+    quiet = dataclasses.replace(support.settings(tmp_path), deny_body="empty")
+    async with serving(quiet) as (_srv, channel):
+        denied = await check(channel, path="/admin", headers=bearer(role="viewer"))
+        assert http_status(denied) == 403
+        assert denied.denied_response.body == ""
