@@ -39,7 +39,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from tests.fakekube import faults, world
+from tests.fakekube import faulty, world
 from waypoint.kube import gateway
 
 GW_API = "gateway.networking.k8s.io/v1"
@@ -52,7 +52,7 @@ RECONCILES = re.compile(
 Entry = tuple[float, str, str]  # (monotonic time, method or WATCH, path)
 
 
-def log_since(fake: faults.FaultyKube, start: int) -> list[Entry]:
+def log_since(fake: faulty.FaultyKube, start: int) -> list[Entry]:
     return [(r.at, r.method, r.path) for r in fake.requests_since(start)]
 
 
@@ -72,7 +72,7 @@ def namespace_objects(ns: str, services: int, first_ip: int) -> list[dict[str, A
     return objects
 
 
-def seed(fake: faults.FaultyKube, namespaces: int, services: int) -> list[str]:
+def seed(fake: faulty.FaultyKube, namespaces: int, services: int) -> list[str]:
     names = [f"bench-{index:03d}" for index in range(namespaces)]
     fake.seed([world.gateway_class()])
     for index, ns in enumerate(names):
@@ -80,7 +80,7 @@ def seed(fake: faults.FaultyKube, namespaces: int, services: int) -> list[str]:
     return names
 
 
-def kubelet(fake: faults.FaultyKube, stop: threading.Event) -> None:
+def kubelet(fake: faulty.FaultyKube, stop: threading.Event) -> None:
     """Mark every Deployment ready once it exists (outside the request counts)."""
     while not stop.wait(0.5):
         for deployment in fake.objects("apps/v1", "Deployment"):
@@ -89,7 +89,7 @@ def kubelet(fake: faults.FaultyKube, stop: threading.Event) -> None:
                 world.mark_ready(fake, meta["namespace"], meta["name"])
 
 
-def programmed(fake: faults.FaultyKube) -> int:
+def programmed(fake: faulty.FaultyKube) -> int:
     count = 0
     for gw in fake.objects(GW_API, "Gateway"):
         conditions = (gw.get("status") or {}).get("conditions") or []
@@ -118,7 +118,7 @@ def reconciles(port: int) -> dict[str, float]:
     return found
 
 
-def wait_quiet(fake: faults.FaultyKube, quiet: float, limit: float, since: float = 0.0) -> float:
+def wait_quiet(fake: faulty.FaultyKube, quiet: float, limit: float, since: float = 0.0) -> float:
     """Wait until no request (watch restarts aside) arrived for ``quiet`` s after ``since``;
     the last one's time."""
     deadline = time.monotonic() + limit
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "resync_s": args.resync,
         "load_average_before": load_average(),
     }
-    fake = faults.FaultyKube(bookmark_interval=1.0)
+    fake = faulty.FaultyKube(bookmark_interval=1.0)
     fake.start()
     with tempfile.TemporaryDirectory() as tmp:
         names = seed(fake, args.namespaces, args.services)
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cold(
-    fake: faults.FaultyKube,
+    fake: faulty.FaultyKube,
     proc: subprocess.Popen[bytes],
     started: float,
     gateways: int,
@@ -242,7 +242,7 @@ def cold(
 
 
 def add_one_service(
-    fake: faults.FaultyKube, metrics_port: int, names: list[str], args: argparse.Namespace
+    fake: faulty.FaultyKube, metrics_port: int, names: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     wait_quiet(fake, args.quiet, args.limit)
     before = reconciles(metrics_port)
@@ -265,7 +265,7 @@ def add_one_service(
 
 
 def steady(
-    fake: faults.FaultyKube, metrics_port: int, gateways: int, args: argparse.Namespace
+    fake: faulty.FaultyKube, metrics_port: int, gateways: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     before = reconciles(metrics_port)
     start = fake.request_count

@@ -68,6 +68,22 @@ def test_generate_prints_the_gateway(run: Run) -> None:
     assert json.loads(out)["metadata"]["annotations"] == {"waypoint.dev/min-replicas": "2"}
 
 
+def test_generate_takes_apply_flags(run: Run) -> None:
+    """--enroll-namespace prints the labelled Namespace too; --revision labels istio.io/rev."""
+    code, out, _ = run(
+        "generate", "-n", "demo", "--enroll-namespace", "--revision", "canary", connect=False
+    )
+    assert code == 0
+    namespace, gw = yaml.safe_load_all(out)
+    assert namespace == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "demo", "labels": {"istio.io/use-waypoint": "waypoint"}},
+    }
+    assert gw["metadata"]["labels"]["istio.io/rev"] == "canary"
+    assert gw == gateway.generate_gateway("demo", revision="canary")
+
+
 def test_generate_rejects_bad_flags(run: Run) -> None:
     code, _, err = run("generate", "--min-replicas", "3", "--max-replicas", "2", connect=False)
     assert code == 1

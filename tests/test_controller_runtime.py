@@ -1,6 +1,6 @@
 """The controller under a slow or unfriendly API server, and what one change costs.
 
-Against ``tests.fakekube.faults.FaultyKube`` through the real client: request and watch
+Against ``tests.fakekube.faulty.FaultyKube`` through the real client: request and watch
 timeouts, a hung request that holds up only its own Gateway, an optional kind the controller
 may not read, leader election with a delayed renewal, targeted requeues, reads from caches
 and one shared translation per change.
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.fakekube import faults, server, world
+from tests.fakekube import faulty, server, world
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager
 from waypoint.kube import gateway
@@ -56,8 +56,8 @@ def class_condition(fake: server.FakeKube, kind: str) -> dict[str, str] | None:
 
 
 @pytest.fixture
-def fake() -> Iterator[faults.FaultyKube]:
-    with faults.FaultyKube(bookmark_interval=0.2) as running:
+def fake() -> Iterator[faulty.FaultyKube]:
+    with faulty.FaultyKube(bookmark_interval=0.2) as running:
         running.seed([world.gateway_class(), *world.mesh("demo")])
         yield running
         for hang in running.hangs:
@@ -92,7 +92,7 @@ def kubelet(fake: server.FakeKube, stop: threading.Event) -> None:
 
 
 @pytest.fixture
-def ready(fake: faults.FaultyKube) -> Iterator[None]:
+def ready(fake: faulty.FaultyKube) -> Iterator[None]:
     stop = threading.Event()
     thread = threading.Thread(target=kubelet, args=(fake, stop), daemon=True)
     thread.start()
@@ -104,8 +104,8 @@ def ready(fake: faults.FaultyKube) -> Iterator[None]:
 # --- bounded requests --------------------------------------------------------------------
 
 
-def test_a_hung_get_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Path) -> None:
-    fake.hang(faults.get_in_namespace("demo"), 60)
+def test_a_hung_get_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Path) -> None:
+    fake.hang(faulty.get_in_namespace("demo"), 60)
     with connect(fake, tmp_path, read=0.5) as api:
         outcome: list[BaseException] = []
 
@@ -123,8 +123,8 @@ def test_a_hung_get_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Path) -
     assert isinstance(outcome[0], kcluster.ClusterError)
 
 
-def test_a_silent_watch_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Path) -> None:
-    fake.hang(faults.lists_of("services"), 60)
+def test_a_silent_watch_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Path) -> None:
+    fake.hang(faulty.lists_of("services"), 60)
     with connect(fake, tmp_path, watch_grace=0.5) as api:
         outcome: list[BaseException] = []
 
@@ -143,10 +143,10 @@ def test_a_silent_watch_times_out(fake: faults.FaultyKube, tmp_path: pathlib.Pat
 
 
 def test_a_hung_request_delays_only_its_own_gateway(
-    fake: faults.FaultyKube, tmp_path: pathlib.Path, ready: None
+    fake: faulty.FaultyKube, tmp_path: pathlib.Path, ready: None
 ) -> None:
     fake.seed([*world.mesh("slow"), gateway.generate_gateway("slow")])
-    hang = fake.hang(faults.get_in_namespace("slow"), 20)
+    hang = fake.hang(faulty.get_in_namespace("slow"), 20)
     with connect(fake, tmp_path) as api:
         controller = manager.Controller(api, watch_timeout=5, resync_period=600)
         finish = start(controller)
@@ -168,9 +168,9 @@ def test_a_hung_request_delays_only_its_own_gateway(
 
 
 def test_a_forbidden_optional_kind_is_left_out(
-    fake: faults.FaultyKube, tmp_path: pathlib.Path, ready: None
+    fake: faulty.FaultyKube, tmp_path: pathlib.Path, ready: None
 ) -> None:
-    forbid = fake.forbid(faults.lists_of("requestauthentications"))
+    forbid = fake.forbid(faulty.lists_of("requestauthentications"))
     with connect(fake, tmp_path) as api:
         controller = manager.Controller(api, watch_timeout=5, resync_period=600, optional_retry=0.3)
         finish = start(controller)
@@ -205,7 +205,7 @@ def test_a_forbidden_optional_kind_is_left_out(
 
 
 def test_expiry_is_judged_from_observation_not_the_holders_clock(
-    fake: faults.FaultyKube, tmp_path: pathlib.Path
+    fake: faulty.FaultyKube, tmp_path: pathlib.Path
 ) -> None:
     fake.seed([world.namespace("waypoint-system")])
     with connect(fake, tmp_path) as api:
@@ -219,7 +219,7 @@ def test_expiry_is_judged_from_observation_not_the_holders_clock(
 
 
 def test_a_delayed_renewal_never_makes_two_writers(
-    fake: faults.FaultyKube, tmp_path: pathlib.Path
+    fake: faulty.FaultyKube, tmp_path: pathlib.Path
 ) -> None:
     fake.seed([world.namespace("waypoint-system")])
     fake.seed(
@@ -228,7 +228,7 @@ def test_a_delayed_renewal_never_makes_two_writers(
     stop = threading.Event()
     runners = []
     clusters = [connect(fake, tmp_path, f"kubeconfig-{n}") for n in ("a", "b")]
-    delayed: list[faults.Hang] = []
+    delayed: list[faulty.Hang] = []
     try:
         for identity, api in zip(("a", "b"), clusters, strict=True):
             elector = leader.LeaderElector(
@@ -258,7 +258,7 @@ def test_a_delayed_renewal_never_makes_two_writers(
             if identity == "a":
                 wait_for(lambda: "a" in _writers(fake), "a to lead and write")
                 # From now on a's renewals take 6 s: longer than the whole lease.
-                delayed.append(fake.hang(faults.lease_update_by("a"), 6))
+                delayed.append(fake.hang(faulty.lease_update_by("a"), 6))
         wait_for(lambda: "b" in _writers(fake), "b to take over", patience=60)
         time.sleep(1.0)  # let any straggling write by a arrive
     finally:
@@ -288,7 +288,7 @@ def _writers(fake: server.FakeKube) -> list[str]:
 
 
 @pytest.fixture
-def two(fake: faults.FaultyKube, tmp_path: pathlib.Path) -> Iterator[manager.Controller]:
+def two(fake: faulty.FaultyKube, tmp_path: pathlib.Path) -> Iterator[manager.Controller]:
     """Waypoints in ``demo`` and ``other``, both applied, ready and settled."""
     fake.seed(
         [*world.mesh("other"), gateway.generate_gateway("other"), gateway.generate_gateway("demo")]
@@ -336,7 +336,7 @@ def queued(controller: manager.Controller) -> set[object]:
 
 
 def test_a_change_in_one_namespace_requeues_only_its_gateway(
-    two: manager.Controller, fake: faults.FaultyKube
+    two: manager.Controller, fake: faulty.FaultyKube
 ) -> None:
     informer = two.informers["Service"]
     fake.seed([world.service("demo", "added", "10.96.1.99")])
@@ -355,7 +355,7 @@ def test_a_change_in_one_namespace_requeues_only_its_gateway(
 
 
 def test_a_gateway_reconcile_reads_from_caches(
-    two: manager.Controller, fake: faults.FaultyKube
+    two: manager.Controller, fake: faulty.FaultyKube
 ) -> None:
     start_at = fake.request_count
     two.reconciler.reconcile_gateway("demo", "waypoint")
@@ -365,7 +365,7 @@ def test_a_gateway_reconcile_reads_from_caches(
 
 
 def test_a_resync_translates_the_world_once(
-    two: manager.Controller, fake: faults.FaultyKube
+    two: manager.Controller, fake: faulty.FaultyKube
 ) -> None:
     fake.seed([world.service("demo", "added", "10.96.1.99")])
     wait_for(lambda: ("demo", "added") in two.informers["Service"].store, "the Service")
@@ -385,7 +385,7 @@ def test_a_resync_translates_the_world_once(
 
 
 def test_watch_retries_back_off_exponentially_with_jitter(
-    fake: faults.FaultyKube, tmp_path: pathlib.Path
+    fake: faulty.FaultyKube, tmp_path: pathlib.Path
 ) -> None:
     with connect(fake, tmp_path) as api:
         controller = manager.Controller(api)

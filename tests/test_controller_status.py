@@ -5,6 +5,7 @@ routes, per-Gateway metrics, strict adoption and immutable fields."""
 
 from __future__ import annotations
 
+import copy
 import pathlib
 import threading
 import time
@@ -303,13 +304,13 @@ class RejectingFake(server.FakeKube):
         super().__init__(bookmark_interval=0.2)
         self.reject: dict[str, tuple[int, str, str]] = {}  # plural → (code, reason, message)
 
-    def handle(
+    def serve(
         self, method: str, path: str, query: dict[str, str], body: bytes, ctype: str
-    ) -> tuple[int, Obj]:
+    ) -> tuple[int, Obj, list[str]]:
         for plural, (code, reason, message) in self.reject.items():
             if method in ("PATCH", "PUT", "POST") and f"/{plural}/" in path + "/":
                 raise server.ApiError(code, reason, message)
-        return super().handle(method, path, query, body, ctype)
+        return super().serve(method, path, query, body, ctype)
 
 
 @pytest.fixture
@@ -679,23 +680,20 @@ def test_an_immutable_change_to_our_deployment_recreates_it(
     ours = fake.get("apps/v1", "Deployment", "demo", "waypoint")
     assert ours is not None
     wanted_selector = ours["spec"]["selector"]
-    # As an older controller left it: another selector (which the API cannot change in place).
-    api.merge_patch(
-        kcluster.DEPLOYMENT,
-        "demo",
-        "waypoint",
-        {
-            "spec": {
-                "selector": {
-                    "matchLabels": {
-                        **dict.fromkeys(wanted_selector["matchLabels"]),
-                        "app": "old-waypoint",
-                    }
-                }
-            }
-        },
-        "waypoint-controller",
-    )
+    # As an older controller left it: another selector. The API cannot change a selector in
+    # place, so the older object is made as it would have been: created with that selector.
+    stale = copy.deepcopy(ours)
+    for field in ("uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"):
+        stale["metadata"].pop(field, None)
+    stale.pop("status", None)
+    stale["metadata"].get("annotations", {}).pop(reconcile.APPLIED_HASH, None)  # an older body
+    stale["spec"]["selector"] = {
+        "matchLabels": {**wanted_selector["matchLabels"], "app": "old-waypoint"}
+    }
+    template_labels = stale["spec"]["template"]["metadata"]["labels"]
+    stale["spec"]["template"]["metadata"]["labels"] = {**template_labels, "app": "old-waypoint"}
+    assert api.delete(kcluster.DEPLOYMENT, "demo", "waypoint")
+    fake.seed([stale])
     fake.reset_writes()
     outcome = reconciler.reconcile_gateway("demo", "waypoint")
     assert [w for w in _written(fake) if w[1] == "Deployment"] == [

@@ -1,135 +1,107 @@
-"""Fault knobs on top of the fake API server, and a log of every request it served.
+"""Fault injection for the fake API server: throttling (429 with Retry-After) and requests
+that hang, per verb and resource.
 
-``FaultyKube`` is a ``FakeKube`` whose requests can be made to hang (a GET, a watch, a Lease
-update), to fail with 403, or simply be counted, each by a rule on the method and path. Rules
-are matched before the request reaches the server's state, outside its lock, so a hung request
-holds up only itself, as a slow API server or a stuck proxy would.
+A 429 is what kube-apiserver's max-in-flight and API Priority and Fairness filters answer when
+a request is shed (k8s.io/apiserver ``pkg/server/filters/maxinflight.go`` ``tooManyRequests``,
+``pkg/util/flowcontrol``): reason ``TooManyRequests``, a ``Retry-After`` header, and
+``details.retryAfterSeconds`` (``errors.NewTooManyRequests``). A hang models a slow etcd, a
+webhook or a network partition: the request is held before the server reads its state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import socket
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
-from tests.fakekube import server
-
-# (method, path, query, body) -> whether the rule applies; method is "WATCH" for watches.
-Match = Callable[[str, str, dict[str, str], bytes], bool]
+ANY = "*"
 
 
 @dataclasses.dataclass
-class Hang:
-    """Hold matching requests until ``release`` is set or ``seconds`` pass, then serve them."""
+class Rule:
+    verb: str  # get, list, watch, create, update, patch, delete, or "*"
+    plural: str  # e.g. "deployments", or "*"
+    times: int  # how many matching requests it affects; -1 for every one
+    throttle: int = 0  # Retry-After seconds of a 429; 0 for none
+    delay: float = 0.0  # seconds to hold the request
+    namespace: str = ANY
+    seen: int = 0
 
-    match: Match
-    seconds: float
-    release: threading.Event = dataclasses.field(default_factory=threading.Event)
-    started: threading.Event = dataclasses.field(default_factory=threading.Event)
-    held: int = 0
+    def matches(self, verb: str, plural: str, namespace: str) -> bool:
+        return (
+            self.times != 0
+            and self.verb in (ANY, verb)
+            and self.plural in (ANY, plural)
+            and self.namespace in (ANY, namespace)
+        )
 
 
 @dataclasses.dataclass
-class Forbid:
-    """Answer matching requests with 403 Forbidden, as RBAC does, while ``active``."""
-
-    match: Match
-    active: bool = True
+class Action:
+    delay: float = 0.0
+    throttle: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    at: float
-    method: str
-    path: str
-    query: dict[str, str]
+class Faults:
+    """The knobs tests turn; the server asks ``take`` once per request."""
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[Rule] = []
 
-class FaultyKube(server.FakeKube):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.hangs: list[Hang] = []
-        self.forbids: list[Forbid] = []
-        self.requests: list[Request] = []
-        self._faults_lock = threading.Lock()
+    def throttle(
+        self, verb: str, plural: str, retry_after: int = 1, times: int = 1, namespace: str = ANY
+    ) -> Rule:
+        """Answer the next ``times`` matching requests with 429 and ``Retry-After``."""
+        return self._add(Rule(verb, plural, times, throttle=retry_after, namespace=namespace))
 
-    def hang(self, match: Match, seconds: float) -> Hang:
-        rule = Hang(match, seconds)
-        self.hangs.append(rule)
+    def hang(
+        self, verb: str, plural: str, seconds: float, times: int = 1, namespace: str = ANY
+    ) -> Rule:
+        """Hold the next ``times`` matching requests for ``seconds`` before serving them."""
+        return self._add(Rule(verb, plural, times, delay=seconds, namespace=namespace))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def _add(self, rule: Rule) -> Rule:
+        with self._lock:
+            self._rules.append(rule)
         return rule
 
-    def forbid(self, match: Match) -> Forbid:
-        rule = Forbid(match)
-        self.forbids.append(rule)
-        return rule
-
-    def requests_since(self, start: int) -> list[Request]:
-        with self._faults_lock:
-            return list(self.requests[start:])
-
-    @property
-    def request_count(self) -> int:
-        with self._faults_lock:
-            return len(self.requests)
-
-    def _before(self, method: str, path: str, query: dict[str, str], body: bytes) -> None:
-        with self._faults_lock:
-            self.requests.append(Request(time.monotonic(), method, path, dict(query)))
-        for rule in list(self.forbids):
-            if rule.active and rule.match(method, path, query, body):
-                raise server.ApiError(
-                    403,
-                    "Forbidden",
-                    f'{method.lower()} {path} is forbidden: User "system:serviceaccount:'
-                    'waypoint-system:waypoint-controller" cannot do that',
-                )
-        for hang in list(self.hangs):
-            if hang.match(method, path, query, body):
-                hang.held += 1
-                hang.started.set()
-                hang.release.wait(hang.seconds)
-
-    def handle(
-        self, method: str, path: str, query: dict[str, str], body: bytes, ctype: str
-    ) -> tuple[int, server.Obj]:
-        self._before(method, path, query, body)
-        return super().handle(method, path, query, body, ctype)
-
-    def watch(self, path: str, query: dict[str, str], send: Any, sock: socket.socket) -> None:
-        self._before("WATCH", path, query, b"")
-        super().watch(path, query, send, sock)
+    def take(self, verb: str, plural: str, namespace: str) -> Action:
+        action = Action()
+        with self._lock:
+            for rule in self._rules:
+                if rule.matches(verb, plural, namespace):
+                    rule.seen += 1
+                    if rule.times > 0:
+                        rule.times -= 1
+                    action.delay = max(action.delay, rule.delay)
+                    action.throttle = max(action.throttle, rule.throttle)
+        return action
 
 
-def get_in_namespace(namespace: str) -> Match:
-    def match(method: str, path: str, query: dict[str, str], body: bytes) -> bool:
-        return method == "GET" and f"/namespaces/{namespace}/" in path
-
-    return match
-
-
-def lists_of(plural: str) -> Match:
-    """List and watch requests of one resource (``requestauthentications``)."""
-
-    def match(method: str, path: str, query: dict[str, str], body: bytes) -> bool:
-        return method in ("GET", "WATCH") and path.rstrip("/").endswith("/" + plural)
-
-    return match
+def verb_of(method: str, name: str, query: dict[str, Any]) -> str:
+    """The Kubernetes verb of a request (k8s.io/apiserver ``pkg/endpoints/request``)."""
+    if method == "GET":
+        if str(query.get("watch", "")).lower() in ("true", "1"):
+            return "watch"
+        return "get" if name else "list"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+        method, method.lower()
+    )
 
 
-def lease_update_by(identity: str) -> Match:
-    """A PUT of a Lease whose body names ``identity`` as holder: that replica's renewals."""
-
-    def match(method: str, path: str, query: dict[str, str], body: bytes) -> bool:
-        if method != "PUT" or "/leases/" not in path:
-            return False
-        try:
-            holder = (json.loads(body or b"{}").get("spec") or {}).get("holderIdentity")
-        except ValueError:
-            return False
-        return bool(holder == identity)
-
-    return match
+def too_many_requests(retry_after: int) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Too many requests, please try again later.",
+        "reason": "TooManyRequests",
+        "details": {"retryAfterSeconds": retry_after},
+        "code": 429,
+    }

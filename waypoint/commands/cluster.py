@@ -59,11 +59,6 @@ def register(subparsers: Any) -> None:
     )
     _gateway_flags(apply)
     apply.add_argument(
-        "--enroll-namespace",
-        action="store_true",
-        help=f"label the namespace {constants.USE_WAYPOINT}=NAME",
-    )
-    apply.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing enrollment label, take over conflicting fields",
@@ -162,6 +157,16 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SA",
         help="serve only workloads running as this ServiceAccount",
     )
+    parser.add_argument(
+        "--enroll-namespace",
+        action="store_true",
+        help=f"label the namespace {constants.USE_WAYPOINT}=NAME (generate: print the Namespace "
+        "with that label too)",
+    )
+    parser.add_argument(
+        "-r", "--revision",
+        help=f"label the waypoint {constants.REVISION}=REVISION, as istioctl does",
+    )  # fmt: skip
     parser.add_argument("--min-replicas", type=_positive, metavar="N")
     parser.add_argument("--max-replicas", type=_positive, metavar="N")
     parser.add_argument(
@@ -246,7 +251,16 @@ def _generated(args: argparse.Namespace, namespace: str) -> Obj:
         args.service_account,
         args.min_replicas,
         args.max_replicas,
+        args.revision,
     )
+
+
+def _enrollment(args: argparse.Namespace, namespace: str) -> list[Obj]:
+    """For ``generate --enroll-namespace``: the Namespace carrying the enrollment label."""
+    if not args.enroll_namespace:
+        return []
+    metadata = {"name": namespace, "labels": {constants.USE_WAYPOINT: args.name}}
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}]
 
 
 # --- generate / apply ----------------------------------------------------------------------
@@ -263,7 +277,11 @@ def _fail_closed(args: argparse.Namespace, namespace: str) -> list[Obj]:
 @_guard
 def run_generate(args: argparse.Namespace) -> int:
     namespace = args.namespace or "default"
-    found = [_generated(args, namespace), *_fail_closed(args, namespace)]
+    found = [
+        *_enrollment(args, namespace),
+        _generated(args, namespace),
+        *_fail_closed(args, namespace),
+    ]
     if len(found) == 1:
         _dump(found[0], args.output or "yaml", sys.stdout)
     elif args.output == "json":

@@ -5,7 +5,8 @@ from __future__ import annotations
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
 
-# Policy attachment (docs/policies.md): our own kinds, and Istio's RequestAuthentication.
+# Policy attachment (docs/policies.md): our own kinds, and Istio's RequestAuthentication and
+# AuthorizationPolicy.
 POLICY_API_VERSION = "policy.waypoint.dev/v1alpha1"
 ISTIO_SECURITY_API_VERSION = "security.istio.io/v1"
 
@@ -61,3 +62,5 @@ GATEWAY_API_INSTALL_HINT = (
     "install the Gateway API CRDs first: kubectl apply --server-side -f "
     "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/standard-install.yaml"
 )
+# istioctl's revision label: which control-plane revision owns the object.
+REVISION = "istio.io/rev"

@@ -19,8 +19,12 @@ def generate_gateway(
     service_account: str | None = None,
     min_replicas: int | None = None,
     max_replicas: int | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE."""
+    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE.
+
+    ``revision`` labels it ``istio.io/rev``, as ``istioctl waypoint apply --revision`` does.
+    """
     names.names_for(namespace, name)
     if traffic_type not in TRAFFIC_TYPES:
         raise ValueError(f"--for must be one of {', '.join(TRAFFIC_TYPES)}, not {traffic_type!r}")
@@ -38,6 +42,8 @@ def generate_gateway(
         "namespace": namespace,
         "labels": {constants.WAYPOINT_FOR: traffic_type},
     }
+    if revision:
+        metadata["labels"][constants.REVISION] = revision
     if annotations:
         metadata["annotations"] = annotations
     return {
