@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from waypoint import model
+from waypoint import model, version
 from waypoint import names as envoy_names
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
@@ -136,8 +136,16 @@ def register(subparsers: Any) -> None:
         help="where waypoint pods reach the ADS server (default: the waypoint-controller-xds "
         "Service in the controller's namespace, on the --xds-listen port)",
     )
-    controller.add_argument("--envoy-image", default=settings.Settings().envoy_image)
-    controller.add_argument("--extauthz-image", default=settings.Settings().extauthz_image)
+    controller.add_argument(
+        "--image",
+        default=version.default_image(),
+        help="the waypoint-mesh image the generated waypoint pods run (default: %(default)s); "
+        "the manifests pass the controller's own image",
+    )
+    controller.add_argument("--envoy-image", help="override --image for the Envoy container")
+    controller.add_argument(
+        "--extauthz-image", help="override --image for the extauthz sidecar"
+    )
     controller.add_argument("--trust-domain", default=envoy_options.BootstrapOptions().trust_domain)
     controller.add_argument("--cert-dir", default=envoy_options.BootstrapOptions().cert_dir)
     # Shapes both the ConfigMap bootstraps and the config served over --xds-listen.
@@ -536,7 +544,8 @@ def run_controller(args: argparse.Namespace) -> int:
                 cluster,
                 options=options,
                 defaults=settings.Settings(
-                    envoy_image=args.envoy_image, extauthz_image=args.extauthz_image
+                    envoy_image=args.envoy_image or args.image,
+                    extauthz_image=args.extauthz_image or args.image,
                 ),
                 metrics=metrics,
                 resync_period=args.resync,

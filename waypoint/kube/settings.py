@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib.metadata
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
 
+from waypoint import version
 from waypoint.kube import merge
 
 OVERLAY_KEYS = (
@@ -40,19 +40,13 @@ class CertSource(enum.Enum):
     SECRET = "secret"  # a Secret with tls.crt / tls.key / ca.crt (cert-manager Certificate)
 
 
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("waypoint-mesh")
-    except importlib.metadata.PackageNotFoundError:
-        return "dev"
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything about a waypoint's workload that is not its Envoy config."""
 
-    envoy_image: str = f"waypoint-envoy:{package_version()}"
-    extauthz_image: str = f"waypoint-extauthz:{package_version()}"
+    # One image plays both parts (its command picks the role); each can still be overridden.
+    envoy_image: str = dataclasses.field(default_factory=version.default_image)
+    extauthz_image: str = dataclasses.field(default_factory=version.default_image)
     extauthz: bool = True
     autoscaling: bool = True
     min_replicas: int = 1
