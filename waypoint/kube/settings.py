@@ -52,7 +52,8 @@ class Settings:
     min_replicas: int = 1
     max_replicas: int = 5
     cpu_utilization: int = 80
-    cert_source: CertSource = CertSource.CSI
+    # A Secret works on any cluster; csi needs the csi-driver-spiffe add-on (docs/install.md).
+    cert_source: CertSource = CertSource.SECRET
     cert_secret: str = ""  # empty: "<gateway>-spiffe"
     # The user's ConfigMap of Rego modules for the extauthz sidecar; empty: "<gateway>-extauthz-policy".
     extauthz_policy_config_map: str = ""
