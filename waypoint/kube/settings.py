@@ -62,6 +62,10 @@ class Settings:
     envoy_log_level: str = "warning"
     overlays: tuple[tuple[str, str], ...] = ()  # (kind key, YAML text), least specific first
 
+    def cert_secret_name(self, gateway_name: str) -> str:
+        """The Secret a ``secret`` certificate source mounts: ``certSecretName`` or ``<gateway>-spiffe``."""
+        return self.cert_secret or f"{gateway_name}-spiffe"
+
     def overlay(self, key: str) -> dict[str, Any]:
         """The merged overlay for one kind: GatewayClass defaults first, then the Gateway's."""
         result: dict[str, Any] = {}
