@@ -83,7 +83,9 @@ def run(
     return proc
 
 
-def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return run(["podman", *args], timeout=timeout, check=check)
 
 
@@ -159,11 +161,8 @@ def wheelhouse() -> pathlib.Path:
         if not target.exists():
             scratch = pathlib.Path(tempfile.mkdtemp(dir=CACHE, prefix="wheelhouse-tmp-"))
             try:
-                run(
-                    [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(scratch)]
-                    + _requirements(),
-                    timeout=900,
-                )
+                pip = [sys.executable, "-m", "pip", "wheel", "--quiet"]
+                run([*pip, "--wheel-dir", str(scratch), *_requirements()], timeout=900)
                 scratch.rename(target)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

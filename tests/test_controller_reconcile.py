@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tests.fakekube import server, world
-from waypoint.controller import cluster as kcluster
 from waypoint import version
+from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile
 from waypoint.kube import gateway
 

@@ -37,9 +37,9 @@ from tests import podman
 from tests.fakekube import server, world
 from tests.fakekube import tls as fake_tls
 from waypoint import pki, version
+from waypoint.envoy import options as envoy_options
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors as hbone_errors
-from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, render, settings
 from waypoint.local import stack as stack_mod
 from waypoint.runtime import ports
@@ -325,11 +325,14 @@ def test_generated_pod_runs_under_podman(
             assert public.status == 200, (public.status, public.text, logs())
             denied = hbone.request(stack.authority(NS, "echo-v1", 80), path="/private")
             assert denied.status == 403, (denied.status, denied.text, logs())
-        stats = urllib.request.urlopen(
-            f"http://127.0.0.1:{host_ports['stats']}/stats/prometheus", timeout=5
-        ).read().decode()
+        stats = (
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{host_ports['stats']}/stats/prometheus", timeout=5
+            )
+            .read()
+            .decode()
+        )
         assert "envoy_cluster_upstream_rq" in stats
-
 
 
 @contextlib.contextmanager

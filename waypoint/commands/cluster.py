@@ -143,9 +143,7 @@ def register(subparsers: Any) -> None:
         "the manifests pass the controller's own image",
     )
     controller.add_argument("--envoy-image", help="override --image for the Envoy container")
-    controller.add_argument(
-        "--extauthz-image", help="override --image for the extauthz sidecar"
-    )
+    controller.add_argument("--extauthz-image", help="override --image for the extauthz sidecar")
     controller.add_argument("--trust-domain", default=envoy_options.BootstrapOptions().trust_domain)
     controller.add_argument("--cert-dir", default=envoy_options.BootstrapOptions().cert_dir)
     # Shapes both the ConfigMap bootstraps and the config served over --xds-listen.
@@ -543,10 +541,7 @@ def run_controller(args: argparse.Namespace) -> int:
             controller = manager.Controller(
                 cluster,
                 options=options,
-                defaults=settings.Settings(
-                    envoy_image=args.envoy_image or args.image,
-                    extauthz_image=args.extauthz_image or args.image,
-                ),
+                defaults=controller_defaults(args),
                 metrics=metrics,
                 resync_period=args.resync,
                 publisher=publisher,
@@ -560,6 +555,14 @@ def run_controller(args: argparse.Namespace) -> int:
             server.shutdown()
         if ads is not None:
             ads.stop(grace=1.0)
+
+
+def controller_defaults(args: argparse.Namespace) -> settings.Settings:
+    """The settings every waypoint starts from: one image for both containers unless overridden."""
+    return settings.Settings(
+        envoy_image=args.envoy_image or args.image,
+        extauthz_image=args.extauthz_image or args.image,
+    )
 
 
 def controller_options(args: argparse.Namespace) -> envoy_options.BootstrapOptions:
