@@ -223,9 +223,9 @@ def image() -> str:
 
 
 def _forget_older_builds(keep: str) -> None:
-    """Remove earlier test builds and the wheel stages left untagged, so the cache stays small."""
+    """Untag earlier test builds. Their dependency layers stay (shared with ``keep`` and cached
+    for the next build, which then only rebuilds the project's own wheel)."""
     listing = podman("images", "--format", "{{.Repository}}:{{.Tag}}", IMAGE_REPOSITORY)
     for name in listing.stdout.split():
         if name != keep and name.split(":")[-1].startswith(TEST_TAG_PREFIX):
-            podman("rmi", "--force", name, check=False)
-    podman("image", "prune", "--force", check=False)
+            podman("rmi", name, check=False)

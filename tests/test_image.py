@@ -372,12 +372,12 @@ def container(image: str) -> Iterator[Callable[..., str]]:
     def run(*args: str) -> str:
         name = f"waypoint-test-{ports.free_port()}"
         started.append(name)
-        podman.podman("run", "--detach", "--name", name, *args, timeout=120)
+        podman.podman("run", "--detach", "--rm", "--name", name, *args, timeout=120)
         return name
 
     yield run
     for name in started:
-        podman.podman("rm", "--force", "--time", "2", name, check=False, timeout=60)
+        podman.podman("rm", "--force", "--time", "2", name, check=False, timeout=300)
 
 
 def _programmed(fake: server.FakeKube) -> bool:
