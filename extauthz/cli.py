@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from extauthz import config, policy, server, tokens, workers
+from extauthz import config, demo, policy, server, tokens, workers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,13 +40,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config and load its policies/keys")
     check.add_argument("--config", required=True, type=pathlib.Path)
-    token = sub.add_parser("token", help="mint a demo JWT signed with a local private key")
-    token.add_argument("--key", required=True, type=pathlib.Path, help="PEM private key")
-    token.add_argument("--kid", required=True)
-    token.add_argument("--issuer", required=True)
-    token.add_argument("--audience", required=True)
-    token.add_argument("--subject", default="demo-user")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds until exp")
+    token = sub.add_parser(
+        "token",
+        help="mint a demo JWT signed with a local private key",
+        description="Mint a JWT. With --demo it is signed by the demo issuer that ships with the "
+        "package (the one `waypoint up` trusts); otherwise give --key, --kid, --issuer and "
+        "--audience. Example: extauthz token --demo --claim role=admin",
+    )
+    token.add_argument(
+        "--demo", action="store_true", help="sign as the packaged demo issuer (waypoint up's)"
+    )
+    token.add_argument("--key", type=pathlib.Path, help="PEM private key")
+    token.add_argument("--kid")
+    token.add_argument("--issuer")
+    token.add_argument("--audience")
+    token.add_argument("--subject", default=demo.SUBJECT)
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="seconds until exp (negative: expired)"
+    )
     token.add_argument("--claim", action="append", default=[], help="NAME=JSON (or a string)")
     jwks = sub.add_parser("jwks", help="print the public JWKS for a PEM private key")
     jwks.add_argument("--key", required=True, type=pathlib.Path)
@@ -70,8 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args.config)
         if args.command == "token":
-            print(_mint(args))
-            return 0
+            return _token(args)
         print(json.dumps(tokens.public_jwks(args.key.read_bytes(), args.kid), indent=2))
         return 0
     except (config.ConfigError, server.StartupError) as exc:
@@ -116,6 +126,22 @@ def _check_config(path: pathlib.Path) -> int:
         except policy.PolicyError as exc:
             raise server.StartupError(f"policy: {exc}") from None
     print(f"{path}: ok")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    if args.demo:
+        args.key = args.key or demo.KEY
+        args.kid = args.kid or demo.KID
+        args.issuer = args.issuer or demo.ISSUER
+        args.audience = args.audience or demo.AUDIENCE
+    missing = [
+        f"--{name}" for name in ("key", "kid", "issuer", "audience") if not getattr(args, name)
+    ]
+    if missing:
+        print(f"extauthz token: give {', '.join(missing)}, or --demo", file=sys.stderr)
+        return 2
+    print(_mint(args))
     return 0
 
 

@@ -10,7 +10,7 @@ It starts the whole stack with no cluster, on loopback only (:mod:`loadtests.rig
 locust headless in a subprocess, once per path, at a fixed request rate: ``users`` users of
 constant throughput each. The harness itself never imports gevent. For every path it writes
 locust's CSVs and HTML report, the exact-latency summary (``<path>-latency.json``), and at the
-end ``results.md`` (the table and issue 7's goals), ``results.json`` and ``latency.png``.
+end ``results.md`` (the table and the goals), ``results.json`` and ``latency.png``.
 Every locust run is bounded by ``-t`` and by a hard deadline; everything stops by itself.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 7's benchmark: what a waypoint hop adds to p99, with no Python in the data path.
+"""What a waypoint hop adds to p99, with no Python in the data path.
 
 The harness (``python -m loadtests``) drives locust against Python backends and Python HBONE
 terminators, whose noise swamps the hop. Here every process on the data path is native: the
@@ -15,7 +15,7 @@ machine-load drift hits all alike:
    pipeline from ``loadtests/hop-world.yaml``; L7 route with a header match, a path rewrite
    and header rewrites) -HBONE-> server ztunnel -> backend (waypoint hop added = waypoint - l4).
 
-Goals (issue 7), as ratios within one run: (a) the waypoint hop adds at most 2x the p99 the
+Goals, as ratios within one run: (a) the waypoint hop adds at most 2x the p99 the
 plain Envoy hop adds, at 1,000 rps; (b) it adds at most 0.5 ms (Istio's figure, on a quiet
 machine). Each path is first probed once (200, and the route's response header present on
 the waypoint path only); each phase also records how many requests the waypoint's L7
@@ -198,7 +198,7 @@ def _with_rounds(text: str, met: str, each: Sequence[str], round_met: Sequence[s
 
 
 def verdicts(added: Added, rounds: Sequence[Added] = ()) -> list[tuple[str, str, str]]:
-    """(goal, measured, met) for issue 7's targets, on the pooled p99s.
+    """(goal, measured, met) for the hop targets, on the pooled p99s.
 
     ``met`` is yes, NO, or n/a when the measurement cannot decide: the plain hop added
     nothing (no ratio), or the waypoint hop came out negative, i.e. the l4 baseline's own
@@ -229,6 +229,14 @@ def verdicts(added: Added, rounds: Sequence[Added] = ()) -> list[tuple[str, str,
             budget_met,
         ),
     ]
+
+
+def gated(rows: list[tuple[str, str, str]], samples: int) -> list[tuple[str, str, str]]:
+    """``rows`` with every verdict withheld ("n/a", and why) when a path has too few samples."""
+    reason = recorder.too_few_for_p99(samples)
+    if reason is None:
+        return rows
+    return [(goal, f"{measured}; {reason}", "n/a") for goal, measured, _ in rows]
 
 
 def per_round(phases: Sequence[Phase], rounds: int) -> list[Added]:
@@ -324,7 +332,7 @@ def build_report(
         "added": dataclasses.asdict(added),
         "ratio": added.ratio,
         "rounds": [dataclasses.asdict(r) | {"ratio": r.ratio} for r in rounds],
-        "verdicts": verdicts(added, rounds),
+        "verdicts": gated(verdicts(added, rounds), min(int(table[p]["requests"]) for p in PATHS)),
         "phases": [p.record() for p in phases],
     }
 

@@ -20,6 +20,20 @@ from typing import Any
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 _MAX_ERROR_KINDS = 20
+# A p99 is decided by the 1 % of samples above it. Their count is binomial, so with n samples
+# it is 0.01n give or take sqrt(0.0099n): 10,000 samples put 100 above the p99, known to
+# about 10 %. Fewer, and a ratio of two p99s is mostly noise, so no verdict is printed.
+MIN_P99_SAMPLES = 10_000
+
+
+def too_few_for_p99(samples: int) -> str | None:
+    """Why ``samples`` cannot support a verdict on a p99, or None when they can."""
+    if samples >= MIN_P99_SAMPLES:
+        return None
+    return (
+        f"no verdict: {samples:,} samples, and a p99 needs at least {MIN_P99_SAMPLES:,} "
+        f"(100 above it) to be known to about 10 %; run longer or at a higher rate"
+    )
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Callable, Iterator
 
@@ -15,6 +16,19 @@ pytest_plugins = ["tests.fakekube.fixtures"]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+# The GAMMA conformance data (cases.json and manifests/) is read where it lies, never copied in.
+GAMMA_ENV = "WAYPOINT_CONFORMANCE_DIR"
+GAMMA = pathlib.Path(os.environ.get(GAMMA_ENV) or SHARED / "conformance" / "gamma")
+
+
+def gamma_missing(what: pathlib.Path) -> str | None:
+    """Why the conformance replay cannot run (``what`` is absent), or None when it can."""
+    if what.exists():
+        return None
+    return (
+        f"GAMMA conformance data not found: {what} does not exist. Set {GAMMA_ENV} to the "
+        "directory holding cases.json and manifests/ (in this project: ../shared/conformance/gamma)"
+    )
 
 
 def free_port() -> int:

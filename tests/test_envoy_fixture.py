@@ -58,3 +58,35 @@ def test_envoy_starts_and_serves(envoy: conftest.EnvoyStarter) -> None:
 def test_validate_rejects_bad_config() -> None:
     with pytest.raises(envoy_process.EnvoyError, match="envoy rejected"):
         envoy_process.validate_text("static_resources: {listeners: [{name: x}]}\nbogus_field: 1\n")
+
+
+def test_validate_rejects_deprecated_fields() -> None:
+    """Envoy accepts a deprecated field with a warning on every start; we refuse it."""
+    config = """
+static_resources:
+  listeners:
+  - name: x
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: x
+          route_config: {}
+          http_filters:
+          - name: envoy.filters.http.set_filter_state
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config
+              on_request_headers:
+              - object_key: k
+                factory_key: envoy.string
+                format_string: {text_format_source: {inline_string: v}}
+                read_only: true
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+    with pytest.raises(envoy_process.EnvoyError, match="deprecated fields"):
+        envoy_process.validate_text(config)
+    envoy_process.validate_text(config.replace("                read_only: true\n", ""))

@@ -55,7 +55,8 @@ def cert_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 @pytest.mark.parametrize("case", CASES)
 def test_golden_output_passes_envoy_validate(case: str, cert_dirs: tuple[str, str]) -> None:
     text = (CASES_DIR / case / "out.yaml").read_text()
-    assert SDS_DIR in text
+    # Behind ztunnel's sandwich the waypoint holds no certificate at all.
+    assert (SDS_DIR in text) == (load_case(case).proxy_port is None)
     cert_dir, sds_dir = cert_dirs
     envoy_process.validate_text(text.replace(SDS_DIR, sds_dir).replace(CERT_DIR, cert_dir))
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests import test_envoy_golden as goldens
 from waypoint import model, names
-from waypoint.envoy import bootstrap, clusters, options, resources, routes
+from waypoint.envoy import bootstrap, clusters, listeners, options, resources, routes
 
 CASES = goldens.CASES
 
@@ -58,7 +58,15 @@ def test_every_upstream_cluster_and_destination_is_built(case: str) -> None:
     waypoint = goldens.load_case(case)
     built = {c.name for c in resources.build(waypoint, goldens.OPTIONS).clusters}
     assert {c.name for c in waypoint.clusters} <= built
-    assert {routes.inbound_name(d) for d in waypoint.destinations} <= built
+    inbound = {routes.inbound_name(d) for d in waypoint.destinations}
+    if waypoint.proxy_port is None:
+        assert inbound <= built
+    else:  # the sandwich serves each destination in a filter chain of its own, no hop
+        chains = {
+            c.name for c in listeners.proxy_terminate(waypoint, goldens.OPTIONS).filter_chains
+        }
+        assert chains == inbound
+        assert not inbound & built
 
 
 @pytest.mark.parametrize("identity", [None, ("ns1", "reviews")])
@@ -189,3 +197,12 @@ def test_node_defaults_to_the_waypoint_name() -> None:
     named = options.BootstrapOptions(node_id="n1", cluster="c1")
     data = bootstrap.to_dict(bootstrap.build(goldens.load_case("service-default"), named))
     assert data["node"] == {"cluster": "c1", "id": "n1"}
+
+
+def test_a_sandwich_chain_never_matches_a_port_on_every_address() -> None:
+    waypoint = goldens.load_case("sandwich")
+    bare = dataclasses.replace(waypoint.destinations[0], addresses=())
+    waypoint = dataclasses.replace(waypoint, destinations=(bare, *waypoint.destinations[1:]))
+    chains = listeners.proxy_terminate(waypoint, goldens.OPTIONS).filter_chains
+    assert routes.inbound_name(bare) not in {c.name for c in chains}
+    assert all(c.filter_chain_match.prefix_ranges for c in chains)

@@ -75,6 +75,14 @@ def test_verdicts() -> None:
     assert "below the noise" in noise[0][1]
 
 
+def test_no_verdict_on_too_few_samples() -> None:
+    missed = hop_bench.verdicts(hop_bench.Added(plain=0.2, waypoint=0.6))
+    assert hop_bench.gated(missed, 20_000) == missed
+    withheld = hop_bench.gated(missed, 1_000)
+    assert [v[2] for v in withheld] == ["n/a", "n/a"]
+    assert all("a p99 needs at least 10,000" in v[1] for v in withheld)
+
+
 def test_verdicts_show_rounds_and_flag_disagreement() -> None:
     rounds = [hop_bench.Added(0.4, 0.3), hop_bench.Added(0.2, 0.9)]
     pooled = hop_bench.Added(0.4, 0.4)

@@ -29,7 +29,7 @@ from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 
 MANIFESTS = conftest.REPO / "manifests"
-TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds"]
+TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds", "overlays/istio"]
 # cert-manager's kinds have no schema in kubernetes-validate and we do not carry their CRDs.
 UNCHECKED = {"Certificate", "ClusterIssuer"}
 
@@ -155,7 +155,13 @@ def test_rbac_is_least_privilege() -> None:
     deletable = {
         r for rule in role["rules"] if "delete" in rule["verbs"] for r in rule["resources"]
     }
-    assert deletable == {"horizontalpodautoscalers", "poddisruptionbudgets", "configmaps"}
+    # Deployments: recreated when an immutable field (spec.selector) of ours must change.
+    assert deletable == {
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+        "configmaps",
+        "deployments",
+    }
     (lease_role,) = [d for d in docs if d["kind"] == "Role"]
     assert {r for rule in lease_role["rules"] for r in rule["resources"]} == {"leases"}
 

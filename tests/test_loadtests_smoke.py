@@ -222,10 +222,13 @@ def test_hey_csv_parsing_skips_warmup() -> None:
 
 
 def test_goals_need_their_paths() -> None:
-    def result(path: str, p99: float, envoy_cpu: float = 0.0) -> report.PathResult:
+    def result(
+        path: str, p99: float, envoy_cpu: float = 0.0, requests: int = 20_000
+    ) -> report.PathResult:
         latency = {"p50": p99 / 2, "p90": p99, "p99": p99}
+        cpu = {"envoy": envoy_cpu * requests / 1000}  # envoy_cpu: seconds per 1,000 requests
         return report.PathResult(
-            path, path, 1000, 10, 1000, 0, 1000.0, latency, {}, {"envoy": envoy_cpu}, {}, {}
+            path, path, 1000, 10, requests, 0, 1000.0, latency, {}, cpu, {}, {}
         )
 
     only = report.goals([result("waypoint", 2.0, envoy_cpu=0.2)])
@@ -240,6 +243,18 @@ def test_goals_need_their_paths() -> None:
     )
     assert full[0][2] is False  # the waypoint adds 1.2 ms, the plain hop 0.5 ms
     assert full[1] == ("waypoint hop adds <= 0.5 ms p99 (Istio)", "+1.20 ms", False)
+    # 100 rps for 10 s: about 1,000 samples, too few for a p99 verdict; the reason is printed.
+    short = report.goals(
+        [
+            result("direct", 1.0, requests=1000),
+            result("l4", 1.2, requests=1000),
+            result("envoy", 1.5, requests=1000),
+            result("waypoint", 2.4, envoy_cpu=0.2, requests=1000),
+        ]
+    )
+    assert [met for _, _, met in short[:2]] == [None, None]
+    assert "no verdict: 1,000 samples" in short[0][1]
+    assert short[-1][2] is True  # CPU per 1,000 requests needs no tail
     assert set(rig.PATHS) >= {"direct", "l4", "envoy", "waypoint", "waypoint-authz", "waypoint-opa"}
 
 

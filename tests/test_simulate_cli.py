@@ -140,6 +140,13 @@ def test_example_world(capsys: pytest.CaptureFixture[str]) -> None:
     assert "  cluster outbound|80||echo-v1.demo.svc.cluster.local 80% (weight 80)" in out
     assert "  cluster outbound|80||echo-v2.demo.svc.cluster.local 20% (weight 20)" in out
     assert "  response headers: add x-canary: true" in out
+    # echo-v1 has an ExtAuthzPolicy: the result says the check decides before the upstream.
+    policies = str(conftest.REPO / "examples" / "local" / "policies.yaml")
+    code, out, _ = _run(
+        capsys, "-f", example, "-f", policies, "http://echo-v1.demo/admin", waypoint="demo/waypoint"
+    )
+    assert code == 0
+    assert "result: ext_authz decides first (not simulated); if it allows, forwarded to" in out
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.up",
     "waypoint.commands.request",
     "waypoint.commands.explain",
+    "waypoint.commands.certs",
+    "waypoint.commands.proxyconfig",
+    "waypoint.commands.istiocerts",
 )
 
 

@@ -13,6 +13,7 @@ CLUSTER_DOMAIN = "cluster.local"
 
 CONNECT_TERMINATE = "connect_terminate"
 CONNECT_ORIGINATE = "connect_originate"
+PROXY_TERMINATE = "proxy_terminate"  # the sandwich listener: ztunnel's PROXY v2 connections
 READINESS = "readiness"
 STATS = "stats"
 

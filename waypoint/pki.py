@@ -124,6 +124,10 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+CA_CERT_FILE = "ca-cert.pem"
+CA_KEY_FILE = "ca-key.pem"
+
+
 @dataclasses.dataclass(frozen=True)
 class CertificateAuthority:
     """A self-signed root CA for one trust domain."""
@@ -176,6 +180,34 @@ class CertificateAuthority:
     @property
     def root_pem(self) -> bytes:
         return _pem(self.certificate)
+
+    def save(self, directory: str | os.PathLike[str]) -> pathlib.Path:
+        """Write ``ca-cert.pem`` and ``ca-key.pem`` (0600), so :meth:`load` can issue more."""
+        root = pathlib.Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        key = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write_file(root / CA_KEY_FILE, key, mode=0o600)
+        _write_file(root / CA_CERT_FILE, self.root_pem, mode=0o644)
+        return root
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> CertificateAuthority:
+        """Read a CA written by :meth:`save`; its trust domain is its subject's organisation."""
+        root = pathlib.Path(directory)
+        cert = x509.load_pem_x509_certificate((root / CA_CERT_FILE).read_bytes())
+        key = serialization.load_pem_private_key((root / CA_KEY_FILE).read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{root / CA_KEY_FILE}: expected an EC private key")
+        orgs = cert.subject.get_attributes_for_oid(oid.NameOID.ORGANIZATION_NAME)
+        if not orgs:
+            raise ValueError(
+                f"{root / CA_CERT_FILE}: no organisation (trust domain) in its subject"
+            )
+        return cls(trust_domain=str(orgs[0].value), certificate=cert, key=key)
 
     def issue(
         self,
@@ -292,24 +324,7 @@ class Identity:
         with one ``rename``, so a watcher (Envoy's ``watched_directory``) sees one change
         and never a half-written set.
         """
-        root = pathlib.Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        stamp = _now().strftime("%Y_%m_%d_%H_%M_%S")
-        versioned = pathlib.Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=root))
-        for name, content in self.files().items():
-            _write_file(versioned / name, content, mode=0o600 if name == KEY_FILE else 0o644)
-        versioned.chmod(0o755)
-        data = root / DATA_LINK
-        previous = os.readlink(data) if data.is_symlink() else None
-        _atomic_symlink(versioned.name, data)
-        for name in FILE_NAMES:
-            link = root / name
-            if os.path.islink(link) and os.readlink(link) == f"{DATA_LINK}/{name}":
-                continue
-            _atomic_symlink(f"{DATA_LINK}/{name}", link)
-        if previous is not None and previous != versioned.name:
-            _remove_tree(root / previous)
-        return root
+        return write_cert_dir(directory, self.files())
 
     def ssl_context(
         self,
@@ -339,6 +354,32 @@ class Identity:
         if protocols:
             ctx.set_alpn_protocols(protocols)
         return ctx
+
+
+def write_cert_dir(directory: str | os.PathLike[str], files: dict[str, bytes]) -> pathlib.Path:
+    """Write ``files`` (name → content) into ``directory`` with one atomic ``..data`` swap.
+
+    The layout of :meth:`Identity.write`; also used by the istiod CA client
+    (``waypoint.istioca``), whose root file may hold a bundle of several roots.
+    """
+    root = pathlib.Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _now().strftime("%Y_%m_%d_%H_%M_%S")
+    versioned = pathlib.Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=root))
+    for name, content in files.items():
+        _write_file(versioned / name, content, mode=0o600 if name == KEY_FILE else 0o644)
+    versioned.chmod(0o755)
+    data = root / DATA_LINK
+    previous = os.readlink(data) if data.is_symlink() else None
+    _atomic_symlink(versioned.name, data)
+    for name in files:
+        link = root / name
+        if os.path.islink(link) and os.readlink(link) == f"{DATA_LINK}/{name}":
+            continue
+        _atomic_symlink(f"{DATA_LINK}/{name}", link)
+    if previous is not None and previous != versioned.name:
+        _remove_tree(root / previous)
+    return root
 
 
 def trusting_context(root_pem: bytes, *, alpn: Iterable[str] = ("h2",)) -> ssl.SSLContext:

@@ -22,9 +22,8 @@ from tests.conformance import world as world_mod
 from waypoint import pipeline
 from waypoint.local import stack as stack_mod
 
-GAMMA = conftest.SHARED / "conformance" / "gamma"
-MANIFESTS = GAMMA / "manifests"
-CASES = GAMMA / "cases.json"
+MANIFESTS = conftest.GAMMA / "manifests"
+CASES = conftest.GAMMA / "cases.json"
 
 # Fields of one case (test name, case index) that we deliberately do not enforce.
 NOT_ENFORCED: Mapping[tuple[str, int], frozenset[str]] = {
@@ -57,6 +56,10 @@ def _tests() -> list[dict[str, Any]]:
 
 
 def _params() -> list[Any]:
+    missing = conftest.gamma_missing(CASES)
+    if missing is not None:
+        # One visible skip with the reason, not pytest's bare "got empty parameter set".
+        return [pytest.param(None, id="no-data", marks=pytest.mark.skip(reason=missing))]
     params = []
     for test in _tests():
         known = [
@@ -82,8 +85,9 @@ def _objects(files: list[str]) -> list[dict[str, Any]]:
 def gamma_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[stack_mod.LocalStack, world_mod.World]]:
-    if not CASES.exists():
-        pytest.skip(f"no conformance cases at {CASES}")
+    missing = conftest.gamma_missing(CASES)
+    if missing is not None:
+        pytest.skip(missing)
     world = world_mod.build(_objects([]))
     stack = stack_mod.LocalStack(
         world.objects,

@@ -1,11 +1,39 @@
 """Argument parsers shared by the subcommands: ``NS/NAME`` references, ``-H`` headers and
-``on``/``off`` switches."""
+``on``/``off`` switches; help text from docstrings; YAML output without anchors."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import yaml
+
+# :mod:`x`, :func:`x`, :class:`~a.b.c` ... -> the name as a reader would type it.
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: reStructuredText roles and literals made plain."""
+    text = _ROLE.sub(r"\1", doc or "")
+    return _LITERAL.sub(r"\1", text)
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Never write anchors (``&id001``) for objects that appear twice: kubectl users read it."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.dump(obj, Dumper=_NoAliases, sort_keys=False)
+
+
+def dump_yaml_all(objs: Iterable[Any]) -> str:
+    return yaml.dump_all(objs, Dumper=_NoAliases, sort_keys=False)
 
 
 def namespaced(flag: str, second: str = "NAME") -> Callable[[str], tuple[str, str]]:

@@ -22,17 +22,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-import yaml
-
 from waypoint import model, version
-from waypoint import names as envoy_names
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
-from waypoint.controller import leader, manager, reconcile
+from waypoint.controller import leader, manager, reconcile, serving
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, names, settings
+from waypoint.kube import constants, failclosed, gateway, names, settings
 from waypoint.xds import bootstrap as xds_bootstrap
 from waypoint.xds import cache as xds_cache
 from waypoint.xds import runner as xds_runner
@@ -61,11 +58,6 @@ def register(subparsers: Any) -> None:
         help="create or update a waypoint Gateway (server-side apply)",
     )
     _gateway_flags(apply)
-    apply.add_argument(
-        "--enroll-namespace",
-        action="store_true",
-        help=f"label the namespace {constants.USE_WAYPOINT}=NAME",
-    )
     apply.add_argument(
         "--overwrite",
         action="store_true",
@@ -165,8 +157,29 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SA",
         help="serve only workloads running as this ServiceAccount",
     )
+    parser.add_argument(
+        "--enroll-namespace",
+        action="store_true",
+        help=f"label the namespace {constants.USE_WAYPOINT}=NAME (generate: print the Namespace "
+        "with that label too)",
+    )
+    parser.add_argument(
+        "-r", "--revision",
+        help=f"label the waypoint {constants.REVISION}=REVISION, as istioctl does",
+    )  # fmt: skip
     parser.add_argument("--min-replicas", type=_positive, metavar="N")
     parser.add_argument("--max-replicas", type=_positive, metavar="N")
+    parser.add_argument(
+        "--require-waypoint",
+        action="store_true",
+        help="also write Istio AuthorizationPolicies so that ztunnel admits only the waypoint "
+        "into the namespace's workloads: traffic cannot bypass L7 policy (docs/istio.md)",
+    )
+    parser.add_argument(
+        "--trust-domain",
+        default=envoy_options.BootstrapOptions().trust_domain,
+        help="the mesh's trust domain, for --require-waypoint's principal",
+    )
     parser.add_argument("-o", "--output", choices=["yaml", "json"])
 
 
@@ -227,7 +240,7 @@ def _dump(obj: Any, output: str, stream: TextIO) -> None:
     if output == "json":
         stream.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     else:
-        stream.write(yaml.safe_dump(obj, sort_keys=False))
+        stream.write(cli_args.dump_yaml(obj))
 
 
 def _generated(args: argparse.Namespace, namespace: str) -> Obj:
@@ -238,15 +251,43 @@ def _generated(args: argparse.Namespace, namespace: str) -> Obj:
         args.service_account,
         args.min_replicas,
         args.max_replicas,
+        args.revision,
     )
+
+
+def _enrollment(args: argparse.Namespace, namespace: str) -> list[Obj]:
+    """For ``generate --enroll-namespace``: the Namespace carrying the enrollment label."""
+    if not args.enroll_namespace:
+        return []
+    metadata = {"name": namespace, "labels": {constants.USE_WAYPOINT: args.name}}
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}]
 
 
 # --- generate / apply ----------------------------------------------------------------------
 
 
+def _fail_closed(args: argparse.Namespace, namespace: str) -> list[Obj]:
+    """The ``--require-waypoint`` policies, or none."""
+    if not args.require_waypoint:
+        return []
+    failclosed.check(args.traffic_type, args.service_account)
+    return failclosed.policies(namespace, args.name, args.trust_domain)
+
+
 @_guard
 def run_generate(args: argparse.Namespace) -> int:
-    _dump(_generated(args, args.namespace or "default"), args.output or "yaml", sys.stdout)
+    namespace = args.namespace or "default"
+    found = [
+        *_enrollment(args, namespace),
+        _generated(args, namespace),
+        *_fail_closed(args, namespace),
+    ]
+    if len(found) == 1:
+        _dump(found[0], args.output or "yaml", sys.stdout)
+    elif args.output == "json":
+        _dump({"apiVersion": "v1", "kind": "List", "items": found}, "json", sys.stdout)
+    else:
+        sys.stdout.write(cli_args.dump_yaml_all(found))
     return 0
 
 
@@ -255,10 +296,14 @@ def run_apply(args: argparse.Namespace) -> int:
     with _connect(args) as cluster:
         namespace = _namespace(args)
         desired = _generated(args, namespace)
+        policies = _fail_closed(args, namespace)
         cluster.resource(kcluster.GATEWAY)
+        if policies:
+            cluster.resource(kcluster.AUTHORIZATION_POLICY)  # Istio's CRDs, or a clear error
         _check_existing(cluster, namespace, args.name)
         if args.enroll_namespace:
             _check_enrollment(cluster, namespace, args.name, args.overwrite)
+        _warn_unless_ambient(cluster, namespace)
         try:
             applied = cluster.apply(
                 desired, CLI_FIELD_MANAGER, force=args.overwrite, dry_run=args.dry_run
@@ -268,16 +313,50 @@ def run_apply(args: argparse.Namespace) -> int:
         if args.enroll_namespace and not args.dry_run:
             patch = {"metadata": {"labels": {constants.USE_WAYPOINT: args.name}}}
             cluster.merge_patch(kcluster.NAMESPACE, "", namespace, patch, CLI_FIELD_MANAGER)
+        suffix = " (dry run)" if args.dry_run else ""
         if args.output:
             _dump(applied, args.output, sys.stdout)
         else:
-            suffix = " (dry run)" if args.dry_run else ""
             print(f"waypoint {namespace}/{args.name} applied{suffix}")
             if args.enroll_namespace and not args.dry_run:
                 print(f"namespace {namespace} labeled with {constants.USE_WAYPOINT}={args.name}")
         if args.wait and not args.dry_run:
-            return wait_programmed(cluster, namespace, args.name, args.timeout, sys.stderr)
+            code = wait_programmed(cluster, namespace, args.name, args.timeout, sys.stderr)
+            if code:
+                return code
+        _apply_fail_closed(cluster, args, policies, suffix)
     return 0
+
+
+def _apply_fail_closed(
+    cluster: kcluster.Cluster, args: argparse.Namespace, policies: list[Obj], suffix: str
+) -> None:
+    """After the waypoint (and, with --wait, once it is Programmed): a policy that admits
+    only the waypoint, applied before ztunnel sends traffic to it, would refuse everyone."""
+    if policies and not args.wait and not args.dry_run:
+        print(
+            "warning: --require-waypoint without --wait: until the waypoint is Programmed, "
+            "ztunnel refuses the clients it does not yet send through it",
+            file=sys.stderr,
+        )
+    for policy in policies:
+        cluster.apply(policy, CLI_FIELD_MANAGER, force=args.overwrite, dry_run=args.dry_run)
+        if not args.output:
+            name = policy["metadata"]["name"]
+            print(f"AuthorizationPolicy {policy['metadata']['namespace']}/{name} applied{suffix}")
+
+
+def _warn_unless_ambient(cluster: kcluster.Cluster, namespace: str) -> None:
+    """istioctl's warning (istioctl/pkg/waypoint): without ambient mode, no ztunnel captures
+    the namespace's pods, so nothing sends their traffic to any waypoint."""
+    found = cluster.get(kcluster.NAMESPACE, "", namespace)
+    labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+    if found is not None and labels.get(constants.DATAPLANE_MODE_LABEL) != "ambient":
+        print(
+            f"warning: namespace {namespace} is not enrolled in ambient mode; consider running "
+            f"`kubectl label namespace {namespace} {constants.DATAPLANE_MODE_LABEL}=ambient`",
+            file=sys.stderr,
+        )
 
 
 def _check_existing(cluster: kcluster.Cluster, namespace: str, name: str) -> None:
@@ -304,6 +383,12 @@ def _check_enrollment(
         )
 
 
+# Programmed=False reasons that resolve on their own: keep waiting. Any other reason on the
+# current generation (an apply the API rejected, an object in the way, Envoy refusing the
+# config) needs a person, so ``--wait`` fails at once.
+WAITING_REASONS = frozenset({"Pending", "AddressNotAssigned"})
+
+
 def wait_programmed(
     cluster: kcluster.Cluster,
     namespace: str,
@@ -313,16 +398,42 @@ def wait_programmed(
     poll: float = 0.5,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Print progress until the Gateway is Programmed; 1 on timeout, with the last reason."""
+    """Print progress until the controller has seen the Gateway's current generation and
+    says it is Programmed: 0. 1 on a terminal failure (not Accepted, or Programmed=False for
+    a reason that will not pass) or on timeout, with the reason."""
     deadline = clock() + timeout
     last = ""
     while True:
-        live = cluster.get(kcluster.GATEWAY, namespace, name)
-        condition = _condition(live or {}, "Programmed")
-        if condition.get("status") == "True":
+        live = cluster.get(kcluster.GATEWAY, namespace, name) or {}
+        generation = int((live.get("metadata") or {}).get("generation") or 0)
+        seen = _observed(_condition(live, "Accepted"), generation, gateway.observed_marker(live))
+        accepted = _condition(live, "Accepted") if seen else {}
+        programmed = _condition(live, "Programmed") if seen else {}
+        if programmed.get("status") == "True":
             print(f"waypoint {namespace}/{name} is Programmed", file=stream)
             return 0
-        progress = f"{condition.get('reason', 'NoStatus')}: {condition.get('message') or 'waiting for the controller'}"
+        failed = next(
+            (
+                c
+                for c in (accepted, programmed)
+                if c.get("status") == "False"
+                and not (c is programmed and c.get("reason") in WAITING_REASONS)
+            ),
+            None,
+        )
+        if failed is not None:
+            print(
+                f"error: waypoint {namespace}/{name} is not {failed.get('type')}: "
+                f"{failed.get('reason')}: {failed.get('message')}",
+                file=stream,
+            )
+            return 1
+        progress = (
+            f"{programmed.get('reason')}: {programmed.get('message')}"
+            if programmed
+            else "NoStatus: waiting for the controller to observe this version of the Gateway "
+            f"(generation {generation}, {gateway.observed_marker(live)})"
+        )
         if progress != last:
             print(f"waiting for waypoint {namespace}/{name}: {progress}", file=stream)
             last = progress
@@ -333,6 +444,14 @@ def wait_programmed(
             )
             return 1
         time.sleep(poll)
+
+
+def _observed(accepted: Obj, generation: int, marker: str) -> bool:
+    """The status was computed from this version of the Gateway: its spec (generation) and
+    its labels and annotations (the marker the controller ends ``Accepted`` with)."""
+    return int(accepted.get("observedGeneration") or 0) == generation and str(
+        accepted.get("message") or ""
+    ).endswith(marker)
 
 
 def _condition(obj: Obj, kind: str) -> Obj:
@@ -485,32 +604,14 @@ def describe(gw: Obj, replicas: str, translation: model.Translation | None, prob
         lines.append(f"  services:  unknown ({problem})")
         return "\n".join(lines)
     served = translation.waypoint(namespace, name)
-    services = sorted(
-        {
-            f"{d.namespace}/{d.name}"
-            for d in (served.destinations if served else ())
-            if d.kind is model.DestinationKind.SERVICE
-        }
-    )
-    routes = sorted(
-        {
-            f"{ref.kind} {ref.namespace}/{ref.name}"
-            for d in (served.destinations if served else ())
-            for route in d.routes
-            for ref in [_route_ref(route.name)]
-            if ref is not None
-        }
-    )
-    lines.append(f"  services:  {', '.join(services) or '-'}")
-    lines.append(f"  routes:    {', '.join(routes) or '-'}")
+    lines.append(f"  services:  {', '.join(serving.services(served)) or '-'}")
+    workloads = serving.workloads(served)
+    if workloads:
+        lines.append(f"  workloads: {', '.join(workloads)}")
+    lines.append(f"  routes:    {', '.join(serving.routes(served)) or '-'}")
+    for where, reason, message in serving.unbound_claims(translation, namespace, name):
+        lines.append(f"  not bound: {where}: {reason}: {message}")
     return "\n".join(lines)
-
-
-def _route_ref(text: str) -> envoy_names.RouteName | None:
-    try:
-        return envoy_names.parse_route_name(text)
-    except ValueError:
-        return None
 
 
 # --- controller ------------------------------------------------------------------------------
@@ -558,10 +659,11 @@ def run_controller(args: argparse.Namespace) -> int:
 
 
 def controller_defaults(args: argparse.Namespace) -> settings.Settings:
-    """The settings every waypoint starts from: one image for both containers unless overridden."""
+    """The settings every waypoint starts from: one image for every container unless overridden."""
     return settings.Settings(
         envoy_image=args.envoy_image or args.image,
         extauthz_image=args.extauthz_image or args.image,
+        istio_certs_image=args.image,
     )
 
 

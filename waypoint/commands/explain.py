@@ -20,7 +20,7 @@ from typing import Any
 from waypoint import model, names, pipeline, pki, simulate
 from waypoint.commands import args as cli_args
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import resources
+from waypoint.envoy import policies, resources
 from waypoint.kube import constants
 from waypoint.translate import status as status_mod
 
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "explain",
         help="trace a request through a waypoint's config: listener, route, cluster (offline)",
-        description=__doc__,
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument("url", metavar="URL", help="http://SERVICE.NAMESPACE[:PORT]/PATH or VIP")
     parser.add_argument(
@@ -348,6 +348,12 @@ def _result(trace: simulate.Trace) -> str:
         return f"result: Envoy answers {trace.status}"
     clusters = " or ".join(trace.clusters)
     by_weight = " (by weight)" if len(trace.clusters) > 1 else ""
+    if trace.action is not None and policies.EXT_AUTHZ in trace.action.policies:
+        # The check is not simulated: extauthz answers 401/403 itself when it denies.
+        return (
+            f"result: ext_authz decides first (not simulated); if it allows, forwarded to "
+            f"{clusters}{by_weight} and the upstream answers, else ext_authz's 401/403"
+        )
     return f"result: forwarded to {clusters}{by_weight}; the upstream answers"
 
 

@@ -43,7 +43,8 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--sds-dir",
         default="",
-        help="where to write the SDS files Envoy watches (default: beside -o FILE, else <cert-dir>-sds)",
+        help="where to write the SDS files Envoy watches (default: beside -o FILE; with output to "
+        "stdout nothing is written unless this is given)",
     )
     cli_args.add_access_log_flag(group)
 
@@ -80,7 +81,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "render",
         help="print the Envoy bootstrap for a waypoint from Kubernetes YAML (no cluster needed)",
-        description=__doc__,
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument(
         "-f",
@@ -129,6 +130,11 @@ def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = No
     return bad
 
 
+def _writes_files(args: argparse.Namespace) -> bool:
+    """Files are written only where the user named a place: ``--sds-dir`` or ``-o FILE``."""
+    return bool(args.sds_dir) or args.output != "-"
+
+
 def _write(text: str, output: str) -> None:
     if output == "-":
         sys.stdout.write(text)
@@ -151,8 +157,16 @@ def run(args: argparse.Namespace) -> int:
     if args.kubernetes:
         return _run_kubernetes(args, objects)
     if args.waypoint is None:
-        print("error: --waypoint NS/NAME is required", file=sys.stderr)
-        return 2
+        gateways = sorted(_meta(o) for o in objects if o.get("kind") == "Gateway")
+        if len(gateways) != 1:
+            found = ", ".join(f"{ns}/{n}" for ns, n in gateways) or "none"
+            print(
+                f"error: --waypoint NS/NAME is required when the input does not hold exactly "
+                f"one Gateway (found: {found})",
+                file=sys.stderr,
+            )
+            return 2
+        args.waypoint = gateways[0]
     namespace, name = args.waypoint
     opts = bootstrap_options(args, namespace, name)
     try:
@@ -162,14 +176,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bad = report_statuses(rendered.translation.statuses)
-    try:
-        secrets.write_sds_files(opts)
-    except OSError as exc:
+    if rendered.waypoint.proxy_port is not None:
+        pass  # behind ztunnel's sandwich: no certificate, so no SDS files either
+    elif _writes_files(args):
+        try:
+            secrets.write_sds_files(opts)
+        except OSError as exc:
+            print(
+                f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
+                file=sys.stderr,
+            )
+            return 1
+    else:
         print(
-            f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
+            f"note: the config reads its certificates through SDS files in {secrets.sds_dir(opts)}; "
+            "nothing was written (to stdout, rendering has no side effects): name a directory "
+            "with --sds-dir DIR, or render with -o FILE, to have them written",
             file=sys.stderr,
         )
-        return 1
     _write(rendered.bootstrap_yaml, args.output)
     return 1 if (bad and args.strict) else 0
 
@@ -189,8 +213,13 @@ def _run_kubernetes(args: argparse.Namespace, objects: list[dict[str, Any]]) -> 
             "error: no waypoint Gateway (gatewayClassName: waypoint) in the input", file=sys.stderr
         )
         return 1
-    _write(yaml.safe_dump_all(generated, sort_keys=False), args.output)
+    _write(cli_args.dump_yaml_all(generated), args.output)
     return 0
+
+
+def _meta(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
 def _is_other_gateway(obj: dict[str, Any], namespace: str, name: str) -> bool:

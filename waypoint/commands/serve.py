@@ -19,6 +19,7 @@ from typing import Any
 
 import prometheus_client
 
+from waypoint.commands import args as cli_args
 from waypoint.commands import render
 from waypoint.envoy import options as envoy_options
 from waypoint.xds import cache, filesource, publish, runner
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve waypoint config over xDS from a watched directory of YAML",
-        description=__doc__,
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument(
         "-f",

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from extauthz import tokens
+from extauthz import demo
 from waypoint import echo, pipeline
 from waypoint.commands import args as cli_args
 from waypoint.hbone import client as hbone_client
@@ -24,11 +25,9 @@ from waypoint.hbone import errors
 from waypoint.local import sidecar
 from waypoint.local import stack as stack_mod
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "local"
-EXAMPLE_REGO = REPO / "examples" / "extauthz" / "policy.rego"
-DEMO_KEY = REPO / "examples" / "extauthz" / "demo-signing-key.pem"
-DEMO_KID, DEMO_ISSUER, DEMO_AUDIENCE = "demo-1", "https://issuer.waypoint.example", "waypoint-demo"
+# Package data, so `pip install` and `waypoint up` work from any directory.
+EXAMPLE = pathlib.Path(stack_mod.__file__).resolve().parent / "example"
+EXAMPLE_REGO = demo.REGO
 CLIENT_NS, CLIENT_SA = "demo", "sleep"
 
 
@@ -72,21 +71,23 @@ DEMOS = (
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "up", help="run a complete local waypoint with no cluster", description=__doc__
+        "up",
+        help="run a complete local waypoint with no cluster",
+        description=cli_args.plain(__doc__),
     )
     parser.add_argument(
         "-f",
         "--filename",
         action="append",
         metavar="FILE",
-        help=f"world to run (default: {EXAMPLE.relative_to(EXAMPLE.parents[2])})",
+        help="world to run (default: the packaged example world, as in examples/local)",
     )
     parser.add_argument("--waypoint", default="demo/waypoint", metavar="NS/NAME")
     parser.add_argument(
         "--rego",
         action="append",
         metavar="FILE",
-        help="Rego modules for ExtAuthzPolicy decisions (default: examples/extauthz/policy.rego)",
+        help="Rego modules for ExtAuthzPolicy decisions (default: the packaged demo policy)",
     )
     parser.add_argument("--hbone-port", type=int, default=15008, help="0 picks a free port")
     parser.add_argument("--admin-port", type=int, default=15000)
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        failures = show(local, out)
+        failures = show(local, out, keep_up=not args.once)
         if args.once:
             return 1 if failures else 0
         _wait_for_interrupt(out)
@@ -142,8 +143,12 @@ def run(args: argparse.Namespace) -> int:
         local.stop()
 
 
-def show(local: stack_mod.LocalStack, out: TextIO) -> int:
-    """Print the world's problems, run the demos, print how to send traffic; count failures."""
+def show(local: stack_mod.LocalStack, out: TextIO, keep_up: bool = True) -> int:
+    """Print the world's problems, run the demos, print how to send traffic; count failures.
+
+    How to send traffic is printed only when the waypoint stays up: after ``--once`` its
+    ports are closed and a temporary work directory is gone.
+    """
     for status in local.problems():
         reasons = "; ".join(f"{c.type}={c.reason} {c.message}" for c in status.conditions)
         print(f"  warning: {status.ref}: {reasons}", file=out)
@@ -154,7 +159,16 @@ def show(local: stack_mod.LocalStack, out: TextIO) -> int:
         failures = sum(_demo(local, client, demo, out) for demo in DEMOS)
     finally:
         client.close()
-    _print_usage(local, client_dir, out)
+    if keep_up:
+        _print_usage(local, client_dir, out)
+    else:
+        print(
+            f"\nwaypoint {local.namespace}/{local.name} ({local.waypoint_id}): "
+            f"{len(DEMOS) - failures} of {len(DEMOS)} demo requests behaved as expected. "
+            f"Run `{command('waypoint')} up` without --once to keep the waypoint up and send "
+            "your own requests.",
+            file=out,
+        )
     return failures
 
 
@@ -193,18 +207,33 @@ def _demo(
 
 def demo_token(kind: str) -> str:
     """A JWT from the demo issuer: role admin or viewer, or an expired one."""
-    role = "viewer" if kind == "viewer" else "admin"
-    ttl = -3600 if kind == "expired" else 3600
-    return tokens.mint(
-        DEMO_KEY.read_bytes(), DEMO_KID, DEMO_ISSUER, DEMO_AUDIENCE, "demo-user",
-        ttl_seconds=ttl, claims={"role": role},
-    )  # fmt: skip
+    return demo.mint("viewer" if kind == "viewer" else "admin", expired=kind == "expired")
+
+
+def command(name: str) -> str:
+    """How to run console script ``name`` of this install from the user's shell, as printed.
+
+    The bare name when it is on PATH and is this install's; else this install's script by
+    a path relative to the working directory when it lies below it (``.venv/bin/waypoint``
+    after the Quick start), else by its absolute path.
+    """
+    script = pathlib.Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and script.exists() and pathlib.Path(found).resolve() == script.resolve():
+        return name
+    if not script.exists():
+        return f"{sys.executable} -m {name}"
+    try:
+        return str(script.absolute().relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(script.absolute())
 
 
 def _print_usage(local: stack_mod.LocalStack, client_dir: pathlib.Path, out: TextIO) -> None:
     opts = local.options
     hbone = f"{local.bind}:{opts.hbone_port}"
     vip = local.vip(CLIENT_NS, "echo")
+    request = f"{command('waypoint')} request --waypoint {hbone} --cert-dir {client_dir}"
     lines = [
         "",
         f"waypoint {local.namespace}/{local.name} is up ({local.waypoint_id})",
@@ -214,11 +243,11 @@ def _print_usage(local: stack_mod.LocalStack, client_dir: pathlib.Path, out: Tex
         f"  Prometheus                    http://{local.bind}:{opts.stats_port}/stats/prometheus",
         f"  Envoy config                  {local.workdir}",
         "Send traffic as a mesh client (identity in the client dir):",
-        f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} -i http://{vip}/api/x",
-        f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} -H 'x-version: v2' http://{vip}/",
-        "  TOKEN=$(python examples/extauthz/mint_token.py --role admin)",
-        f"  waypoint request --waypoint {hbone} --cert-dir {client_dir} "
-        f'-H "authorization: Bearer $TOKEN" http://{local.vip(CLIENT_NS, "echo-v1")}/admin',
+        f"  {request} -i http://{vip}/api/x",
+        f"  {request} -H 'x-version: v2' http://{vip}/",
+        f"  TOKEN=$({command('extauthz')} token --demo --claim role=admin)",
+        f'  {request} -H "authorization: Bearer $TOKEN" '
+        f"http://{local.vip(CLIENT_NS, 'echo-v1')}/admin",
     ]
     print("\n".join(lines), file=out, flush=True)
 

@@ -4,6 +4,9 @@ An HBONE endpoint is an internal address on a ``connect_originate`` listener; it
 ``ip:port`` travels as endpoint metadata (``envoy.filters.listener.original_dst``), which the
 internal_upstream transport socket passes through so that the original_dst listener filter
 restores it as the local address, and the tunnel's CONNECT authority is ``ip:targetPort``.
+
+A sandwiched waypoint (``model.Waypoint.proxy_port``) holds no mesh certificate: it reaches
+every endpoint in plain TCP, and the ztunnel capturing the waypoint pod adds HBONE on the way.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ _HBONE_MATCH = {"tunnel": "hbone"}
 def build(
     waypoint: model.Waypoint, options: options_mod.BootstrapOptions
 ) -> list[cluster_pb2.Cluster]:
-    out = [upstream(cluster, options) for cluster in waypoint.clusters]
-    out += [inbound(dest, options) for dest in waypoint.destinations]
+    mesh = waypoint.proxy_port is None
+    out = [upstream(cluster, options, mesh=mesh) for cluster in waypoint.clusters]
+    if mesh:  # the hop into the internal listeners, which the sandwich does without
+        out += [inbound(dest, options) for dest in waypoint.destinations]
     out += [connect_originate(target, options) for target in originate_targets(waypoint)]
     out.append(admin(options))
     out += policies.extra_clusters(waypoint, options)
@@ -79,7 +84,10 @@ def _identity(cluster: model.Cluster, endpoint: model.Endpoint) -> tuple[str, st
 
 
 def originate_targets(waypoint: model.Waypoint) -> list[OriginateTarget]:
-    """Every origination path the waypoint's HBONE endpoints need, sorted by name."""
+    """Every origination path the waypoint's HBONE endpoints need, sorted by name (none
+    behind ztunnel's sandwich, which originates HBONE itself)."""
+    if waypoint.proxy_port is not None:
+        return []
     targets = {
         OriginateTarget(_identity(c, e)) for c in waypoint.clusters for e in c.endpoints if e.hbone
     }
@@ -154,12 +162,15 @@ def _http2(cluster: cluster_pb2.Cluster, options: options_mod.BootstrapOptions) 
     cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(protos.pack(config))
 
 
-def upstream(cluster: model.Cluster, options: options_mod.BootstrapOptions) -> cluster_pb2.Cluster:
-    """A Service port's endpoints: ready ones only; mesh ones through HBONE."""
+def upstream(
+    cluster: model.Cluster, options: options_mod.BootstrapOptions, *, mesh: bool = True
+) -> cluster_pb2.Cluster:
+    """A Service port's endpoints: ready ones only; mesh ones through HBONE unless ``mesh``
+    is False (then every endpoint is plain)."""
     out = _static(cluster.name, options)
-    endpoints = [_lb_endpoint(cluster, e) for e in cluster.endpoints if e.ready]
+    endpoints = [_lb_endpoint(cluster, e, mesh) for e in cluster.endpoints if e.ready]
     out.load_assignment.CopyFrom(_load_assignment(cluster.name, endpoints))
-    if any(e.hbone for e in cluster.endpoints):
+    if mesh and any(e.hbone for e in cluster.endpoints):
         out.transport_socket_matches.append(
             cluster_pb2.Cluster.TransportSocketMatch(
                 name="hbone",
@@ -174,9 +185,9 @@ def upstream(cluster: model.Cluster, options: options_mod.BootstrapOptions) -> c
 
 
 def _lb_endpoint(
-    cluster: model.Cluster, endpoint: model.Endpoint
+    cluster: model.Cluster, endpoint: model.Endpoint, mesh: bool
 ) -> endpoint_components_pb2.LbEndpoint:
-    if not endpoint.hbone:
+    if not (mesh and endpoint.hbone):
         return endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(
                 address=socket_address(endpoint.address, endpoint.port)

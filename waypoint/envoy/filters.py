@@ -1,4 +1,4 @@
-"""Network and HTTP filters: the HTTP connection manager, router, set_filter_state, TCP proxy.
+"""Filters: the HTTP connection manager, router, set_filter_state, TCP proxy, PROXY protocol.
 
 Also the JSON access log every listener writes to stdout, unless the deployment turns it off
 (``BootstrapOptions.access_log``): builders take the switch explicitly, so none can forget it.
@@ -11,14 +11,19 @@ import re
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import protocol_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import proxy_protocol_pb2 as proxy_protocol_config_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2
+from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.set_filter_state.v3 import (
+    set_filter_state_pb2 as network_set_filter_state_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
@@ -29,8 +34,15 @@ HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
 SET_FILTER_STATE = "envoy.filters.http.set_filter_state"
-# The client's SPIFFE ID, set on the HBONE stream and shared with the internal listener.
+NETWORK_SET_FILTER_STATE = "envoy.filters.network.set_filter_state"
+PROXY_PROTOCOL = "envoy.filters.listener.proxy_protocol"
+# The client's SPIFFE ID, set on the HBONE stream (or from ztunnel's PROXY header) and shared
+# with the internal listener.
 SOURCE_PRINCIPAL_KEY = "io.waypoint.source_principal"
+# ztunnel's PROXY v2 TLV carrying the client's full SPIFFE ID (PROXY_PROTOCOL_AUTHORITY_TLV in
+# istio/ztunnel src/proxy.rs), and where the listener filter stores it.
+PEER_IDENTITY_TLV = 0xD0
+PEER_PRINCIPAL_METADATA_KEY = "peer_principal"
 
 _LOG_FIELDS = {
     "start_time": "%START_TIME%",
@@ -89,17 +101,68 @@ def set_source_principal() -> hcm_pb2.HttpFilter:
     Shared ONCE: it crosses into the internal listener of the destination (which matches
     consumer routes on it) and stops there.
     """
-    value = value_pb2.FilterStateValue(
+    value = _principal_value("%DOWNSTREAM_PEER_URI_SAN%", value_pb2.FilterStateValue.ONCE)
+    config = set_filter_state_pb2.Config(on_request_headers=[value])
+    return hcm_pb2.HttpFilter(name=SET_FILTER_STATE, typed_config=protos.pack(config))
+
+
+def _principal_value(
+    source: str, shared: value_pb2.FilterStateValue.SharedWithUpstream.ValueType
+) -> value_pb2.FilterStateValue:
+    """The source principal from a format string."""
+    return value_pb2.FilterStateValue(
         object_key=SOURCE_PRINCIPAL_KEY,
         factory_key="envoy.string",
         format_string=substitution_format_string_pb2.SubstitutionFormatString(
-            text_format_source=protos.inline("%DOWNSTREAM_PEER_URI_SAN%")
+            text_format_source=protos.inline(source)
         ),
-        read_only=True,
-        shared_with_upstream=value_pb2.FilterStateValue.ONCE,
+        shared_with_upstream=shared,
     )
-    config = set_filter_state_pb2.Config(on_request_headers=[value])
-    return hcm_pb2.HttpFilter(name=SET_FILTER_STATE, typed_config=protos.pack(config))
+
+
+@functools.cache
+def proxy_protocol() -> listener_components_pb2.ListenerFilter:
+    """Read ztunnel's PROXY v2 header: restore its addresses, keep TLV 0xD0 as metadata.
+
+    A connection without a valid v2 header is closed (no v1, no plain fallback). Cached:
+    callers copy it and must not mutate it.
+    """
+    rule = proxy_protocol_pb2.ProxyProtocol.Rule(
+        tlv_type=PEER_IDENTITY_TLV,
+        on_tlv_present=proxy_protocol_pb2.ProxyProtocol.KeyValuePair(
+            key=PEER_PRINCIPAL_METADATA_KEY
+        ),
+    )
+    config = proxy_protocol_pb2.ProxyProtocol(
+        rules=[rule],
+        allow_requests_without_proxy_protocol=False,
+        # ztunnel writes v2 only (ppp::v2::Builder in src/proxy.rs).
+        disallowed_versions=[proxy_protocol_config_pb2.ProxyProtocolConfig.V1],
+        # proxy_proto.ztunnel.not_found_disallowed, .versions.v1.disallowed, ...: refusals.
+        stat_prefix="ztunnel",
+    )
+    return listener_components_pb2.ListenerFilter(
+        name=PROXY_PROTOCOL, typed_config=protos.pack(config)
+    )
+
+
+@functools.cache
+def set_proxy_principal() -> listener_components_pb2.Filter:
+    """Copy the PROXY header's identity TLV into the source principal, per connection.
+
+    Not shared with upstream: the HTTP streams of this connection read it where it is, and
+    sharing would only split the upstream connection pools by client.
+    """
+    source = f"%DYNAMIC_METADATA({PROXY_PROTOCOL}:{PEER_PRINCIPAL_METADATA_KEY})%"
+    value = _principal_value(source, value_pb2.FilterStateValue.NONE)
+    # ztunnel writes the TLV only for a client with an identity (src/proxy.rs): without it
+    # there is no principal at all, rather than Envoy's "-" for a missing value.
+    value.format_string.omit_empty_values = True
+    value.skip_if_empty = True
+    config = network_set_filter_state_pb2.Config(on_new_connection=[value])
+    return listener_components_pb2.Filter(
+        name=NETWORK_SET_FILTER_STATE, typed_config=protos.pack(config)
+    )
 
 
 def http_connection_manager(

@@ -1,10 +1,12 @@
-"""Listeners: the HBONE listener, one internal listener per destination port, HBONE
-origination, and the readiness and Prometheus listeners."""
+"""Listeners: the HBONE listener (or, behind Istio's ztunnel sandwich, the PROXY protocol
+listener), one internal listener per destination port, HBONE origination, and the readiness
+and Prometheus listeners."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
@@ -22,17 +24,72 @@ ORIGINAL_DST = "envoy.filters.listener.original_dst"
 def build(
     waypoint: model.Waypoint, options: options_mod.BootstrapOptions
 ) -> list[listener_pb2.Listener]:
-    out = [connect_terminate(waypoint, options)]
+    out = [front(waypoint, options)]
     lbs = policies.load_balancers(waypoint)
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"  # the tracing service name
-    out += [inbound(dest, td, options, lbs, service) for dest in waypoint.destinations]
+    if waypoint.proxy_port is None:  # the sandwich serves destinations in its own chains
+        out += [inbound(dest, td, options, lbs, service) for dest in waypoint.destinations]
     out += [
         connect_originate(target.name, access_log=options.access_log)
         for target in clusters.originate_targets(waypoint)
     ]
     out += [readiness(options), stats(options)]
     return sorted(out, key=lambda listener: listener.name)
+
+
+def front(waypoint: model.Waypoint, options: options_mod.BootstrapOptions) -> listener_pb2.Listener:
+    """Where ztunnel's connections arrive: HBONE, or PROXY v2 for a sandwiched waypoint."""
+    if waypoint.proxy_port is None:
+        return connect_terminate(waypoint, options)
+    return proxy_terminate(waypoint, options)
+
+
+def proxy_terminate(
+    waypoint: model.Waypoint, options: options_mod.BootstrapOptions
+) -> listener_pb2.Listener:
+    """Istio's sandwich: ztunnel has terminated HBONE and opens plain TCP to us, starting with
+    a PROXY v2 header whose destination is the CONNECT authority (``VIP:port``).
+
+    The listener filter restores that destination as the local address, so one filter chain
+    per destination port (matched on its addresses and port) serves it with exactly the
+    filters of the HBONE path's internal listener; a destination we do not serve matches no
+    chain and the connection is closed. Each chain first copies the header's identity TLV into
+    the source principal. The chains hold those filters directly rather than forwarding to
+    the internal listeners: measured with Envoy 1.40, a TCP proxy into an internal listener
+    loses the response when the inner HTTP connection manager closes first (a client's
+    ``Connection: close``), and the hop would cost a second pass for nothing.
+    """
+    port = options.proxy_port or waypoint.proxy_port or 0
+    out = listener_pb2.Listener(
+        name=names.PROXY_TERMINATE,
+        address=clusters.socket_address(options.bind, port),
+        # listener.proxy_terminate.no_filter_chain_match counts unknown destinations.
+        stat_prefix=names.PROXY_TERMINATE,
+    )
+    out.listener_filters.append(filters.proxy_protocol())
+    lbs = policies.load_balancers(waypoint)
+    td = waypoint.identity.trust_domain
+    service = f"{waypoint.name}.{waypoint.namespace}"
+    # Without an address a chain would match the port on every address: leave it out.
+    served = [dest for dest in waypoint.destinations if dest.addresses]
+    for dest in sorted(served, key=_first_authority):
+        chain = out.filter_chains.add(name=routes.inbound_name(dest))
+        chain.filter_chain_match.destination_port.value = dest.port
+        chain.filter_chain_match.prefix_ranges.extend(_host_range(a) for a in dest.addresses)
+        chain.filters.append(filters.set_proxy_principal())
+        chain.filters.extend(inbound_filters(dest, td, options, lbs, service))
+    return out
+
+
+def _first_authority(destination: model.Destination) -> str:
+    return min(names.authority(a, destination.port) for a in destination.addresses)
+
+
+def _host_range(address: str) -> address_pb2.CidrRange:
+    return address_pb2.CidrRange(
+        address_prefix=address, prefix_len=protos.uint32(128 if ":" in address else 32)
+    )
 
 
 def connect_terminate(
@@ -66,23 +123,43 @@ def inbound(
     service: str = "waypoint",
 ) -> listener_pb2.Listener:
     """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
+    out = _internal(routes.inbound_name(destination))
+    chain = inbound_filters(destination, trust_domain, options, lbs, service)
+    out.filter_chains.append(listener_components_pb2.FilterChain(filters=chain))
+    return out
+
+
+def inbound_filters(
+    destination: model.Destination,
+    trust_domain: str,
+    options: options_mod.BootstrapOptions | None = None,
+    lbs: Mapping[str, model.LoadBalancer] | None = None,
+    service: str = "waypoint",
+) -> list[listener_components_pb2.Filter]:
+    """What serves one destination port, on the HBONE path's internal listener and in the
+    sandwich's filter chain alike: a network filter added here reaches both."""
+    return [_terminal_filter(destination, trust_domain, options, lbs, service)]
+
+
+def _terminal_filter(
+    destination: model.Destination,
+    trust_domain: str,
+    options: options_mod.BootstrapOptions | None = None,
+    lbs: Mapping[str, model.LoadBalancer] | None = None,
+    service: str = "waypoint",
+) -> listener_components_pb2.Filter:
+    """The Service port's HTTP connection manager with its routes, or a TCP proxy."""
     name = routes.inbound_name(destination)
     options = options or options_mod.BootstrapOptions()
-    out = _internal(name)
-    if destination.protocol.is_http:
-        route_config = routes.destination_route_config(destination, trust_domain, lbs)
-        hcm = filters.http_connection_manager(
-            name, route_config, policies.http_filters(destination), access_log=options.access_log
-        )
-        # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
-        policies.tracing(hcm, options, service)
-        network_filter = filters.hcm_filter(hcm)
-    else:
-        network_filter = filters.tcp_proxy(
-            name, destination.default_cluster, access_log=options.access_log
-        )
-    out.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
-    return out
+    if not destination.protocol.is_http:
+        return filters.tcp_proxy(name, destination.default_cluster, access_log=options.access_log)
+    route_config = routes.destination_route_config(destination, trust_domain, lbs)
+    hcm = filters.http_connection_manager(
+        name, route_config, policies.http_filters(destination), access_log=options.access_log
+    )
+    # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
+    policies.tracing(hcm, options, service)
+    return filters.hcm_filter(hcm)
 
 
 def connect_originate(name: str, *, access_log: bool) -> listener_pb2.Listener:

@@ -19,6 +19,9 @@ class BootstrapOptions:
     cert_dir: str = DEFAULT_CERT_DIR
     bind: str = "0.0.0.0"
     hbone_port: int = 15008
+    # Where a sandwiched waypoint (model.Waypoint.proxy_port set) listens for ztunnel's PROXY
+    # connections; 0 means the port of the Gateway's binding.
+    proxy_port: int = 0
     upstream_hbone_port: int = 15008
     admin_address: str = "127.0.0.1"
     admin_port: int = 15000

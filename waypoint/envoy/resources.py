@@ -33,5 +33,6 @@ def build(waypoint: model.Waypoint, options: options_mod.BootstrapOptions) -> Re
         listeners=tuple(listeners.build(waypoint, options)),
         clusters=tuple(clusters.build(waypoint, options)),
         routes=(),
-        secrets=secrets.secrets(options),
+        # Behind ztunnel's sandwich no TLS context exists, so neither do its secrets.
+        secrets=secrets.secrets(options) if waypoint.proxy_port is None else (),
     )

@@ -31,6 +31,15 @@ LISTENER_NAME = "mesh"
 HBONE_PROTOCOL = "HBONE"
 HBONE_PORT = 15008
 
+# Istio's "sandwich": ztunnel terminates HBONE and hands each connection to the waypoint in
+# plain TCP behind a PROXY v2 header. istiod reads the binding from this annotation on the
+# Gateway, else on its GatewayClass (``PROXY/<port>``); kgateway's form is a listener with
+# this protocol (docs/istio.md has the sources).
+INBOUND_BINDING_ANNOTATION = "ambient.istio.io/waypoint-inbound-binding"
+PROXY_PROTOCOL = "istio.io/PROXY"
+PROXY_PORT = 15088
+DATAPLANE_MODE_AMBIENT = "ambient"
+
 # Tuning annotations on the Gateway (they win over the parametersRef ConfigMap).
 ANNOTATION_PREFIX = "waypoint.dev/"
 CONFIG_HASH_ANNOTATION = "waypoint.dev/config-hash"
@@ -52,3 +61,5 @@ GATEWAY_API_INSTALL_HINT = (
     "install the Gateway API CRDs first: kubectl apply --server-side -f "
     "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/standard-install.yaml"
 )
+# istioctl's revision label: which control-plane revision owns the object.
+REVISION = "istio.io/rev"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,8 +19,12 @@ def generate_gateway(
     service_account: str | None = None,
     min_replicas: int | None = None,
     max_replicas: int | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE."""
+    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE.
+
+    ``revision`` labels it ``istio.io/rev``, as ``istioctl waypoint apply --revision`` does.
+    """
     names.names_for(namespace, name)
     if traffic_type not in TRAFFIC_TYPES:
         raise ValueError(f"--for must be one of {', '.join(TRAFFIC_TYPES)}, not {traffic_type!r}")
@@ -36,6 +42,8 @@ def generate_gateway(
         "namespace": namespace,
         "labels": {constants.WAYPOINT_FOR: traffic_type},
     }
+    if revision:
+        metadata["labels"][constants.REVISION] = revision
     if annotations:
         metadata["annotations"] = annotations
     return {
@@ -80,6 +88,28 @@ def service_account(gateway: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
+def observed_marker(gateway: Mapping[str, Any]) -> str:
+    """``(metadata <digest>)``: a digest of the Gateway's labels and annotations, where its
+    settings live. A change to them does not move ``metadata.generation`` (a custom resource's
+    generation follows its spec only), so the controller ends its ``Accepted`` message with
+    the marker of the Gateway it judged, and ``--wait`` compares it with the applied one."""
+    meta = gateway.get("metadata") or {}
+    inputs = {"labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {}}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return f"(metadata {digest})"
+
+
+def _front_listener(listener: Any) -> bool:
+    if not isinstance(listener, Mapping):
+        return False
+    if listener.get("protocol") == constants.PROXY_PROTOCOL:
+        return True
+    return (
+        listener.get("protocol") == constants.HBONE_PROTOCOL
+        and listener.get("port") == constants.HBONE_PORT
+    )
+
+
 def problems(gateway: Mapping[str, Any]) -> list[str]:
     """Why the Gateway cannot be accepted as a waypoint; empty when it can."""
     namespace, name = key(gateway)
@@ -89,14 +119,11 @@ def problems(gateway: Mapping[str, Any]) -> list[str]:
     except names.InvalidName as exc:
         found.append(str(exc))
     listeners = (gateway.get("spec") or {}).get("listeners") or []
-    if not any(
-        listener.get("protocol") == constants.HBONE_PROTOCOL
-        and listener.get("port") == constants.HBONE_PORT
-        for listener in listeners
-    ):
+    if not any(_front_listener(listener) for listener in listeners):
         found.append(
             f"Gateway {namespace}/{name}: needs a listener with protocol "
-            f"{constants.HBONE_PROTOCOL} on port {constants.HBONE_PORT}"
+            f"{constants.HBONE_PROTOCOL} on port {constants.HBONE_PORT}, or one with protocol "
+            f"{constants.PROXY_PROTOCOL} (behind ztunnel's sandwich)"
         )
     if traffic_type(gateway) not in TRAFFIC_TYPES:
         found.append(

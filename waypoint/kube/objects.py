@@ -4,6 +4,12 @@ Output is deterministic: the same Gateway, settings and rendered config give byt
 objects, which is what lets the controller skip writes when nothing changed. A change of the
 rendered config changes the pod template's ``waypoint.dev/config-hash`` annotation, so the
 Deployment rolls (maxUnavailable 0) instead of serving a stale bootstrap.
+
+A waypoint behind Istio's ztunnel sandwich (``proxy_port`` set) differs in three ways: its
+Service and container expose the PROXY port, the pod carries no certificate (no cert volume,
+no SDS files), and the pod is enrolled in ambient mode (``istio.io/dataplane-mode: ambient``)
+instead of opted out, because its ztunnel terminates HBONE for it and captures its upstream
+traffic (docs/istio.md).
 """
 
 from __future__ import annotations
@@ -23,6 +29,15 @@ PROXY_UID = 1337
 CONFIGMAP_LIMIT = 1_000_000  # bytes; the API server refuses objects above ~1 MiB
 CSI_DRIVER = "spiffe.csi.cert-manager.io"
 CERT_VOLUME = "spiffe-credentials"
+# certSource istio: the names, paths and token settings of Istio's waypoint template.
+ISTIO_TOKEN_VOLUME = "istio-token"
+ISTIO_TOKEN_MOUNT = "/var/run/secrets/tokens"
+ISTIO_TOKEN_PATH = "istio-token"
+ISTIO_CA_AUDIENCE = "istio-ca"
+ISTIO_TOKEN_EXPIRATION = 43200
+ISTIO_CA_ROOT_VOLUME = "istiod-ca-cert"
+ISTIO_CA_ROOT_MOUNT = "/var/run/secrets/istio"
+ISTIO_CERTS_METRICS_PORT = 15092
 
 
 def desired_objects(
@@ -31,22 +46,24 @@ def desired_objects(
     bootstrap_yaml: str,
     options: envoy_options.BootstrapOptions,
     sidecar: extauthz.Sidecar | None = None,
+    proxy_port: int | None = None,
 ) -> list[Obj]:
     """ServiceAccount, ConfigMap(s), Service, Deployment, then the HPA and PDB when enabled.
 
     With a ``sidecar`` the extauthz container joins the pod and its config ConfigMap
-    ``<gateway>-extauthz`` is generated; without one, neither exists.
+    ``<gateway>-extauthz`` is generated; without one, neither exists. ``proxy_port``: the
+    waypoint sits behind ztunnel's sandwich (``model.Waypoint.proxy_port``).
     """
     namespace, name = gateway.key(gw)
     object_names = names.names_for(namespace, name)
-    files = config_files(bootstrap_yaml, options)
+    files = config_files(bootstrap_yaml, options, sds=proxy_port is None)
     size = sum(len(text.encode()) for text in files.values())
     if size > CONFIGMAP_LIMIT:
         raise ValueError(
             f"Gateway {namespace}/{name}: the rendered Envoy config is {size} bytes, "
             f"above the ConfigMap limit of {CONFIGMAP_LIMIT}"
         )
-    base = _Base(gw, object_names)
+    base = _Base(gw, object_names, proxy_port)
     result = [_overlay(conf, "serviceAccount", service_account(base)), config_map(base, files)]
     if sidecar is not None:
         result.append(extauthz_config_map(base, sidecar))
@@ -80,8 +97,11 @@ def config_hash(files: dict[str, str]) -> str:
 class _Base:
     """What every generated object of one Gateway shares: names, labels, owner."""
 
-    def __init__(self, gw: Mapping[str, Any], object_names: names.ObjectNames) -> None:
+    def __init__(
+        self, gw: Mapping[str, Any], object_names: names.ObjectNames, proxy_port: int | None
+    ) -> None:
         self.gateway = gw
+        self.proxy_port = proxy_port
         self.names = object_names
         self.namespace, self.name = gateway.key(gw)
         infra = (gw.get("spec") or {}).get("infrastructure") or {}
@@ -146,11 +166,14 @@ def service_account(base: _Base) -> Obj:
     }
 
 
-def config_files(bootstrap_yaml: str, options: envoy_options.BootstrapOptions) -> dict[str, str]:
+def config_files(
+    bootstrap_yaml: str, options: envoy_options.BootstrapOptions, *, sds: bool = True
+) -> dict[str, str]:
     """The ConfigMap's files: the bootstrap, and the file-based SDS configs it points at
-    (which name the PEM files of ``cert_dir``; see ``waypoint.envoy.secrets``)."""
+    (which name the PEM files of ``cert_dir``; see ``waypoint.envoy.secrets``) unless ``sds``
+    is False (a waypoint without certificates)."""
     files = {constants.CONFIG_KEY: bootstrap_yaml}
-    if not options.sds_over_ads:
+    if sds and not options.sds_over_ads:
         files.update(secrets.sds_files(options))
     return files
 
@@ -181,13 +204,25 @@ def service(base: _Base, options: envoy_options.BootstrapOptions) -> Obj:
         "spec": {
             "type": "ClusterIP",
             "selector": base.selector(),
-            "ports": [
-                _service_port("mesh", options.hbone_port, "hbone"),
-                _service_port("status-port", options.readiness_port, None),
-                _service_port("http-envoy-prom", options.stats_port, None),
-            ],
+            "ports": [*_front_ports(base, options), *_status_ports(options)],
         },
     }
+
+
+def _front_ports(base: _Base, options: envoy_options.BootstrapOptions) -> list[Obj]:
+    """Where ztunnel connects. Behind the sandwich, 15008 stays listed: istiod hands ztunnel
+    the waypoint with HBONE port 15008, which the ztunnel capturing the pod terminates."""
+    mesh = _service_port("mesh", options.hbone_port, "hbone")
+    if base.proxy_port is None:
+        return [mesh]
+    return [mesh, _service_port("proxy", base.proxy_port, None)]
+
+
+def _status_ports(options: envoy_options.BootstrapOptions) -> list[Obj]:
+    return [
+        _service_port("status-port", options.readiness_port, None),
+        _service_port("http-envoy-prom", options.stats_port, None),
+    ]
 
 
 def _service_port(name: str, port: int, app_protocol: str | None) -> Obj:
@@ -268,13 +303,14 @@ def _pod_template(
     files: dict[str, str],
     sidecar: extauthz.Sidecar | None,
 ) -> Obj:
-    containers = [_envoy_container(conf, options)]
+    containers = [_envoy_container(conf, options, base.proxy_port)]
     sds_names = sorted(name for name in files if name != constants.CONFIG_KEY)
     volumes = [
         _config_volume("config", base, [constants.CONFIG_KEY]),
-        _cert_volume(base, conf),
         {"name": "tmp", "emptyDir": {}},
     ]
+    if base.proxy_port is None:
+        volumes.insert(1, _cert_volume(base, conf))
     if sds_names:
         volumes.insert(1, _config_volume("sds", base, sds_names))
         containers[0]["volumeMounts"].insert(
@@ -283,9 +319,31 @@ def _pod_template(
     if sidecar is not None:
         containers.append(_extauthz_container(conf, sidecar))
         volumes += _extauthz_volumes(base, sidecar)
+    init_containers: list[Obj] = []
+    # Behind the sandwich ztunnel holds the certificate: nothing to fetch, whatever certSource says.
+    if conf.cert_source is settings.CertSource.ISTIO and base.proxy_port is None:
+        init_containers.append(_istio_certs_container(conf, options, once=True))
+        containers.append(_istio_certs_container(conf, options, once=False))
+        volumes += _istio_ca_volumes(conf)
+    pod_spec: Obj = {
+        "serviceAccountName": base.names.service_account,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "fsGroup": PROXY_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    pod_spec["containers"] = containers
+    pod_spec["volumes"] = volumes
     return {
         "metadata": {
-            "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: "none"},
+            "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: _dataplane_mode(base)},
             "annotations": {
                 **base.extra_annotations,
                 constants.CONFIG_HASH_ANNOTATION: config_hash(pod_inputs(files, sidecar)),
@@ -294,21 +352,13 @@ def _pod_template(
                 "prometheus.io/path": "/stats/prometheus",
             },
         },
-        "spec": {
-            "serviceAccountName": base.names.service_account,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 30,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": PROXY_UID,
-                "runAsGroup": PROXY_UID,
-                "fsGroup": PROXY_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": containers,
-            "volumes": volumes,
-        },
+        "spec": pod_spec,
     }
+
+
+def _dataplane_mode(base: _Base) -> str:
+    """Out of the mesh when we terminate HBONE ourselves; in it behind the sandwich."""
+    return "none" if base.proxy_port is None else constants.DATAPLANE_MODE_AMBIENT
 
 
 def _config_volume(name: str, base: _Base, keys: list[str]) -> Obj:
@@ -326,8 +376,19 @@ def _container_security() -> Obj:
     }
 
 
-def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOptions) -> Obj:
+def _envoy_container(
+    conf: settings.Settings, options: envoy_options.BootstrapOptions, proxy_port: int | None
+) -> Obj:
     ready = {"httpGet": {"path": "/healthz/ready", "port": options.readiness_port}}
+    front = {"name": "hbone", "containerPort": options.hbone_port, "protocol": "TCP"}
+    if proxy_port is not None:
+        front = {"name": "proxy", "containerPort": proxy_port, "protocol": "TCP"}
+    mounts: list[Obj] = [
+        {"name": "config", "mountPath": constants.CONFIG_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if proxy_port is None:
+        mounts.insert(1, {"name": CERT_VOLUME, "mountPath": options.cert_dir, "readOnly": True})
     return {
         "name": "envoy",
         "image": conf.envoy_image,
@@ -342,7 +403,7 @@ def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOp
             "20",
         ],
         "ports": [
-            {"name": "hbone", "containerPort": options.hbone_port, "protocol": "TCP"},
+            front,
             {"name": "status-port", "containerPort": options.readiness_port, "protocol": "TCP"},
             {"name": "http-envoy-prom", "containerPort": options.stats_port, "protocol": "TCP"},
         ],
@@ -355,11 +416,7 @@ def _envoy_container(conf: settings.Settings, options: envoy_options.BootstrapOp
             "limits": {"memory": "1Gi"},
         },
         "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "config", "mountPath": constants.CONFIG_MOUNT, "readOnly": True},
-            {"name": CERT_VOLUME, "mountPath": options.cert_dir, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
+        "volumeMounts": mounts,
     }
 
 
@@ -431,6 +488,9 @@ def _extauthz_volumes(base: _Base, sidecar: extauthz.Sidecar) -> list[Obj]:
 
 
 def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:
+    if conf.cert_source is settings.CertSource.ISTIO:
+        # Written by the istio-certs containers; in memory, so the key never hits a disk.
+        return {"name": CERT_VOLUME, "emptyDir": {"medium": "Memory"}}
     if conf.cert_source is settings.CertSource.SECRET:
         # A cert-manager Certificate writes tls.crt/tls.key/ca.crt; Envoy wants Istio's names.
         # Projected keys (unlike subPath mounts) are updated in place on rotation.
@@ -453,3 +513,78 @@ def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:
             "volumeAttributes": {"spiffe.csi.cert-manager.io/fs-group": str(PROXY_UID)},
         },
     }
+
+
+def _istio_certs_container(
+    conf: settings.Settings, options: envoy_options.BootstrapOptions, *, once: bool
+) -> Obj:
+    """``waypoint istio-certs``: with ``once`` the init container, else the renewing sidecar.
+
+    Istio's own waypoint template (istio-discovery files/waypoint.yaml) mounts the same
+    projected token and root ConfigMap at the same paths and sets CA_ADDR the same way.
+    """
+    args = [
+        "istio-certs",
+        "--ca-address",
+        conf.ca_address,
+        "--cluster-id",
+        conf.cluster_id,
+        "--trust-domain",
+        options.trust_domain,
+        "--cert-dir",
+        options.cert_dir,
+        "--root-cert",
+        f"{ISTIO_CA_ROOT_MOUNT}/root-cert.pem",
+        "--token",
+        f"{ISTIO_TOKEN_MOUNT}/{ISTIO_TOKEN_PATH}",
+    ]
+    container: Obj = {
+        "name": "istio-certs-init" if once else "istio-certs",
+        "image": conf.istio_certs_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["waypoint"],
+        "args": [*args, "--once"]
+        if once
+        else [*args, "--metrics-port", str(ISTIO_CERTS_METRICS_PORT)],
+        "env": [
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": CERT_VOLUME, "mountPath": options.cert_dir},
+            {"name": ISTIO_TOKEN_VOLUME, "mountPath": ISTIO_TOKEN_MOUNT, "readOnly": True},
+            {"name": ISTIO_CA_ROOT_VOLUME, "mountPath": ISTIO_CA_ROOT_MOUNT, "readOnly": True},
+        ],
+    }
+    if not once:
+        container["ports"] = [
+            {
+                "name": "ca-metrics",
+                "containerPort": ISTIO_CERTS_METRICS_PORT,
+                "protocol": "TCP",
+            }
+        ]
+    return container
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _istio_ca_volumes(conf: settings.Settings) -> list[Obj]:
+    token = {
+        "serviceAccountToken": {
+            "audience": ISTIO_CA_AUDIENCE,
+            "expirationSeconds": ISTIO_TOKEN_EXPIRATION,
+            "path": ISTIO_TOKEN_PATH,
+        }
+    }
+    return [
+        {"name": ISTIO_TOKEN_VOLUME, "projected": {"sources": [token]}},
+        {"name": ISTIO_CA_ROOT_VOLUME, "configMap": {"name": conf.ca_root_config_map}},
+    ]

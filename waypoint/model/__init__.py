@@ -382,6 +382,9 @@ class Waypoint:
     destinations: tuple[Destination, ...]
     clusters: tuple[Cluster, ...]
     jwt_providers: tuple[JwtProvider, ...] = ()  # RequestAuthentication rules, for extauthz
+    # Istio's "sandwich" binding: ztunnel terminates HBONE and sends each connection here in
+    # plain TCP behind a PROXY v2 header. None: the waypoint terminates HBONE itself.
+    proxy_port: int | None = None
 
 
 # --- status ------------------------------------------------------------------------------

@@ -173,6 +173,11 @@ class Trace:
 def trace(source: config.Source, request: Request) -> Trace:
     """Walk ``request`` through the config; raise ConfigError/UnsupportedConfig on bad config."""
     index = config.Index.of(source)
+    if names.PROXY_TERMINATE in index.listeners:
+        raise UnsupportedConfig(
+            "this waypoint sits behind ztunnel's PROXY sandwich (listener "
+            f"{names.PROXY_TERMINATE}); explain follows the HBONE path only"
+        )
     connect = _connect(index, request)
     if connect.cluster is None:
         return Trace(request, connect, status=connect.status or None)

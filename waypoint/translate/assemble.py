@@ -151,4 +151,5 @@ def waypoint(
         scope_service_account=spec.service_account,
         destinations=tuple(destinations),
         clusters=clusters.sorted(),
+        proxy_port=spec.binding.proxy_port,
     )

@@ -1,9 +1,10 @@
 """Waypoint Gateways: which Gateways are waypoints, and what each one admits and serves.
 
-A waypoint is a Gateway of class ``waypoint`` with exactly one listener, ``mesh``, on port
-15008 with protocol HBONE, as Istio defines it. Anything else about the listener gets
-``Accepted: False`` (reason ``ListenersNotValid``) with a message naming the field, and the
-Gateway is left out. Gateways of other classes belong to other controllers and are not judged.
+A waypoint is a Gateway of class ``waypoint`` with exactly one listener: ``mesh``, on port
+15008 with protocol HBONE, as Istio defines it, or an ``istio.io/PROXY`` listener for Istio's
+PROXY "sandwich" (see ``inbound``). Anything else about the listener gets ``Accepted: False``
+(reason ``ListenersNotValid``) with a message naming the field, and the Gateway is left out.
+Gateways of other classes belong to other controllers and are not judged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from waypoint import model
 from waypoint.kube import constants
 from waypoint.kube import names as kube_names
-from waypoint.translate import fields, index, status
+from waypoint.translate import fields, inbound, index, status
 
 _SA_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
@@ -66,6 +67,7 @@ class WaypointSpec:
     service_account: str | None
     allowed: AllowedNamespaces
     ref: model.ObjectRef
+    binding: inbound.Binding = inbound.HBONE
 
     @property
     def key(self) -> tuple[str, str]:
@@ -91,16 +93,15 @@ def waypoints(idx: index.Index, book: status.Book) -> dict[tuple[str, str], Wayp
         if not isinstance(spec, Mapping) or spec.get("gatewayClassName") != constants.GATEWAY_CLASS:
             continue
         try:
-            found[key] = _read(obj, spec)
+            found[key] = _read(obj, spec, idx)
         except fields.Bad as exc:
             reason = exc.args[1] if len(exc.args) > 1 else status.R_INVALID
             book.add(obj.ref, status.fail(status.ACCEPTED, reason, str(exc.args[0])))
             continue
         kind = found[key].traffic_type
         what = "no" if kind is model.TrafficType.NONE else kind.value
-        book.add(
-            obj.ref, status.ok(status.ACCEPTED, status.R_ACCEPTED, f"waypoint for {what} traffic")
-        )
+        message = f"waypoint for {what} traffic" + _binding_message(found[key].binding)
+        book.add(obj.ref, status.ok(status.ACCEPTED, status.R_ACCEPTED, message))
     return found
 
 
@@ -119,7 +120,13 @@ def _bad(message: str, reason: str) -> fields.Bad:
     return fields.Bad(message, reason)
 
 
-def _read(obj: index.Obj, spec: Mapping[str, Any]) -> WaypointSpec:
+def _binding_message(binding: inbound.Binding) -> str:
+    if binding.proxy_port is None:
+        return ""
+    return f", behind ztunnel: PROXY protocol on port {binding.proxy_port}{binding.note}"
+
+
+def _read(obj: index.Obj, spec: Mapping[str, Any], idx: index.Index) -> WaypointSpec:
     try:
         kube_names.names_for(obj.namespace, obj.name)
     except kube_names.InvalidName as exc:
@@ -129,10 +136,11 @@ def _read(obj: index.Obj, spec: Mapping[str, Any]) -> WaypointSpec:
     return WaypointSpec(
         namespace=obj.namespace,
         name=obj.name,
-        traffic_type=_traffic_type(obj),
+        traffic_type=_traffic_type(obj, idx),
         service_account=_scope(obj),
         allowed=allowed,
         ref=obj.ref,
+        binding=inbound.binding(obj, idx, listener),
     )
 
 
@@ -148,13 +156,15 @@ def _mesh_listener(spec: Mapping[str, Any]) -> Mapping[str, Any]:
             status.R_LISTENERS_NOT_VALID,
         )
     listener = listeners[0]
+    if not isinstance(listener, Mapping):
+        raise _bad("spec.listeners[0] must be a mapping", status.R_LISTENERS_NOT_VALID)
+    if listener.get("protocol") == constants.PROXY_PROTOCOL:
+        return _proxy_listener(listener)
     expected: tuple[tuple[str, object], ...] = (
         ("name", constants.LISTENER_NAME),
         ("port", constants.HBONE_PORT),
         ("protocol", constants.HBONE_PROTOCOL),
     )
-    if not isinstance(listener, Mapping):
-        raise _bad("spec.listeners[0] must be a mapping", status.R_LISTENERS_NOT_VALID)
     for field, want in expected:
         if listener.get(field) != want:
             raise _bad(
@@ -164,6 +174,23 @@ def _mesh_listener(spec: Mapping[str, Any]) -> Mapping[str, Any]:
     if listener.get("tls") is not None or listener.get("hostname") is not None:
         raise _bad(
             "spec.listeners[0]: an HBONE listener takes no tls or hostname",
+            status.R_LISTENERS_NOT_VALID,
+        )
+    return listener
+
+
+def _proxy_listener(listener: Mapping[str, Any]) -> Mapping[str, Any]:
+    """kgateway's sandwich listener: any name, a port for ztunnel's PROXY connections."""
+    port = listener.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise _bad(
+            f"spec.listeners[0].port must be a port number, not {port!r}",
+            status.R_LISTENERS_NOT_VALID,
+        )
+    inbound.free_port(port, "spec.listeners[0].port", status.R_LISTENERS_NOT_VALID)
+    if listener.get("tls") is not None or listener.get("hostname") is not None:
+        raise _bad(
+            f"spec.listeners[0]: a {constants.PROXY_PROTOCOL} listener takes no tls or hostname",
             status.R_LISTENERS_NOT_VALID,
         )
     return listener
@@ -216,8 +243,13 @@ def _expression(item: Any, path: str) -> Expression:
     return Expression(key, operator, values)
 
 
-def _traffic_type(obj: index.Obj) -> model.TrafficType:
-    value = obj.labels.get(constants.WAYPOINT_FOR, model.TrafficType.SERVICE.value)
+def _traffic_type(obj: index.Obj, idx: index.Index) -> model.TrafficType:
+    """The Gateway's label, else its GatewayClass's, else service (as istiod reads it)."""
+    gateway_class = idx.gateway_classes.get(constants.GATEWAY_CLASS)
+    default = model.TrafficType.SERVICE.value
+    if gateway_class is not None:
+        default = gateway_class.labels.get(constants.WAYPOINT_FOR, default)
+    value = obj.labels.get(constants.WAYPOINT_FOR, default)
     try:
         return model.TrafficType(value)
     except ValueError:

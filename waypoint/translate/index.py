@@ -1,7 +1,7 @@
 """The input world, indexed: the objects translation reads, by kind, namespace and name.
 
 Only the kinds translation understands are kept (Namespace, Service, Pod, EndpointSlice,
-Gateway, HTTPRoute, GRPCRoute); everything else (Deployments, ServiceAccounts, ...) is ignored
+GatewayClass, Gateway, HTTPRoute, GRPCRoute); everything else (Deployments, ServiceAccounts, ...) is ignored
 without a word. An object whose metadata cannot be read gets an ``Accepted: False`` status
 and is left out. If the same object appears twice, one copy is kept by a fixed rule (the
 smallest canonical JSON), so the result never depends on input order.
@@ -32,7 +32,7 @@ NAMESPACED = {
     (GATEWAY, "HTTPRoute"),
     (GATEWAY, "GRPCRoute"),
 }
-KINDS = NAMESPACED | {(CORE, "Namespace")}
+KINDS = NAMESPACED | {(CORE, "Namespace"), (GATEWAY, "GatewayClass")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Obj:
 
     group: str
     kind: str
-    namespace: str  # "" for Namespaces
+    namespace: str  # "" for Namespaces and GatewayClasses
     name: str
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
@@ -116,6 +116,7 @@ class Index:
         self.services = kind(CORE, "Service")
         self.pods = kind(CORE, "Pod")
         self.slices = kind(DISCOVERY, "EndpointSlice")
+        self.gateway_classes = {key[1]: obj for key, obj in kind(GATEWAY, "GatewayClass").items()}
         self.gateways = kind(GATEWAY, "Gateway")
         self.http_routes = kind(GATEWAY, "HTTPRoute")
         self.grpc_routes = kind(GATEWAY, "GRPCRoute")
