@@ -8,7 +8,8 @@
   HBONE requests through the pod reach echo backends on the host (and the pod's extauthz
   decides them).
 - The controller runs from the image with in-cluster configuration against the fake API
-  server over TLS, and programs a Gateway.
+  server over TLS, and programs the Gateway that ``waypoint apply --enroll-namespace --wait``
+  creates (the CLI on the host, over TLS too).
 
 If podman cannot run, these tests fail and say why; they never skip. Select or deselect them
 with ``-m podman`` / ``-m 'not podman'``.
@@ -22,6 +23,8 @@ import copy
 import json
 import pathlib
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +43,7 @@ from waypoint import pki, version
 from waypoint.envoy import options as envoy_options
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors as hbone_errors
-from waypoint.kube import constants, gateway, render, settings
+from waypoint.kube import constants, render, settings
 from waypoint.local import stack as stack_mod
 from waypoint.runtime import ports
 
@@ -415,9 +418,21 @@ def test_controller_runs_in_cluster_from_the_image(
         proc = podman.podman("logs", "--tail", "60", name, check=False)
         return proc.stdout[-4000:] + proc.stderr[-4000:]
 
-    fake.seed([gateway.generate_gateway(NS)])
+    # As docs/install.md step 5: the CLI, over TLS with a kubeconfig, waits for Programmed.
+    kubeconfig = fake_tls.write_kubeconfig(served, tmp_path / "kubeconfig")
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait",
+         "--timeout", "90s", "--kubeconfig", str(kubeconfig)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
     deployment = ("apps/v1", "Deployment", NS, GATEWAY)
-    wait_for(lambda: fake.get(*deployment) is not None, "the waypoint Deployment", logs)
+    try:
+        wait_for(lambda: fake.get(*deployment) is not None, "the waypoint Deployment", logs)
+    except BaseException:
+        apply.kill()
+        raise
     live = fake.get(*deployment)
     assert live is not None
     images = [c["image"] for c in live["spec"]["template"]["spec"]["containers"]]
@@ -427,4 +442,9 @@ def test_controller_runs_in_cluster_from_the_image(
     # Play the kubelet: one replica ready, so the controller marks the Gateway Programmed.
     world.mark_ready(fake, NS, GATEWAY)
     wait_for(lambda: _programmed(fake), "the Gateway to be Programmed", logs)
+    output, _ = apply.communicate(timeout=PATIENCE)
+    assert apply.returncode == 0, output
+    namespace = fake.get("v1", "Namespace", "", NS)
+    assert namespace is not None
+    assert namespace["metadata"]["labels"][constants.USE_WAYPOINT] == GATEWAY
     assert _http_ok(f"http://127.0.0.1:{metrics}/metrics")

@@ -9,12 +9,14 @@ and ``service_account_dir`` writes the files that mount expects.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import ipaddress
 import pathlib
 import ssl
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -107,3 +109,25 @@ def service_account_dir(served: Served, directory: pathlib.Path, namespace: str)
     for path in (directory, *directory.iterdir()):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return directory
+
+
+def write_kubeconfig(served: Served, path: pathlib.Path) -> pathlib.Path:
+    """A kubeconfig for the TLS fake, trusting its CA (as the CLI reaches a real cluster)."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "fake-tls",
+                "cluster": {
+                    "server": served.url,
+                    "certificate-authority-data": base64.b64encode(served.ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "fake-tls", "user": {"token": server.TOKEN}}],
+        "contexts": [{"name": "fake-tls", "context": {"cluster": "fake-tls", "user": "fake-tls"}}],
+        "current-context": "fake-tls",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
