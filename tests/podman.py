@@ -45,6 +45,8 @@ runtime = "runc"
 CONTEXT_FILES = ("Containerfile", "pyproject.toml", "README.md")
 CONTEXT_DIRS = ("waypoint", "extauthz")
 DEBIAN_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates"
+# `podman import` sets no PATH unless told to.
+BASE_ENV = "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class PodmanError(RuntimeError):
@@ -140,7 +142,7 @@ def base_image() -> str:
                     "import",
                     "--quiet",
                     "--change",
-                    "ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    BASE_ENV,
                     str(rootfs),
                     BASE_IMAGE,
                 )
