@@ -227,17 +227,23 @@ def _play_down(path: pathlib.Path) -> None:
                     podman.podman("volume", "rm", "--force", volume["name"], check=False)
 
 
+def pod_containers(deployment: str) -> list[str]:
+    """The containers of the Deployment's pod; kube play names the pod <deployment>-pod-<i>."""
+    listing = podman.podman(
+        "ps", "--all", "--pod", "--format", "{{.Names}} {{.PodName}}", check=False
+    )
+    names = []
+    for line in listing.stdout.splitlines():
+        name, _, pod = line.partition(" ")
+        if pod.startswith(f"{deployment}-pod") and not name.endswith("-infra"):
+            names.append(name)
+    return names
+
+
 def pod_logs(deployment: str) -> Callable[[], str]:
     def logs() -> str:
-        # kube play names a Deployment's pods <deployment>-pod-<i>, without the infra container.
-        listing = podman.podman(
-            "ps", "--all", "--pod", "--format", "{{.Names}} {{.PodName}}", check=False
-        )
         text = []
-        for line in listing.stdout.splitlines():
-            name, _, pod = line.partition(" ")
-            if not pod.startswith(f"{deployment}-pod") or name.endswith("-infra"):
-                continue
+        for name in pod_containers(deployment):
             proc = podman.podman("logs", "--tail", "40", name, check=False)
             text.append(f"--- {name}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         return "\n".join(text)
@@ -309,6 +315,13 @@ def test_generated_pod_runs_under_podman(
         wait_for(lambda: _http_ok(ready), f"the pod's Envoy to answer {ready}", logs)
         extauthz = f"127.0.0.1:{host_ports['extauthz']}"
         wait_for(lambda: _serving(extauthz), f"extauthz SERVING on {extauthz}", logs)
+        # Both containers run as the generated securityContext says: uid 1337, read-only root.
+        names = pod_containers(deployment["metadata"]["name"])
+        assert len(names) == 2, names
+        for name in names:
+            inspected = json.loads(podman.podman("inspect", name).stdout)[0]
+            assert inspected["HostConfig"]["ReadonlyRootfs"] is True, name
+            assert inspected["Config"]["User"].split(":")[0] == "1337", name
 
         client = stack.identity("client", "sleep").ssl_context(server=False)
         with _hbone(stack, client, host_ports["hbone"]) as hbone, _explained(logs):
