@@ -29,7 +29,11 @@ from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 
 MANIFESTS = conftest.REPO / "manifests"
-TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds", "overlays/istio"]
+# The base and every overlay there is, so a new overlay cannot go unbuilt.
+TARGETS = [
+    "base",
+    *sorted(f"overlays/{d.name}" for d in (MANIFESTS / "overlays").iterdir() if d.is_dir()),
+]
 # cert-manager's kinds have no schema in kubernetes-validate and we do not carry their CRDs.
 UNCHECKED = {"Certificate", "ClusterIssuer"}
 
