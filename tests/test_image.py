@@ -2,8 +2,10 @@
 
 - The image builds from the Containerfile on a local Debian base, runs read-only as a
   non-root user, and every role's command answers ``--version``.
-- The Deployment, ConfigMaps and Secret the controller generates for
-  ``examples/local/world.yaml`` run under ``podman kube play --network host``: the Envoy
+- The Deployment and ConfigMaps the controller generates for ``examples/local/world.yaml``,
+  with the certificate Secret a cert-manager Certificate would write for it, run under
+  ``podman kube play --network host`` (changed only where podman differs, see
+  ``for_podman``): the Envoy
   answers its readiness port, the extauthz sidecar reports SERVING on grpc.health.v1, and
   HBONE requests through the pod reach echo backends on the host (and the pod's extauthz
   decides them).
