@@ -15,6 +15,7 @@ import json
 import logging
 import pathlib
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Set by the --workers supervisor on the processes it starts.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-restarts", type=int, default=0, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config and load its policies/keys")
     check.add_argument("--config", required=True, type=pathlib.Path)
     token = sub.add_parser(
@@ -98,24 +100,24 @@ def _serve(args: argparse.Namespace) -> int:
         config.parse_listen(args.listen, "--listen")
     workers.check_shareable(settings, args.listen, args.workers)
     if args.workers > 1:
-        return workers.supervise(
-            [
-                workers.worker_argv(args.config, args.listen, args.log_level, i)
-                for i in range(args.workers)
-            ]
-        )
+
+        def spawn(index: int, restarts: int) -> subprocess.Popen[bytes]:
+            argv = workers.worker_argv(args.config, args.listen, args.log_level, index, restarts)
+            return subprocess.Popen(argv)
+
+        return workers.supervise(spawn, args.workers)
     if args.worker_index is not None:
         settings = workers.worker_settings(settings, args.worker_index)
-    asyncio.run(_serve_until_signal(settings, args.listen))
+    asyncio.run(_serve_until_signal(settings, args.listen, args.worker_restarts))
     return 0
 
 
-async def _serve_until_signal(settings: config.Settings, listen: str | None) -> None:
+async def _serve_until_signal(settings: config.Settings, listen: str | None, restarts: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.serve_forever(settings, listen, stop)
+    await server.serve_forever(settings, listen, stop, worker_restarts=restarts)
 
 
 def _check_config(path: pathlib.Path) -> int:

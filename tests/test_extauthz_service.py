@@ -504,3 +504,30 @@ async def test_fast_protojson_equals_message_to_dict() -> None:
     assert protojson.message_to_dict(attrs) == json_format.MessageToDict(attrs)
     empty = external_auth_pb2.CheckRequest().attributes
     assert protojson.message_to_dict(empty) == json_format.MessageToDict(empty) == {}
+
+
+# -- a payload Envoy's jwt_authn already verified -------------------------------------
+
+
+def _with_envoy_payload(claims: dict[str, Any], **kwargs: Any) -> external_auth_pb2.CheckRequest:
+    request = support.check_request(**kwargs)
+    payload = request.attributes.metadata_context.filter_metadata[jwt_auth.ENVOY_JWT_FILTER]
+    payload.update({jwt_auth.ENVOY_PAYLOAD_KEY: claims})
+    return request
+
+
+async def test_trust_envoy_metadata_skips_a_second_verification(tmp_path: pathlib.Path) -> None:
+    claims = support.claims(role="admin")
+    trusted = support.settings(tmp_path, jwt__trust_envoy_metadata=True)
+    async with serving(trusted) as (_srv, channel):
+        # No token in the headers (jwt_authn strips it): the metadata is the identity.
+        response = await Stub(channel).Check(_with_envoy_payload(claims, path="/admin"), timeout=10)
+        assert http_status(response) == 200
+        assert headers_of(response.ok_response.headers)["x-jwt-sub"] == "alice"
+        # A payload from an issuer extauthz does not trust is ignored, not believed.
+        stranger = _with_envoy_payload({**claims, "iss": "https://other.test"}, path="/admin")
+        assert http_status(await Stub(channel).Check(stranger, timeout=10)) == 403
+    # Off by default: the same request is anonymous.
+    async with serving(support.settings(tmp_path)) as (_srv, channel):
+        plain = await Stub(channel).Check(_with_envoy_payload(claims, path="/admin"), timeout=10)
+        assert http_status(plain) == 403

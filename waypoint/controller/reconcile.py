@@ -512,7 +512,8 @@ class Reconciler:
 
             return route
 
-        # Istio's RequestAuthentication: istiod owns its top-level conditions.
+        # Istio's RequestAuthentication and AuthorizationPolicy: istiod owns their top-level
+        # conditions.
         own_conditions = kind.group == constants.POLICY_API_VERSION.split("/")[0]
 
         def policy(current: Obj) -> Obj:
