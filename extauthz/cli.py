@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import pathlib
@@ -24,6 +25,7 @@ from extauthz import config, demo, policy, server, tokens, workers
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
     serve.add_argument("--config", required=True, type=pathlib.Path)
@@ -63,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     jwks.add_argument("--key", required=True, type=pathlib.Path)
     jwks.add_argument("--kid", required=True)
     return parser
+
+
+def _version() -> str:
+    # The distribution that ships both commands (and the container image) carries the version.
+    try:
+        return importlib.metadata.version("waypoint-mesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
