@@ -172,7 +172,11 @@ def _tokens() -> dict[str, str]:
 
 def _answer(checker: service.Checker, request: Any) -> bytes:
     response = asyncio.run(checker.check(request))
-    response.dynamic_metadata.fields.pop("decision_id")
+    decision_id = response.dynamic_metadata.fields.pop("decision_id").string_value
+    # A deny's JSON reason names the decision too; ids differ from call to call by design.
+    if response.HasField("denied_response"):
+        body = response.denied_response.body
+        response.denied_response.body = body.replace(decision_id, "<id>")
     return bytes(response.SerializeToString(deterministic=True))
 
 
