@@ -339,3 +339,21 @@ def test_gateway_class_defaults_apply_to_every_waypoint(
         "GatewayClass waypoint: parametersRef ConfigMap waypoint-system/defaults not found"
         in accepted["message"]
     )
+
+
+def test_a_revision_manages_only_its_own_waypoints(
+    api: kcluster.Cluster, fake: server.FakeKube
+) -> None:
+    """istio.io/rev splits waypoints between controllers, as istiod revisions split objects."""
+    canary = reconcile.Reconciler(api, lambda: reconcile.list_world(api), revision="canary")
+    default = reconcile.Reconciler(api, lambda: reconcile.list_world(api), revision="default")
+    api.apply(gateway.generate_gateway("demo", revision="canary"), "waypoint")
+    fake.reset_writes()
+    default.reconcile_gateway("demo", "waypoint")
+    assert _written(fake) == []  # another revision's waypoint: not even its status
+    canary.reconcile_gateway("demo", "waypoint")
+    assert ("PATCH", "Deployment", "") in _written(fake)
+    assert _condition(fake.get(*GW), "Accepted")["status"] == "True"
+    assert gateway.managed_by(gateway.generate_gateway("demo"), "")
+    assert gateway.managed_by(gateway.generate_gateway("demo", revision="default"), "")
+    assert not gateway.managed_by(gateway.generate_gateway("demo"), "canary")

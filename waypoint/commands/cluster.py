@@ -121,6 +121,12 @@ def register(subparsers: Any) -> None:
         help="Gateways reconciled at once (one key is never reconciled twice at once)",
     )
     controller.add_argument(
+        "-r", "--revision", default="",
+        help=f"manage only waypoints labelled {constants.REVISION}=REVISION (default: those "
+        "without the label, or labelled default), so two controllers can run side by side "
+        "during an upgrade, as istiod revisions do",
+    )  # fmt: skip
+    controller.add_argument(
         "--xds-listen",
         default="",
         metavar="ADDR",
@@ -653,6 +659,7 @@ def run_controller(args: argparse.Namespace) -> int:
                 resync_period=args.resync,
                 workers=args.workers,
                 publisher=publisher,
+                revision=args.revision,
             )
             if not args.leader_elect:
                 controller.run(stop)

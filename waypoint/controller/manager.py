@@ -72,8 +72,10 @@ class Controller:
         workers: int = DEFAULT_WORKERS,
         publisher: kxds.Publisher | None = None,
         optional_retry: float = 60.0,
+        revision: str = "",
     ) -> None:
         self.cluster = cluster
+        self.revision = revision
         self.publisher = publisher
         self.index = kindex.Index()
         self.translations = kworld.Translations(learn=self.index.learn)
@@ -142,6 +144,7 @@ class Controller:
             xds_error=publisher.error if publisher else None,
             reader=self.reader,
             class_verdicts=self.class_verdicts,
+            revision=revision,
         )
         self.errors: list[str] = []
         if publisher is not None:
@@ -188,7 +191,11 @@ class Controller:
 
     def gateways(self) -> list[Obj]:
         informer = self.informers["Gateway"]
-        return [gw for gw in informer.items() if gateway.is_waypoint(gw)]
+        return [
+            gw
+            for gw in informer.items()
+            if gateway.is_waypoint(gw) and gateway.managed_by(gw, self.revision)
+        ]
 
     def unavailable(self) -> dict[str, str]:
         """Optional kinds left out of the world, and why."""

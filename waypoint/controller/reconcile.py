@@ -217,8 +217,11 @@ class Reconciler:
         xds_error: Callable[[str, str], str | None] | None = None,
         reader: Reader | None = None,
         class_verdicts: Callable[[], list[status.Verdict]] | None = None,
+        revision: str = "",
     ) -> None:
         self.cluster = cluster
+        # Gateways labelled istio.io/rev for another revision belong to another controller.
+        self.revision = revision
         self.reader: Reader = reader or LiveReader(cluster)
         # Extra GatewayClass conditions (which optional kinds the controller cannot read).
         self.class_verdicts = class_verdicts
@@ -237,9 +240,10 @@ class Reconciler:
     def reconcile_gateway(self, namespace: str, name: str) -> Outcome:
         outcome = Outcome()
         gw = self.cluster.get(kcluster.GATEWAY, namespace, name)
-        if gw is None or not gateway.is_waypoint(gw):
+        if gw is None or not gateway.is_waypoint(gw) or not gateway.managed_by(gw, self.revision):
             self.metrics.forget_gateway(namespace, name)
-            return outcome  # deleted: the garbage collector removes what it owned
+            # Deleted (the garbage collector removes what it owned), or another revision's.
+            return outcome
         problems = gateway.problems(gw)
         conf = None if problems else self._settings(gw, problems)
         if conf is None:

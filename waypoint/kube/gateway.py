@@ -63,6 +63,19 @@ def generate_gateway(
     }
 
 
+def revision_of(gw: Mapping[str, Any]) -> str:
+    """The control-plane revision a Gateway names (label ``istio.io/rev``); "" for the default."""
+    labels = (gw.get("metadata") or {}).get("labels") or {}
+    value = str(labels.get(constants.REVISION) or "")
+    return "" if value == "default" else value
+
+
+def managed_by(gw: Mapping[str, Any], revision: str) -> bool:
+    """A controller of ``revision`` ("" or "default": the default one) manages the Gateway
+    when the Gateway names that revision, as istiod revisions split their objects."""
+    return revision_of(gw) == ("" if revision == "default" else revision)
+
+
 def is_waypoint(obj: Mapping[str, Any]) -> bool:
     """A Gateway of our class."""
     return (
