@@ -13,6 +13,7 @@ from waypoint import model, pipeline
 from waypoint.commands import args as cli_args
 from waypoint.envoy import options, secrets
 from waypoint.kube import render as kube_render
+from waypoint.translate import schemacheck
 from waypoint.xds import bootstrap as xds_bootstrap
 
 
@@ -107,27 +108,39 @@ def register(subparsers: Any) -> None:
         help="print every object the controller would apply for the waypoint Gateways in the input",
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit non-zero if any input object was rejected"
+        "--strict",
+        action="store_true",
+        help="exit non-zero if any input object was rejected or breaks its schema "
+        "(unknown field, wrong type, unsupported value)",
     )
     add_bootstrap_options(parser)
     parser.set_defaults(func=run)
 
 
 def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = None) -> int:
-    """Print every rejected condition; return how many objects had one."""
+    """Print every rejected condition and schema problem; return how many objects had one."""
     stream = stream or sys.stderr
     bad = 0
     for status in statuses:
         problems = [c for c in status.conditions if not c.status]
         for parent in status.parents:
-            problems += [c for c in parent.conditions if not c.status]
+            # A route's schema problems are repeated on each parent; its own copy is printed.
+            problems += [
+                c for c in parent.conditions if not c.status and c.type != schemacheck.SCHEMA_VALID
+            ]
         if problems:
             bad += 1
             for cond in problems:
-                print(
-                    f"warning: {status.ref}: {cond.type}={cond.reason}: {cond.message}", file=stream
-                )
+                for line in _warnings(status.ref, cond):
+                    print(line, file=stream)
     return bad
+
+
+def _warnings(ref: model.ObjectRef, cond: model.Condition) -> list[str]:
+    if cond.type == schemacheck.SCHEMA_VALID:
+        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+        return [f"warning: {ref.kind} {where}: {m}" for m in cond.message.split("; ")]
+    return [f"warning: {ref}: {cond.type}={cond.reason}: {cond.message}"]
 
 
 def _writes_files(args: argparse.Namespace) -> bool:

@@ -1,0 +1,154 @@
+"""Schema checks for the Kubernetes objects the product reads: every problem with its path.
+
+Pure: no I/O and no mutable state. ``check`` walks one object against the schema of its
+``apiVersion`` and ``kind`` (Gateway API, GAMMA and Istio security kinds; see ``gatewayapi`` and
+``istio`` for the sources) and reports unknown fields (with a did-you-mean), wrong types, values
+outside an enum, missing required fields and lists of the wrong size. An object whose
+apiVersion/kind has no schema here (core kinds, other tools' objects) is not checked at all.
+
+This is the strict view an API server takes with ``fieldValidation=Strict``; what the fields
+mean (a Service that does not exist, a bad regex) is the translator's concern.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import difflib
+import types
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from waypoint.schema import gatewayapi, istio, nodes
+
+SCHEMAS: Mapping[tuple[str, str], nodes.Obj] = types.MappingProxyType(
+    {**gatewayapi.KINDS, **istio.KINDS}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One finding: where (``spec.rules[0].backendRef``) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def schema_for(obj: Mapping[str, Any]) -> nodes.Obj | None:
+    return SCHEMAS.get((str(obj.get("apiVersion") or ""), str(obj.get("kind") or "")))
+
+
+def check(obj: Mapping[str, Any]) -> tuple[Problem, ...]:
+    """Every schema problem of ``obj``, in document order; () if it has no schema here."""
+    schema = schema_for(obj)
+    if schema is None:
+        return ()
+    return tuple(_walk(schema, obj, ""))
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, datetime.date):
+        return "timestamp"
+    return type(value).__name__
+
+
+# Which Python values each scalar type accepts (bool is an int in Python, not in JSON).
+_ACCEPTS = {
+    "string": ("string",),
+    "integer": ("integer",),
+    "number": ("integer", "number"),
+    "boolean": ("boolean",),
+    "timestamp": ("string", "timestamp"),
+}
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _walk(node: nodes.Node, value: Any, path: str) -> Iterator[Problem]:
+    if isinstance(node, nodes.Free):
+        return
+    if isinstance(node, nodes.Scalar):
+        yield from _scalar(node, value, path)
+    elif isinstance(node, nodes.Obj):
+        yield from _object(node, value, path)
+    elif isinstance(node, nodes.Arr):
+        yield from _array(node, value, path)
+    else:
+        yield from _map(node, value, path)
+
+
+def _wrong_type(expected: str, value: Any, path: str) -> Problem:
+    return Problem(path, f"expected {expected}, got {_type_name(value)}")
+
+
+def _scalar(node: nodes.Scalar, value: Any, path: str) -> Iterator[Problem]:
+    if _type_name(value) not in _ACCEPTS[node.type]:
+        yield _wrong_type("string" if node.type == "timestamp" else node.type, value, path)
+    elif node.enum and value not in node.enum:
+        choices = ", ".join(str(v) for v in node.enum)
+        hint = _did_you_mean(str(value), [str(v) for v in node.enum])
+        yield Problem(path, f"unsupported value {value!r}{hint} (one of: {choices})")
+
+
+def _object(node: nodes.Obj, value: Any, path: str) -> Iterator[Problem]:
+    if not isinstance(value, Mapping):
+        yield _wrong_type("object", value, path)
+        return
+    for key, item in value.items():
+        name = str(key)
+        child = node.fields.get(name)
+        if child is None:
+            hint = _did_you_mean(name, list(node.fields))
+            yield Problem(_join(path, name), f"unknown field{hint}")
+        elif item is not None:  # null is "not set", as the API server reads it
+            yield from _walk(child, item, _join(path, name))
+    for name in sorted(node.required):
+        if value.get(name) is None:
+            yield Problem(_join(path, name), "required field missing")
+
+
+def _array(node: nodes.Arr, value: Any, path: str) -> Iterator[Problem]:
+    if not isinstance(value, list | tuple):
+        yield _wrong_type("array", value, path)
+        return
+    if node.max_items is not None and len(value) > node.max_items:
+        yield Problem(path, f"at most {node.max_items} items allowed, got {len(value)}")
+    if len(value) < node.min_items:
+        yield Problem(path, f"at least {node.min_items} item(s) required, got {len(value)}")
+    for index, item in enumerate(value):
+        yield from _walk(node.item, item, f"{path}[{index}]")
+
+
+def _map(node: nodes.MapOf, value: Any, path: str) -> Iterator[Problem]:
+    if not isinstance(value, Mapping):
+        yield _wrong_type("object", value, path)
+        return
+    for key, item in value.items():
+        yield from _walk(node.value, item, f"{path}[{str(key)!r}]")
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}  # "backendrefs", "URLrewrite"
+        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -1,0 +1,108 @@
+"""Istio ``security.istio.io`` kinds (RequestAuthentication, AuthorizationPolicy) in the compact
+schema format.
+
+Written by hand from istio/api ``security/v1/request_authentication.proto``,
+``security/v1/authorization_policy.proto`` and ``type/v1beta1/selector.proto`` (the messages
+the CRDs in istio/istio ``manifests/charts/base/files/crd-all.gen.yaml`` are generated from; v1
+and v1beta1 share one schema). Kept: fields, required fields, types, enums.
+"""
+
+from __future__ import annotations
+
+from waypoint.schema import meta, nodes
+
+GROUP = "security.istio.io"
+
+STR, BOOL = nodes.STR, nodes.BOOL
+arr, obj, enum = nodes.arr, nodes.obj, nodes.enum
+STRS = arr(STR)
+
+SELECTOR = obj({"matchLabels": nodes.STR_MAP})
+TARGET_REF = obj(
+    {"group": STR, "kind": STR, "name": STR, "namespace": STR}, required=("kind", "name")
+)
+TARGETING = {"selector": SELECTOR, "targetRef": TARGET_REF, "targetRefs": arr(TARGET_REF, 16)}
+
+JWT_RULE = obj(
+    {
+        "issuer": STR,
+        "audiences": STRS,
+        "jwksUri": STR,
+        "jwks": STR,
+        "fromHeaders": arr(obj({"name": STR, "prefix": STR}, required=("name",))),
+        "fromParams": STRS,
+        "fromCookies": STRS,
+        "outputPayloadToHeader": STR,
+        "forwardOriginalToken": BOOL,
+        "outputClaimToHeaders": arr(
+            obj({"header": STR, "claim": STR}, required=("header", "claim"))
+        ),
+        "timeout": STR,
+    },
+    required=("issuer",),
+)
+REQUEST_AUTHENTICATION = meta.resource(
+    obj({**TARGETING, "jwtRules": arr(JWT_RULE, 4096)}), spec_required=False
+)
+
+SOURCE = obj(
+    {
+        name: STRS
+        for name in (
+            "principals",
+            "notPrincipals",
+            "requestPrincipals",
+            "notRequestPrincipals",
+            "namespaces",
+            "notNamespaces",
+            "serviceAccounts",
+            "notServiceAccounts",
+            "ipBlocks",
+            "notIpBlocks",
+            "remoteIpBlocks",
+            "notRemoteIpBlocks",
+        )
+    }
+)
+OPERATION = obj(
+    {
+        name: STRS
+        for name in (
+            "hosts",
+            "notHosts",
+            "ports",
+            "notPorts",
+            "methods",
+            "notMethods",
+            "paths",
+            "notPaths",
+        )
+    }
+)
+RULE = obj(
+    {
+        "from": arr(obj({"source": SOURCE})),
+        "to": arr(obj({"operation": OPERATION})),
+        "when": arr(
+            obj({"key": STR, "values": STRS, "notValues": STRS}, required=("key",)),
+        ),
+    }
+)
+AUTHORIZATION_POLICY = meta.resource(
+    obj(
+        {
+            **TARGETING,
+            "rules": arr(RULE),
+            "action": enum("ALLOW", "DENY", "AUDIT", "CUSTOM"),
+            "provider": obj({"name": STR}),
+        }
+    ),
+    spec_required=False,
+)
+
+KINDS: dict[tuple[str, str], nodes.Obj] = {
+    **{
+        (f"{GROUP}/{v}", "RequestAuthentication"): REQUEST_AUTHENTICATION for v in ("v1", "v1beta1")
+    },
+    **{(f"{GROUP}/{v}", "AuthorizationPolicy"): AUTHORIZATION_POLICY for v in ("v1", "v1beta1")},
+}
