@@ -105,7 +105,8 @@ def _scalar(node: nodes.Scalar, value: Any, path: str) -> Iterator[Problem]:
         yield _wrong_type("string" if node.type == "timestamp" else node.type, value, path)
     elif node.enum and value not in node.enum:
         choices = ", ".join(str(v) for v in node.enum)
-        hint = _did_you_mean(str(value), [str(v) for v in node.enum])
+        # Enum values are short and alike (PATCH, FETCH): hint only on a near-exact match.
+        hint = _did_you_mean(str(value), [str(v) for v in node.enum], cutoff=0.8)
         yield Problem(path, f"unsupported value {value!r}{hint} (one of: {choices})")
 
 
@@ -146,8 +147,8 @@ def _map(node: nodes.MapOf, value: Any, path: str) -> Iterator[Problem]:
         yield from _walk(node.value, item, f"{path}[{str(key)!r}]")
 
 
-def _did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+def _did_you_mean(name: str, known: list[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
     if not close:
         lowered = {k.lower(): k for k in known}  # "backendrefs", "URLrewrite"
         close = [lowered[name.lower()]] if name.lower() in lowered else []
