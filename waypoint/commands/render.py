@@ -11,9 +11,9 @@ import yaml
 
 from waypoint import model, pipeline
 from waypoint.commands import args as cli_args
+from waypoint.commands import report
 from waypoint.envoy import options, secrets
 from waypoint.kube import render as kube_render
-from waypoint.translate import schemacheck
 from waypoint.xds import bootstrap as xds_bootstrap
 
 
@@ -119,28 +119,7 @@ def register(subparsers: Any) -> None:
 
 def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = None) -> int:
     """Print every rejected condition and schema problem; return how many objects had one."""
-    stream = stream or sys.stderr
-    bad = 0
-    for status in statuses:
-        problems = [c for c in status.conditions if not c.status]
-        for parent in status.parents:
-            # A route's schema problems are repeated on each parent; its own copy is printed.
-            problems += [
-                c for c in parent.conditions if not c.status and c.type != schemacheck.SCHEMA_VALID
-            ]
-        if problems:
-            bad += 1
-            for cond in problems:
-                for line in _warnings(status.ref, cond):
-                    print(line, file=stream)
-    return bad
-
-
-def _warnings(ref: model.ObjectRef, cond: model.Condition) -> list[str]:
-    if cond.type == schemacheck.SCHEMA_VALID:
-        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
-        return [f"warning: {ref.kind} {where}: {m}" for m in cond.message.split("; ")]
-    return [f"warning: {ref}: {cond.type}={cond.reason}: {cond.message}"]
+    return report.statuses(statuses, stream or sys.stderr)
 
 
 def _writes_files(args: argparse.Namespace) -> bool:

@@ -21,7 +21,11 @@ SELECTOR = obj({"matchLabels": nodes.STR_MAP})
 TARGET_REF = obj(
     {"group": STR, "kind": STR, "name": STR, "namespace": STR}, required=("kind", "name")
 )
-TARGETING = {"selector": SELECTOR, "targetRef": TARGET_REF, "targetRefs": arr(TARGET_REF, 16)}
+TARGETING: dict[str, nodes.Node] = {
+    "selector": SELECTOR,
+    "targetRef": TARGET_REF,
+    "targetRefs": arr(TARGET_REF, 16),
+}
 
 JWT_RULE = obj(
     {
@@ -46,9 +50,8 @@ REQUEST_AUTHENTICATION = meta.resource(
 )
 
 SOURCE = obj(
-    {
-        name: STRS
-        for name in (
+    dict.fromkeys(
+        (
             "principals",
             "notPrincipals",
             "requestPrincipals",
@@ -61,23 +64,15 @@ SOURCE = obj(
             "notIpBlocks",
             "remoteIpBlocks",
             "notRemoteIpBlocks",
-        )
-    }
+        ),
+        STRS,
+    )
 )
 OPERATION = obj(
-    {
-        name: STRS
-        for name in (
-            "hosts",
-            "notHosts",
-            "ports",
-            "notPorts",
-            "methods",
-            "notMethods",
-            "paths",
-            "notPaths",
-        )
-    }
+    dict.fromkeys(
+        ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths"),
+        STRS,
+    )
 )
 RULE = obj(
     {
