@@ -148,8 +148,8 @@ def _map(node: nodes.MapOf, value: Any, path: str) -> Iterator[Problem]:
 
 
 def _did_you_mean(name: str, known: list[str], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
-    if not close:
-        lowered = {k.lower(): k for k in known}  # "backendrefs", "URLrewrite"
-        close = [lowered[name.lower()]] if name.lower() in lowered else []
+    # Case first (jwksURI is jwksUri, not jwks), then spelling.
+    lowered = {k.lower(): k for k in known}
+    close = [lowered[name.lower()]] if name.lower() in lowered else []
+    close = close or difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
     return f" (did you mean {close[0]}?)" if close else ""
