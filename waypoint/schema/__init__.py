@@ -16,7 +16,7 @@ import dataclasses
 import datetime
 import difflib
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from waypoint.schema import gatewayapi, istio, nodes
@@ -43,10 +43,82 @@ def schema_for(obj: Mapping[str, Any]) -> nodes.Obj | None:
 
 def check(obj: Mapping[str, Any]) -> tuple[Problem, ...]:
     """Every schema problem of ``obj``, in document order; () if it has no schema here."""
-    schema = schema_for(obj)
-    if schema is None:
+    key = (str(obj.get("apiVersion") or ""), str(obj.get("kind") or ""))
+    schema = SCHEMAS.get(key)
+    if schema is None or _FAST[key](obj):
         return ()
     return tuple(_walk(schema, obj, ""))
+
+
+Check = Callable[[Any], bool]
+
+
+def _compile(node: nodes.Node) -> Check:
+    """A closure that answers "is ``value`` free of problems?" for one schema node.
+
+    The fast path: nearly every object is valid, and these closures build no paths and no
+    messages (``_walk`` explains a False). Plain ``dict``/``list``/scalar types only, as YAML
+    and JSON give them; anything else falls back to ``_walk``, which handles any Mapping."""
+    if isinstance(node, nodes.Scalar):
+        return _compile_scalar(node)
+    if isinstance(node, nodes.Obj):
+        return _compile_object(node)
+    if isinstance(node, nodes.Arr):
+        return _compile_array(node)
+    if isinstance(node, nodes.MapOf):
+        value_ok = _compile(node.value)
+        return lambda value: type(value) is dict and all(value_ok(v) for v in value.values())
+    return lambda value: True
+
+
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "timestamp": (str, datetime.datetime, datetime.date),
+}
+
+
+def _compile_scalar(node: nodes.Scalar) -> Check:
+    plain = _PLAIN_TYPES[node.type]
+    allowed = frozenset(node.enum)
+    if allowed:
+        return lambda value: type(value) in plain and value in allowed
+    return lambda value: type(value) in plain
+
+
+def _compile_object(node: nodes.Obj) -> Check:
+    checks = {name: _compile(child) for name, child in node.fields.items()}
+    required = tuple(sorted(node.required))
+
+    def ok(value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        for key, item in value.items():
+            check = checks.get(key)
+            if check is None or (item is not None and not check(item)):
+                return False
+        return all(value.get(name) is not None for name in required)
+
+    return ok
+
+
+def _compile_array(node: nodes.Arr) -> Check:
+    item_ok = _compile(node.item)
+    low, high = node.min_items, node.max_items
+
+    def ok(value: Any) -> bool:
+        if type(value) is not list or len(value) < low or (high is not None and len(value) > high):
+            return False
+        return all(map(item_ok, value))
+
+    return ok
+
+
+_FAST: Mapping[tuple[str, str], Check] = types.MappingProxyType(
+    {key: _compile(node) for key, node in SCHEMAS.items()}
+)
 
 
 def _type_name(value: Any) -> str:
