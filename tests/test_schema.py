@@ -18,6 +18,7 @@ from tests.fakekube import server
 from waypoint import pipeline, schema, translate
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile
+from waypoint.controller import status as kstatus
 from waypoint.kube import gateway
 from waypoint.translate import schemacheck
 
@@ -293,3 +294,23 @@ def test_controller_writes_schema_problems_on_route_parents(
         "spec.rules[0].sessionPersistence.type: unsupported value 'Cookies' "
         "(did you mean Cookie?) (one of: Cookie, Header)"
     )
+
+
+def test_controller_gateway_status_carries_schema_problems() -> None:
+    gw = gateway.generate_gateway("demo")
+    gw["spec"]["listeners"][0]["allowedRoute"] = {"namespaces": {"from": "Same"}}
+    accepted = kstatus.Verdict("Accepted", True, "Accepted")
+    programmed = kstatus.Verdict("Programmed", True, "Programmed")
+    now = "2026-01-01T00:00:00Z"
+    written = kstatus.gateway_status(gw, accepted, programmed, [], now)
+    conds = {c["type"]: c for c in written["conditions"]}
+    assert conds["Accepted"]["status"] == "True"
+    assert conds[schemacheck.SCHEMA_VALID]["status"] == "False"
+    assert conds[schemacheck.SCHEMA_VALID]["reason"] == schemacheck.R_UNKNOWN_FIELD
+    assert conds[schemacheck.SCHEMA_VALID]["message"] == (
+        "spec.listeners[0].allowedRoute: unknown field (did you mean allowedRoutes?)"
+    )
+    # Fixed, the condition goes away again.
+    del gw["spec"]["listeners"][0]["allowedRoute"]
+    fixed = kstatus.gateway_status({**gw, "status": written}, accepted, programmed, [], now)
+    assert [c["type"] for c in fixed["conditions"]] == ["Accepted", "Programmed"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from waypoint import model
 from waypoint.kube import constants
+from waypoint.translate import schemacheck
 
 Obj = dict[str, Any]
 
@@ -65,13 +66,13 @@ def gateway_status(
     addresses: Sequence[str],
     now: str,
 ) -> Obj:
-    """Gateway conditions, the ``mesh`` listener's, and the Service ClusterIP as address."""
+    """Gateway conditions, the ``mesh`` listener's, and the Service ClusterIP as address.
+    Schema problems of the Gateway as seen (``schemacheck``) add a SchemaValid condition."""
     previous = gateway.get("status") or {}
     generation = _generation(gateway)
+    verdicts = [accepted, programmed, *schema_verdicts(gateway)]
     result: Obj = {
-        "conditions": conditions(
-            [accepted, programmed], generation, previous.get("conditions") or [], now
-        )
+        "conditions": conditions(verdicts, generation, previous.get("conditions") or [], now)
     }
     if addresses:
         result["addresses"] = [{"type": "IPAddress", "value": address} for address in addresses]
@@ -96,6 +97,15 @@ def gateway_status(
     if listeners:
         result["listeners"] = listeners
     return result
+
+
+def schema_verdicts(obj: Mapping[str, Any]) -> list[Verdict]:
+    """The object's schema problems as one verdict, worded as the translation words them."""
+    found = schemacheck.conditions(obj)
+    if not found:
+        return []
+    message = "; ".join(c.message for c in found)
+    return [Verdict(found[0].type, False, found[0].reason, message)]
 
 
 def route_parents(route: Mapping[str, Any], verdict: model.ResourceStatus, now: str) -> list[Obj]:

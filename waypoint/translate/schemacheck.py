@@ -50,19 +50,24 @@ def _reason(problems: tuple[schema.Problem, ...]) -> str:
     return R_UNKNOWN_FIELD if unknown else R_INVALID
 
 
+def conditions(raw: Mapping[str, Any]) -> list[model.Condition]:
+    """One False SchemaValid condition per problem of ``raw`` (none when it has none); the
+    translation's status merges them into one, joining the messages with "; "."""
+    problems = schema.check(raw)
+    reason = _reason(problems)
+    return [status.fail(SCHEMA_VALID, reason, message) for message in _messages(problems)]
+
+
 def report(objects: Iterable[Mapping[str, Any]], book: status.Book) -> None:
     """Add a SchemaValid condition to each object with problems (call after routes attach)."""
     found = []
     for raw in objects:
-        if not fields.is_mapping(raw) or schema.schema_for(raw) is None:
-            continue
-        problems = schema.check(raw)
-        if problems:
+        conds = conditions(raw) if fields.is_mapping(raw) else []
+        if conds:
             ref = _ref(raw)
-            found.append((status.ref_key(ref), _messages(problems), ref, _reason(problems)))
+            found.append((status.ref_key(ref), tuple(c.message for c in conds), ref, conds))
     # Sorted: two differing copies of one object report in the same order whatever the input.
-    for _key, messages, ref, reason in sorted(found, key=lambda item: item[:2]):
-        conds = [status.fail(SCHEMA_VALID, reason, message) for message in messages]
+    for _key, _messages_key, ref, conds in sorted(found, key=lambda item: item[:2]):
         for cond in conds:
             book.add(ref, cond)
         if (ref.group, ref.kind) in _ROUTES:
