@@ -1,12 +1,16 @@
 """Gateway API kinds (GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, TCPRoute,
 TLSRoute) in the compact schema format.
 
-Written by hand from kubernetes-sigs/gateway-api ``config/crd/standard/*.yaml`` and
-``config/crd/experimental/*.yaml`` (bundle-version v1.6.0-rc.1; ReferenceGrant read at commit
-00cfc55f1d2df679e477c8a6e0f82ae0f40da8e8) and the Go types they are generated from
-(``apis/v1/*_types.go``). Field sets are the union of both channels: the experimental CRDs are a
-superset of the standard ones and a cluster may run either, so a field that is valid upstream
-is never called unknown. Kept: fields, required fields, types, enums, maxItems/minItems.
+Written by hand from kubernetes-sigs/gateway-api: the CRDs in ``config/crd/standard/*.yaml`` and
+``config/crd/experimental/*.yaml`` (ReferenceGrant read at commit
+00cfc55f1d2df679e477c8a6e0f82ae0f40da8e8, bundle-version v1.6.0-rc.1) and the Go types they are
+generated from (``apis/v1``, ``apis/v1alpha2``; every struct's fields, required fields and
+enums cross-checked against the typings of the npm package ``@kubernetes-models/gateway-api``
+2.0.0, which is generated from those Go types). Field sets are the union of both channels and
+of releases since v1.3: the experimental CRDs are a superset of the standard ones, a cluster may
+run either, and a field that moved (Gateway ``backendTLS`` → ``tls.backend``) is valid where it
+was. So a field valid upstream is never called unknown; a typo is. Kept: fields, required
+fields, types, enums, maxItems/minItems.
 """
 
 from __future__ import annotations
@@ -231,23 +235,29 @@ GATEWAY_CLASS = meta.resource(
     )
 )
 
+OBJECT_REF = obj(
+    {"group": STR, "kind": STR, "name": STR, "namespace": STR}, required=("group", "kind", "name")
+)
+TLS_VALIDATION = obj(
+    {
+        "caCertificateRefs": arr(OBJECT_REF, 8),
+        "mode": enum("AllowValidOnly", "AllowInsecureFallback"),
+    }
+)
+TLS_CONFIG = obj({"validation": TLS_VALIDATION})
+FRONTEND_TLS = obj(
+    {
+        "default": TLS_CONFIG,
+        "perPort": arr(obj({"port": INT, "tls": TLS_CONFIG}, required=("port", "tls"))),
+    },
+    required=("default",),
+)
 LISTENER_TLS = obj(
     {
         "mode": enum("Terminate", "Passthrough"),
         "certificateRefs": arr(SECRET_REF, 64),
         "options": nodes.STR_MAP,
-        "frontendValidation": obj(
-            {
-                "caCertificateRefs": arr(
-                    obj(
-                        {"group": STR, "kind": STR, "name": STR, "namespace": STR},
-                        required=("group", "kind", "name"),
-                    ),
-                    8,
-                ),
-                "mode": enum("AllowValidOnly", "AllowInsecureFallback"),
-            }
-        ),
+        "frontendValidation": TLS_VALIDATION,  # its place until v1.3
     }
 )
 LISTENER = obj(
@@ -284,7 +294,10 @@ GATEWAY = meta.resource(
                     ),
                 }
             ),
-            "backendTLS": obj({"clientCertificateRef": SECRET_REF}),
+            "backendTLS": obj({"clientCertificateRef": SECRET_REF}),  # its place until v1.3
+            "tls": obj(
+                {"backend": obj({"clientCertificateRef": SECRET_REF}), "frontend": FRONTEND_TLS}
+            ),
             "allowedListeners": obj(
                 {
                     "namespaces": obj(

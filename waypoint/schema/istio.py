@@ -1,10 +1,14 @@
 """Istio ``security.istio.io`` kinds (RequestAuthentication, AuthorizationPolicy) in the compact
 schema format.
 
-Written by hand from istio/api ``security/v1/request_authentication.proto``,
-``security/v1/authorization_policy.proto`` and ``type/v1beta1/selector.proto`` (the messages
-the CRDs in istio/istio ``manifests/charts/base/files/crd-all.gen.yaml`` are generated from; v1
-and v1beta1 share one schema). Kept: fields, required fields, types, enums.
+Written by hand from istio/api ``security/v1/authorization_policy.proto`` (read at commit
+035100f4d1e6dd75a4d11e298ed0c25a565a8282), ``security/v1/request_authentication.proto`` and
+``type/v1beta1/selector.proto``, the messages the CRDs in istio/istio
+``manifests/charts/base/files/crd-all.gen.yaml`` are generated from, with the fields added
+since (``targetRefs``, ``serviceAccounts``/``notServiceAccounts``, ``fromCookies``, ``timeout``,
+``spaceDelimitedClaims``) cross-checked against the typings of the npm package
+``@kubernetes-models/istio`` 3.0.1, which is generated from those CRDs. v1 and v1beta1 share one
+schema. Kept: fields, required fields, types, enums.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ JWT_RULE = obj(
         "issuer": STR,
         "audiences": STRS,
         "jwksUri": STR,
+        "jwks_uri": STR,  # the deprecated spelling, still in the CRD
         "jwks": STR,
         "fromHeaders": arr(obj({"name": STR, "prefix": STR}, required=("name",))),
         "fromParams": STRS,
@@ -42,8 +47,10 @@ JWT_RULE = obj(
             obj({"header": STR, "claim": STR}, required=("header", "claim"))
         ),
         "timeout": STR,
+        "spaceDelimitedClaims": STRS,
     },
-    required=("issuer",),
+    # Istio's proto marks issuer required, but the CRD does not (istiod's webhook checks it):
+    # the schema follows what the API server accepts.
 )
 REQUEST_AUTHENTICATION = meta.resource(
     obj({**TARGETING, "jwtRules": arr(JWT_RULE, 4096)}), spec_required=False
