@@ -314,3 +314,22 @@ def test_controller_gateway_status_carries_schema_problems() -> None:
     del gw["spec"]["listeners"][0]["allowedRoute"]
     fixed = kstatus.gateway_status({**gw, "status": written}, accepted, programmed, [], now)
     assert [c["type"] for c in fixed["conditions"]] == ["Accepted", "Programmed"]
+
+
+def test_explain_prints_schema_warnings_on_stderr(tmp_path: pathlib.Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        yaml.safe_dump(_route([{"backendRef": [{"name": "echo", "port": 80}]}], name="typo"))
+    )
+    world = str(REPO / "examples" / "local" / "world.yaml")
+    command = ["explain", "-f", world, "-f", str(typo), "--waypoint", "demo/waypoint"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "waypoint", *command, "http://echo.demo/"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert WARNING in proc.stderr.splitlines()
+    assert "warning" not in proc.stdout.split("note:")[0]
