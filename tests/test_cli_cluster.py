@@ -68,6 +68,22 @@ def test_generate_prints_the_gateway(run: Run) -> None:
     assert json.loads(out)["metadata"]["annotations"] == {"waypoint.dev/min-replicas": "2"}
 
 
+def test_generate_takes_apply_flags(run: Run) -> None:
+    """--enroll-namespace prints the labelled Namespace too; --revision labels istio.io/rev."""
+    code, out, _ = run(
+        "generate", "-n", "demo", "--enroll-namespace", "--revision", "canary", connect=False
+    )
+    assert code == 0
+    namespace, gw = yaml.safe_load_all(out)
+    assert namespace == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "demo", "labels": {"istio.io/use-waypoint": "waypoint"}},
+    }
+    assert gw["metadata"]["labels"]["istio.io/rev"] == "canary"
+    assert gw == gateway.generate_gateway("demo", revision="canary")
+
+
 def test_generate_rejects_bad_flags(run: Run) -> None:
     code, _, err = run("generate", "--min-replicas", "3", "--max-replicas", "2", connect=False)
     assert code == 1
@@ -207,6 +223,69 @@ def test_apply_wait_times_out_with_the_reason(run: Run) -> None:
     assert "not Programmed after 0.2s" in err
 
 
+def _gateway_status(fake: server.FakeKube, generation: int, **programmed: str) -> None:
+    """Play the controller: the Gateway's conditions, computed from its current labels and
+    annotations at ``generation``."""
+    live = fake.get(GW_API, "Gateway", "demo", "waypoint")
+    assert live is not None
+    condition = {"lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation}
+    accepted = {
+        **condition,
+        "type": "Accepted",
+        "status": "True",
+        "reason": "Accepted",
+        "message": f"waypoint accepted {gateway.observed_marker(live)}",
+    }
+    programmed = {**condition, "type": "Programmed", "message": "", **programmed}
+    fake.set_status(GW_API, "Gateway", "demo", "waypoint", {"conditions": [accepted, programmed]})
+
+
+def test_apply_wait_fails_at_once_on_programmed_false(run: Run, fake: server.FakeKube) -> None:
+    fake.seed([gateway.generate_gateway("demo")])
+    _gateway_status(
+        fake,
+        1,
+        status="False",
+        reason="Invalid",
+        message="apply HorizontalPodAutoscaler.autoscaling demo/waypoint: 422 denied",
+    )
+    started = time.monotonic()
+    code, _, err = run("apply", "-n", "demo", "--wait", "--timeout", "60s")
+    assert code == 1
+    assert time.monotonic() - started < PATIENCE  # no waiting out the timeout
+    assert (
+        "error: waypoint demo/waypoint is not Programmed: Invalid: apply "
+        "HorizontalPodAutoscaler.autoscaling demo/waypoint: 422 denied"
+    ) in err
+
+
+def test_apply_wait_ignores_a_stale_programmed(
+    run: Run, fake: server.FakeKube, api: kcluster.Cluster
+) -> None:
+    fake.seed([gateway.generate_gateway("demo")])
+    _gateway_status(fake, 1, status="True", reason="Programmed")
+    # An annotation-only change (generation stays 1): the status is of the Gateway before it.
+    code, _, err = run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "0.3s")
+    assert code == 1
+    assert "NoStatus: waiting for the controller to observe this version" in err
+    assert "not Programmed after 0.3s" in err
+
+    # The controller catches up; then someone changes the spec (generation 2).
+    _gateway_status(fake, 1, status="True", reason="Programmed")
+    assert run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "5s")[0] == 0
+    api.merge_patch(
+        kcluster.GATEWAY,
+        "demo",
+        "waypoint",
+        {"spec": {"infrastructure": {"labels": {"team": "a"}}}},
+        "someone",
+    )
+    code, _, err = run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "0.3s")
+    assert code == 1
+    assert "(generation 2, (metadata " in err
+    assert "not Programmed after 0.3s" in err
+
+
 # --- delete / list / status --------------------------------------------------------------------
 
 
@@ -273,6 +352,27 @@ def test_status_shows_conditions_addresses_and_what_is_served(
     assert "replicas:  1/1 ready" in out
     assert "services:  demo/echo" in out
     assert "routes:    httproute demo/echo-route" in out
+
+
+def test_status_says_why_a_scoped_waypoint_serves_nothing(
+    run: Run, fake: server.FakeKube, api: kcluster.Cluster
+) -> None:
+    fake.seed(
+        [world.namespace("shop"), world.service("shop", "reviews", "10.96.2.10", "reviews-wp")]
+    )
+    run("apply", "-n", "shop", "--name", "reviews-wp", "--service-account", "reviews")
+    reconcile.Reconciler(api, lambda: reconcile.list_world(api)).reconcile_gateway(
+        "shop", "reviews-wp"
+    )
+    code, out, _ = run("status", "-n", "shop")
+    assert code == 0
+    assert "service account: reviews" in out
+    assert "waypoint.dev/Bound False  ServiceAccountUnknown: serves nothing" in out
+    assert "services:  -" in out
+    assert (
+        "not bound: Service shop/reviews: ServiceAccountUnknown: waypoint shop/reviews-wp: "
+        "serves only ServiceAccount reviews, and no pod of the Service is known"
+    ) in out
 
 
 # --- controller --------------------------------------------------------------------------------

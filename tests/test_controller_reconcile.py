@@ -98,13 +98,15 @@ def test_a_change_makes_exactly_the_right_update(
     reconciler.reconcile_gateway("demo", "waypoint")
     config_before = fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config")
 
-    # More replicas: the HPA changes and a PDB appears; the Envoy config does not move.
+    # More replicas: the HPA changes and a PDB appears; the Envoy config does not move. The
+    # status records the annotations it was computed from (for --wait).
     _apply_gateway(api, min_replicas=2, max_replicas=8)
     fake.reset_writes()
     reconciler.reconcile_gateway("demo", "waypoint")
     assert _written(fake) == [
         ("PATCH", "HorizontalPodAutoscaler", ""),
         ("PATCH", "PodDisruptionBudget", ""),
+        ("PUT", "Gateway", "status"),
     ]
     hpa = fake.get("autoscaling/v2", "HorizontalPodAutoscaler", "demo", "waypoint")
     assert hpa is not None
@@ -118,14 +120,20 @@ def test_a_change_makes_exactly_the_right_update(
     assert _written(fake) == [
         ("PATCH", "HorizontalPodAutoscaler", ""),
         ("DELETE", "PodDisruptionBudget", ""),
+        ("PUT", "Gateway", "status"),
     ]
 
     # A new bound Service changes the rendered config: the ConfigMap and the pod template's
-    # config hash change (a rolling update), nothing else.
+    # config hash change (a rolling update), and the Gateway's Bound condition counts it.
     api.create(world.service("demo", "reviews", "10.96.1.20"))
     fake.reset_writes()
     reconciler.reconcile_gateway("demo", "waypoint")
-    assert _written(fake) == [("PATCH", "ConfigMap", ""), ("PATCH", "Deployment", "")]
+    assert _written(fake) == [
+        ("PATCH", "ConfigMap", ""),
+        ("PATCH", "Deployment", ""),
+        ("PUT", "Gateway", "status"),
+    ]
+    assert "serves 2 Service(s)" in _condition(fake.get(*GW), "waypoint.dev/Bound")["message"]
     config_after = fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config")
     assert config_after is not None
     assert "reviews.demo" in config_after["data"]["envoy.yaml"]

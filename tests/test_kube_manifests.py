@@ -118,7 +118,13 @@ def test_rbac_is_least_privilege() -> None:
     deletable = {
         r for rule in role["rules"] if "delete" in rule["verbs"] for r in rule["resources"]
     }
-    assert deletable == {"horizontalpodautoscalers", "poddisruptionbudgets", "configmaps"}
+    # Deployments: recreated when an immutable field (spec.selector) of ours must change.
+    assert deletable == {
+        "horizontalpodautoscalers",
+        "poddisruptionbudgets",
+        "configmaps",
+        "deployments",
+    }
     (lease_role,) = [d for d in docs if d["kind"] == "Role"]
     assert {r for rule in lease_role["rules"] for r in rule["resources"]} == {"leases"}
 

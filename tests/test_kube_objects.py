@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 
 from waypoint.envoy import options as envoy_options
+from waypoint.istioca import client
 from waypoint.kube import constants, gateway, merge, names, objects, settings
 
 K8S_VERSION = "1.32.0"
@@ -124,6 +125,89 @@ def test_cert_sources() -> None:
         "key.pem",
         "root-cert.pem",
     ]
+
+
+def test_istio_cert_source_runs_istio_certs_beside_envoy() -> None:
+    gw = _gateway()
+    gw["metadata"]["annotations"] = {
+        "waypoint.dev/cert-source": "istio",
+        "waypoint.dev/ca-address": "istiod-canary.istio-system.svc:15012",
+        "waypoint.dev/cluster-id": "east",
+    }
+    pod = _desired(gw)["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    # The certificate lives in memory, written by our containers, read by Envoy.
+    assert volumes[objects.CERT_VOLUME] == {
+        "name": objects.CERT_VOLUME,
+        "emptyDir": {"medium": "Memory"},
+    }
+    # Istio's waypoint template: the projected token for istiod and the mesh root ConfigMap.
+    assert volumes["istio-token"]["projected"]["sources"] == [
+        {
+            "serviceAccountToken": {
+                "audience": "istio-ca",
+                "expirationSeconds": 43200,
+                "path": "istio-token",
+            }
+        }
+    ]
+    assert volumes["istiod-ca-cert"]["configMap"] == {"name": "istio-ca-root-cert"}
+    (init,) = pod["initContainers"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == "istio-certs")
+    for container, once in ((init, True), (sidecar, False)):
+        assert container["command"] == ["waypoint"]
+        args = container["args"]
+        assert args[0] == "istio-certs"
+        assert ("--once" in args) is once
+        flags = dict(zip(args[1::2], args[2::2], strict=False))
+        assert flags["--ca-address"] == "istiod-canary.istio-system.svc:15012"
+        assert flags["--cluster-id"] == "east"
+        assert flags["--trust-domain"] == OPTIONS.trust_domain
+        assert flags["--cert-dir"] == OPTIONS.cert_dir
+        assert flags["--token"] == client.DEFAULT_TOKEN_PATH
+        assert flags["--root-cert"] == client.DEFAULT_ROOT_CERT_PATH
+        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+        assert env == {
+            "POD_NAMESPACE": "metadata.namespace",
+            "SERVICE_ACCOUNT": "spec.serviceAccountName",
+        }
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert not mounts[objects.CERT_VOLUME].get("readOnly")
+        assert mounts["istio-token"]["readOnly"]
+    envoy = next(c for c in pod["containers"] if c["name"] == "envoy")
+    cert_mount = next(m for m in envoy["volumeMounts"] if m["name"] == objects.CERT_VOLUME)
+    assert cert_mount["readOnly"]
+    assert "istio-token" not in {m["name"] for m in envoy["volumeMounts"]}
+    # The token is the projected one only; the API server token stays unmounted.
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_istio_cert_source_settings_are_checked() -> None:
+    gw = _gateway()
+    gw["metadata"]["annotations"] = {"waypoint.dev/ca-address": "istiod"}
+    with pytest.raises(settings.SettingsError, match="ca-address='istiod': must be HOST:PORT"):
+        settings.resolve(gw)
+
+
+def test_a_sandwiched_waypoint_fetches_no_certificate_even_with_istio_source() -> None:
+    gw = _gateway()
+    gw["metadata"]["annotations"] = {"waypoint.dev/cert-source": "istio"}
+    conf = settings.resolve(gw)
+    objs = objects.desired_objects(gw, conf, BOOTSTRAP, OPTIONS, proxy_port=15088)
+    pod = _by_kind(objs)["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert [c["name"] for c in pod["containers"]] == ["envoy"]
+    assert {v["name"] for v in pod["volumes"]}.isdisjoint(
+        {objects.CERT_VOLUME, "istio-token", "istiod-ca-cert"}
+    )
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_other_cert_sources_have_no_istio_containers() -> None:
+    pod = _desired(_gateway())["Deployment"]["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert [c["name"] for c in pod["containers"]] == ["envoy"]
 
 
 def test_config_change_rolls_the_deployment() -> None:
@@ -282,7 +366,7 @@ def test_strategic_merge_subset() -> None:
 
 
 @pytest.mark.parametrize("min_replicas", [1, 3])
-@pytest.mark.parametrize("cert_source", ["csi", "secret"])
+@pytest.mark.parametrize("cert_source", ["csi", "secret", "istio"])
 def test_generated_objects_validate_against_kubernetes_schemas(
     min_replicas: int, cert_source: str
 ) -> None:

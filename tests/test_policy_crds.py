@@ -1,5 +1,9 @@
 """The policy CRDs: valid Kubernetes objects with structural schemas, which accept every
-documented and golden example and reject what the translator rejects."""
+documented and golden example and reject what the translator rejects.
+
+Objects are judged as the API server judges them (``tests.fakekube.crschema``): pruned,
+defaulted and validated, with unknown fields as errors, as ``kubectl apply`` asks for
+(``fieldValidation=Strict``)."""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped,unused-ignore]
 import kubernetes_validate
 import pytest
 import yaml
 
+from tests.fakekube import cel, crdrules, crschema
+
+# The translate package first: waypoint.policy.parse and waypoint.translate import each other,
+# and only this order loads when this module is the first to import either.
+from waypoint import translate
 from waypoint.policy import parse
-from waypoint.translate import fields, policies
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CRDS = REPO / "manifests" / "base" / "crds"
@@ -34,8 +41,8 @@ def _schema(kind: str) -> dict[str, Any]:
 
 
 def _errors(doc: dict[str, Any]) -> list[str]:
-    validator = jsonschema.Draft7Validator(_schema(doc["kind"]))
-    return [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+    _, unknown, errors = crschema.admit(doc, _schema(doc["kind"]))
+    return [f'unknown field "{field}"' for field in unknown] + [str(e) for e in errors]
 
 
 def _doc_examples() -> list[dict[str, Any]]:
@@ -60,22 +67,39 @@ def test_crds_are_valid_kubernetes_objects() -> None:
         kubernetes_validate.validate(_crd(kind), "1.32", strict=True)
 
 
-def _nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, schema
-    for name, sub in schema.get("properties", {}).items():
-        yield from _nodes(sub, f"{path}.{name}")
-    if "items" in schema:
-        yield from _nodes(schema["items"], f"{path}[]")
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_crds_pass_the_api_servers_crd_rules(kind: str) -> None:
+    """Structural, no properties beside additionalProperties, typed nodes: see crdrules."""
+    assert crdrules.check(_crd(kind)) == []
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_schemas_are_structural(kind: str) -> None:
-    """Every node has a type; objects are closed unless they say they preserve fields."""
-    for path, node in _nodes(_schema(kind)):
-        assert "type" in node, f"{kind}{path} has no type"
-        if node["type"] == "object" and path not in (".metadata",):
-            closed = node.get("additionalProperties") is False
-            assert closed or node.get("x-kubernetes-preserve-unknown-fields"), f"{kind}{path}"
+def test_every_cel_rule_is_evaluated_by_the_fake(kind: str) -> None:
+    """No rule is beyond cel-python, so the fake API server enforces all of them."""
+    rules = list(_rules(_schema(kind)))
+    assert rules
+    assert [(path, cel.unsupported(rule)) for path, rule in rules if cel.unsupported(rule)] == []
+
+
+def _rules(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    for rule in schema.get("x-kubernetes-validations") or []:
+        yield path, rule
+    for name, sub in (schema.get("properties") or {}).items():
+        yield from _rules(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _rules(schema["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_unknown_fields_are_pruned_without_strict_validation(kind: str) -> None:
+    real = {"timeout": {"request": "1s"}} if kind == "TrafficPolicy" else {}
+    doc = _base(kind, surprise=True, **real)
+    doc["spec"]["targetRefs"][0]["extra"] = "x"
+    admitted, unknown, errors = crschema.admit(doc, _schema(kind))
+    assert errors == []
+    assert unknown == ["spec.targetRefs[0].extra", "spec.surprise"]
+    assert "surprise" not in admitted["spec"]
+    assert "extra" not in admitted["spec"]["targetRefs"][0]
 
 
 def test_documented_and_golden_examples_pass_the_schema_and_the_translator() -> None:
@@ -83,11 +107,12 @@ def test_documented_and_golden_examples_pass_the_schema_and_the_translator() -> 
     assert len(examples) >= 8
     for doc in examples:
         assert _errors(doc) == [], doc["metadata"]["name"]
-        parse.read(policies.policy_object(doc))  # raises fields.Bad if the translator disagrees
+        # Raises translate.fields.Bad if the translator disagrees.
+        parse.read(translate.policies.policy_object(doc))
     istio = [d for d in _doc_examples() if d.get("kind") == "RequestAuthentication"]
     assert istio
     for doc in istio:
-        parse.read(policies.policy_object(doc))
+        parse.read(translate.policies.policy_object(doc))
 
 
 def _base(kind: str, **spec: Any) -> dict[str, Any]:
@@ -118,22 +143,32 @@ BAD = [
     _base("TrafficPolicy", faultInjection={"delay": {"fixedDelay": "1s", "percentage": 150}}),
     _base("TrafficPolicy", mirror={"backendRef": {"name": "x"}}),
     _base("TrafficPolicy"),  # sets nothing
+    # Cross-field rules: the CRDs' x-kubernetes-validations (CEL).
+    _base("TrafficPolicy", loadBalancer={"type": "ConsistentHash"}),
+    _base("TrafficPolicy", loadBalancer={"type": "Random", "consistentHash": {"header": "x"}}),
+    {
+        **_base("ExtAuthzPolicy"),
+        "spec": {
+            "targetRefs": [{"group": "example.dev", "kind": "Service", "name": "orders"}],
+            "decision": "envoy/authz/allow",
+        },
+    },
 ]
 
 
 @pytest.mark.parametrize("doc", BAD, ids=lambda d: str(d["spec"]))
 def test_schema_and_translator_both_reject(doc: dict[str, Any]) -> None:
     assert _errors(doc), "the CRD schema accepted it"
-    with pytest.raises(fields.Bad):
-        parse.read(policies.policy_object(doc))
+    with pytest.raises(translate.fields.Bad):
+        parse.read(translate.policies.policy_object(doc))
 
 
 def test_missing_target_refs_is_rejected_by_both() -> None:
     doc = _base("ExtAuthzPolicy")
     del doc["spec"]["targetRefs"]
     assert _errors(doc)
-    with pytest.raises(fields.Bad, match=r"spec\.targetRefs"):
-        parse.read(policies.policy_object(doc))
+    with pytest.raises(translate.fields.Bad, match=r"spec\.targetRefs"):
+        parse.read(translate.policies.policy_object(doc))
 
 
 def test_documented_rego_compiles() -> None:

@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.explain",
     "waypoint.commands.certs",
     "waypoint.commands.proxyconfig",
+    "waypoint.commands.istiocerts",
 )
 
 

@@ -324,24 +324,7 @@ class Identity:
         with one ``rename``, so a watcher (Envoy's ``watched_directory``) sees one change
         and never a half-written set.
         """
-        root = pathlib.Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        stamp = _now().strftime("%Y_%m_%d_%H_%M_%S")
-        versioned = pathlib.Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=root))
-        for name, content in self.files().items():
-            _write_file(versioned / name, content, mode=0o600 if name == KEY_FILE else 0o644)
-        versioned.chmod(0o755)
-        data = root / DATA_LINK
-        previous = os.readlink(data) if data.is_symlink() else None
-        _atomic_symlink(versioned.name, data)
-        for name in FILE_NAMES:
-            link = root / name
-            if os.path.islink(link) and os.readlink(link) == f"{DATA_LINK}/{name}":
-                continue
-            _atomic_symlink(f"{DATA_LINK}/{name}", link)
-        if previous is not None and previous != versioned.name:
-            _remove_tree(root / previous)
-        return root
+        return write_cert_dir(directory, self.files())
 
     def ssl_context(
         self,
@@ -371,6 +354,32 @@ class Identity:
         if protocols:
             ctx.set_alpn_protocols(protocols)
         return ctx
+
+
+def write_cert_dir(directory: str | os.PathLike[str], files: dict[str, bytes]) -> pathlib.Path:
+    """Write ``files`` (name → content) into ``directory`` with one atomic ``..data`` swap.
+
+    The layout of :meth:`Identity.write`; also used by the istiod CA client
+    (``waypoint.istioca``), whose root file may hold a bundle of several roots.
+    """
+    root = pathlib.Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _now().strftime("%Y_%m_%d_%H_%M_%S")
+    versioned = pathlib.Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=root))
+    for name, content in files.items():
+        _write_file(versioned / name, content, mode=0o600 if name == KEY_FILE else 0o644)
+    versioned.chmod(0o755)
+    data = root / DATA_LINK
+    previous = os.readlink(data) if data.is_symlink() else None
+    _atomic_symlink(versioned.name, data)
+    for name in files:
+        link = root / name
+        if os.path.islink(link) and os.readlink(link) == f"{DATA_LINK}/{name}":
+            continue
+        _atomic_symlink(f"{DATA_LINK}/{name}", link)
+    if previous is not None and previous != versioned.name:
+        _remove_tree(root / previous)
+    return root
 
 
 def trusting_context(root_pem: bytes, *, alpn: Iterable[str] = ("h2",)) -> ssl.SSLContext:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
+
+from tests.fakekube import builtin
 
 CRD_DIR = pathlib.Path(__file__).resolve().parents[2] / "manifests" / "base" / "crds"
 
@@ -26,6 +29,16 @@ class Resource:
     plural: str
     namespaced: bool = True
     status: bool = False
+    # A custom resource's openAPIV3Schema; None for built-in kinds.
+    schema: Any = dataclasses.field(default=None, compare=False, hash=False)
+    # Field path (names only) → x-kubernetes-list-map-keys, for server-side apply.
+    lists: Any = dataclasses.field(default=None, compare=False, hash=False)
+
+    @property
+    def list_keys(self) -> dict[tuple[str, ...], tuple[str, ...]]:
+        if self.lists is not None:
+            return dict(self.lists)
+        return builtin.LIST_MAP_KEYS.get(self.kind, {})
 
     @property
     def api_version(self) -> str:
@@ -51,6 +64,15 @@ BUILTIN = (
     Resource("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", status=True),
     Resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
     Resource("coordination.k8s.io", "v1", "Lease", "leases"),
+    Resource("batch", "v1", "Job", "jobs", status=True),
+    Resource(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        namespaced=False,
+        status=True,
+    ),
 )
 
 GATEWAY_API = (
@@ -79,10 +101,30 @@ def from_crd(crd: dict[str, Any]) -> list[Resource]:
             spec["names"]["plural"],
             namespaced=spec["scope"] == "Namespaced",
             status="status" in (version.get("subresources") or {}),
+            schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+            lists=dict(list_map_keys((version.get("schema") or {}).get("openAPIV3Schema") or {})),
         )
         for version in spec["versions"]
         if version.get("served")
     ]
+
+
+def list_map_keys(
+    schema: Mapping[str, Any], path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Every ``x-kubernetes-list-type: map`` list of a schema, with its keys, and every
+    ``x-kubernetes-map-type: atomic`` object, with none (see ``ssa``)."""
+    if schema.get("x-kubernetes-list-type") == "map":
+        yield path, tuple(schema.get("x-kubernetes-list-map-keys") or ())
+    if schema.get("x-kubernetes-map-type") == "atomic":
+        yield path, ()
+    for name, sub in (schema.get("properties") or {}).items():
+        if isinstance(sub, Mapping):
+            yield from list_map_keys(sub, (*path, name))
+    if isinstance(schema.get("items"), Mapping):
+        yield from list_map_keys(schema["items"], path)
+    if isinstance(schema.get("additionalProperties"), Mapping):
+        yield from list_map_keys(schema["additionalProperties"], (*path, "*"))
 
 
 @functools.cache

@@ -16,6 +16,7 @@ import http.server
 import json
 import pathlib
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -25,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from tests.fakekube import catalog, ssa
+from tests.fakekube import builtin, catalog, crdrules, crschema, faults, ssa
+from tests.fakekube import fielderrors as fe
 
 TOKEN = "fake-token"
 Obj = dict[str, Any]
@@ -33,12 +35,13 @@ ObjKey = tuple[tuple[str, str], str, str]  # ((group, plural), namespace, name)
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+        self.details = details
 
     def status(self) -> Obj:
-        return {
+        status: Obj = {
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -47,6 +50,15 @@ class ApiError(Exception):
             "reason": self.reason,
             "code": self.code,
         }
+        if self.details is not None:
+            status["details"] = self.details
+        return status
+
+
+def invalid(resource: catalog.Resource, name: str, errors: list[fe.FieldError]) -> ApiError:
+    """422 Invalid naming every field at fault, as apierrors.NewInvalid builds it."""
+    body = fe.invalid_status(resource.kind, resource.group, name, errors)
+    return ApiError(422, "Invalid", body["message"], body["details"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +100,13 @@ class FakeKube:
         self._cond = threading.Condition()
         self._watch_sockets: set[socket.socket] = set()
         self.writes: list[Write] = []
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.faults = faults.Faults()
+        self._warnings: list[str] = []
+        # Every Warning the server sent (unknown fields it pruned), for tests to assert on.
+        self.warned: list[str] = []
+        # Every quantity stored in another form than sent (``Deployment web spec...: 0.5 -> 500m``).
+        self.rewritten: list[str] = []
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -208,6 +226,52 @@ class FakeKube:
             404, "NotFound", f"no resource for {obj.get('apiVersion')} {obj.get('kind')}"
         )
 
+    def _serve_crd(self, crd: Obj, serve: bool) -> None:
+        """A stored CustomResourceDefinition makes its kind served; deleting it stops that."""
+        found = catalog.from_crd(crd) if serve else []
+        group = (crd.get("spec") or {}).get("group")
+        plural = ((crd.get("spec") or {}).get("names") or {}).get("plural")
+        self.resources = [
+            r for r in self.resources if (r.group, r.plural) != (group, plural)
+        ] + found
+        self._by_key = {resource.key: resource for resource in self.resources}
+
+    def _admit(self, resource: catalog.Resource, obj: Obj, old: Obj | None, strict: bool) -> Obj:
+        """What the server does to an object before it stores it: prune, default,
+        canonicalize and validate; a 400 or 422 when it must refuse it."""
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        errors: list[fe.FieldError] = []
+        if resource.kind == "CustomResourceDefinition":
+            errors = crdrules.check(obj)
+        elif resource.schema is not None:
+            obj, unknown, errors = crschema.admit(obj, resource.schema)
+            self._unknown_fields(resource, unknown, strict)
+        else:
+            rewritten: list[str] = []
+            errors = builtin.canonicalize(resource.kind, obj, rewritten)
+            self.rewritten += [f"{resource.kind} {name} {change}" for change in rewritten]
+            if old is not None:
+                builtin.carry_allocated(resource.kind, old, obj)
+                errors += builtin.validate_update(resource.kind, old, obj)
+            else:
+                errors += builtin.validate(resource.kind, obj)
+        if errors:
+            raise invalid(resource, name, errors)
+        return obj
+
+    def _unknown_fields(self, resource: catalog.Resource, unknown: list[str], strict: bool) -> None:
+        """Pruned fields: an error with fieldValidation=Strict, else Warning headers."""
+        if unknown and strict:
+            fields = ", ".join(f'unknown field "{field}"' for field in unknown)
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'{resource.kind} in version "{resource.version}" cannot be handled as a '
+                f"{resource.kind}: strict decoding error: {fields}",
+            )
+        self._warnings += [f'unknown field "{field}"' for field in unknown]
+        self.warned += [f'unknown field "{field}"' for field in unknown]
+
     def _next_rv(self) -> int:
         self._rv += 1
         return self._rv
@@ -245,7 +309,9 @@ class FakeKube:
         body: Obj,
         manager: str,
         applied: bool = False,
+        strict: bool = False,
     ) -> Obj:
+        body = copy.deepcopy(body)
         meta = body.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
@@ -260,17 +326,27 @@ class FakeKube:
         self._check_namespace(resource, namespace)
         if resource.status and resource.kind != "Namespace":
             body.pop("status", None)
+        body = self._admit(resource, body, None, strict)
+        meta = body["metadata"]
         self._uids += 1
         meta["uid"] = str(uuid.UUID(int=self._uids))
         meta["creationTimestamp"] = _now()
         meta["generation"] = 1
         # Fields the server fills in (defaults, allocations) belong to no manager.
-        if applied:
-            self._owners[key] = {manager: ssa.fieldset(body)}
-        else:
-            ssa.record_update({}, body, self._owners.setdefault(key, {}), manager)
+        lists = resource.list_keys
+        try:
+            if applied:
+                self._owners[key] = {manager: ssa.fieldset(body, lists)}
+            else:
+                ssa.record_update({}, body, self._owners.setdefault(key, {}), manager, lists)
+        except ssa.BadKeys as exc:
+            self._owners.pop(key, None)
+            raise ApiError(422, "Invalid", f'{resource.kind} "{name}" is invalid: {exc}') from None
         self._default(resource, body)
-        return self._store(resource, key, body, "ADDED")
+        stored = self._store(resource, key, body, "ADDED")
+        if resource.kind == "CustomResourceDefinition":
+            self._serve_crd(body, True)
+        return stored
 
     def _default(self, resource: catalog.Resource, body: Obj) -> None:
         """The defaulting and allocation the real API server does on create."""
@@ -287,7 +363,13 @@ class FakeKube:
             body.setdefault("status", {"phase": "Active"})
 
     def _update(
-        self, resource: catalog.Resource, key: ObjKey, new: Obj, subresource: str, manager: str
+        self,
+        resource: catalog.Resource,
+        key: ObjKey,
+        new: Obj,
+        subresource: str,
+        manager: str,
+        strict: bool = False,
     ) -> Obj:
         old = self._objects[key]
         merged = copy.deepcopy(old)
@@ -302,20 +384,44 @@ class FakeKube:
                     merged["metadata"][field] = old["metadata"][field]
         if merged.get("status") is None:
             merged.pop("status", None)
+        merged = self._admit(resource, merged, old, strict)
         if _spec(merged) != _spec(old):
             merged["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         merged["metadata"].pop("resourceVersion", None)
         old_compare = {k: v for k, v in old.items() if k != "metadata"}
         new_compare = {k: v for k, v in merged.items() if k != "metadata"}
-        owners = self._owners.setdefault(key, {})
-        ssa.record_update(old, merged, owners, manager + ("/status" if subresource else ""))
+        owners = copy.deepcopy(self._owners.get(key, {}))
+        try:
+            ssa.record_update(
+                old,
+                merged,
+                owners,
+                manager + ("/status" if subresource else ""),
+                resource.list_keys,
+            )
+        except ssa.BadKeys as exc:
+            raise ApiError(
+                422, "Invalid", f'{resource.kind} "{key[2]}" is invalid: {exc}'
+            ) from None
+        self._owners[key] = owners
         if old_compare == new_compare and _meta(old) == _meta(merged):
             return copy.deepcopy(old)  # a no-op write does not bump the resourceVersion
-        return self._store(resource, key, merged, "MODIFIED")
+        stored = self._store(resource, key, merged, "MODIFIED")
+        if resource.kind == "CustomResourceDefinition":
+            self._serve_crd(merged, True)
+        return stored
 
     def _delete(self, resource: catalog.Resource, key: ObjKey) -> Obj:
         obj = self._objects.pop(key)
         self._owners.pop(key, None)
+        if resource.kind == "CustomResourceDefinition":
+            self._serve_crd(obj, False)
+            # Its custom resources go with it, as the CRD finalizer deletes them.
+            spec = obj.get("spec") or {}
+            served = (spec.get("group"), (spec.get("names") or {}).get("plural"))
+            for gone in [k for k in self._objects if k[0] == served]:
+                self._objects.pop(gone)
+                self._owners.pop(gone, None)
         obj["metadata"]["resourceVersion"] = str(self._next_rv())
         self._events.append(_Event(self._rv, resource.key, "DELETED", copy.deepcopy(obj)))
         self._cond.notify_all()
@@ -337,6 +443,21 @@ class FakeKube:
     # --- request handling --------------------------------------------------------------
 
     def handle(
+        self, method: str, path: str, query: dict[str, str], body: bytes, ctype: str
+    ) -> tuple[int, Obj]:
+        code, result, _ = self.serve(method, path, query, body, ctype)
+        return code, result
+
+    def serve(
+        self, method: str, path: str, query: dict[str, str], body: bytes, ctype: str
+    ) -> tuple[int, Obj, list[str]]:
+        """One request: the status code, the body and the ``Warning`` headers to send."""
+        with self._cond:
+            self._warnings = []
+            code, result = self._handle(method, path, query, body, ctype)
+            return code, result, list(self._warnings)
+
+    def _handle(
         self, method: str, path: str, query: dict[str, str], body: bytes, ctype: str
     ) -> tuple[int, Obj]:
         route = self._route(path)
@@ -386,6 +507,7 @@ class FakeKube:
                 copy.deepcopy(self._owners),
                 list(self._events),
                 self._rv,
+                list(self.resources),
             )
         try:
             return self._mutate(
@@ -393,7 +515,8 @@ class FakeKube:
             )
         finally:
             if dry_run:
-                self._objects, self._owners, self._events, self._rv = snapshot
+                self._objects, self._owners, self._events, self._rv, self.resources = snapshot
+                self._by_key = {resource.key: resource for resource in self.resources}
 
     def _mutate(
         self,
@@ -408,8 +531,9 @@ class FakeKube:
         manager: str,
     ) -> Obj:
         key = (resource.key, namespace, name)
+        strict = query.get("fieldValidation") == "Strict"
         if method == "POST":
-            return self._create(resource, namespace, _decode(body), manager)
+            return self._create(resource, namespace, _decode(body), manager, strict=strict)
         if method == "DELETE":
             self._lookup(resource, namespace, name)
             deleted = self._delete(resource, key)
@@ -426,14 +550,15 @@ class FakeKube:
         new = _decode(body)
         if method == "PUT":
             live = self._lookup(resource, namespace, name)
-            self._check_rv(live, new)
-            return self._update(resource, key, new, subresource, manager)
+            self._check_rv(resource, live, new)
+            return self._update(resource, key, new, subresource, manager, strict)
         if "apply-patch" in ctype:
             return self._apply(resource, key, new, subresource, manager, query)
         if "merge-patch" in ctype:
             live = self._lookup(resource, namespace, name)
-            self._check_rv(live, new)
-            return self._update(resource, key, _merge_patch(live, new), subresource, manager)
+            self._check_rv(resource, live, new)
+            merged = _merge_patch(live, new)
+            return self._update(resource, key, merged, subresource, manager, strict)
         raise ApiError(415, "UnsupportedMediaType", f"the fake server does not support {ctype}")
 
     def _apply(
@@ -456,13 +581,17 @@ class FakeKube:
         if (patch.get("metadata") or {}).get("name") != key[2]:
             raise ApiError(400, "BadRequest", "apply: metadata.name must match the URL")
         force = query.get("force", "").lower() == "true"
+        strict = query.get("fieldValidation") == "Strict"
         owner_key = manager + "#apply" + ("/status" if subresource else "")
         if key not in self._objects:
             if subresource:
                 raise ApiError(404, "NotFound", f'{resource.plural} "{key[2]}" not found')
             self._check_namespace(resource, key[1])
-            return self._create(resource, key[1], dict(patch), owner_key, applied=True)
+            return self._create(
+                resource, key[1], dict(patch), owner_key, applied=True, strict=strict
+            )
         live = self._objects[key]
+        self._check_rv(resource, live, patch)
         owners = self._owners.setdefault(key, {})
         if subresource:
             patch = {
@@ -473,25 +602,48 @@ class FakeKube:
             }
         else:
             patch = {k: v for k, v in patch.items() if k != "status" or not resource.status}
+        # The server merges what it decoded: canonical quantities, no unknown fields.
+        if resource.schema is None:
+            rewritten: list[str] = []
+            builtin.canonicalize(resource.kind, patch, rewritten)
+            self.rewritten += [f"{resource.kind} {key[2]} {change}" for change in rewritten]
+        else:
+            patch, unknown = crschema.prune(patch, resource.schema, root=True)
+            self._unknown_fields(resource, unknown, strict)
+        owners = copy.deepcopy(owners)
         try:
-            applied = ssa.apply(live, patch, owners, owner_key, force)
+            applied = ssa.apply(live, patch, owners, owner_key, force, resource.list_keys)
         except ssa.ApplyConflict as exc:
             raise ApiError(409, "Conflict", str(exc)) from None
+        except ssa.BadKeys as exc:
+            raise ApiError(
+                422, "Invalid", f'{resource.kind} "{key[2]}" is invalid: {exc}'
+            ) from None
+        applied = self._admit(resource, applied, live, strict)
+        self._owners[key] = owners
         applied["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
         if applied == live:
             return copy.deepcopy(live)
         if _spec(applied) != _spec(live):
             applied["metadata"]["generation"] = live["metadata"].get("generation", 1) + 1
-        return self._store(resource, key, applied, "MODIFIED")
+        stored = self._store(resource, key, applied, "MODIFIED")
+        if resource.kind == "CustomResourceDefinition":
+            self._serve_crd(applied, True)
+        return stored
 
-    def _check_rv(self, live: Obj, new: Obj) -> None:
+    def _check_rv(self, resource: catalog.Resource, live: Obj, new: Obj) -> None:
+        """A write that names a resourceVersion must name the stored one
+        (k8s.io/apiserver pkg/registry/generic/registry/store.go, errors.NewConflict)."""
         wanted = (new.get("metadata") or {}).get("resourceVersion")
         if wanted and wanted != live["metadata"]["resourceVersion"]:
+            name = live["metadata"]["name"]
+            qualified = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
             raise ApiError(
                 409,
                 "Conflict",
-                f'Operation cannot be fulfilled on {live.get("kind")} "{live["metadata"]["name"]}": '
+                f'Operation cannot be fulfilled on {qualified} "{name}": '
                 "the object has been modified; please apply your changes to the latest version and try again",
+                {"name": name, "group": resource.group, "kind": resource.plural},
             )
 
     def _lookup(self, resource: catalog.Resource, namespace: str, name: str) -> Obj:
@@ -687,6 +839,14 @@ class FakeKube:
             self._cond.wait(timeout=min(self.bookmark_interval, max(deadline - now, 0.01)))
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that hung up (a timed-out request the fake was holding) is not an error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 def _monotonic() -> float:
     return time.monotonic()
 
@@ -774,24 +934,58 @@ def _handler(fake: FakeKube) -> type[http.server.BaseHTTPRequestHandler]:
             query = dict(urllib.parse.parse_qsl(parsed.query))
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            warnings: list[str] = []
+            headers: dict[str, str] = {}
             try:
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     raise ApiError(401, "Unauthorized", "Unauthorized")
+                throttle = self._fault(method, parsed.path, query)
+                if throttle:
+                    headers["Retry-After"] = str(throttle)
+                    self._reply(429, faults.too_many_requests(throttle), headers=headers)
+                    return
                 if method == "GET" and query.get("watch", "").lower() in ("true", "1"):
                     self._watch(parsed.path, query)
                     return
-                code, result = fake.handle(
+                code, result, warnings = fake.serve(
                     method, parsed.path, query, body, self.headers.get("Content-Type", "")
                 )
             except ApiError as exc:
                 code, result = exc.code, exc.status()
-            self._reply(code, result)
+            self._reply(code, result, warnings)
 
-        def _reply(self, code: int, result: Obj) -> None:
+        def _fault(self, method: str, path: str, query: dict[str, str]) -> int:
+            """Hold the request if a hang is injected; the Retry-After of an injected 429."""
+            try:
+                route = fake._route(path)
+            except ApiError:
+                return 0
+            if isinstance(route, dict):
+                return 0
+            resource, namespace, name, _ = route
+            action = fake.faults.take(
+                faults.verb_of(method, name, query), resource.plural, namespace
+            )
+            if action.delay:
+                time.sleep(action.delay)
+            return action.throttle
+
+        def _reply(
+            self,
+            code: int,
+            result: Obj,
+            warnings: list[str] | None = None,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             data = json.dumps(result).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            for warning in warnings or []:
+                # RFC 7234 warn-code 299, as k8s.io/apiserver pkg/warning writes them.
+                self.send_header("Warning", f'299 - "{warning}"')
             self.end_headers()
             self.wfile.write(data)
 

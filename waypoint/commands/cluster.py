@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from waypoint import model
-from waypoint import names as envoy_names
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
-from waypoint.controller import leader, manager, reconcile
+from waypoint.controller import leader, manager, reconcile, serving
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
@@ -59,11 +58,6 @@ def register(subparsers: Any) -> None:
         help="create or update a waypoint Gateway (server-side apply)",
     )
     _gateway_flags(apply)
-    apply.add_argument(
-        "--enroll-namespace",
-        action="store_true",
-        help=f"label the namespace {constants.USE_WAYPOINT}=NAME",
-    )
     apply.add_argument(
         "--overwrite",
         action="store_true",
@@ -157,6 +151,16 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SA",
         help="serve only workloads running as this ServiceAccount",
     )
+    parser.add_argument(
+        "--enroll-namespace",
+        action="store_true",
+        help=f"label the namespace {constants.USE_WAYPOINT}=NAME (generate: print the Namespace "
+        "with that label too)",
+    )
+    parser.add_argument(
+        "-r", "--revision",
+        help=f"label the waypoint {constants.REVISION}=REVISION, as istioctl does",
+    )  # fmt: skip
     parser.add_argument("--min-replicas", type=_positive, metavar="N")
     parser.add_argument("--max-replicas", type=_positive, metavar="N")
     parser.add_argument(
@@ -241,7 +245,16 @@ def _generated(args: argparse.Namespace, namespace: str) -> Obj:
         args.service_account,
         args.min_replicas,
         args.max_replicas,
+        args.revision,
     )
+
+
+def _enrollment(args: argparse.Namespace, namespace: str) -> list[Obj]:
+    """For ``generate --enroll-namespace``: the Namespace carrying the enrollment label."""
+    if not args.enroll_namespace:
+        return []
+    metadata = {"name": namespace, "labels": {constants.USE_WAYPOINT: args.name}}
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}]
 
 
 # --- generate / apply ----------------------------------------------------------------------
@@ -258,7 +271,11 @@ def _fail_closed(args: argparse.Namespace, namespace: str) -> list[Obj]:
 @_guard
 def run_generate(args: argparse.Namespace) -> int:
     namespace = args.namespace or "default"
-    found = [_generated(args, namespace), *_fail_closed(args, namespace)]
+    found = [
+        *_enrollment(args, namespace),
+        _generated(args, namespace),
+        *_fail_closed(args, namespace),
+    ]
     if len(found) == 1:
         _dump(found[0], args.output or "yaml", sys.stdout)
     elif args.output == "json":
@@ -360,6 +377,12 @@ def _check_enrollment(
         )
 
 
+# Programmed=False reasons that resolve on their own: keep waiting. Any other reason on the
+# current generation (an apply the API rejected, an object in the way, Envoy refusing the
+# config) needs a person, so ``--wait`` fails at once.
+WAITING_REASONS = frozenset({"Pending", "AddressNotAssigned"})
+
+
 def wait_programmed(
     cluster: kcluster.Cluster,
     namespace: str,
@@ -369,16 +392,42 @@ def wait_programmed(
     poll: float = 0.5,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Print progress until the Gateway is Programmed; 1 on timeout, with the last reason."""
+    """Print progress until the controller has seen the Gateway's current generation and
+    says it is Programmed: 0. 1 on a terminal failure (not Accepted, or Programmed=False for
+    a reason that will not pass) or on timeout, with the reason."""
     deadline = clock() + timeout
     last = ""
     while True:
-        live = cluster.get(kcluster.GATEWAY, namespace, name)
-        condition = _condition(live or {}, "Programmed")
-        if condition.get("status") == "True":
+        live = cluster.get(kcluster.GATEWAY, namespace, name) or {}
+        generation = int((live.get("metadata") or {}).get("generation") or 0)
+        seen = _observed(_condition(live, "Accepted"), generation, gateway.observed_marker(live))
+        accepted = _condition(live, "Accepted") if seen else {}
+        programmed = _condition(live, "Programmed") if seen else {}
+        if programmed.get("status") == "True":
             print(f"waypoint {namespace}/{name} is Programmed", file=stream)
             return 0
-        progress = f"{condition.get('reason', 'NoStatus')}: {condition.get('message') or 'waiting for the controller'}"
+        failed = next(
+            (
+                c
+                for c in (accepted, programmed)
+                if c.get("status") == "False"
+                and not (c is programmed and c.get("reason") in WAITING_REASONS)
+            ),
+            None,
+        )
+        if failed is not None:
+            print(
+                f"error: waypoint {namespace}/{name} is not {failed.get('type')}: "
+                f"{failed.get('reason')}: {failed.get('message')}",
+                file=stream,
+            )
+            return 1
+        progress = (
+            f"{programmed.get('reason')}: {programmed.get('message')}"
+            if programmed
+            else "NoStatus: waiting for the controller to observe this version of the Gateway "
+            f"(generation {generation}, {gateway.observed_marker(live)})"
+        )
         if progress != last:
             print(f"waiting for waypoint {namespace}/{name}: {progress}", file=stream)
             last = progress
@@ -389,6 +438,14 @@ def wait_programmed(
             )
             return 1
         time.sleep(poll)
+
+
+def _observed(accepted: Obj, generation: int, marker: str) -> bool:
+    """The status was computed from this version of the Gateway: its spec (generation) and
+    its labels and annotations (the marker the controller ends ``Accepted`` with)."""
+    return int(accepted.get("observedGeneration") or 0) == generation and str(
+        accepted.get("message") or ""
+    ).endswith(marker)
 
 
 def _condition(obj: Obj, kind: str) -> Obj:
@@ -541,32 +598,14 @@ def describe(gw: Obj, replicas: str, translation: model.Translation | None, prob
         lines.append(f"  services:  unknown ({problem})")
         return "\n".join(lines)
     served = translation.waypoint(namespace, name)
-    services = sorted(
-        {
-            f"{d.namespace}/{d.name}"
-            for d in (served.destinations if served else ())
-            if d.kind is model.DestinationKind.SERVICE
-        }
-    )
-    routes = sorted(
-        {
-            f"{ref.kind} {ref.namespace}/{ref.name}"
-            for d in (served.destinations if served else ())
-            for route in d.routes
-            for ref in [_route_ref(route.name)]
-            if ref is not None
-        }
-    )
-    lines.append(f"  services:  {', '.join(services) or '-'}")
-    lines.append(f"  routes:    {', '.join(routes) or '-'}")
+    lines.append(f"  services:  {', '.join(serving.services(served)) or '-'}")
+    workloads = serving.workloads(served)
+    if workloads:
+        lines.append(f"  workloads: {', '.join(workloads)}")
+    lines.append(f"  routes:    {', '.join(serving.routes(served)) or '-'}")
+    for where, reason, message in serving.unbound_claims(translation, namespace, name):
+        lines.append(f"  not bound: {where}: {reason}: {message}")
     return "\n".join(lines)
-
-
-def _route_ref(text: str) -> envoy_names.RouteName | None:
-    try:
-        return envoy_names.parse_route_name(text)
-    except ValueError:
-        return None
 
 
 # --- controller ------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Kind:
 
 NAMESPACE = Kind("v1", "Namespace")
 SERVICE = Kind("v1", "Service")
+POD = Kind("v1", "Pod")
 CONFIG_MAP = Kind("v1", "ConfigMap")
 SERVICE_ACCOUNT = Kind("v1", "ServiceAccount")
 DEPLOYMENT = Kind("apps/v1", "Deployment")
@@ -69,7 +70,15 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
 
 
 class ClusterError(RuntimeError):
-    """A request failed; the message names the object and the server's reason."""
+    """A request failed; the message names the object and the server's reason.
+
+    ``status`` is the HTTP status code and ``reason`` the API's ``Status.reason`` (such as
+    ``Invalid`` or ``Forbidden``) when the server answered; 0 and "" otherwise."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 class MissingKind(ClusterError):
@@ -324,11 +333,21 @@ def _reason(exc: BaseException) -> str:
 
 def _error(exc: dyn_errors.DynamicApiError, action: str) -> ClusterError:
     message = f"{action}: {exc.status} {_server_message(exc)}"
+    status, reason = int(exc.status or 0), _server_reason(exc)
     if exc.status == 409:
-        return Conflict(message)
+        return Conflict(message, status, reason)
     if exc.status == 410:
-        return Gone(message)
-    return ClusterError(message)
+        return Gone(message, status, reason)
+    return ClusterError(message, status, reason)
+
+
+def _server_reason(exc: dyn_errors.DynamicApiError) -> str:
+    """The ``reason`` of the API's Status body (``Invalid``, ``Forbidden``…), else ""."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return ""
+    return str(body.get("reason") or "") if isinstance(body, dict) else ""
 
 
 def _server_message(exc: dyn_errors.DynamicApiError) -> str:

@@ -20,6 +20,8 @@ LOG = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Key = tuple[str, str]
 Handler = Callable[[Obj | None, Obj | None], None]
+# Applied to every object before it is stored: keeps only what the controller reads.
+Transform = Callable[[Obj], Obj]
 
 
 def object_key(obj: Obj) -> Key:
@@ -37,6 +39,7 @@ class Informer:
         label_selector: str | None = None,
         watch_timeout: int = 300,
         max_backoff: float = 30.0,
+        transform: Transform | None = None,
     ) -> None:
         self.cluster = cluster
         self.kind = kind
@@ -45,6 +48,7 @@ class Informer:
         self.label_selector = label_selector
         self.watch_timeout = watch_timeout
         self.max_backoff = max_backoff
+        self.transform = transform
         self.store: dict[Key, Obj] = {}
         self.synced = threading.Event()
         self.resource_version = ""
@@ -90,6 +94,8 @@ class Informer:
 
     def _relist(self) -> None:
         items, rv = self.cluster.list(self.kind, label_selector=self.label_selector)
+        if self.transform is not None:
+            items = [self.transform(item) for item in items]
         fresh = {object_key(item): item for item in items}
         with self._lock:
             old = self.store
@@ -110,7 +116,7 @@ class Informer:
             if event_type == "BOOKMARK":
                 self.resource_version = rv or self.resource_version
             else:
-                self._apply_event(event_type, obj, rv)
+                self._apply_event(event_type, self.transform(obj) if self.transform else obj, rv)
             if self._stop.is_set():
                 return
 

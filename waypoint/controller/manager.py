@@ -1,10 +1,11 @@
 """The running controller: informers feed a rate-limited queue, workers reconcile keys.
 
 Keys are ``("gateway", ns, name)``, ``("gatewayclass", "", name)`` and ``("routes", "", "")``
-(all route and policy status, from one translation of the world). Any change to what
-translation reads (Namespaces, Services, EndpointSlices, routes, Gateways, policies) requeues
-every waypoint Gateway and the route and policy status; the queue collapses the duplicates. A periodic resync requeues everything,
-which also catches changes the controller does not watch (a parametersRef ConfigMap).
+(all route, policy and Service binding status, from one translation of the world). Any change
+to what translation reads (Namespaces, Services, EndpointSlices, Pods, routes, Gateways,
+policies) requeues every waypoint Gateway and that status; the queue collapses the duplicates.
+A change to a parametersRef ConfigMap requeues the Gateways whose settings read it (all of them,
+and the GatewayClass, for the class's own). A periodic resync requeues everything.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from waypoint.controller import cluster as kcluster
 from waypoint.controller import informer as kinformer
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import queue as kqueue
-from waypoint.controller import reconcile
+from waypoint.controller import reconcile, trim
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, settings
@@ -28,6 +29,7 @@ Obj = dict[str, Any]
 ROUTES_KEY = ("routes", "", "")
 MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
 REGO_INFORMER = "ConfigMap/extauthz-policy"  # the users' labeled Rego ConfigMaps
+PARAMETERS_INFORMER = "ConfigMap/parameters"  # every ConfigMap, trimmed to its identity
 
 
 class Controller:
@@ -60,7 +62,7 @@ class Controller:
         self.informers: dict[str, kinformer.Informer] = {}
         for kind in reconcile.WORLD_KINDS:
             if cluster.serves(kind):
-                self._inform(kind, self._on_world_change, None, watch_timeout)
+                self._inform(kind, self._on_world_change, None, watch_timeout, TRANSFORMS.get(kind))
             elif kind in kcluster.POLICY_KINDS:
                 # Policies are optional: waypoints work without them. A CRD installed later
                 # is picked up when the controller restarts.
@@ -80,6 +82,17 @@ class Controller:
             self.metrics,
             constants.EXTAUTHZ_POLICY_LABEL,
             watch_timeout,
+        )
+        # parametersRef ConfigMaps carry no label of ours: watch them all, keeping only their
+        # identity, and requeue the Gateways (or the whole class) whose settings name one.
+        self.informers[PARAMETERS_INFORMER] = kinformer.Informer(
+            cluster,
+            kcluster.CONFIG_MAP,
+            self._on_parameters_change,
+            self.metrics,
+            None,
+            watch_timeout,
+            transform=trim.reference,
         )
         self.reconciler = reconcile.Reconciler(
             cluster,
@@ -101,9 +114,10 @@ class Controller:
         handler: kinformer.Handler,
         selector: str | None,
         watch_timeout: int,
+        transform: kinformer.Transform | None = None,
     ) -> None:
         self.informers[kind.kind] = kinformer.Informer(
-            self.cluster, kind, handler, self.metrics, selector, watch_timeout
+            self.cluster, kind, handler, self.metrics, selector, watch_timeout, transform=transform
         )
 
     # --- the world and the keys ----------------------------------------------------------
@@ -132,8 +146,8 @@ class Controller:
 
     def _on_world_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
-        if _only_status_changed(before, after):
-            return  # status (mostly our own writes) is never an input
+        if _no_input_changed(before, after):
+            return  # status (mostly our own writes) is never an input, but a Pod's IPs are
         if self.publisher is not None:
             self.publisher.changed()
         if obj.get("kind") == "GatewayClass":
@@ -155,6 +169,17 @@ class Controller:
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
         if name:
             self.queue.add(("gateway", namespace, name))
+
+    def _on_parameters_change(self, before: Obj | None, after: Obj | None) -> None:
+        obj = after or before or {}
+        key = kinformer.object_key(obj)
+        for gateway_class in self.informers["GatewayClass"].items():
+            if key in settings.referenced_config_maps({}, gateway_class):
+                self.enqueue_all()  # class-wide defaults: every waypoint, and the class
+                return
+        for gw in self.gateways():
+            if key in settings.referenced_config_maps(gw, None):
+                self.queue.add(("gateway", *gateway.key(gw)))
 
     def _on_rego_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
@@ -258,11 +283,23 @@ def _kind(key: Hashable) -> object:
     return key[0] if isinstance(key, tuple) else key
 
 
-def _only_status_changed(before: Obj | None, after: Obj | None) -> bool:
-    """Only status moved: nothing translation or the generated objects depend on."""
+# Kinds whose cached objects are trimmed to what translation reads (trim.py).
+TRANSFORMS: dict[kcluster.Kind, kinformer.Transform] = {kcluster.POD: trim.pod}
+
+
+def _no_input_changed(before: Obj | None, after: Obj | None) -> bool:
+    """Nothing translation or the generated objects depend on moved: only status (or, for a
+    trimmed Pod, whose IPs and phase are inputs, only its resourceVersion)."""
     if before is None or after is None:
         return False
+    if after.get("kind") == kcluster.POD.kind:
+        return _without_version(before) == _without_version(after)
     return _without_status(before) == _without_status(after)
+
+
+def _without_version(obj: Obj) -> Obj:
+    meta = obj.get("metadata") or {}
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
 
 
 def _without_status(obj: Obj) -> Obj:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import wsgiref.simple_server
 
 import prometheus_client
@@ -33,9 +34,17 @@ class Metrics:
             "409 conflicts met (and retried).",
             registry=self.registry,
         )
+        # Per Gateway, so one waypoint's reconcile never overwrites another's count.
         self.foreign = prometheus_client.Gauge(
             "waypoint_controller_foreign_objects",
             "Objects in the way of a waypoint that the controller does not manage.",
+            ["namespace", "gateway"],
+            registry=self.registry,
+        )
+        self.rejected = prometheus_client.Gauge(
+            "waypoint_controller_rejected_applies",
+            "Generated objects of a waypoint whose last apply the API server rejected.",
+            ["namespace", "gateway"],
             registry=self.registry,
         )
         self.queue_depth = prometheus_client.Gauge(
@@ -54,6 +63,12 @@ class Metrics:
             "1 while this replica holds the leader Lease.",
             registry=self.registry,
         )
+
+    def forget_gateway(self, namespace: str, name: str) -> None:
+        """Drop a Gateway's series (deleted, or not accepted: nothing of it is applied)."""
+        for gauge in (self.foreign, self.rejected):
+            with contextlib.suppress(KeyError):  # never measured
+                gauge.remove(namespace, name)
 
     def serve(self, address: str) -> wsgiref.simple_server.WSGIServer:
         """Serve /metrics on ``host:port``; returns the server (call ``shutdown()``)."""

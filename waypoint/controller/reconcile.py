@@ -3,9 +3,15 @@ nothing changed.
 
 Desired objects come from ``waypoint.kube`` (pure). Each carries the hash of its own content in
 ``waypoint.dev/applied-hash``; an object is re-applied only when that hash differs from the
-live one or when a field we set has drifted, so an unchanged world costs reads only. Objects
-in the way that lack our managed-by label, or belong to another Gateway, are never touched:
-the Gateway's status says why it is not Programmed.
+live one or when a field we set has drifted, so an unchanged world costs reads only.
+
+An object is ours only when it carries our managed-by label AND a controller ownerReference to
+this Gateway's UID. Anything else in the way (no label, another owner, or our label without an
+owner) is never touched, and the Gateway's status says why it is not Programmed. A change to a
+field the API server treats as immutable is never attempted: an object of ours is deleted and
+created again instead. An apply the API rejects (a 4xx: validation, a webhook, a quota) is
+reported as ``Programmed=False`` with the API's reason and message, and the Gateway's other
+objects are still applied.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import datetime
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from waypoint import model
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import metrics as kmetrics
-from waypoint.controller import status
+from waypoint.controller import serving, status
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, names, render, settings
 
@@ -69,11 +76,51 @@ def pipeline_translator(
 
 @dataclasses.dataclass
 class Outcome:
-    """What one reconcile did; ``foreign`` lists objects left alone."""
+    """What one reconcile did; ``foreign`` lists objects left alone, ``rejected`` the applies
+    the API server refused as (reason, message), ``recreated`` objects of ours deleted and
+    created again because an immutable field had to change."""
 
     writes: int = 0
     foreign: list[str] = dataclasses.field(default_factory=list)
+    rejected: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    recreated: list[str] = dataclasses.field(default_factory=list)
     programmed: bool = False
+
+
+# Fields the API server refuses to change once set (a 422 "field is immutable"): Kubernetes
+# pkg/apis/apps/validation/validation.go ValidateDeploymentUpdate (spec.selector, apps/v1) and
+# pkg/apis/core/validation/validation.go ValidateServiceUpdate (spec.clusterIP/clusterIPs).
+IMMUTABLE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "Deployment": (("spec", "selector"),),
+    "Service": (("spec", "clusterIP"), ("spec", "clusterIPs")),
+}
+# A condition reason, as metav1.Condition validates it.
+REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+
+
+def _field(obj: Mapping[str, Any], path: Sequence[str]) -> Any:
+    value: Any = obj
+    for part in path:
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def immutable_changes(live: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+    """The immutable fields ``desired`` sets to something other than their live value."""
+    changed = []
+    for path in IMMUTABLE_FIELDS.get(str(desired.get("kind")), ()):
+        wanted, current = _field(desired, path), _field(live, path)
+        if wanted is not None and current is not None and wanted != current:
+            changed.append(".".join(path))
+    return changed
+
+
+def rejected_by_api(exc: kcluster.ClusterError) -> bool:
+    """The server refused the request itself (validation, admission, quota, RBAC): retrying
+    the same body cannot help. Conflicts, throttling and transport errors are retried."""
+    return 400 <= exc.status < 500 and exc.status not in (408, 409, 410, 429)
 
 
 def stamp(obj: Mapping[str, Any]) -> Obj:
@@ -116,9 +163,15 @@ def ownership_problem(live: Mapping[str, Any], gw: Mapping[str, Any]) -> str | N
         )
     uid = (gw.get("metadata") or {}).get("uid")
     owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
-    if uid and owners and all(ref.get("uid") != uid for ref in owners):
+    if uid and any(ref.get("uid") == uid for ref in owners):
+        return None
+    if owners:
         return f"{where} belongs to another owner ({owners[0].get('kind')} {owners[0].get('name')}); left alone"
-    return None
+    namespace, name = gateway.key(gw)
+    return (
+        f"{where} has the {constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE} label but "
+        f"no controller ownerReference to Gateway {namespace}/{name}; not adopted, left alone"
+    )
 
 
 def utc_now() -> str:
@@ -157,37 +210,42 @@ class Reconciler:
         outcome = Outcome()
         gw = self.cluster.get(kcluster.GATEWAY, namespace, name)
         if gw is None or not gateway.is_waypoint(gw):
+            self.metrics.forget_gateway(namespace, name)
             return outcome  # deleted: the garbage collector removes what it owned
         problems = gateway.problems(gw)
         conf = None if problems else self._settings(gw, problems)
         if conf is None:
             accepted = status.Verdict("Accepted", False, "InvalidParameters", "; ".join(problems))
-            self._write_gateway_status(
-                gw, accepted, _not_programmed("Invalid", "not accepted"), [], outcome
-            )
-            return outcome
+            return self._not_accepted(gw, accepted, outcome)
         try:
-            desired = render.gateway_objects(
+            plan = render.gateway_plan(
                 gw, conf, self.world(), self.options, self.renderer, self._config_map
             )
         except (RenderRejected, ValueError) as exc:
             # The last applied objects stay: a bad input never takes a running waypoint down.
             reason = "InvalidParameters" if isinstance(exc, settings.SettingsError) else "Invalid"
             accepted = status.Verdict("Accepted", False, reason, str(exc))
-            self._write_gateway_status(
-                gw, accepted, _not_programmed("Invalid", "not accepted"), [], outcome
-            )
-            return outcome
-        live = self._apply_all(gw, desired, outcome)
-        self._prune(gw, desired, outcome)
+            return self._not_accepted(gw, accepted, outcome)
+        live = self._apply_all(gw, plan.objects, outcome)
+        self._prune(gw, plan.objects, outcome)
         accepted = status.Verdict("Accepted", True, "Accepted", "waypoint accepted")
         programmed, addresses = self._programmed(live, outcome)
         rejected = self.xds_error(namespace, name) if self.xds_error else None
         if rejected:
             programmed = _not_programmed("Invalid", rejected)
             outcome.programmed = False
-        self._write_gateway_status(gw, accepted, programmed, addresses, outcome)
-        self.metrics.foreign.set(len(outcome.foreign))
+        bound = serving.verdict(plan.rendered.translation, plan.rendered.waypoint)
+        observed = status.Listeners(attached_routes=len(serving.routes(plan.rendered.waypoint)))
+        self._write_gateway_status(gw, accepted, programmed, addresses, outcome, [bound], observed)
+        self.metrics.foreign.labels(namespace, name).set(len(outcome.foreign))
+        self.metrics.rejected.labels(namespace, name).set(len(outcome.rejected))
+        return outcome
+
+    def _not_accepted(self, gw: Obj, accepted: status.Verdict, outcome: Outcome) -> Outcome:
+        """Report why the Gateway is not accepted; nothing of it is applied (or measured)."""
+        not_programmed = _not_programmed("Invalid", "not accepted")
+        self._write_gateway_status(gw, accepted, not_programmed, [], outcome)
+        self.metrics.forget_gateway(*gateway.key(gw))
         return outcome
 
     def _settings(self, gw: Obj, problems: list[str]) -> settings.Settings | None:
@@ -220,17 +278,32 @@ class Reconciler:
             return None
         found = self.cluster.get(kcluster.CONFIG_MAP, *ref)
         if found is None:
-            problems.append(
-                f"GatewayClass {constants.GATEWAY_CLASS}: parametersRef ConfigMap {ref[0]}/{ref[1]} not found"
-            )
+            problems.append(_class_config_missing(constants.GATEWAY_CLASS, ref))
         return found
+
+    def class_parameters_problem(self, gateway_class: Obj) -> str | None:
+        """Why the GatewayClass's own parametersRef is unusable (bad reference, missing
+        ConfigMap, a value no Gateway could use), or None."""
+        name = str((gateway_class.get("metadata") or {}).get("name") or "")
+        try:
+            ref = settings.class_parameters_ref(gateway_class)
+            if ref is None:
+                return None
+            found = self.cluster.get(kcluster.CONFIG_MAP, *ref)
+            if found is None:
+                return _class_config_missing(name, ref)
+            settings.check_class_config(gateway_class, found, self.defaults)
+        except settings.SettingsError as exc:
+            return str(exc)
+        return None
 
     def _apply_all(self, gw: Obj, desired: list[Obj], outcome: Outcome) -> dict[str, Obj]:
         live_by_kind: dict[str, Obj] = {}
         for obj in desired:
             wanted = stamp(obj)
             kind = kcluster.kind_of(obj)
-            live = self.cluster.get(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
+            namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+            live = self.cluster.get(kind, namespace, name)
             if live is not None:
                 problem = ownership_problem(live, gw)
                 if problem:
@@ -240,9 +313,35 @@ class Reconciler:
                 if contains(live, wanted):
                     live_by_kind[obj["kind"]] = live
                     continue
-            live_by_kind[obj["kind"]] = self.cluster.apply(wanted)
+                live = self._recreate_if_immutable(live, wanted, outcome)
+            try:
+                live_by_kind[obj["kind"]] = self.cluster.apply(wanted)
+            except kcluster.ClusterError as exc:
+                if not rejected_by_api(exc):
+                    raise
+                # Report it and go on: the Gateway's other objects still apply.
+                LOG.warning("%s", exc)
+                reason = exc.reason if REASON.match(exc.reason or "") else "Invalid"
+                outcome.rejected.append((reason, str(exc)))
+                if live is not None:
+                    live_by_kind[obj["kind"]] = live
+                continue
             self._wrote(outcome, "apply", obj["kind"])
         return live_by_kind
+
+    def _recreate_if_immutable(self, live: Obj, wanted: Obj, outcome: Outcome) -> Obj | None:
+        """Delete ``live`` (ours) when ``wanted`` changes a field the API cannot change: the
+        apply then creates it afresh. Returns what is live afterwards."""
+        changed = immutable_changes(live, wanted)
+        if not changed:
+            return live
+        meta = wanted["metadata"]
+        where = f"{wanted['kind']} {meta['namespace']}/{meta['name']}"
+        LOG.warning("%s: %s cannot change in place; recreating it", where, ", ".join(changed))
+        self.cluster.delete(kcluster.kind_of(wanted), meta["namespace"], meta["name"])
+        self._wrote(outcome, "delete", str(wanted["kind"]))
+        outcome.recreated.append(f"{where} ({', '.join(changed)})")
+        return None
 
     def _prune(self, gw: Obj, desired: list[Obj], outcome: Outcome) -> None:
         """Delete what we generated once and the settings or policies no longer want: the
@@ -270,6 +369,9 @@ class Reconciler:
         service = live.get("Service") or {}
         address = (service.get("spec") or {}).get("clusterIP")
         addresses = [address] if address and address != "None" else []
+        if outcome.rejected:
+            message = "; ".join(message for _, message in outcome.rejected)
+            return _not_programmed(outcome.rejected[0][0], message), addresses
         ready = int(((live.get("Deployment") or {}).get("status") or {}).get("readyReplicas") or 0)
         if ready < 1:
             return _not_programmed("Pending", "waiting for a ready waypoint replica"), addresses
@@ -289,9 +391,19 @@ class Reconciler:
         programmed: status.Verdict,
         addresses: list[str],
         outcome: Outcome,
+        extra: Sequence[status.Verdict] = (),
+        observed: status.Listeners | None = None,
     ) -> None:
+        # The Gateway this status judged, as --wait needs it (labels and annotations do not
+        # move the generation).
+        judged = dataclasses.replace(
+            accepted, message=f"{accepted.message} {gateway.observed_marker(gw)}"
+        )
+
         def compute(current: Obj) -> Obj:
-            return status.gateway_status(current, accepted, programmed, addresses, self.clock())
+            return status.gateway_status(
+                current, judged, programmed, addresses, self.clock(), extra, observed
+            )
 
         self._update_status(gw, compute, outcome)
 
@@ -334,8 +446,11 @@ class Reconciler:
             or (found.get("spec") or {}).get("controllerName") != constants.CONTROLLER_NAME
         ):
             return outcome
+        problem = self.class_parameters_problem(found)
         self._update_status(
-            found, lambda current: status.gateway_class_status(current, self.clock()), outcome
+            found,
+            lambda current: status.gateway_class_status(current, self.clock(), problem),
+            outcome,
         )
         return outcome
 
@@ -344,7 +459,10 @@ class Reconciler:
         outcome = Outcome()
         world = self.world()
         translation = self.translator(world, self.options.trust_domain)
+        self._service_status(world, translation, outcome)
         for verdict in translation.statuses:
+            if verdict.ref.kind == "Service" and not verdict.ref.group:
+                continue  # written above, with the Service's other conditions kept
             kind = STATUS_KINDS.get((verdict.ref.group, verdict.ref.kind))
             if kind is None or (kind in ROUTE_KINDS and not verdict.parents):
                 continue
@@ -353,6 +471,34 @@ class Reconciler:
                 continue
             self._update_status(found, self._status_of(kind, verdict), outcome)
         return outcome
+
+    def _service_status(
+        self, world: Sequence[Obj], translation: model.Translation, outcome: Outcome
+    ) -> None:
+        """Istio's ``istio.io/WaypointBound`` condition on every Service that names a
+        waypoint; removed again from a Service that no longer does."""
+        bound: dict[tuple[str, str], model.Condition] = {}
+        for verdict in translation.statuses:
+            if verdict.ref.kind != "Service" or verdict.ref.group:
+                continue
+            for cond in verdict.conditions:
+                if cond.type == status.WAYPOINT_BOUND:
+                    bound[(verdict.ref.namespace, verdict.ref.name)] = cond
+        for obj in world:
+            if obj.get("kind") != "Service" or obj.get("apiVersion") != "v1":
+                continue
+            meta = obj.get("metadata") or {}
+            judged = bound.get((str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            if judged is None and not any(
+                c.get("type") == status.WAYPOINT_BOUND for c in conditions
+            ):
+                continue
+
+            def compute(current: Obj, judged: model.Condition | None = judged) -> Obj:
+                return status.waypoint_bound(current, judged, self.clock())
+
+            self._update_status(obj, compute, outcome)
 
     def _status_of(
         self, kind: kcluster.Kind, verdict: model.ResourceStatus
@@ -376,7 +522,14 @@ class Reconciler:
 
 ROUTE_KINDS = (kcluster.HTTP_ROUTE, kcluster.GRPC_ROUTE)
 # (group, kind) of a translation verdict → the kind whose status the controller writes.
-STATUS_KINDS = {(kind.group, kind.kind): kind for kind in (*ROUTE_KINDS, *kcluster.POLICY_KINDS)}
+STATUS_KINDS = {
+    (kind.group, kind.kind): kind
+    for kind in (*ROUTE_KINDS, *kcluster.POLICY_KINDS, kcluster.SERVICE)
+}
+
+
+def _class_config_missing(class_name: str, ref: tuple[str, str]) -> str:
+    return f"GatewayClass {class_name}: parametersRef ConfigMap {ref[0]}/{ref[1]} not found"
 
 
 def _not_programmed(reason: str, message: str) -> status.Verdict:
@@ -398,6 +551,7 @@ WORLD_KINDS = (
     kcluster.GATEWAY_CLASS,
     kcluster.SERVICE,
     kcluster.ENDPOINT_SLICE,
+    kcluster.POD,
     kcluster.GATEWAY,
     kcluster.HTTP_ROUTE,
     kcluster.GRPC_ROUTE,

@@ -15,6 +15,10 @@ from waypoint.kube import constants
 from waypoint.translate import schemacheck
 
 Obj = dict[str, Any]
+# metav1.Condition's message limit (and the Gateway API CRDs' maxLength).
+MAX_MESSAGE = 32768
+# Istio's condition on a Service that names a waypoint (pilot/pkg/model/service.go).
+WAYPOINT_BOUND = "istio.io/WaypointBound"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +45,7 @@ def conditions(
                 "type": verdict.type,
                 "status": status,
                 "reason": verdict.reason,
-                "message": verdict.message,
+                "message": verdict.message[:MAX_MESSAGE],
                 "observedGeneration": generation,
                 "lastTransitionTime": since or now,
             }
@@ -53,10 +57,63 @@ def _generation(obj: Mapping[str, Any]) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)
 
 
-def gateway_class_status(gateway_class: Mapping[str, Any], now: str) -> Obj:
+def gateway_class_status(
+    gateway_class: Mapping[str, Any], now: str, problem: str | None = None
+) -> Obj:
+    """``Accepted``; False with ``InvalidParameters`` when its parametersRef is missing or
+    invalid, as Gateway API's GatewayClassReasonInvalidParameters specifies."""
     previous = (gateway_class.get("status") or {}).get("conditions") or []
-    verdict = Verdict("Accepted", True, "Accepted", f"handled by {constants.CONTROLLER_NAME}")
+    verdict = (
+        Verdict("Accepted", False, "InvalidParameters", problem)
+        if problem
+        else Verdict("Accepted", True, "Accepted", f"handled by {constants.CONTROLLER_NAME}")
+    )
     return {"conditions": conditions([verdict], _generation(gateway_class), previous, now)}
+
+
+# Route kinds a listener of each protocol can take here; routes reach a waypoint through the
+# Services it serves (GAMMA), and only HTTPRoute and GRPCRoute are translated.
+ROUTE_GROUP = constants.GATEWAY_API_GROUP
+HTTP_KINDS = ("HTTPRoute", "GRPCRoute")
+SUPPORTED_KINDS = {
+    constants.HBONE_PROTOCOL: HTTP_KINDS,
+    constants.PROXY_PROTOCOL: HTTP_KINDS,  # behind ztunnel's sandwich: the same routes
+    "HTTP": HTTP_KINDS,
+    "HTTPS": HTTP_KINDS,
+}
+
+
+def listener_kinds(listener: Mapping[str, Any]) -> tuple[list[Obj], list[str]]:
+    """The listener's ``supportedKinds`` and the kinds it asks for that are not supported.
+
+    Gateway API (ListenerStatus.SupportedKinds): kinds in ``allowedRoutes.kinds`` that the
+    implementation does not support must not be listed, and make ``ResolvedRefs`` False with
+    reason ``InvalidRouteKinds``."""
+    supported = SUPPORTED_KINDS.get(str(listener.get("protocol") or ""), ())
+    wanted = (listener.get("allowedRoutes") or {}).get("kinds") or [
+        {"group": ROUTE_GROUP, "kind": kind} for kind in supported
+    ]
+    kinds: list[Obj] = []
+    invalid: list[str] = []
+    for item in wanted:
+        group = str(item.get("group", ROUTE_GROUP) if isinstance(item, Mapping) else "")
+        kind = str(item.get("kind", "") if isinstance(item, Mapping) else item)
+        if group == ROUTE_GROUP and kind in supported:
+            entry = {"group": group, "kind": kind}
+            if entry not in kinds:
+                kinds.append(entry)
+        else:
+            invalid.append(f"{group}/{kind}" if group else kind)
+    return kinds, invalid
+
+
+@dataclasses.dataclass(frozen=True)
+class Listeners:
+    """What the controller observed for the Gateway's listeners: routes attached to its
+    front listener (HBONE, or PROXY behind ztunnel's sandwich) through the Services the
+    waypoint serves."""
+
+    attached_routes: int = 0
 
 
 def gateway_status(
@@ -65,14 +122,20 @@ def gateway_status(
     programmed: Verdict,
     addresses: Sequence[str],
     now: str,
+    extra: Sequence[Verdict] = (),
+    observed: Listeners | None = None,
 ) -> Obj:
-    """Gateway conditions, the ``mesh`` listener's, and the Service ClusterIP as address.
+    """Gateway conditions (plus ``extra`` ones), each listener's, and the Service ClusterIP as
+    address. Every condition carries the Gateway's generation as ``observedGeneration``.
     Schema problems of the Gateway as seen (``schemacheck``) add a SchemaValid condition."""
+    observed = observed or Listeners()
     previous = gateway.get("status") or {}
     generation = _generation(gateway)
     verdicts = [accepted, programmed, *schema_verdicts(gateway)]
     result: Obj = {
-        "conditions": conditions(verdicts, generation, previous.get("conditions") or [], now)
+        "conditions": conditions(
+            [*verdicts, *extra], generation, previous.get("conditions") or [], now
+        )
     }
     if addresses:
         result["addresses"] = [{"type": "IPAddress", "value": address} for address in addresses]
@@ -81,16 +144,29 @@ def gateway_status(
     for listener in (gateway.get("spec") or {}).get("listeners") or []:
         name = str(listener.get("name"))
         old = (old_listeners.get(name) or {}).get("conditions") or []
+        kinds, invalid = listener_kinds(listener)
+        resolved = (
+            Verdict(
+                "ResolvedRefs",
+                False,
+                "InvalidRouteKinds",
+                f"route kinds not supported on a {listener.get('protocol')} listener: "
+                f"{', '.join(invalid)}",
+            )
+            if invalid
+            else Verdict("ResolvedRefs", True, "ResolvedRefs")
+        )
         verdicts = [
             Verdict("Accepted", accepted.status, accepted.reason, accepted.message),
             Verdict("Programmed", programmed.status, programmed.reason, programmed.message),
-            Verdict("ResolvedRefs", True, "ResolvedRefs"),
+            resolved,
         ]
+        front = listener.get("protocol") in (constants.HBONE_PROTOCOL, constants.PROXY_PROTOCOL)
         listeners.append(
             {
                 "name": name,
-                "supportedKinds": [],
-                "attachedRoutes": 0,
+                "supportedKinds": kinds,
+                "attachedRoutes": observed.attached_routes if front and accepted.status else 0,
                 "conditions": conditions(verdicts, generation, old, now),
             }
         )
@@ -106,6 +182,24 @@ def schema_verdicts(obj: Mapping[str, Any]) -> list[Verdict]:
         return []
     message = "; ".join(c.message for c in found)
     return [Verdict(found[0].type, False, found[0].reason, message)]
+
+
+def waypoint_bound(service: Mapping[str, Any], verdict: model.Condition | None, now: str) -> Obj:
+    """A Service's status with Istio's ``istio.io/WaypointBound`` condition set from
+    ``verdict``, or removed when the Service names no waypoint (None). Other conditions and
+    fields (``loadBalancer``) are kept. The shape is Istio's: ``status.conditions`` of the
+    Service, written by istiod's status queue (pilot/pkg/model/service.go ``WaypointBound``)."""
+    previous = dict(service.get("status") or {})
+    others = [c for c in previous.get("conditions") or [] if c.get("type") != WAYPOINT_BOUND]
+    mine = [c for c in previous.get("conditions") or [] if c.get("type") == WAYPOINT_BOUND]
+    if verdict is not None:
+        judged = Verdict(verdict.type, verdict.status, verdict.reason, verdict.message)
+        others += conditions([judged], _generation(service), mine, now)
+    if others:
+        previous["conditions"] = others
+    else:
+        previous.pop("conditions", None)
+    return previous
 
 
 def route_parents(route: Mapping[str, Any], verdict: model.ResourceStatus, now: str) -> list[Obj]:

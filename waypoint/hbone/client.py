@@ -14,6 +14,8 @@ import ssl
 from collections.abc import Coroutine, Iterable
 from typing import Any, NamedTuple
 
+from cryptography import x509
+
 from waypoint import pki
 from waypoint.hbone import errors, grpcwire, h2io, http1, loop, streams
 
@@ -60,6 +62,8 @@ class HboneClient:
         self.expected_trust_domain = expected_trust_domain
         self.connect_timeout = connect_timeout
         self.peer_id: str | None = None
+        # The certificate the server presented on the latest connection (serial, validity).
+        self.peer_certificate: x509.Certificate | None = None
         self.connections_made = 0
         self._conn: h2io.H2Connection | None = None
         self._lock: asyncio.Lock | None = None
@@ -135,6 +139,8 @@ class HboneClient:
             raise errors.HboneConnectionError(
                 f"{where}: {exc} (did the server reject our TLS client certificate?)"
             ) from exc
+        der = ssl_object.getpeercert(binary_form=True)
+        self.peer_certificate = x509.load_der_x509_certificate(der) if der else None
         if self.expected_server_id is not None and peer != self.expected_server_id:
             raise errors.HboneConnectionError(
                 f"{where}: server identity {peer!r} is not the expected {self.expected_server_id!r}"
@@ -412,6 +418,10 @@ class SyncHboneClient:
     @property
     def peer_id(self) -> str | None:
         return self.client.peer_id
+
+    @property
+    def peer_certificate(self) -> x509.Certificate | None:
+        return self.client.peer_certificate
 
     def close(self) -> None:
         if self.runner.running:

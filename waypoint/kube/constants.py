@@ -61,3 +61,5 @@ GATEWAY_API_INSTALL_HINT = (
     "install the Gateway API CRDs first: kubectl apply --server-side -f "
     "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.3.0/standard-install.yaml"
 )
+# istioctl's revision label: which control-plane revision owns the object.
+REVISION = "istio.io/rev"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,8 +19,12 @@ def generate_gateway(
     service_account: str | None = None,
     min_replicas: int | None = None,
     max_replicas: int | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE."""
+    """The Gateway ``waypoint apply`` writes: class ``waypoint``, listener ``mesh`` 15008 HBONE.
+
+    ``revision`` labels it ``istio.io/rev``, as ``istioctl waypoint apply --revision`` does.
+    """
     names.names_for(namespace, name)
     if traffic_type not in TRAFFIC_TYPES:
         raise ValueError(f"--for must be one of {', '.join(TRAFFIC_TYPES)}, not {traffic_type!r}")
@@ -36,6 +42,8 @@ def generate_gateway(
         "namespace": namespace,
         "labels": {constants.WAYPOINT_FOR: traffic_type},
     }
+    if revision:
+        metadata["labels"][constants.REVISION] = revision
     if annotations:
         metadata["annotations"] = annotations
     return {
@@ -78,6 +86,17 @@ def service_account(gateway: Mapping[str, Any]) -> str | None:
     annotations = (gateway.get("metadata") or {}).get("annotations") or {}
     value = annotations.get(constants.FOR_SERVICE_ACCOUNT)
     return str(value) if value else None
+
+
+def observed_marker(gateway: Mapping[str, Any]) -> str:
+    """``(metadata <digest>)``: a digest of the Gateway's labels and annotations, where its
+    settings live. A change to them does not move ``metadata.generation`` (a custom resource's
+    generation follows its spec only), so the controller ends its ``Accepted`` message with
+    the marker of the Gateway it judged, and ``--wait`` compares it with the applied one."""
+    meta = gateway.get("metadata") or {}
+    inputs = {"labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {}}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return f"(metadata {digest})"
 
 
 def _front_listener(listener: Any) -> bool:

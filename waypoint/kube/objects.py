@@ -29,6 +29,15 @@ PROXY_UID = 1337
 CONFIGMAP_LIMIT = 1_000_000  # bytes; the API server refuses objects above ~1 MiB
 CSI_DRIVER = "spiffe.csi.cert-manager.io"
 CERT_VOLUME = "spiffe-credentials"
+# certSource istio: the names, paths and token settings of Istio's waypoint template.
+ISTIO_TOKEN_VOLUME = "istio-token"
+ISTIO_TOKEN_MOUNT = "/var/run/secrets/tokens"
+ISTIO_TOKEN_PATH = "istio-token"
+ISTIO_CA_AUDIENCE = "istio-ca"
+ISTIO_TOKEN_EXPIRATION = 43200
+ISTIO_CA_ROOT_VOLUME = "istiod-ca-cert"
+ISTIO_CA_ROOT_MOUNT = "/var/run/secrets/istio"
+ISTIO_CERTS_METRICS_PORT = 15092
 
 
 def desired_objects(
@@ -310,6 +319,28 @@ def _pod_template(
     if sidecar is not None:
         containers.append(_extauthz_container(conf, sidecar))
         volumes += _extauthz_volumes(base, sidecar)
+    init_containers: list[Obj] = []
+    # Behind the sandwich ztunnel holds the certificate: nothing to fetch, whatever certSource says.
+    if conf.cert_source is settings.CertSource.ISTIO and base.proxy_port is None:
+        init_containers.append(_istio_certs_container(conf, options, once=True))
+        containers.append(_istio_certs_container(conf, options, once=False))
+        volumes += _istio_ca_volumes(conf)
+    pod_spec: Obj = {
+        "serviceAccountName": base.names.service_account,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "fsGroup": PROXY_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    pod_spec["containers"] = containers
+    pod_spec["volumes"] = volumes
     return {
         "metadata": {
             "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: _dataplane_mode(base)},
@@ -321,20 +352,7 @@ def _pod_template(
                 "prometheus.io/path": "/stats/prometheus",
             },
         },
-        "spec": {
-            "serviceAccountName": base.names.service_account,
-            "automountServiceAccountToken": False,
-            "terminationGracePeriodSeconds": 30,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": PROXY_UID,
-                "runAsGroup": PROXY_UID,
-                "fsGroup": PROXY_UID,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": containers,
-            "volumes": volumes,
-        },
+        "spec": pod_spec,
     }
 
 
@@ -470,6 +488,9 @@ def _extauthz_volumes(base: _Base, sidecar: extauthz.Sidecar) -> list[Obj]:
 
 
 def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:
+    if conf.cert_source is settings.CertSource.ISTIO:
+        # Written by the istio-certs containers; in memory, so the key never hits a disk.
+        return {"name": CERT_VOLUME, "emptyDir": {"medium": "Memory"}}
     if conf.cert_source is settings.CertSource.SECRET:
         # A cert-manager Certificate writes tls.crt/tls.key/ca.crt; Envoy wants Istio's names.
         # Projected keys (unlike subPath mounts) are updated in place on rotation.
@@ -492,3 +513,78 @@ def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:
             "volumeAttributes": {"spiffe.csi.cert-manager.io/fs-group": str(PROXY_UID)},
         },
     }
+
+
+def _istio_certs_container(
+    conf: settings.Settings, options: envoy_options.BootstrapOptions, *, once: bool
+) -> Obj:
+    """``waypoint istio-certs``: with ``once`` the init container, else the renewing sidecar.
+
+    Istio's own waypoint template (istio-discovery files/waypoint.yaml) mounts the same
+    projected token and root ConfigMap at the same paths and sets CA_ADDR the same way.
+    """
+    args = [
+        "istio-certs",
+        "--ca-address",
+        conf.ca_address,
+        "--cluster-id",
+        conf.cluster_id,
+        "--trust-domain",
+        options.trust_domain,
+        "--cert-dir",
+        options.cert_dir,
+        "--root-cert",
+        f"{ISTIO_CA_ROOT_MOUNT}/root-cert.pem",
+        "--token",
+        f"{ISTIO_TOKEN_MOUNT}/{ISTIO_TOKEN_PATH}",
+    ]
+    container: Obj = {
+        "name": "istio-certs-init" if once else "istio-certs",
+        "image": conf.istio_certs_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["waypoint"],
+        "args": [*args, "--once"]
+        if once
+        else [*args, "--metrics-port", str(ISTIO_CERTS_METRICS_PORT)],
+        "env": [
+            _field_env("POD_NAMESPACE", "metadata.namespace"),
+            _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "128Mi"},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": CERT_VOLUME, "mountPath": options.cert_dir},
+            {"name": ISTIO_TOKEN_VOLUME, "mountPath": ISTIO_TOKEN_MOUNT, "readOnly": True},
+            {"name": ISTIO_CA_ROOT_VOLUME, "mountPath": ISTIO_CA_ROOT_MOUNT, "readOnly": True},
+        ],
+    }
+    if not once:
+        container["ports"] = [
+            {
+                "name": "ca-metrics",
+                "containerPort": ISTIO_CERTS_METRICS_PORT,
+                "protocol": "TCP",
+            }
+        ]
+    return container
+
+
+def _field_env(name: str, path: str) -> Obj:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _istio_ca_volumes(conf: settings.Settings) -> list[Obj]:
+    token = {
+        "serviceAccountToken": {
+            "audience": ISTIO_CA_AUDIENCE,
+            "expirationSeconds": ISTIO_TOKEN_EXPIRATION,
+            "path": ISTIO_TOKEN_PATH,
+        }
+    }
+    return [
+        {"name": ISTIO_TOKEN_VOLUME, "projected": {"sources": [token]}},
+        {"name": ISTIO_CA_ROOT_VOLUME, "configMap": {"name": conf.ca_root_config_map}},
+    ]

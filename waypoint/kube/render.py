@@ -42,16 +42,24 @@ def pipeline_bootstrap(
     return pipeline.render(objs, namespace, name, opts)
 
 
-def gateway_objects(
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One Gateway's generated objects and the rendering (translation included) behind them."""
+
+    objects: list[dict[str, Any]]
+    rendered: pipeline.Rendered
+
+
+def gateway_plan(
     gw: Mapping[str, Any],
     conf: settings.Settings,
     objs: Sequence[Mapping[str, Any]],
     options: envoy_options.BootstrapOptions,
     renderer: Renderer,
     config_map: ConfigMapLookup,
-) -> list[dict[str, Any]]:
-    """The generated objects of one Gateway: render its config, then add the extauthz sidecar
-    when a policy needs it (its Rego ConfigMap looked up through ``config_map``)."""
+) -> Plan:
+    """Render one Gateway's config, then add the extauthz sidecar when a policy needs it (its
+    Rego ConfigMap looked up through ``config_map``)."""
     namespace, name = gateway.key(gw)
     opts = dataclasses.replace(
         waypoint_options(options, namespace, name), extauthz_address=constants.EXTAUTHZ_LISTEN
@@ -61,9 +69,22 @@ def gateway_objects(
     if extauthz.wanted(conf, rendered.waypoint):
         rego = config_map(namespace, extauthz.policy_config_map_name(gw, conf))
     sidecar = extauthz.plan(gw, conf, rendered.waypoint, rego)
-    return objects.desired_objects(
+    desired = objects.desired_objects(
         gw, conf, rendered.bootstrap_yaml, opts, sidecar, rendered.waypoint.proxy_port
     )
+    return Plan(desired, rendered)
+
+
+def gateway_objects(
+    gw: Mapping[str, Any],
+    conf: settings.Settings,
+    objs: Sequence[Mapping[str, Any]],
+    options: envoy_options.BootstrapOptions,
+    renderer: Renderer,
+    config_map: ConfigMapLookup,
+) -> list[dict[str, Any]]:
+    """The generated objects of one Gateway (``gateway_plan`` without the rendering)."""
+    return gateway_plan(gw, conf, objs, options, renderer, config_map).objects
 
 
 def render_kubernetes(

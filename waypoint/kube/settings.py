@@ -38,6 +38,7 @@ class CertSource(enum.Enum):
 
     CSI = "csi"  # cert-manager csi-driver-spiffe: per-pod certificate, rotated in place
     SECRET = "secret"  # a Secret with tls.crt / tls.key / ca.crt (cert-manager Certificate)
+    ISTIO = "istio"  # istiod's CA, via the ``waypoint istio-certs`` init container + sidecar
 
 
 def package_version() -> str:
@@ -60,6 +61,12 @@ class Settings:
     cpu_utilization: int = 80
     cert_source: CertSource = CertSource.CSI
     cert_secret: str = ""  # empty: "<gateway>-spiffe"
+    # certSource istio: where istiod's CA is, the cluster ID it expects, the ConfigMap of the
+    # mesh root (istiod writes it into every namespace), and the image with `waypoint`.
+    ca_address: str = "istiod.istio-system.svc:15012"
+    cluster_id: str = "Kubernetes"
+    ca_root_config_map: str = "istio-ca-root-cert"
+    istio_certs_image: str = f"waypoint-controller:{package_version()}"
     # The user's ConfigMap of Rego modules for the extauthz sidecar; empty: "<gateway>-extauthz-policy".
     extauthz_policy_config_map: str = ""
     # Set: extauthz asks this OPA (Data API) for decisions instead of running your Rego itself.
@@ -113,6 +120,14 @@ def _http_url(text: str) -> str:
     return value
 
 
+def _host_port(text: str) -> str:
+    value = _text(text)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class _Knob:
     field: str
@@ -131,6 +146,10 @@ KNOBS = (
     _Knob("extauthz_image", "extauthzImage", "waypoint.dev/extauthz-image", _text),
     _Knob("cert_source", "certSource", "waypoint.dev/cert-source", CertSource),
     _Knob("cert_secret", "certSecretName", "waypoint.dev/cert-secret", _text),
+    _Knob("ca_address", "caAddress", "waypoint.dev/ca-address", _host_port),
+    _Knob("cluster_id", "clusterID", "waypoint.dev/cluster-id", _text),
+    _Knob("ca_root_config_map", "caRootConfigMap", "waypoint.dev/ca-root-configmap", _text),
+    _Knob("istio_certs_image", "istioCertsImage", "waypoint.dev/istio-certs-image", _text),
     _Knob(
         "extauthz_policy_config_map",
         "extauthzPolicyConfigMap",
@@ -144,6 +163,8 @@ KNOBS = (
 
 def _where(gateway: Mapping[str, Any]) -> str:
     meta = gateway.get("metadata") or {}
+    if gateway.get("kind") == "GatewayClass":
+        return f"GatewayClass {meta.get('name', '')}"
     return f"Gateway {meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
@@ -174,6 +195,38 @@ def class_parameters_ref(gateway_class: Mapping[str, Any]) -> tuple[str, str] | 
     if not ref.get("namespace"):
         raise SettingsError(f"GatewayClass {name}: spec.parametersRef needs a namespace")
     return str(ref["namespace"]), str(ref["name"])
+
+
+def check_class_config(
+    gateway_class: Mapping[str, Any], config_map: Mapping[str, Any], defaults: Settings | None
+) -> None:
+    """Raise SettingsError, naming the GatewayClass, when its parametersRef ConfigMap holds a
+    value no Gateway could use (the class's own status reports it)."""
+    name = (gateway_class.get("metadata") or {}).get("name", "")
+    # Only the ConfigMap is checked: a GatewayClass's own annotations are no settings layer.
+    resolve({"kind": "GatewayClass", "metadata": {"name": name}}, None, defaults, config_map)
+
+
+def referenced_config_maps(
+    gateway: Mapping[str, Any], gateway_class: Mapping[str, Any] | None
+) -> set[tuple[str, str]]:
+    """(namespace, name) of every parametersRef ConfigMap the Gateway's settings read: its
+    own and its GatewayClass's. Invalid references name nothing (status reports them)."""
+    found: set[tuple[str, str]] = set()
+    namespace = str((gateway.get("metadata") or {}).get("namespace") or "")
+    try:
+        own = parameters_ref(gateway)
+        if own:
+            found.add((namespace, own))
+    except SettingsError:
+        pass
+    try:
+        klass = class_parameters_ref(gateway_class) if gateway_class else None
+        if klass:
+            found.add(klass)
+    except SettingsError:
+        pass
+    return found
 
 
 def resolve(
