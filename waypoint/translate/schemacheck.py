@@ -3,8 +3,10 @@
 A problem does not reject the object: the translator still reads what it understands, and
 judges meaning itself. Each object with problems gets a ``waypoint.dev/SchemaValid: False``
 condition, one message per problem; a route gets it on every parent it was judged for too,
-because a route's status is written per parent (Gateway API's RouteParentStatus, where
-implementation-specific condition types carry a domain prefix). On a cluster the API server
+because a route's status is written per parent (Gateway API's RouteParentStatus). The type
+has a domain prefix, as ``metav1.Condition`` asks of types that are not Kubernetes' own
+(apimachinery ``pkg/apis/meta/v1/types.go``: "CamelCase or in foo.example.com/CamelCase").
+On a cluster the API server
 prunes unknown fields before anyone reads them, so there this mostly reports values the
 installed CRDs allow and these schemas do not (a newer or older Gateway API release).
 """
