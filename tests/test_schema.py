@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import conftest
+from tests import conftest, schemagen
 from tests.fakekube import server
 from waypoint import pipeline, schema, translate
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile
 from waypoint.controller import status as kstatus
 from waypoint.kube import gateway
+from waypoint.schema import core
 from waypoint.translate import schemacheck
 
 REPO = conftest.REPO
@@ -333,3 +334,37 @@ def test_explain_prints_schema_warnings_on_stderr(tmp_path: pathlib.Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert WARNING in proc.stderr.splitlines()
     assert "warning" not in proc.stdout.split("note:")[0]
+
+
+def test_core_schemas_are_the_kubernetes_ones() -> None:
+    """waypoint/schema/core.py is generated (python -m tests.schemagen); it must still equal a
+    fresh conversion of the Kubernetes OpenAPI schemas kubernetes-validate ships."""
+    fresh = schemagen.convert()
+    assert set(fresh) == set(core.KINDS)
+    for key, node in fresh.items():
+        assert core.KINDS[key] == node, f"{key} differs: re-run python -m tests.schemagen"
+
+
+def test_core_kinds_are_checked() -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "demo"},
+        "spec": {"ports": [{"port": 80, "targetport": 8080}, {"port": 81, "targetPort": "http"}]},
+    }
+    assert _problems(service) == [
+        "spec.ports[0].targetport: unknown field (did you mean targetPort?)"
+    ]
+    service["spec"]["ports"][1]["targetPort"] = 8.5
+    assert "spec.ports[1].targetPort: expected integer or string, got number" in _problems(service)
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "echo-a", "namespace": "demo"},
+        "addressType": "IPv4",
+        "endpoints": [{"address": ["10.0.0.1"]}],
+    }
+    assert _problems(slice_) == [
+        "endpoints[0].address: unknown field (did you mean addresses?)",
+        "endpoints[0].addresses: required field missing",
+    ]

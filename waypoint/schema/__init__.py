@@ -1,10 +1,10 @@
 """Schema checks for the Kubernetes objects the product reads: every problem with its path.
 
 Pure: no I/O and no mutable state. ``check`` walks one object against the schema of its
-``apiVersion`` and ``kind`` (Gateway API, GAMMA and Istio security kinds; see ``gatewayapi`` and
-``istio`` for the sources) and reports unknown fields (with a did-you-mean), wrong types, values
+``apiVersion`` and ``kind`` (Gateway API, GAMMA and Istio security kinds, and the core kinds
+the product reads; see ``gatewayapi``, ``istio`` and ``core`` for the sources) and reports unknown fields (with a did-you-mean), wrong types, values
 outside an enum, missing required fields and lists of the wrong size. An object whose
-apiVersion/kind has no schema here (core kinds, other tools' objects) is not checked at all.
+apiVersion/kind has no schema here (other tools' objects) is not checked at all.
 
 This is the strict view an API server takes with ``fieldValidation=Strict``; what the fields
 mean (a Service that does not exist, a bad regex) is the translator's concern.
@@ -19,10 +19,10 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from waypoint.schema import gatewayapi, istio, nodes
+from waypoint.schema import core, gatewayapi, istio, nodes
 
 SCHEMAS: Mapping[tuple[str, str], nodes.Obj] = types.MappingProxyType(
-    {**gatewayapi.KINDS, **istio.KINDS}
+    {**core.KINDS, **gatewayapi.KINDS, **istio.KINDS}
 )
 
 
@@ -44,10 +44,10 @@ def schema_for(obj: Mapping[str, Any]) -> nodes.Obj | None:
 def check(obj: Mapping[str, Any]) -> tuple[Problem, ...]:
     """Every schema problem of ``obj``, in document order; () if it has no schema here."""
     key = (str(obj.get("apiVersion") or ""), str(obj.get("kind") or ""))
-    schema = SCHEMAS.get(key)
-    if schema is None or _FAST[key](obj):
+    fast = _FAST.get(key)
+    if fast is None or fast(obj):
         return ()
-    return tuple(_walk(schema, obj, ""))
+    return tuple(_walk(SCHEMAS[key], obj, ""))
 
 
 Check = Callable[[Any], bool]
@@ -66,8 +66,11 @@ def _compile(node: nodes.Node) -> Check:
     if isinstance(node, nodes.Arr):
         return _compile_array(node)
     if isinstance(node, nodes.MapOf):
+        plain = _plain_type(node.value)
+        if plain is not None:  # labels, annotations: one set of the values' types
+            return lambda value: type(value) is dict and {*map(type, value.values())} <= {plain}
         value_ok = _compile(node.value)
-        return lambda value: type(value) is dict and all(value_ok(v) for v in value.values())
+        return lambda value: type(value) is dict and all(map(value_ok, value.values()))
     return lambda value: True
 
 
@@ -77,6 +80,8 @@ _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
     "number": (int, float),
     "boolean": (bool,),
     "timestamp": (str, datetime.datetime, datetime.date),
+    "int-or-string": (str, int),
+    "quantity": (str, int, float),
 }
 
 
@@ -85,22 +90,41 @@ def _compile_scalar(node: nodes.Scalar) -> Check:
     allowed = frozenset(node.enum)
     if allowed:
         return lambda value: type(value) in plain and value in allowed
+    if len(plain) == 1:  # the common case, and an identity test is the cheapest
+        only = plain[0]
+        return lambda value: type(value) is only
     return lambda value: type(value) in plain
 
 
+def _plain_type(node: nodes.Node) -> type | None:
+    """The one Python type a scalar without enum accepts, else None."""
+    if isinstance(node, nodes.Scalar) and not node.enum and len(_PLAIN_TYPES[node.type]) == 1:
+        return _PLAIN_TYPES[node.type][0]
+    return None
+
+
 def _compile_object(node: nodes.Obj) -> Check:
-    checks = {name: _compile(child) for name, child in node.fields.items()}
+    # Leaves of one plain type (most fields) are checked inline: no call per field.
+    table = {name: (_plain_type(child), _compile(child)) for name, child in node.fields.items()}
     required = tuple(sorted(node.required))
 
     def ok(value: Any) -> bool:
         if type(value) is not dict:
             return False
         for key, item in value.items():
-            check = checks.get(key)
-            if check is None or (item is not None and not check(item)):
+            entry = table.get(key)
+            if entry is None:
                 return False
-        # Most objects have no required field: skip making a generator for them.
-        return not required or all(value.get(name) is not None for name in required)
+            if item is None:
+                continue
+            plain, check = entry
+            if plain is not None:
+                if type(item) is not plain:
+                    return False
+            elif not check(item):
+                return False
+        # map/in run in C: no generator frame per object.
+        return not required or None not in map(value.get, required)
 
     return ok
 
@@ -117,9 +141,8 @@ def _compile_array(node: nodes.Arr) -> Check:
     return ok
 
 
-_FAST: Mapping[tuple[str, str], Check] = types.MappingProxyType(
-    {key: _compile(node) for key, node in SCHEMAS.items()}
-)
+# A plain dict on the hot path (a mapping proxy costs a little on every lookup); never changed.
+_FAST: dict[tuple[str, str], Check] = {key: _compile(node) for key, node in SCHEMAS.items()}
 
 
 def _type_name(value: Any) -> str:
@@ -149,6 +172,8 @@ _ACCEPTS = {
     "number": ("integer", "number"),
     "boolean": ("boolean",),
     "timestamp": ("string", "timestamp"),
+    "int-or-string": ("string", "integer"),
+    "quantity": ("string", "integer", "number"),
 }
 
 
@@ -175,7 +200,8 @@ def _wrong_type(expected: str, value: Any, path: str) -> Problem:
 
 def _scalar(node: nodes.Scalar, value: Any, path: str) -> Iterator[Problem]:
     if _type_name(value) not in _ACCEPTS[node.type]:
-        yield _wrong_type("string" if node.type == "timestamp" else node.type, value, path)
+        expected = {"timestamp": "string", "int-or-string": "integer or string"}.get(node.type)
+        yield _wrong_type(expected or node.type, value, path)
     elif node.enum and value not in node.enum:
         choices = ", ".join(str(v) for v in node.enum)
         # Enum values are short and alike (PATCH, FETCH): hint only on a near-exact match.

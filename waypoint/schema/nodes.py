@@ -16,7 +16,8 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class Scalar:
-    """A string, integer, number, boolean or timestamp, optionally one of ``enum``."""
+    """A string, integer, number, boolean, timestamp, int-or-string or quantity, optionally one
+    of ``enum``."""
 
     type: str
     enum: tuple[Any, ...] = ()
@@ -57,6 +58,9 @@ NUM = Scalar("number")
 BOOL = Scalar("boolean")
 # Timestamps are strings on the wire; YAML may have read them as datetimes already.
 TIME = Scalar("timestamp")
+# Kubernetes' IntOrString (a Service's targetPort) and resource Quantity ("100m", 2, 0.5).
+INT_OR_STR = Scalar("int-or-string")
+QUANTITY = Scalar("quantity")
 FREE = Free()
 STR_MAP = MapOf(STR)
 

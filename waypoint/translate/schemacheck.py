@@ -24,7 +24,7 @@ R_UNKNOWN_FIELD = "UnknownField"
 R_INVALID = status.R_INVALID
 # A world with one badly broken object should still give a readable status.
 MAX_PROBLEMS = 10
-_CLUSTER_SCOPED = {(index.GATEWAY, "GatewayClass")}
+_CLUSTER_SCOPED = {(index.GATEWAY, "GatewayClass"), (index.CORE, "Namespace")}
 _ROUTES = {(index.GATEWAY, "HTTPRoute"), (index.GATEWAY, "GRPCRoute")}
 
 
@@ -56,6 +56,8 @@ def conditions(raw: Mapping[str, Any]) -> list[model.Condition]:
     """One False SchemaValid condition per problem of ``raw`` (none when it has none); the
     translation's status merges them into one, joining the messages with "; "."""
     problems = schema.check(raw)
+    if not problems:
+        return []
     reason = _reason(problems)
     return [status.fail(SCHEMA_VALID, reason, message) for message in _messages(problems)]
 
