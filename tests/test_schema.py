@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loadtests import schema_bench
 from tests import conftest, schemagen
 from tests.fakekube import server
 from waypoint import pipeline, schema, translate
@@ -368,3 +369,9 @@ def test_core_kinds_are_checked() -> None:
         "endpoints[0].address: unknown field (did you mean addresses?)",
         "endpoints[0].addresses: required field missing",
     ]
+
+
+def test_schema_bench_runs() -> None:
+    """The benchmark's plumbing (its figures are printed by python -m loadtests.schema_bench)."""
+    on, off, alone = schema_bench.bench(services=5, rounds=1)
+    assert min(on, off, alone) > 0
