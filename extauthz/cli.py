@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import pathlib
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +25,7 @@ from extauthz import config, demo, policy, server, tokens, workers
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the ext_authz gRPC server")
     serve.add_argument("--config", required=True, type=pathlib.Path)
@@ -36,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Set by the --workers supervisor on the processes it starts.
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-restarts", type=int, default=0, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config and load its policies/keys")
     check.add_argument("--config", required=True, type=pathlib.Path)
     token = sub.add_parser(
@@ -63,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    # The distribution that ships both commands (and the container image) carries the version.
+    try:
+        return importlib.metadata.version("waypoint-mesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -88,24 +100,24 @@ def _serve(args: argparse.Namespace) -> int:
         config.parse_listen(args.listen, "--listen")
     workers.check_shareable(settings, args.listen, args.workers)
     if args.workers > 1:
-        return workers.supervise(
-            [
-                workers.worker_argv(args.config, args.listen, args.log_level, i)
-                for i in range(args.workers)
-            ]
-        )
+
+        def spawn(index: int, restarts: int) -> subprocess.Popen[bytes]:
+            argv = workers.worker_argv(args.config, args.listen, args.log_level, index, restarts)
+            return subprocess.Popen(argv)
+
+        return workers.supervise(spawn, args.workers)
     if args.worker_index is not None:
         settings = workers.worker_settings(settings, args.worker_index)
-    asyncio.run(_serve_until_signal(settings, args.listen))
+    asyncio.run(_serve_until_signal(settings, args.listen, args.worker_restarts))
     return 0
 
 
-async def _serve_until_signal(settings: config.Settings, listen: str | None) -> None:
+async def _serve_until_signal(settings: config.Settings, listen: str | None, restarts: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await server.serve_forever(settings, listen, stop)
+    await server.serve_forever(settings, listen, stop, worker_restarts=restarts)
 
 
 def _check_config(path: pathlib.Path) -> int:

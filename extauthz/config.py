@@ -77,6 +77,9 @@ class JwtConfig:
     leeway_seconds: int = 60
     max_token_bytes: int = 16 * 1024
     providers: tuple[Provider, ...] = ()
+    # Behind Envoy's jwt_authn (a waypoint with a RequestAuthentication): take the payload
+    # it verified from the CheckRequest's metadata_context instead of verifying again.
+    trust_envoy_metadata: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +102,28 @@ class PolicyConfig:
     # Decisions remembered by the input paths the policy reads (extauthz/decisioncache.py);
     # 0 turns the cache off. Only the embedded engine can be analysed, so only it caches.
     cache_entries: int = 10_000
+    cache_bytes: int = 16 * 1024 * 1024  # the cache's approximate size cap, keys and entries
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one peer may cost the ``h2`` transport before it is refused or cut off.
+
+    Each limit answers a cheap attack that would otherwise be expensive to serve; the
+    defaults and the attacks are in docs/extauthz.md ("Hostile peers").
+    """
+
+    max_connections: int = 1024
+    handshake_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 300.0
+    settings_entries_per_frame: int = 32
+    control_frames_per_second: float = 100.0
+    control_frame_burst: int = 1000
+    resets_per_second: float = 33.0
+    reset_burst: int = 1000
+    max_buffered_request_bytes: int = 32 * 1024 * 1024
+    max_metadata_bytes: int = 64 * 1024
+    max_header_block_bytes: int = 256 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +139,9 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     reuse_port: bool = False
     transport: Literal["h2", "grpcio"] = "h2"
+    limits: Limits = Limits()
+    # What a deny without a body of the policy's own carries: a short JSON reason, or nothing.
+    deny_body: Literal["json", "empty"] = "json"
 
 
 def load(path: str | pathlib.Path) -> Settings:
@@ -151,6 +179,8 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
             "shutdown_grace_seconds",
             "reuse_port",
             "transport",
+            "limits",
+            "deny_body",
         },
     )
     listen = _str(doc.get("listen", DEFAULT_LISTEN), "listen")
@@ -171,7 +201,43 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
         reuse_port=_bool(doc.get("reuse_port", False), "reuse_port"),
         # h2 is this project's lean gRPC server (extauthz/h2grpc.py); grpcio is grpc.aio.
         transport=_choice(doc.get("transport", "h2"), "transport", ("h2", "grpcio")),  # type: ignore[arg-type]
+        deny_body=_choice(doc.get("deny_body", "json"), "deny_body", ("json", "empty")),  # type: ignore[arg-type]
+        limits=_limits(doc.get("limits", {})),
     )
+
+
+def _limits(raw: object) -> Limits:
+    doc = _mapping(raw, "limits")
+    default = Limits()
+    _known(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
+    values: dict[str, Any] = {}
+    for name, (low, high) in _LIMIT_RANGES.items():
+        given = doc.get(name, getattr(default, name))
+        key = f"limits.{name}"
+        if isinstance(getattr(default, name), float):
+            values[name] = _number(given, key, minimum=low)
+        else:
+            values[name] = _int(given, key, int(low), int(high))
+    limits = Limits(**values)
+    if limits.max_header_block_bytes < limits.max_metadata_bytes:
+        raise ConfigError("limits.max_header_block_bytes: must be >= limits.max_metadata_bytes")
+    return limits
+
+
+# Lower and upper bounds of each limit (floats are only bounded below).
+_LIMIT_RANGES: dict[str, tuple[float, float]] = {
+    "max_connections": (1, 1_000_000),
+    "handshake_timeout_seconds": (0.1, 0),
+    "idle_timeout_seconds": (1, 0),
+    "settings_entries_per_frame": (6, 2730),  # 6 settings exist; 2,730 fill a frame
+    "control_frames_per_second": (1, 0),
+    "control_frame_burst": (1, 10_000_000),
+    "resets_per_second": (1, 0),
+    "reset_burst": (1, 10_000_000),
+    "max_buffered_request_bytes": (64 * 1024, 2**40),
+    "max_metadata_bytes": (1024, 16 * 1024 * 1024),
+    "max_header_block_bytes": (1024, 16 * 1024 * 1024),
+}
 
 
 def parse_listen(addr: str, key: str) -> tuple[str, int] | pathlib.Path:
@@ -194,7 +260,10 @@ def host_port(addr: str, key: str) -> tuple[str, int]:
 
 def _jwt(raw: object, base_dir: pathlib.Path) -> JwtConfig:
     doc = _mapping(raw, "jwt")
-    _known(doc, "jwt", {"leeway_seconds", "max_token_bytes", "providers"})
+    _known(doc, "jwt", {"leeway_seconds", "max_token_bytes", "providers", "trust_envoy_metadata"})
+    trust = doc.get("trust_envoy_metadata", False)
+    if not isinstance(trust, bool):
+        raise ConfigError("jwt.trust_envoy_metadata: must be true or false")
     providers_raw = _list(doc.get("providers", []), "jwt.providers")
     providers = tuple(
         _provider(item, f"jwt.providers[{i}]", base_dir) for i, item in enumerate(providers_raw)
@@ -209,6 +278,7 @@ def _jwt(raw: object, base_dir: pathlib.Path) -> JwtConfig:
             doc.get("max_token_bytes", 16 * 1024), "jwt.max_token_bytes", 256, 1024 * 1024
         ),
         providers=providers,
+        trust_envoy_metadata=trust,
     )
 
 
@@ -354,7 +424,11 @@ def _claim_headers(raw: object, provider_key: str) -> tuple[ClaimToHeader, ...]:
 
 def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
     doc = _mapping(raw, "policy")
-    _known(doc, "policy", {"engine", "modules", "decision", "rego_version", "opa", "cache_entries"})
+    _known(
+        doc,
+        "policy",
+        {"engine", "modules", "decision", "rego_version", "opa", "cache_entries", "cache_bytes"},
+    )
     engine = _choice(doc.get("engine", "embedded"), "policy.engine", ("embedded", "opa"))
     modules = tuple(
         _path(item, f"policy.modules[{i}]", base_dir)
@@ -377,6 +451,9 @@ def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
         ),
         opa=_opa(doc.get("opa", {})),
         cache_entries=_int(doc.get("cache_entries", 10_000), "policy.cache_entries", 0, 10_000_000),
+        cache_bytes=_int(
+            doc.get("cache_bytes", 16 * 1024 * 1024), "policy.cache_bytes", 64 * 1024, 2**40
+        ),
     )
 
 

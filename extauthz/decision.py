@@ -10,6 +10,7 @@ a policy error, because guessing would turn a policy bug into an allow.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ _KNOWN_KEYS = frozenset(
 )
 _GRPC_CODE = {401: code_pb2.UNAUTHENTICATED, 400: code_pb2.INVALID_ARGUMENT}
 WWW_AUTHENTICATE = ("www-authenticate", 'Bearer error="invalid_token"')
+JSON_CONTENT_TYPE = ("content-type", "application/json")
+_ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden"}
 
 
 class DecisionError(Exception):
@@ -182,34 +185,61 @@ def deny_response(
     headers: Sequence[tuple[str, str]] = (),
     body: str = "",
     metadata: Mapping[str, Any] | None = None,
+    *,
+    reason: str | None = None,
 ) -> external_auth_pb2.CheckResponse:
-    """A denied response with the HTTP status, headers and body the client sees."""
+    """A denied response with the HTTP status, headers and body the client sees.
+
+    With ``reason`` and no ``body``, the body is a short JSON object (``error``, ``message``,
+    ``decision_id``), as other gateways answer, so a client or an SRE can tell a policy deny
+    from a backend's 403 and find the decision in the log.
+    """
     response = external_auth_pb2.CheckResponse()
     response.status.code = _GRPC_CODE.get(http_status, code_pb2.PERMISSION_DENIED)
     denied = response.denied_response
     denied.status.code = http_status  # type: ignore[assignment,unused-ignore]
+    if reason is not None and not body:
+        body = json_reason(http_status, reason, decision_id)
+        headers = [*headers, JSON_CONTENT_TYPE]
     _add_headers(denied.headers, headers)
     denied.body = body
     _set_metadata(response, metadata or {}, decision_id)
     return response
 
 
-def policy_deny_response(decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
-    """The response for a policy that decided to deny."""
+def json_reason(http_status: int, message: str, decision_id: str) -> str:
+    error = _ERROR_NAMES.get(http_status, "denied")
+    return json.dumps(
+        {"error": error, "message": message, "decision_id": decision_id}, separators=(",", ":")
+    )
+
+
+def policy_deny_response(
+    decision: Decision, decision_id: str, *, json_body: bool = False
+) -> external_auth_pb2.CheckResponse:
+    """The response for a policy that decided to deny (its own body, if it gave one)."""
     return deny_response(
         decision_id,
         decision.http_status,
         decision.headers,
         decision.body,
         decision.dynamic_metadata,
+        reason="denied by policy" if json_body else None,
     )
 
 
-def unauthenticated_response(decision_id: str) -> external_auth_pb2.CheckResponse:
+def unauthenticated_response(
+    decision_id: str, *, json_body: bool = False
+) -> external_auth_pb2.CheckResponse:
     """401 for a presented token that failed verification."""
-    return deny_response(decision_id, 401, [WWW_AUTHENTICATE])
+    reason = "the token is not valid" if json_body else None
+    return deny_response(decision_id, 401, [WWW_AUTHENTICATE], reason=reason)
 
 
-def malformed_response(decision_id: str) -> external_auth_pb2.CheckResponse:
+def malformed_response(
+    decision_id: str, *, json_body: bool = False
+) -> external_auth_pb2.CheckResponse:
     """400 for a request we cannot evaluate."""
+    if json_body:
+        return deny_response(decision_id, 400, reason="malformed request")
     return deny_response(decision_id, 400, body="malformed request")

@@ -319,23 +319,52 @@ def _walk_map(field: Any, value: Any, rest: Path) -> Hashable | None:
 # -- the cache -----------------------------------------------------------------------------
 
 
+ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its key's leaves: dict slot, tuples, decision
+
+
+def approximate_size(key: Hashable) -> int:
+    """Bytes a key holds, roughly: its strings and bytes by length, other leaves at 32.
+
+    A key is made of request values (a header the policy reads may be 64 KiB), so the
+    cache is bounded by this, not by its entry count alone. Iterative: keys nest.
+    """
+    total, pending = 0, [key]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str | bytes):
+            total += 49 + len(value)
+        elif isinstance(value, tuple | frozenset):
+            total += 56 + 8 * len(value)
+            pending.extend(value)
+        else:
+            total += 32
+    return total
+
+
 class DecisionCache:
     """A bounded LRU of decisions by (decision path, values at the policy's input paths).
 
-    If almost nothing hits after a while (a policy that reads a per-request value, such as
-    every header), caching only costs, so it switches itself off.
+    Bounded twice: by entries and by the approximate bytes of its keys (plus a fixed
+    overhead per entry). If almost nothing hits after a while (a policy that reads a
+    per-request value, such as every header), caching only costs, so it switches itself off.
     """
 
     SAMPLE = 2048  # lookups before judging the hit ratio
     MIN_HIT_RATIO = 0.05
 
-    def __init__(self, paths: tuple[Path, ...], max_entries: int = 10_000) -> None:
+    def __init__(
+        self, paths: tuple[Path, ...], max_entries: int = 10_000, max_bytes: int = 16 << 20
+    ) -> None:
         self.paths = paths
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self.enabled = True
         self.hits = 0
         self.misses = 0
-        self._entries: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[Hashable, tuple[Any, int]] = (
+            collections.OrderedDict()
+        )
 
     def key(self, view: InputView, decision_path: str | None) -> Hashable:
         return (decision_path, tuple(view.value(path) for path in self.paths))
@@ -348,17 +377,25 @@ class DecisionCache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        return found
+        return found[0]
 
     def put(self, key: Hashable, value: Any) -> None:
         if not self.enabled:
             return
-        self._entries[key] = value
-        if len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        size = approximate_size(key) + ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return  # one key larger than the whole cache is simply not kept
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self.bytes -= previous[1]
+        self._entries[key] = (value, size)
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            self.bytes -= self._entries.popitem(last=False)[1][1]
 
     def _judge(self) -> None:
         lookups = self.hits + self.misses
         if lookups == self.SAMPLE and self.hits < self.MIN_HIT_RATIO * lookups:
             self.enabled = False
             self._entries.clear()
+            self.bytes = 0

@@ -11,24 +11,30 @@ response leaves at once.
 Scope, deliberately small: unary methods, server-streaming methods, and bidirectional
 methods that answer each request message with exactly one response (server reflection).
 Messages are identity-encoded (a compressed one is answered UNIMPLEMENTED) and capped at
-``max_message_bytes`` (RESOURCE_EXHAUSTED above); a connection holds at most four such
-messages' worth of unfinished requests. It speaks h2c with prior knowledge, as Envoy's gRPC
-clients and grpc's insecure channels do, over TCP or a unix socket. A call that suspends
-is ended with DEADLINE_EXCEEDED when its ``grpc-timeout`` passes.
+``max_message_bytes`` (RESOURCE_EXHAUSTED above). It speaks h2c with prior knowledge, as
+Envoy's gRPC clients and grpc's insecure channels do, over TCP or a unix socket. A call
+that suspends is ended with DEADLINE_EXCEEDED when its ``grpc-timeout`` passes.
+
+Against hostile peers (``config.Limits``): a cap on connections, a handshake and an idle
+timeout, a process-wide cap on request bytes held in unfinished calls, per-call
+RESOURCE_EXHAUSTED for oversized metadata, and the codec's own budgets. Whatever goes
+wrong inside a connection ends in a GOAWAY or a status, and is counted in ``events``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import pathlib
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-from extauthz import http2
+from extauthz import config, http2
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +43,23 @@ OK, CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 1,
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE = 12, 13, 14
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's own default receive limit
-_WINDOW = 4 * 1024 * 1024  # so a request body of any allowed size needs no round trip
+_MIN_WINDOW = 4 * 1024 * 1024  # so a request body of any allowed size needs no round trip
+_MAX_UNSENT_ON_ABORT = 64 * 1024
+_TURN_BYTES = 16 * 1024  # read bytes of one connection handled per event-loop turn
+_DEFAULT_LIMITS = config.Limits()
 _PREFIX = struct.Struct(">BI")  # gRPC length-prefixed message: compressed flag, length
-_BUFFERS_PER_MESSAGE = 4  # unfinished requests a connection may hold, in max messages
-# No grpc-accept-encoding: identity, the only encoding taken, is what its absence means.
+_CODES = {
+    http2.NO_ERROR: "no_error",
+    http2.PROTOCOL_ERROR: "protocol_error",
+    http2.INTERNAL_ERROR: "internal_error",
+    http2.FLOW_CONTROL_ERROR: "flow_control_error",
+    http2.FRAME_SIZE_ERROR: "frame_size_error",
+    http2.COMPRESSION_ERROR: "compression_error",
+    http2.ENHANCE_YOUR_CALM: "enhance_your_calm",
+}
+# Only a refusal of a compressed message names the encodings taken (gRPC's compression
+# spec); elsewhere identity, the only one, is what the header's absence means.
+_ACCEPT_IDENTITY = (b"grpc-accept-encoding", b"identity")
 _RESPONSE_BLOCK = http2.encode_headers(
     [(b":status", b"200"), (b"content-type", b"application/grpc")]
 )
@@ -74,6 +93,9 @@ class Method:
     unary: Unary | None = None
     server_stream: ServerStream | None = None
     per_message: PerMessage | None = None
+    # The answer to a request that does not parse, given the reason; None: INTERNAL, as
+    # gRPC's status code table says for "error parsing request proto".
+    unparsable: Callable[[str], Any] | None = None
 
     def __post_init__(self) -> None:
         kinds = [self.unary, self.server_stream, self.per_message]
@@ -149,11 +171,11 @@ def _grpc_message(text: str) -> bytes:
     return bytes(out)
 
 
-def _trailers(code: int, message: str = "") -> bytes:
+def _trailers(code: int, message: str = "", extra: http2.Headers = ()) -> bytes:
     trailers = [(b"grpc-status", str(code).encode())]
     if message:
         trailers.append((b"grpc-message", _grpc_message(message)))
-    return http2.encode_headers(trailers)
+    return http2.encode_headers([*trailers, *extra])
 
 
 def frame(message: Any) -> bytes:
@@ -189,50 +211,125 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
+        limits = server.limits
         self._h2 = http2.Connection(
-            self, max_streams=server.max_streams, window=_WINDOW, max_header_list=64 * 1024
+            self,
+            max_streams=server.max_streams,
+            window=server.window,
+            max_header_list=limits.max_metadata_bytes,
+            budget=server.budget,
+            clock=server.clock,
         )
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._outbound: dict[int, _Outbound] = {}
-        self._held = 0  # request bytes buffered across the connection's streams
         self._closing = False
+        self._heard = True  # bytes arrived since the idle timer last looked
+        self._backlog = bytearray()  # read but left for the next turns (see data_received)
+        self._writing_paused = False
+        self._timers: list[asyncio.TimerHandle] = []
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._server.connections.add(self)
+        server = self._server
+        if len(server.connections) >= server.limits.max_connections:
+            server.count("connection_refused")
+            self._h2.start()
+            self._abort(http2.ENHANCE_YOUR_CALM)
+            return
+        server.connections.add(self)
         self._h2.start()
         self._flush()
-        if self._server.draining:
+        loop = asyncio.get_running_loop()
+        self._timers = [
+            loop.call_later(server.limits.handshake_timeout_seconds, self._handshake_over),
+            loop.call_later(server.limits.idle_timeout_seconds, self._idle_tick),
+        ]
+        if server.draining:
             self.drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        for timer in self._timers:
+            timer.cancel()
         for stream in self._streams.values():
+            self._release(stream)
             _stop_clock(stream)
         self._streams.clear()
         self._server.idle_changed()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
+        if self._backlog:
+            self._backlog += data  # read while a turn was pending: keep the order
+            return
+        if len(data) > _TURN_BYTES and self._transport is not None:
+            # One turn of the loop serves at most this much of one connection, so a peer
+            # that sends requests as fast as it can does not hold up everyone else's
+            # answers for a whole 256 KiB read; the rest waits for the next turn.
+            self._backlog = bytearray(data[_TURN_BYTES:])
+            data = data[:_TURN_BYTES]
+            self._transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._receive(data)
+
+    def _next_turn(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._backlog.clear()
+            return
+        chunk = bytes(self._backlog[:_TURN_BYTES])
+        del self._backlog[:_TURN_BYTES]
+        self._receive(chunk)
+        if self._backlog and not transport.is_closing():
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        elif not self._writing_paused and not transport.is_closing():
+            transport.resume_reading()
+
+    def _receive(self, data: bytes) -> None:
         try:
             self._h2.receive(data)
         except http2.ProtocolError as exc:
             log.info("h2grpc: closing a connection on an HTTP/2 protocol error: %s", exc)
+            self._server.count("goaway_" + _CODES.get(exc.code, str(exc.code)))
             self._abort(exc.code)
             return
+        except Exception as exc:  # a bug of ours: this connection ends cleanly, no other
+            log.error("h2grpc: closing a connection on an internal error", exc_info=exc)
+            self._server.count("goaway_internal_error")
+            self._abort(http2.INTERNAL_ERROR)
+            return
         self._flush()
+
+    def _handshake_over(self) -> None:
+        if not self._h2.settled and self._transport is not None:
+            self._server.count("handshake_timeout")
+            self._abort(http2.PROTOCOL_ERROR)
+
+    def _idle_tick(self) -> None:
+        """Close a connection that sent nothing for a whole period while no call ran."""
+        running = any(s.task is not None for s in self._streams.values())
+        if self._heard or running or self._outbound:
+            self._heard = False
+            period = self._server.limits.idle_timeout_seconds
+            self._timers[1] = asyncio.get_running_loop().call_later(period, self._idle_tick)
+            return
+        self._server.count("idle_closed")
+        self._abort(http2.NO_ERROR)
 
     def pause_writing(self) -> None:
         # A peer that does not read (its PINGs and SETTINGS still want answers) must not
         # grow our write buffer without bound: stop reading from it until it catches up.
+        self._writing_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        self._writing_paused = False
+        if self._transport is not None and not self._transport.is_closing() and not self._backlog:
             self._transport.resume_reading()
 
     # -- http2.Handler -------------------------------------------------------------------
@@ -258,12 +355,17 @@ class _Connection(asyncio.Protocol):
     def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
+            self._h2.consumed(stream_id, len(data))  # a call already answered: dropped
             return
         if data:
             stream.buffer += data
-            self._held += len(data)
-            if self._held > self._server.max_held_bytes:
-                limit = self._server.max_held_bytes
+            server = self._server
+            server.held += len(data)
+            # A call whose request ends here is taken off our hands in this same turn: only
+            # one that stays unfinished can be refused for what the process holds.
+            if server.held > server.max_held_bytes and not end_stream:
+                limit = server.max_held_bytes
+                server.count("buffered_bytes_exhausted")
                 self._finish(stream, RESOURCE_EXHAUSTED, f"over {limit} bytes of requests held")
                 return
             self._take_messages(stream)
@@ -284,13 +386,24 @@ class _Connection(asyncio.Protocol):
         self._closing = True
         self._close_if_idle()
 
+    def on_oversized(self, stream_id: int, end_stream: bool) -> None:
+        # grpcio's answer too: this call fails, the connection and its other calls go on.
+        self._server.count("metadata_too_large")
+        stream = _Stream(stream_id, None, True, None)
+        self._streams[stream_id] = stream
+        limit = self._server.limits.max_metadata_bytes
+        self._finish(stream, RESOURCE_EXHAUSTED, f"request metadata over {limit} bytes")
+
     # -- requests ------------------------------------------------------------------------
 
     def _release(self, stream: _Stream, count: int | None = None) -> None:
         """Drop ``count`` bytes (default: all) from the front of a stream's request buffer."""
         count = len(stream.buffer) if count is None else count
+        if not count:
+            return
         del stream.buffer[:count]
-        self._held -= count
+        self._server.held -= count
+        self._h2.consumed(stream.stream_id, count)
 
     def _take_messages(self, stream: _Stream) -> None:
         method = stream.method
@@ -300,6 +413,7 @@ class _Connection(asyncio.Protocol):
                 return
             if method.per_message is None:
                 if len(stream.buffer) > 5 + length:
+                    # gRPC's status code table: a request cardinality violation.
                     self._finish(stream, UNIMPLEMENTED, "more than one request message")
                 return  # the one request message is taken whole when the stream ends
             if len(stream.buffer) < 5 + length:
@@ -314,8 +428,11 @@ class _Connection(asyncio.Protocol):
             self._finish(stream, RESOURCE_EXHAUSTED, f"message of {length} bytes over {limit}")
             return False
         if flag:
-            code = INTERNAL if stream.identity else UNIMPLEMENTED
-            self._finish(stream, code, "compressed messages are not supported")
+            if stream.identity:  # the flag without an encoding: a protocol violation
+                self._finish(stream, INTERNAL, "a compressed message without grpc-encoding")
+            else:
+                message = "compressed messages are not supported"
+                self._finish(stream, UNIMPLEMENTED, message, (_ACCEPT_IDENTITY,))
             return False
         return True
 
@@ -329,11 +446,14 @@ class _Connection(asyncio.Protocol):
             else:
                 self._finish(stream, OK)
             return
+        if not stream.buffer:
+            self._finish(stream, UNIMPLEMENTED, "a unary call needs one request message")
+            return
         if (
             len(stream.buffer) < 5
             or len(stream.buffer) != 5 + _PREFIX.unpack_from(stream.buffer)[1]
         ):
-            self._finish(stream, INTERNAL, "a unary call needs exactly one request message")
+            self._finish(stream, INTERNAL, "the stream ended inside a message")
             return
         self._start_call(stream, method, bytes(stream.buffer[5:]))
 
@@ -343,7 +463,13 @@ class _Connection(asyncio.Protocol):
         try:
             return True, method.parse(payload)
         except Exception as exc:
-            self._finish(stream, INTERNAL, f"cannot parse the request: {type(exc).__name__}")
+            reason = f"cannot parse the request: {type(exc).__name__}"
+            self._server.count("unparsable_request")
+            if method.unparsable is not None and method.unary is not None:
+                self._send_message(stream, method.unparsable(reason))
+                self._finish(stream, OK)
+            else:
+                self._finish(stream, INTERNAL, reason)
             return False, None
 
     def _start_call(self, stream: _Stream, method: Method, payload: bytes) -> None:
@@ -427,13 +553,16 @@ class _Connection(asyncio.Protocol):
         self._outbound.setdefault(stream.stream_id, _Outbound()).data += frame(message)
         self._pump(stream.stream_id)
 
-    def _finish(self, stream: _Stream, code: int, message: str = "") -> None:
+    def _finish(
+        self, stream: _Stream, code: int, message: str = "", extra: http2.Headers = ()
+    ) -> None:
         """End the call with a status: trailers, or trailers-only if nothing was sent."""
         if self._streams.pop(stream.stream_id, None) is None:
             return
         self._release(stream)
         _stop_clock(stream)
-        trailers = _OK_TRAILERS if code == OK and not message else _trailers(code, message)
+        ok = code == OK and not message
+        trailers = _OK_TRAILERS if ok else _trailers(code, message, extra)
         if not stream.started:
             self._h2.send_headers(stream.stream_id, _RESPONSE_BLOCK + trailers, end_stream=True)
         else:
@@ -508,8 +637,15 @@ class _Connection(asyncio.Protocol):
     def _abort(self, code: int) -> None:
         self._h2.goaway(code)
         self._flush()
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > _MAX_UNSENT_ON_ABORT:
+            # A peer that stopped reading must not keep us holding its unsent answers:
+            # drop them (the GOAWAY with them), rather than wait for it to read.
+            transport.abort()
+        else:
+            transport.close()
 
 
 def _stop_clock(stream: _Stream) -> None:
@@ -545,11 +681,30 @@ class Server:
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_streams: int = 1024,
+        limits: config.Limits = _DEFAULT_LIMITS,
+        clock: http2.Clock = time.monotonic,
+        on_event: Callable[[str], None] = lambda _event: None,
     ) -> None:
         self.methods = {m.path: m for m in methods}
         self.max_message_bytes = max_message_bytes
-        self.max_held_bytes = _BUFFERS_PER_MESSAGE * max_message_bytes  # per connection
+        self.max_held_bytes = limits.max_buffered_request_bytes  # for the whole process
+        self.held = 0  # request bytes buffered in unfinished calls, all connections
+        # A whole message and its prefix must fit one window: windows are granted back only
+        # as calls take their bytes, and a unary call takes its message only once complete.
+        self.window = max(_MIN_WINDOW, max_message_bytes + 5 + http2.FRAME_SIZE)
         self.max_streams = max_streams
+        self.limits = limits
+        self.budget = http2.Budget(
+            settings_entries=limits.settings_entries_per_frame,
+            control_rate=limits.control_frames_per_second,
+            control_burst=limits.control_frame_burst,
+            reset_rate=limits.resets_per_second,
+            reset_burst=limits.reset_burst,
+            max_header_block=limits.max_header_block_bytes,
+        )
+        self.clock = clock
+        self.events: collections.Counter[str] = collections.Counter()
+        self._on_event = on_event
         self.connections: set[_Connection] = set()
         self.draining = False
         self._listeners: list[asyncio.Server] = []
@@ -569,6 +724,11 @@ class Server:
         )
         self._listeners.append(listener)
         return int(listener.sockets[0].getsockname()[1])
+
+    def count(self, event: str) -> None:
+        """A defence acted, or a connection ended in error: counted here and reported."""
+        self.events[event] += 1
+        self._on_event(event)
 
     def idle_changed(self) -> None:
         if not any(c.busy for c in self.connections):

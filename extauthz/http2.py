@@ -13,13 +13,21 @@ changed meaning; the encoder never indexes, so the peer's table size never matte
 
 Errors follow RFC 9113 5.4: a ``ProtocolError`` leaves ``receive`` (the caller sends
 ``goaway`` and closes); a stream error resets only its stream and tells the handler.
+
+Hostile peers: frames that cost work but move no request forward (SETTINGS, PING,
+PRIORITY, empty DATA and CONTINUATION, unknown types) draw on a token bucket, and so do
+the peer's RST_STREAMs (the "rapid reset" attack); an empty bucket is ENHANCE_YOUR_CALM.
+A SETTINGS frame carries a bounded number of entries (CVE-2020-11080, as nghttp2). DATA
+counts against the receive windows until the handler says it is ``consumed``, so a peer
+can make the server hold at most one connection window of unread request bytes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import hpack
@@ -68,6 +76,45 @@ _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
 )
 _BLOCK_MEMORY = 64  # decoded header blocks remembered per connection
+_CONTENT_LENGTH_DIGITS = 18  # more digits cannot be a real body (and int() refuses 4,300+)
+_FIELD_OVERHEAD = 32  # RFC 9113 6.5.2: a field's size is name + value + 32
+
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What one peer may cost: see ``Connection`` and docs/extauthz.md "Hostile peers"."""
+
+    settings_entries: int = 32  # per SETTINGS frame (nghttp2's cap, CVE-2020-11080)
+    control_rate: float = 100.0  # control frames per second, refilled continuously
+    control_burst: int = 1000
+    reset_rate: float = 33.0  # streams reset by the peer per second (nghttp2's defaults)
+    reset_burst: int = 1000
+    max_header_block: int = 256 * 1024  # compressed or decoded; above it: connection error
+
+
+class _Bucket:
+    """A token bucket: ``take`` is False once ``burst`` tokens are spent faster than ``rate``."""
+
+    __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
 
 
 class ProtocolError(Exception):
@@ -91,6 +138,10 @@ class Handler(Protocol):
 
     def on_goaway(self) -> None: ...
 
+    # A new stream whose header list is over ``max_header_list``: the handler answers it
+    # (gRPC: RESOURCE_EXHAUSTED) instead of the whole connection paying for one call.
+    def on_oversized(self, stream_id: int, end_stream: bool) -> None: ...
+
 
 @dataclasses.dataclass
 class _Stream:
@@ -99,6 +150,7 @@ class _Stream:
     remote_open: bool  # the peer has not yet ended its side
     content_length: int | None = None
     received: int = 0
+    consumed: int = 0  # bytes the handler is done with, not yet granted back
 
 
 def frame_header(length: int, kind: int, flags: int, stream_id: int) -> bytes:
@@ -165,14 +217,22 @@ class Connection:
         max_streams: int = 1024,
         window: int = 4 * 1024 * 1024,
         max_header_list: int = 64 * 1024,
+        budget: Budget = Budget(),
+        clock: Clock = time.monotonic,
     ) -> None:
         self.out = bytearray()
         self._handler = handler
         self._max_streams = max_streams
         self._window = window
         self._max_header_list = max_header_list
-        self._decoder = hpack.Decoder(max_header_list_size=max_header_list)
-        self._blocks: dict[bytes, Headers] = {}  # see _decode
+        self._budget = budget
+        self._max_block = max(budget.max_header_block, max_header_list)
+        self._control = _Bucket(budget.control_rate, budget.control_burst, clock)
+        self._resets = _Bucket(budget.reset_rate, budget.reset_burst, clock)
+        # Decoding stops (a connection error) only at the hard cap: a block between the two
+        # limits must still be decoded, or the HPACK table would fall out of step.
+        self._decoder = hpack.Decoder(max_header_list_size=self._max_block)
+        self._blocks: dict[bytes, tuple[Headers, bool]] = {}  # see _decode; bool: oversized
         self._buffer = b""
         self._preface = False
         self._settled = False  # the peer's first SETTINGS arrived
@@ -184,7 +244,7 @@ class Connection:
         # The connection's window starts at 65,535 whatever SETTINGS say (RFC 9113 6.9.2).
         self._connection_window = max(window, DEFAULT_WINDOW)
         self._recv_window = self._connection_window
-        self._unacknowledged = 0  # connection-level bytes taken but not yet re-granted
+        self._unacknowledged = 0  # connection-level bytes consumed but not yet re-granted
         self._empty_frames = 0  # consecutive DATA frames without data or END_STREAM
         self._peer_window = DEFAULT_WINDOW
         self._peer_frame = FRAME_SIZE
@@ -200,6 +260,11 @@ class Connection:
             WINDOW_UPDATE: self._on_window_update,
             CONTINUATION: self._on_continuation,
         }
+
+    @property
+    def settled(self) -> bool:
+        """Whether the peer has sent its preface and first SETTINGS (the handshake)."""
+        return self._settled
 
     # -- output --------------------------------------------------------------------------
 
@@ -288,6 +353,31 @@ class Connection:
     def _window_update(self, stream_id: int, increment: int) -> None:
         self.out += frame_header(4, WINDOW_UPDATE, 0, stream_id) + _U32.pack(increment)
 
+    def consumed(self, stream_id: int, count: int) -> None:
+        """The handler is done with ``count`` DATA bytes of a stream: the peer may send more.
+
+        Windows are granted back in halves, so a steady stream of requests costs one
+        WINDOW_UPDATE per half window, and only for bytes actually taken off our hands.
+        """
+        if count <= 0:
+            return
+        self._release(count)
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.remote_open:
+            return
+        stream.consumed += count
+        if stream.consumed >= self._window // 2:
+            self._window_update(stream_id, stream.consumed)
+            stream.recv_window += stream.consumed
+            stream.consumed = 0
+
+    def _release(self, count: int) -> None:
+        self._unacknowledged += count
+        if self._unacknowledged >= self._connection_window // 2:
+            self._window_update(0, self._unacknowledged)
+            self._recv_window += self._unacknowledged
+            self._unacknowledged = 0
+
     # -- input ---------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
@@ -326,12 +416,18 @@ class Connection:
             raise ProtocolError(PROTOCOL_ERROR, "a header block was interrupted")
         handle = self._dispatch.get(kind)
         if handle is None:
+            self._calm("frames of unknown types")
             return  # unknown frame types are ignored (RFC 9113 4.1)
         try:
             handle(flags, stream_id, payload)
         except _StreamError as error:
             self.reset(stream_id, error.code)
             self._handler.on_reset(stream_id)
+
+    def _calm(self, what: str) -> None:
+        """Spend one control-frame token, or end the connection: a flood of ``what``."""
+        if not self._control.take():
+            raise ProtocolError(ENHANCE_YOUR_CALM, f"too many {what}")
 
     # -- frames --------------------------------------------------------------------------
 
@@ -342,46 +438,49 @@ class Connection:
         data = _unpad(flags, payload)
         self._count_empty(not data and not flags & END_STREAM)
         stream = self._streams.get(stream_id)
-        if stream is None:
-            self._late_frame(stream_id, "DATA")
-            return
-        if not stream.remote_open:
-            raise _StreamError(STREAM_CLOSED)
-        stream.recv_window -= len(payload)
-        if stream.recv_window < 0:
-            raise _StreamError(FLOW_CONTROL_ERROR)
-        end = bool(flags & END_STREAM)
-        self._count_body(stream, len(data), end)
+        # Padding, and whatever never reaches the handler, is consumed at once.
+        try:
+            if stream is None:
+                self._late_frame(stream_id, "DATA")
+                self._release(len(payload))
+                return
+            if not stream.remote_open:
+                raise _StreamError(STREAM_CLOSED)
+            stream.recv_window -= len(payload)
+            if stream.recv_window < 0:
+                raise _StreamError(FLOW_CONTROL_ERROR)
+            end = bool(flags & END_STREAM)
+            self._count_body(stream, len(data), end)
+        except _StreamError:
+            self._release(len(payload))
+            raise
+        if len(payload) != len(data):
+            self._release(len(payload) - len(data))
         if end:
             stream.remote_open = False
-        elif stream.recv_window < self._window // 2:
-            self._window_update(stream_id, self._window - stream.recv_window)
-            stream.recv_window = self._window
         self._handler.on_data(stream_id, data, end)
 
     def _count_empty(self, empty: bool) -> None:
         """Refuse a run of DATA frames that carry nothing (CVE-2019-9518, "empty frames").
 
         Each costs a parse and a handler call but moves no request forward; Envoy's
-        ``max_consecutive_inbound_frames_with_empty_payload`` guards the same way.
+        ``max_consecutive_inbound_frames_with_empty_payload`` guards the same way. Empty
+        frames also draw on the control-frame budget, so interleaving them with real
+        ones does not make a flood free.
         """
         if not empty:
             self._empty_frames = 0
             return
+        self._calm("empty frames")
         self._empty_frames += 1
         if self._empty_frames > MAX_EMPTY_FRAMES:
             raise ProtocolError(ENHANCE_YOUR_CALM, f"over {MAX_EMPTY_FRAMES} empty DATA frames")
 
     def _take(self, length: int) -> None:
-        """Account a DATA frame against the connection window, granting it back in halves."""
+        """Account a DATA frame against the connection window (granted back on ``consumed``)."""
         self._recv_window -= length
         if self._recv_window < 0:
             raise ProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
-        self._unacknowledged += length
-        if self._unacknowledged >= self._connection_window // 2:
-            self._window_update(0, self._unacknowledged)
-            self._recv_window += self._unacknowledged
-            self._unacknowledged = 0
 
     def _count_body(self, stream: _Stream, length: int, end: bool) -> None:
         if stream.content_length is None:
@@ -420,15 +519,17 @@ class Connection:
         if self._block is None or self._block[0] != stream_id:
             raise ProtocolError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
         _, first_flags, fragments = self._block
+        if not payload and not flags & END_HEADERS:
+            self._calm("empty CONTINUATION frames")
         fragments += payload
-        if len(fragments) > self._max_header_list:
-            raise ProtocolError(ENHANCE_YOUR_CALM, "a header block over the list size limit")
+        if len(fragments) > self._max_block:
+            raise ProtocolError(ENHANCE_YOUR_CALM, "a header block over the size limit")
         if flags & END_HEADERS:
             self._block = None
             self._header_block(stream_id, first_flags, bytes(fragments))
 
-    def _decode(self, block: bytes) -> Headers:
-        """Decode a header block; the result is shared and must not be changed.
+    def _decode(self, block: bytes) -> tuple[Headers, bool]:
+        """Decode a header block, and whether it is over the list size; shared, do not change.
 
         Envoy sends the same block for every Check on a connection (``:path`` as a literal,
         the rest as table indexes). A block that only reads the dynamic table means the same
@@ -443,20 +544,24 @@ class Connection:
             headers: Headers = tuple(self._decoder.decode(block, raw=True))
         except hpack.exceptions.OversizedHeaderListError as exc:
             raise ProtocolError(ENHANCE_YOUR_CALM, str(exc)) from None
-        except hpack.exceptions.HPACKError as exc:
-            raise ProtocolError(COMPRESSION_ERROR, str(exc)) from None
+        except (hpack.exceptions.HPACKError, IndexError, ValueError) as exc:
+            raise ProtocolError(COMPRESSION_ERROR, f"{type(exc).__name__}: {exc}") from None
+        size = sum(len(name) + len(value) for name, value in headers)
+        decoded = headers, size + _FIELD_OVERHEAD * len(headers) > self._max_header_list
         if not _reads_only(block):
             self._blocks.clear()
         elif len(self._blocks) < _BLOCK_MEMORY:
-            self._blocks[block] = headers
-        return headers
+            self._blocks[block] = decoded
+        return decoded
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         self._empty_frames = 0
-        headers = self._decode(block)
+        headers, oversized = self._decode(block)
         end = bool(flags & END_STREAM)
         stream = self._streams.get(stream_id)
         if stream is not None:
+            if oversized:
+                raise _StreamError(ENHANCE_YOUR_CALM)
             self._trailers(stream_id, stream, headers, end)
             return
         if stream_id <= self._highest:
@@ -469,16 +574,19 @@ class Connection:
         self._highest = stream_id
         if flags & _SELF_DEPENDENT:
             raise _StreamError(PROTOCOL_ERROR)
-        self._open(stream_id, headers, end)
+        self._open(stream_id, headers, end, oversized)
 
-    def _open(self, stream_id: int, headers: Headers, end: bool) -> None:
+    def _open(self, stream_id: int, headers: Headers, end: bool, oversized: bool) -> None:
         # A stream error raised here is answered by _frame's reset, which also remembers
         # the id as closed, so a refused or malformed stream's late frames are ignored.
-        content_length = _content_length(headers)
+        content_length = None if oversized else _content_length(headers)
         if len(self._streams) >= self._max_streams:
             raise _StreamError(REFUSED_STREAM)
         stream = _Stream(self._peer_window, self._window, not end, content_length)
         self._streams[stream_id] = stream
+        if oversized:
+            self._handler.on_oversized(stream_id, end)
+            return
         if end:
             self._count_body(stream, 0, True)
         self._handler.on_headers(stream_id, headers, end)
@@ -493,6 +601,7 @@ class Connection:
         self._handler.on_data(stream_id, b"", True)
 
     def _on_priority(self, flags: int, stream_id: int, payload: bytes) -> None:
+        self._calm("PRIORITY frames")
         if stream_id == 0:
             raise ProtocolError(PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
@@ -505,6 +614,10 @@ class Connection:
             raise ProtocolError(FRAME_SIZE_ERROR, "RST_STREAM is not 4 bytes")
         if stream_id == 0 or stream_id > self._highest:
             raise ProtocolError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
+        # Every reset counts, answered or not: a call answered in the turn that read it is
+        # already done when its RST_STREAM is read, and costs the same as one that is not.
+        if not self._resets.take():
+            raise ProtocolError(ENHANCE_YOUR_CALM, "too many streams reset")
         if self._streams.pop(stream_id, None) is not None:
             self._remember_closed(stream_id, reset=True)
             self._handler.on_reset(stream_id)
@@ -512,30 +625,44 @@ class Connection:
     def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id != 0:
             raise ProtocolError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if self._settled or flags & ACK:  # the first SETTINGS is the handshake
+            self._calm("SETTINGS frames")
         if flags & ACK:
             if payload:
                 raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
             raise ProtocolError(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
+        if len(payload) > 6 * self._budget.settings_entries:
+            raise ProtocolError(ENHANCE_YOUR_CALM, f"SETTINGS of {len(payload) // 6} entries")
         self._settled = True
+        window = None
         for offset in range(0, len(payload), 6):
-            self._setting(*_SETTING.unpack_from(payload, offset))
+            identifier, value = _SETTING.unpack_from(payload, offset)
+            if identifier == INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise ProtocolError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE over 2^31-1")
+                window = value
+            else:
+                self._setting(identifier, value)
+        if window is not None:
+            self._initial_window(window)  # only the last value counts: one pass per frame
         self.out += frame_header(0, SETTINGS, ACK, 0)
         self._handler.on_window(0)
+
+    def _initial_window(self, value: int) -> None:
+        delta, self._peer_window = value - self._peer_window, value
+        if not delta:
+            return
+        for stream in self._streams.values():
+            stream.send_window += delta
+            if stream.send_window > MAX_WINDOW:
+                raise ProtocolError(FLOW_CONTROL_ERROR, "a stream window over 2^31-1")
 
     def _setting(self, identifier: int, value: int) -> None:
         if identifier == ENABLE_PUSH and value > 1:
             raise ProtocolError(PROTOCOL_ERROR, "ENABLE_PUSH must be 0 or 1")
-        if identifier == INITIAL_WINDOW_SIZE:
-            if value > MAX_WINDOW:
-                raise ProtocolError(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE over 2^31-1")
-            delta, self._peer_window = value - self._peer_window, value
-            for stream in self._streams.values():
-                stream.send_window += delta
-                if stream.send_window > MAX_WINDOW:
-                    raise ProtocolError(FLOW_CONTROL_ERROR, "a stream window over 2^31-1")
-        elif identifier == MAX_FRAME_SIZE:
+        if identifier == MAX_FRAME_SIZE:
             if not FRAME_SIZE <= value <= _MAX_FRAME_SIZE_LIMIT:
                 raise ProtocolError(PROTOCOL_ERROR, f"MAX_FRAME_SIZE {value} out of range")
             self._peer_frame = value
@@ -546,6 +673,7 @@ class Connection:
         raise ProtocolError(PROTOCOL_ERROR, "a client sent PUSH_PROMISE")
 
     def _on_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        self._calm("PING frames")
         if stream_id != 0:
             raise ProtocolError(PROTOCOL_ERROR, "PING on a stream")
         if len(payload) != 8:
@@ -650,7 +778,11 @@ def _content_length(headers: Headers) -> int | None:
         if name == b"te" and value != b"trailers":
             raise _StreamError(PROTOCOL_ERROR)
         if name == b"content-length":
-            if not value.isdigit() or content_length is not None:
+            if (
+                not value.isdigit()
+                or len(value) > _CONTENT_LENGTH_DIGITS
+                or content_length is not None
+            ):
                 raise _StreamError(PROTOCOL_ERROR)
             content_length = int(value)
     if b":method" not in seen or b":scheme" not in seen or b":path" not in seen:

@@ -33,6 +33,8 @@ from typing import Any
 
 import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf import json_format
 from jwt import algorithms as jwt_algorithms
 
 from extauthz import config
@@ -49,6 +51,10 @@ FileStamp = tuple[int, int, int]
 _MAX_JWKS_BYTES = 1024 * 1024
 _MIN_RSA_BITS = 2048
 _CACHE_LIMIT = 10_000
+# Bytes the verified-token cache may hold, roughly: an identity keeps the payload segment
+# and its decoded claims, about three times the token, plus a fixed overhead.
+_CACHE_BYTES = 32 * 1024 * 1024
+_IDENTITY_OVERHEAD = 600
 _REJECTION_TTL_SECONDS = 10.0
 _STARTUP_RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
@@ -63,6 +69,10 @@ _VERIFIERS = pyjwt.algorithms.get_default_algorithms()
 
 class InvalidToken(Exception):
     """A presented token failed a check; ``str(exc)`` is for logs, never for clients."""
+
+
+class HostileToken(InvalidToken):
+    """A token shaped to hurt a parser (duplicate names, deep nesting): refused by name."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +196,32 @@ def _b64decode(segment: str) -> bytes:
         raise InvalidToken("bad base64url segment") from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object hook refusing duplicate names (RFC 7519 7.2 lets a parser do so).
+
+    Otherwise the last ``role`` would win here while another reader of the same token
+    might take the first.
+    """
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _DuplicateKey
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64decode(segment))
+        value = _DECODER.decode(_b64decode(segment).decode("utf-8"))
+    except _DuplicateKey:
+        raise HostileToken(f"{what} has a duplicate member name") from None
+    except RecursionError:
+        raise HostileToken(f"{what} is nested too deeply") from None
     except (UnicodeDecodeError, ValueError):
         raise InvalidToken(f"{what} is not JSON") from None
     if not isinstance(value, dict):
@@ -206,12 +239,18 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
 
 
 def peek_issuer(token: str) -> str | None:
-    """The unverified ``iss`` claim, used only to pick which provider verifies."""
+    """The unverified ``iss`` claim, used only to pick which provider verifies.
+
+    A payload that is not JSON names no issuer; one shaped to hurt a parser raises
+    ``HostileToken``, so the refusal says what was wrong.
+    """
     parts = token.split(".")
     if len(parts) != 3:
         return None
     try:
         iss = _json_object(parts[1], "payload").get("iss")
+    except HostileToken:
+        raise
     except InvalidToken:
         return None
     return iss if isinstance(iss, str) else None
@@ -239,6 +278,7 @@ class ProviderVerifier:
         self._keys: dict[str, TrustedKey] | None = None
         self._hmac_secret: bytes | None = None
         self._cache: dict[bytes, Identity] = {}
+        self._cache_bytes = 0  # approximate, see _CACHE_BYTES
         self._rejected: dict[bytes, tuple[str, float]] = {}
         self._inflight: asyncio.Task[None] | None = None
         self._last_attempt = -math.inf
@@ -297,6 +337,7 @@ class ProviderVerifier:
             # A removed or replaced key must stop verifying at once: cached tokens go too,
             # and so do rejections, since a new key may verify a token refused before.
             self._cache.clear()
+            self._cache_bytes = 0
             self._rejected.clear()
         self._keys = keys
 
@@ -385,6 +426,8 @@ class ProviderVerifier:
 
     def cached(self, token: str, source: str | None = None) -> Identity | None:
         """A still-valid identity verified earlier for this exact token, if any."""
+        if len(token) > self.max_token_bytes:
+            return None  # never hashed, decoded or parsed: refused by size
         hit = self._cache.get(hashlib.sha256(token.encode()).digest())
         if hit is None or self._clock() >= hit.expires_at + self._leeway:
             return None
@@ -394,8 +437,7 @@ class ProviderVerifier:
 
     async def verify(self, token: str, source: str | None = None) -> Identity:
         """Verify a token for this provider or raise InvalidToken."""
-        if len(token) > self.max_token_bytes:
-            raise InvalidToken(f"token of {len(token)} bytes exceeds {self.max_token_bytes}")
+        self.check_size(token)
         self.maybe_refresh()
         hit = self.cached(token, source)
         if hit is not None:
@@ -410,6 +452,21 @@ class ProviderVerifier:
         identity = dataclasses.replace(verified, source_header=source)
         self._remember(digest, identity)
         return identity
+
+    def check_size(self, token: str) -> None:
+        """Refuse a token over ``max_token_bytes`` before any work is spent on it."""
+        if len(token) > self.max_token_bytes:
+            raise InvalidToken(f"token of {len(token)} bytes exceeds {self.max_token_bytes}")
+
+    def check_remembered(self, token: str) -> None:
+        """Raise the remembered refusal of this exact token, if it is still remembered."""
+        if self._rejected:
+            self._check_rejected(hashlib.sha256(token.encode()).digest())
+
+    def refuse(self, token: str, exc: InvalidToken) -> InvalidToken:
+        """Remember a refusal decided outside ``verify`` (no provider claims the token)."""
+        self._remember_rejection(hashlib.sha256(token.encode()).digest(), exc)
+        return exc
 
     def _check_rejected(self, digest: bytes) -> None:
         rejected = self._rejected.get(digest)
@@ -430,13 +487,18 @@ class ProviderVerifier:
         self._rejected[digest] = (reason, self._clock() + _REJECTION_TTL_SECONDS)
 
     def _remember(self, digest: bytes, identity: Identity) -> None:
-        if len(self._cache) >= _CACHE_LIMIT:
+        size = _identity_size(identity)
+        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
             now = self._clock()
             self._cache = {
                 k: v for k, v in self._cache.items() if now < v.expires_at + self._leeway
             }
-            if len(self._cache) >= _CACHE_LIMIT:
+            self._cache_bytes = sum(_identity_size(v) for v in self._cache.values())
+            if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
                 self._cache.clear()
+                self._cache_bytes = 0
+        if digest not in self._cache:
+            self._cache_bytes += size
         self._cache[digest] = identity
 
     async def _verify_uncached(self, token: str) -> Identity:
@@ -505,6 +567,10 @@ class ProviderVerifier:
         ):
             raise InvalidToken("aud does not match")
         return exp
+
+
+def _identity_size(identity: Identity) -> int:
+    return 3 * len(identity.payload_segment) + _IDENTITY_OVERHEAD
 
 
 def _opt_str(path: pathlib.Path | None) -> str | None:
@@ -581,13 +647,19 @@ class Authenticator:
                 verifier.maybe_refresh()
                 return hit
         for verifier, token, source in found:
-            if peek_issuer(token) == verifier.provider.issuer:
+            # Size first: a long token is never decoded. Then a refusal remembered for this
+            # exact token stands, as it would inside verify; any invalid token presented
+            # fails the request (Istio's rule too), so this never hides a valid one.
+            verifier.check_size(token)
+            verifier.check_remembered(token)
+            try:
+                issuer = peek_issuer(token)
+            except HostileToken as exc:
+                raise verifier.refuse(token, exc) from None
+            if issuer == verifier.provider.issuer:
                 return await verifier.verify(token, source)
-        # No provider claims the issuer: still run the size check first for a clear reason.
         verifier, token, _source = found[0]
-        if len(token) > verifier.max_token_bytes:
-            raise InvalidToken(f"token of {len(token)} bytes exceeds {verifier.max_token_bytes}")
-        raise InvalidToken("no provider for the token's issuer")
+        raise verifier.refuse(token, InvalidToken("no provider for the token's issuer"))
 
 
 def _extract(provider: config.Provider, request: RequestTokens) -> list[tuple[str, str | None]]:
@@ -638,3 +710,48 @@ def claim_header_value(value: object) -> str | None:
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
         return None
     return text
+
+
+# Where Envoy's jwt_authn filter leaves a verified payload (waypoint.envoy.jwt_authn).
+ENVOY_JWT_FILTER = "envoy.filters.http.jwt_authn"
+ENVOY_PAYLOAD_KEY = "payload"
+
+
+def from_envoy_metadata(
+    request: external_auth_pb2.CheckRequest, providers_by_issuer: Mapping[str, str]
+) -> Identity | None:
+    """The identity Envoy's jwt_authn verified for this request, if any.
+
+    Only dynamic metadata is read (filters write it; a client cannot), and only a payload
+    from an issuer of ours counts: anything else is verified here as before.
+    """
+    found = request.attributes.metadata_context.filter_metadata.get(ENVOY_JWT_FILTER)
+    if found is None or ENVOY_PAYLOAD_KEY not in found.fields:
+        return None
+    value = found.fields[ENVOY_PAYLOAD_KEY]
+    if value.WhichOneof("kind") != "struct_value":
+        return None
+    claims = _integral(json_format.MessageToDict(value.struct_value))
+    provider = providers_by_issuer.get(str(claims.get("iss")))
+    if provider is None:
+        return None
+    exp = claims.get("exp")
+    segment = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return Identity(
+        provider=provider,
+        claims=claims,
+        payload_segment=segment,
+        source_header=None,
+        expires_at=float(exp) if isinstance(exp, int | float) else math.inf,
+    )
+
+
+def _integral(value: Any) -> Any:
+    """Protobuf Struct numbers are doubles; give JSON integers back as ints (exp, iat)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value

@@ -52,9 +52,23 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.transport_events = prometheus_client.Counter(
+            "extauthz_transport_events",
+            "The h2 transport's defences acting and connections ending in error, by event.",
+            ["event"],
+            registry=self.registry,
+        )
+        self.worker_restarts = prometheus_client.Gauge(
+            "extauthz_worker_restarts",
+            "Times the --workers supervisor restarted this worker's slot after it died.",
+            registry=self.registry,
+        )
         self.cache_hit = self.decision_cache.labels("hit")
         self.cache_miss = self.decision_cache.labels("miss")
         self.by_outcome = {outcome: self.checks.labels(outcome) for outcome in OUTCOMES}
+
+    def transport_event(self, event: str) -> None:
+        self.transport_events.labels(event).inc()
 
     def jwks_fetched(self, provider: str, result: str) -> None:
         self.jwks_fetches.labels(provider, result).inc()

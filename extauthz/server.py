@@ -128,7 +128,9 @@ def decision_cache(
         return None
     shown = ", ".join("input." + ".".join(map(str, p)) for p in analysis.paths) or "nothing"
     log.info("decision cache on (%d entries), keyed by %s", settings.policy.cache_entries, shown)
-    return decisioncache.DecisionCache(analysis.paths, settings.policy.cache_entries)
+    return decisioncache.DecisionCache(
+        analysis.paths, settings.policy.cache_entries, settings.policy.cache_bytes
+    )
 
 
 async def run_server(
@@ -217,6 +219,7 @@ async def _h2(
             f"/{AUTHZ_SERVICE}/Check",
             external_auth_pb2.CheckRequest.FromString,
             unary=checker.check,
+            unparsable=checker.unparsable,
         ),
         *health_table.methods(),
         h2grpc.Method(
@@ -225,7 +228,9 @@ async def _h2(
             per_message=reflection_answer,
         ),
     ]
-    server = h2grpc.Server(methods)
+    server = h2grpc.Server(
+        methods, limits=settings.limits, on_event=checker.metrics.transport_event
+    )
     port = await server.add_address(grpc_address(address), reuse_port=settings.reuse_port)
     return server, health_table, port
 
@@ -238,9 +243,12 @@ async def _not_serving(table: HealthTable) -> None:
 _TRANSPORTS = {"h2": _h2, "grpcio": _grpcio}
 
 
-async def serve_forever(settings: config.Settings, listen: str | None, stop: asyncio.Event) -> None:
+async def serve_forever(
+    settings: config.Settings, listen: str | None, stop: asyncio.Event, worker_restarts: int = 0
+) -> None:
     """Run until ``stop`` is set, then shut down gracefully."""
     running, _port = await run_server(settings, listen=listen)
+    running.metrics.worker_restarts.set(worker_restarts)
     try:
         await stop.wait()
     finally:

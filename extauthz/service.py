@@ -149,10 +149,14 @@ class Checker:
         self._cache = cache
         self._authn = authenticator
         self._engine = engine
-        self._metrics = stats
+        self.metrics = stats
         self._log = decision_log
         self._new_id = new_id or new_decision_ids()
         self._providers = {p.name: p for p in settings.jwt.providers}
+        self._issuers = {p.issuer: p.name for p in reversed(settings.jwt.providers)}
+        # Denies without a body of the policy's own get a short JSON reason (deny_body: json).
+        self._json = settings.deny_body == "json"
+        self._closed = "policy unavailable: failing closed" if self._json else None
 
     async def check(
         self, request: external_auth_pb2.CheckRequest
@@ -162,23 +166,33 @@ class Checker:
             response = await self._decide(request, trace)
         except jwt_auth.InvalidToken as exc:
             trace.outcome, trace.reason = "unauthenticated", str(exc)
-            response = decision.unauthenticated_response(trace.decision_id)
+            response = decision.unauthenticated_response(trace.decision_id, json_body=self._json)
         except policy_input.MalformedRequest as exc:
             trace.outcome, trace.reason = "malformed", str(exc)
-            response = decision.malformed_response(trace.decision_id)
+            response = decision.malformed_response(trace.decision_id, json_body=self._json)
         except (policy.PolicyError, decision.DecisionError) as exc:
             trace.outcome, trace.reason = "policy_error", str(exc)
-            self._metrics.policy_errors.labels(self._engine.name).inc()
+            self.metrics.policy_errors.labels(self._engine.name).inc()
             log.warning("decision %s: policy error, failing closed: %s", trace.decision_id, exc)
-            response = decision.deny_response(trace.decision_id)
+            response = decision.deny_response(trace.decision_id, reason=self._closed)
         except Exception as exc:
             # A bug of ours must still answer a deny, with a trace, not an RPC error.
             trace.outcome, trace.reason = "internal_error", f"{type(exc).__name__}: {exc}"
             log.exception("decision %s: internal error, failing closed", trace.decision_id)
-            response = decision.deny_response(trace.decision_id)
+            response = decision.deny_response(trace.decision_id, reason=self._closed)
         if self._settings.dry_run and trace.outcome != "allowed":
             response = self._dry_run_allow(trace.decision_id, trace.outcome)
         self._record(request, trace, response)
+        return response
+
+    def unparsable(self, reason: str) -> external_auth_pb2.CheckResponse:
+        """The answer to bytes that are not a CheckRequest: 400, as any malformed request."""
+        trace = _Trace(started=time.perf_counter(), decision_id=self._new_id())
+        trace.outcome, trace.reason = "malformed", reason
+        response = decision.malformed_response(trace.decision_id, json_body=self._json)
+        if self._settings.dry_run:
+            response = self._dry_run_allow(trace.decision_id, trace.outcome)
+        self._record(external_auth_pb2.CheckRequest(), trace, response)
         return response
 
     async def _decide(
@@ -191,7 +205,12 @@ class Checker:
         tokens = jwt_auth.RequestTokens(
             headers, parsed_query, jwt_auth.parse_cookies(headers.get("cookie"))
         )
-        identity = trace.identity = await self._authn.authenticate(tokens)
+        identity = None
+        if self._settings.jwt.trust_envoy_metadata:
+            identity = jwt_auth.from_envoy_metadata(request, self._issuers)
+        if identity is None:
+            identity = await self._authn.authenticate(tokens)
+        trace.identity = identity
         extensions = request.attributes.context_extensions
         if identity is None and extensions.get(policy_input.JWT_KEY) == "required":
             raise jwt_auth.InvalidToken("this route requires a token and none was presented")
@@ -216,7 +235,7 @@ class Checker:
         key = cache.key(decisioncache.InputView(request.attributes, parts), route_decision)
         result: decision.Decision | None = cache.get(key)
         trace.cached = result is not None
-        (self._metrics.cache_hit if trace.cached else self._metrics.cache_miss).inc()
+        (self.metrics.cache_hit if trace.cached else self.metrics.cache_miss).inc()
         if result is None:
             result = await self._evaluate(request, parts, route_decision)
             cache.put(key, result)
@@ -238,8 +257,8 @@ class Checker:
         response: external_auth_pb2.CheckResponse,
     ) -> None:
         elapsed = time.perf_counter() - trace.started
-        self._metrics.by_outcome[trace.outcome].inc()
-        self._metrics.latency.observe(elapsed)
+        self.metrics.by_outcome[trace.outcome].inc()
+        self.metrics.latency.observe(elapsed)
         trace.timings["total_us"] = elapsed * 1e6
         result = {
             "outcome": trace.outcome,
@@ -268,7 +287,7 @@ class Checker:
         decision_id: str,
     ) -> external_auth_pb2.CheckResponse:
         if not result.allowed:
-            return decision.policy_deny_response(result, decision_id)
+            return decision.policy_deny_response(result, decision_id, json_body=self._json)
         extra, remove = self._identity_headers(identity)
         return decision.allow_response(result, decision_id, extra, remove)
 

@@ -3,9 +3,13 @@
 One Python process runs one event loop, so one extauthz uses at most about one core.
 With ``--workers N`` a supervisor starts N ``extauthz serve`` worker processes that all
 bind the same TCP port with SO_REUSEPORT; the kernel spreads Envoy's connections across
-them. The supervisor forwards SIGTERM/SIGINT (each worker drains its in-flight checks),
-and if one worker dies the others are stopped and its exit code is returned, so a
-process manager sees the failure instead of a silently smaller pool.
+them. The supervisor forwards SIGTERM/SIGINT (each worker drains its in-flight checks).
+A worker that dies is restarted with exponential backoff (0.5 s doubling to 30 s), and
+the death is logged; the restarted worker is told how many restarts its slot has had and
+exports it as ``extauthz_worker_restarts``. A worker that keeps dying within seconds of
+starting (a port taken, a broken policy file) is not hidden behind endless restarts:
+after five such deaths in a row the pool stops with its exit code, so a process manager
+sees the failure.
 
 A unix socket or port 0 cannot be shared this way and is refused. Worker ``i`` serves
 its metrics and probes on the metrics port plus ``i``, so each worker's counters stay
@@ -15,17 +19,24 @@ scrapeable and none of them is hidden behind another's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import FrameType
 
 from extauthz import config
 
+log = logging.getLogger(__name__)
+
 _POLL_SECONDS = 0.2
+_FIRST_BACKOFF_SECONDS = 0.5
+_MAX_BACKOFF_SECONDS = 30.0
+_STABLE_SECONDS = 10.0  # a worker that lived this long died of something new
+_MAX_QUICK_DEATHS = 5
 
 
 def check_shareable(settings: config.Settings, listen: str | None, workers: int) -> None:
@@ -60,51 +71,123 @@ def worker_settings(settings: config.Settings, index: int) -> config.Settings:
 
 
 def worker_argv(
-    config_path: pathlib.Path, listen: str | None, log_level: str, index: int
+    config_path: pathlib.Path, listen: str | None, log_level: str, index: int, restarts: int = 0
 ) -> list[str]:
-    """The command line of worker ``index``."""
+    """The command line of worker ``index``, started for the ``restarts``-th time after the first."""
     argv = [sys.executable, "-m", "extauthz.cli", "serve", "--config", str(config_path)]
     if listen:
         argv += ["--listen", listen]
-    return [*argv, "--log-level", log_level, "--worker-index", str(index)]
+    argv += ["--log-level", log_level, "--worker-index", str(index)]
+    return [*argv, "--worker-restarts", str(restarts)] if restarts else argv
 
 
-def supervise(commands: Sequence[Sequence[str]]) -> int:
-    """Run the workers until a signal or a worker's exit; return the exit code."""
-    children = [subprocess.Popen(list(argv)) for argv in commands]
-    stopping = False
+Spawn = Callable[[int, int], "subprocess.Popen[bytes]"]
+"""Start worker ``index`` for the ``restarts``-th restart (0: its first start)."""
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One worker position: its current process, or when it is due to be restarted."""
+
+    index: int
+    child: subprocess.Popen[bytes] | None
+    started: float
+    restarts: int = 0
+    quick_deaths: int = 0  # deaths in a row, each within _STABLE_SECONDS of its start
+    due: float = 0.0
+
+
+def supervise(
+    spawn: Spawn,
+    count: int,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run ``count`` workers until a signal; restart the ones that die; return the exit code."""
+    now = clock()
+    slots = [_Slot(i, spawn(i, 0), now) for i in range(count)]
+    stopping: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        stopping.append(signum)
+        for slot in slots:
+            if slot.child is not None and slot.child.poll() is None:
+                slot.child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _wait(children, lambda: stopping)
+        return _run(slots, spawn, lambda: bool(stopping), clock, sleep)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        for slot in slots:
+            if slot.child is not None and slot.child.poll() is None:
+                slot.child.kill()
+                slot.child.wait()
 
 
-def _wait(children: list[subprocess.Popen[bytes]], stopping: Callable[[], bool]) -> int:
+def _run(
+    slots: list[_Slot],
+    spawn: Spawn,
+    stopping: Callable[[], bool],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> int:
     while True:
-        codes = [child.poll() for child in children]
-        exited = [code for code in codes if code is not None]
-        if len(exited) == len(children):
-            return max(abs(code) for code in exited)
-        if exited and not stopping():
-            # One worker is gone: stop the rest, so the failure is not hidden.
-            for child in children:
-                if child.poll() is None:
-                    child.terminate()
-            for child in children:
-                child.wait()
-            return abs(exited[0]) or 1
-        time.sleep(_POLL_SECONDS)
+        if stopping():
+            return _wait_all(slots)
+        for slot in slots:
+            failed = _tend(slot, spawn, clock())
+            if failed is not None:
+                _stop_all(slots)
+                return failed
+        sleep(_POLL_SECONDS)
+
+
+def _tend(slot: _Slot, spawn: Spawn, now: float) -> int | None:
+    """Restart a dead worker when due; an exit code when it keeps dying and we give up."""
+    if slot.child is None:
+        if now >= slot.due:
+            slot.child, slot.started = spawn(slot.index, slot.restarts), now
+        return None
+    code = slot.child.poll()
+    if code is None:
+        return None
+    quick = now - slot.started < _STABLE_SECONDS
+    slot.quick_deaths = slot.quick_deaths + 1 if quick else 1
+    if slot.quick_deaths >= _MAX_QUICK_DEATHS:
+        log.error(
+            "extauthz worker %d died %d times in a row within %ss of starting (last exit %s);"
+            " stopping the pool",
+            slot.index,
+            slot.quick_deaths,
+            _STABLE_SECONDS,
+            code,
+        )
+        return abs(code) or 1
+    delay = min(_MAX_BACKOFF_SECONDS, _FIRST_BACKOFF_SECONDS * 2 ** (slot.quick_deaths - 1))
+    slot.restarts += 1
+    slot.child, slot.due = None, now + delay
+    log.warning(
+        "extauthz worker %d exited with %s; restart %d in %.1fs",
+        slot.index,
+        code,
+        slot.restarts,
+        delay,
+    )
+    return None
+
+
+def _wait_all(slots: list[_Slot]) -> int:
+    codes = [slot.child.wait() for slot in slots if slot.child is not None]
+    return max((abs(code) for code in codes), default=0)
+
+
+def _stop_all(slots: list[_Slot]) -> None:
+    for slot in slots:
+        if slot.child is not None and slot.child.poll() is None:
+            slot.child.terminate()
+    for slot in slots:
+        if slot.child is not None:
+            slot.child.wait()

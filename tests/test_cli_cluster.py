@@ -18,7 +18,7 @@ import yaml
 
 from tests import conftest
 from tests.fakekube import server, world
-from waypoint import cli
+from waypoint import cli, version
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import manager, reconcile
 from waypoint.kube import gateway
@@ -221,6 +221,26 @@ def test_apply_wait_times_out_with_the_reason(run: Run) -> None:
     assert code == 1
     assert "waiting for waypoint demo/waypoint: NoStatus: waiting for the controller" in err
     assert "not Programmed after 0.2s" in err
+
+
+def test_apply_wait_names_what_the_pods_need(
+    run: Run, fake: server.FakeKube, tmp_path: pathlib.Path
+) -> None:
+    """No ready replica (a missing Secret or image, as a kubelet would report): --wait gives
+    up naming the Deployment, the image and the certificate Secret to look at."""
+    fake.seed([gateway.generate_gateway("demo")])
+    api = world.connect(fake, tmp_path)
+    try:
+        reconcile.Reconciler(api, lambda: reconcile.list_world(api)).reconcile_gateway(
+            "demo", "waypoint"
+        )
+    finally:
+        api.close()
+    code, _, err = run("apply", "-n", "demo", "--wait", "--timeout", "0.5s")
+    assert code == 1
+    assert "Pending: waiting for a ready replica of Deployment demo/waypoint" in err
+    assert f"image {version.default_image()}" in err
+    assert "Secret demo/waypoint-spiffe (certSource secret)" in err
 
 
 def _gateway_status(fake: server.FakeKube, generation: int, **programmed: str) -> None:

@@ -112,7 +112,10 @@ def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
     assert "✗" not in out
     assert "← 403 Forbidden" in out  # the Rego deny for role viewer
     assert "x-jwt-role=admin" in out  # claim_to_headers on the allowed admin request
-    assert 'www-authenticate: Bearer error="invalid_token"' in out  # the expired token
+    # The expired token: Envoy's jwt_authn (the RequestAuthentication) answers, before extauthz.
+    assert (
+        'www-authenticate: Bearer realm="http://echo-v1.demo/admin", error="invalid_token"' in out
+    )
     # --once stops the waypoint and drops its temp dir: no instructions that point at them.
     assert "Send traffic" not in out
     assert "9 of 9 demo requests behaved as expected" in out

@@ -216,6 +216,11 @@ def test_policy_adds_sidecar_and_config_then_removal_prunes_them(
     assert list(_containers(fake)) == ["envoy"]
     assert fake.get(*EXTAUTHZ_CM) is None
     assert _extauthz_cluster(fake) is None
+    # The RequestAuthentication still applies on its own (Envoy's jwt_authn); without it
+    # the config is the one before any policy.
+    assert _config_hash(fake) != before
+    api.delete(kcluster.REQUEST_AUTHENTICATION, "demo", "corp")
+    reconciler.reconcile_gateway("demo", "waypoint")
     assert _config_hash(fake) == before
     fake.reset_writes()
     assert reconciler.reconcile_gateway("demo", "waypoint").writes == 0
@@ -442,3 +447,32 @@ def test_opa_url_needs_no_rego_config_map(
     assert config_map is not None
     config = yaml.safe_load(config_map["data"]["config.yaml"])
     assert config["policy"] == {"engine": "opa", "opa": {"url": "http://127.0.0.1:8181"}}
+
+
+def _authorization_policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "echo"}], **spec},
+    }
+
+
+def test_authorization_policy_status_names_the_field(
+    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+) -> None:
+    bad = {"rules": [{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}]}]}
+    fake.seed([_authorization_policy("ok", {"rules": [{}]}), _authorization_policy("bad", bad)])
+    reconciler.reconcile_route_status()
+    ok = fake.get("security.istio.io/v1", "AuthorizationPolicy", "demo", "ok")
+    assert ok is not None
+    (ancestor,) = ok["status"]["ancestors"]
+    assert ancestor["ancestorRef"]["name"] == "echo"
+    assert ancestor["controllerName"] == constants.CONTROLLER_NAME
+    assert ancestor["conditions"][0]["reason"] == "Accepted"
+    assert "conditions" not in ok["status"]  # istiod's to write
+    invalid = fake.get("security.istio.io/v1", "AuthorizationPolicy", "demo", "bad")
+    assert invalid is not None
+    (condition,) = invalid["status"]["ancestors"][0]["conditions"]
+    assert (condition["status"], condition["reason"]) == ("False", "Invalid")
+    assert "spec.rules[0].from[0].source.remoteIpBlocks" in condition["message"]

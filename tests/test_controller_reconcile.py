@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.fakekube import server, world
+from waypoint import version
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile
 from waypoint.kube import gateway
@@ -36,6 +37,25 @@ def _apply_gateway(api: kcluster.Cluster, **kwargs: Any) -> None:
     api.apply(gateway.generate_gateway("demo", **kwargs), "waypoint")
 
 
+def test_a_stuck_rollout_is_reported(
+    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+) -> None:
+    _apply_gateway(api)
+    reconciler.reconcile_gateway("demo", "waypoint")
+    # What the Deployment controller writes once progressDeadlineSeconds passes, e.g. while
+    # the image cannot be pulled (pkg/controller/deployment/progress.go).
+    stuck = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": 'ReplicaSet "waypoint-5d4f" has timed out progressing.',
+    }
+    fake.set_status("apps/v1", "Deployment", "demo", "waypoint", {"conditions": [stuck]})
+    reconciler.reconcile_gateway("demo", "waypoint")
+    message = _condition(fake.get(*GW), "Programmed")["message"]
+    assert message.startswith("Deployment ProgressDeadlineExceeded: ReplicaSet")
+
+
 def test_apply_creates_objects_then_programmed(
     api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
@@ -54,6 +74,11 @@ def test_apply_creates_objects_then_programmed(
     gw = fake.get(*GW)
     assert _condition(gw, "Accepted")["status"] == "True"
     assert _condition(gw, "Programmed")["reason"] == "Pending"
+    # Until a replica is ready the condition names what the pods need, for the user to check.
+    waiting = _condition(gw, "Programmed")["message"]
+    assert "Deployment demo/waypoint" in waiting
+    assert f"image {version.default_image()}" in waiting
+    assert "Secret demo/waypoint-spiffe" in waiting
     deployment = fake.get("apps/v1", "Deployment", "demo", "waypoint")
     assert deployment is not None
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == gw["metadata"]["uid"]  # type: ignore[index]

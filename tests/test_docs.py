@@ -13,10 +13,13 @@ fails this test, so a new recipe cannot go unchecked. The kinds:
 - ``quick-start``: README's two lines; CI runs the second (.ci/run reads it from README), and
   tests/test_cli_local.py runs the first one's ``waypoint up`` (with ``--once``).
 - ``cluster``: needs a Kubernetes cluster (or Istio) that these machines do not have.
+- ``image``: builds the container image (minutes, or a registry); tests/test_image.py builds it
+  the same way, so each step must match tests/podman.py and the Containerfile's ARGs.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import re
@@ -29,11 +32,11 @@ import urllib.request
 
 import pytest
 
-from tests import conftest
+from tests import conftest, podman
 
 DOCS = [conftest.REPO / "README.md", *sorted((conftest.REPO / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?:<!-- doc-test: ([a-z-]+)(?: [^>]*)? -->\n)?```sh\n(.*?)```", re.S)
-KINDS = {"run", "usage", "args", "suite", "quick-start", "cluster"}
+KINDS = {"run", "usage", "args", "suite", "quick-start", "cluster", "image"}
 BIN = pathlib.Path(sys.executable).parent
 FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
@@ -96,12 +99,27 @@ def test_block_is_exercised(where: str, kind: str, body: str, tmp_path: pathlib.
             paths = [a for a in shlex.split(command) if a.startswith("tests/")]
             assert paths, command
             assert all((conftest.REPO / p).exists() for p in paths), command
+    elif kind == "image":
+        for command in _commands(body):
+            _image_step_matches_the_test(command)
     elif kind == "quick-start":
         lines = _commands(body)
         ci = (conftest.REPO / ".ci" / "run").read_text()
         assert len(lines) == 2
         assert "README.md" in ci, "CI must run the README's second line"
         assert lines[0].endswith(".venv/bin/waypoint up"), lines[0]
+
+
+def _image_step_matches_the_test(command: str) -> None:
+    argv = shlex.split(command)
+    if argv[0] == "mmdebstrap":
+        assert f"--include={podman.DEBIAN_PACKAGES}" in argv, command
+    elif argv[:2] == ["podman", "import"]:
+        assert podman.BASE_ENV in argv, command
+    elif argv[:2] == ["podman", "build"]:
+        args = [a.split("=")[0] for flag, a in itertools.pairwise(argv) if flag == "--build-arg"]
+        declared = re.findall(r"^ARG (\w+)", (conftest.REPO / "Containerfile").read_text(), re.M)
+        assert set(args) <= set(declared), (command, declared)
 
 
 def _run(body: str, tmp_path: pathlib.Path) -> None:

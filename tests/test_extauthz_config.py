@@ -188,7 +188,32 @@ CASES: dict[str, tuple[Any, str]] = {
         lambda d: d["policy"].update(opa={"retries": 2}),
         "policy.opa.retries: unknown key",
     ),
+    "unknown limit": (
+        lambda d: d.update(limits={"max_conections": 10}),
+        "limits.max_conections: unknown key",
+    ),
+    "settings entries below the settings that exist": (
+        lambda d: d.update(limits={"settings_entries_per_frame": 3}),
+        "limits.settings_entries_per_frame: must be an integer in [6, 2730]",
+    ),
+    "zero idle timeout": (
+        lambda d: d.update(limits={"idle_timeout_seconds": 0}),
+        "limits.idle_timeout_seconds: must be a number >= 1",
+    ),
+    "header block below the metadata cap": (
+        lambda d: d.update(limits={"max_metadata_bytes": 8192, "max_header_block_bytes": 4096}),
+        "limits.max_header_block_bytes: must be >= limits.max_metadata_bytes",
+    ),
 }
+
+
+def test_limits_have_defaults_and_can_be_set(tmp_path: pathlib.Path) -> None:
+    doc = support.base_config(tmp_path)
+    assert config.from_mapping(doc, tmp_path).limits == config.Limits()
+    doc["limits"] = {"max_connections": 64, "control_frames_per_second": 20}
+    limits = config.from_mapping(doc, tmp_path).limits
+    assert (limits.max_connections, limits.control_frames_per_second) == (64, 20.0)
+    assert limits.settings_entries_per_frame == 32
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -263,3 +263,18 @@ def test_view_tells_unset_from_empty_messages() -> None:
     image = decisioncache.InputView(unset, {}).value(path)
     assert image == decisioncache.MISSING
     assert decisioncache.InputView(empty, {}).value(path) != image
+
+
+def test_the_cache_is_bounded_by_bytes_as_well_as_entries() -> None:
+    cache = decisioncache.DecisionCache((("parsed_path",),), max_entries=1000, max_bytes=64 * 1024)
+    for i in range(100):
+        cache.put(("d", (f"{i}:" + "v" * 4000,)), i)  # about 4.5 KB each
+    assert cache.bytes <= 64 * 1024
+    assert 10 <= len(cache._entries) < 16
+    assert cache.get(("d", ("99:" + "v" * 4000,))) == 99  # the newest stay
+    assert cache.get(("d", ("0:" + "v" * 4000,))) is None  # the oldest went first
+    cache.put(("d", ("x" * 100_000,)), "huge")  # larger than the whole cache: not kept
+    assert cache.bytes <= 64 * 1024
+    assert cache.get(("d", ("x" * 100_000,))) is None
+    cache.put(("d", ("99:" + "v" * 4000,)), "again")  # replacing does not count twice
+    assert cache.bytes == sum(size for _value, size in cache._entries.values())

@@ -21,7 +21,7 @@ import h2.events
 import pytest
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
 
-from extauthz import h2grpc
+from extauthz import config, h2grpc
 
 pytestmark = pytest.mark.asyncio
 
@@ -128,7 +128,7 @@ async def test_bad_messages() -> None:
         assert "over 1000" in details
         raw = channel.unary_unary("/t.T/Echo", None, None)
         code, details = await code_of(raw(b"\x0a\x05ab", timeout=5))
-        assert code == grpc.StatusCode.INTERNAL
+        assert code == grpc.StatusCode.INTERNAL  # gRPC's table: "error parsing request proto"
         assert "cannot parse" in details
         gzip = unary(channel, "Echo")(
             Text(value="y" * 500), timeout=5, compression=grpc.Compression.Gzip
@@ -286,23 +286,79 @@ async def test_grpc_timeout_ends_a_suspended_call() -> None:
         client.sock.close()
 
 
-async def test_a_connection_holds_only_so_much_unfinished_request_data() -> None:
+async def test_the_process_holds_only_so_much_unfinished_request_data() -> None:
     calls = Calls()
-    async with serving(calls, max_message_bytes=1000) as (_server, channel, port):
+    limits = config.Limits(max_buffered_request_bytes=4000)
+    async with serving(calls, max_message_bytes=1000, limits=limits) as (
+        server,
+        channel,
+        port,
+    ):
         client = RawClient(port)
         client.seen, client.ended = {}, {}
         whole = message("x" * 990)
         streams = [client.open("/t.T/Echo") for _ in range(5)]
         for stream_id in streams:
             client.send(stream_id, whole[:900])
-        # Four partial messages fit (4 x max_message_bytes); the fifth does not.
+        # Four partial messages fit in the 4,000 bytes; the fifth does not.
         got = await asyncio.to_thread(client.outcome, streams[4])
         assert got["grpc-status"] == "8"
+        assert server.events["buffered_bytes_exhausted"] == 1
         for stream_id in streams[:4]:
             client.send(stream_id, whole[900:], end=True)
             assert (await asyncio.to_thread(client.outcome, stream_id))["grpc-status"] == "0"
         client.sock.close()
         assert (await unary(channel, "Echo")(Text(value="after"), timeout=5)).value == "AFTER"
+        assert server.held == 0
+
+
+async def test_message_cardinality_and_compression_get_grpc_statuses() -> None:
+    calls = Calls()
+    async with serving(calls) as (_server, _channel, port):
+        client = RawClient(port)
+        client.seen, client.ended = {}, {}
+        # gRPC's status code table: a request cardinality violation is UNIMPLEMENTED.
+        two = client.open("/t.T/Echo")
+        client.send(two, message("a") + message("b"), end=True)
+        none = client.open("/t.T/Echo")
+        client.send(none, b"", end=True)
+        # A stream that ends inside a message broke the framing: INTERNAL.
+        cut = client.open("/t.T/Echo")
+        client.send(cut, message("abc")[:-1], end=True)
+        # An encoding we do not take: UNIMPLEMENTED, naming the one we do.
+        gzip = client.open("/t.T/Echo", [("grpc-encoding", "gzip")])
+        client.send(gzip, b"\x01" + message("z")[1:], end=True)
+        # The compressed flag with no encoding at all: INTERNAL.
+        flagged = client.open("/t.T/Echo")
+        client.send(flagged, b"\x01" + message("z")[1:], end=True)
+        got = {
+            s: await asyncio.to_thread(client.outcome, s) for s in (two, none, cut, gzip, flagged)
+        }
+        assert got[two]["grpc-status"] == got[none]["grpc-status"] == "12"
+        assert got[cut]["grpc-status"] == got[flagged]["grpc-status"] == "13"
+        assert got[gzip]["grpc-status"] == "12"
+        assert got[gzip]["grpc-accept-encoding"] == "identity"
+        assert "grpc-accept-encoding" not in got[two]
+        client.sock.close()
+
+
+async def test_unparsable_requests_get_the_methods_own_answer() -> None:
+    def unparsable(reason: str) -> Any:
+        return Text(value="refused: " + reason)
+
+    calls = Calls()
+    method = h2grpc.Method("/t.T/Strict", Text.FromString, unary=calls.echo, unparsable=unparsable)
+    server = h2grpc.Server([method])
+    port = await server.add_address("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        call = channel.unary_unary("/t.T/Strict", None, Text.FromString)
+        answer = await call(b"\x0a\x05ab", timeout=5)
+        assert answer.value == "refused: cannot parse the request: DecodeError"
+        assert server.events["unparsable_request"] == 1
+    finally:
+        await channel.close(None)
+        await server.stop(0)
 
 
 async def test_what_is_not_grpc_gets_http_errors() -> None:

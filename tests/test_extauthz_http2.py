@@ -50,6 +50,9 @@ class Recorder:
     def on_goaway(self) -> None:
         self.events.append(("goaway",))
 
+    def on_oversized(self, stream_id: int, end_stream: bool) -> None:
+        self.events.append(("oversized", stream_id, end_stream))
+
 
 def raw(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return http2.frame_header(len(payload), kind, flags, stream_id) + payload
@@ -254,18 +257,50 @@ def test_send_data_respects_windows_and_frame_size() -> None:
     assert connection.window(3) == 65_535 - 20_000
 
 
-def test_received_data_is_granted_back_to_the_peer() -> None:
-    connection, _ = opened(window=65_535)
-    connection.receive(headers_frame(1, REQUEST, flags=0x4))
-    for _ in range(3):
-        connection.receive(raw(http2.DATA, 0, 1, b"d" * 16_000))
-    updates = [
+def window_updates(connection: http2.Connection) -> list[tuple[int, int]]:
+    found = [
         (s, struct.unpack(">L", p)[0])
         for k, _, s, p in frames(connection.out)
         if k == http2.WINDOW_UPDATE
     ]
-    assert updates == [(0, 48_000), (1, 48_000)]
+    connection.out.clear()
+    return found
+
+
+def test_received_data_is_granted_back_only_once_consumed() -> None:
+    connection, _ = opened(window=65_535)
+    connection.receive(headers_frame(1, REQUEST, flags=0x4))
+    for _ in range(3):
+        connection.receive(raw(http2.DATA, 0, 1, b"d" * 16_000))
+    assert window_updates(connection) == []  # held, not yet taken off our hands
+    connection.consumed(1, 48_000)
+    assert window_updates(connection) == [(0, 48_000), (1, 48_000)]
     connection.receive(raw(http2.DATA, 0, 1, b"d" * 16_000))  # fits only because granted
+
+
+def test_unconsumed_data_fills_the_window_and_then_is_a_flow_control_error() -> None:
+    connection, _ = opened(window=65_535)
+    connection.receive(headers_frame(1, REQUEST, flags=0x4))
+    for _ in range(4):
+        connection.receive(raw(http2.DATA, 0, 1, b"d" * 16_000))
+    with pytest.raises(http2.ProtocolError) as info:
+        connection.receive(raw(http2.DATA, 0, 1, b"d" * 16_000))
+    assert info.value.code == http2.FLOW_CONTROL_ERROR
+
+
+def test_padding_and_dropped_data_are_granted_back_at_once() -> None:
+    connection, _ = opened(window=65_535)
+    connection.receive(headers_frame(1, REQUEST, flags=0x4))
+    padded = bytes([200]) + b"d" * 100 + b"\0" * 200
+    for _ in range(200):
+        connection.receive(raw(http2.DATA, http2.PADDED, 1, padded))
+    # 201 of each frame's 301 bytes were padding: granted without the handler's word.
+    assert window_updates(connection) == [(0, 201 * 164)]
+    connection.reset(1, http2.CANCEL)
+    connection.out.clear()
+    for _ in range(100):  # late DATA on a stream we reset is dropped, and granted back
+        connection.receive(raw(http2.DATA, 0, 1, b"d" * 500))
+    assert [s for s, _ in window_updates(connection)] == [0]
 
 
 def test_an_early_end_resets_the_open_request_and_ignores_its_late_data() -> None:
@@ -380,15 +415,23 @@ def test_data_beyond_a_stream_window_is_a_flow_control_error() -> None:
     assert resets(connection) == [(1, http2.FLOW_CONTROL_ERROR)]
 
 
-def test_an_oversized_header_list_by_reference_is_refused() -> None:
-    connection, _ = opened(max_header_list=8 * 1024)
+def test_an_oversized_header_list_is_refused_per_call_then_per_connection() -> None:
+    budget = http2.Budget(max_header_block=16 * 1024)
+    connection, recorder = opened(max_header_list=8 * 1024, budget=budget)
     encoder = hpack.Encoder()
     big = [(b"x-big", b"b" * 3000)]
     connection.receive(raw(http2.HEADERS, 5, 1, encoder.encode(REQUEST + big)))
     repeated = encoder.encode(REQUEST + big * 3)  # small block, large list
     assert len(repeated) < 20
+    # Over the list size: only this call is refused (the handler answers it) ...
+    connection.receive(raw(http2.HEADERS, 5, 3, repeated))
+    assert recorder.events[-1] == ("oversized", 3, True)
+    # ... and the connection goes on, its HPACK table in step.
+    connection.receive(raw(http2.HEADERS, 5, 5, encoder.encode(REQUEST)))
+    assert recorder.events[-1][:2] == ("headers", 5)
+    # Over the hard cap it is a bomb: the connection ends.
     with pytest.raises(http2.ProtocolError) as caught:
-        connection.receive(raw(http2.HEADERS, 5, 3, repeated))
+        connection.receive(raw(http2.HEADERS, 5, 7, encoder.encode(REQUEST + big * 6)))
     assert caught.value.code == http2.ENHANCE_YOUR_CALM
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from jwt import algorithms as jwt_algorithms
 
 from extauthz import cli, config
 from extauthz import jwt as jwt_auth
@@ -641,3 +642,92 @@ async def test_bad_jwks_file_at_startup_is_an_error(tmp_path: pathlib.Path, bad:
         _write_jwks(path, content)
     with pytest.raises(ValueError, match=re.escape(f"provider corp: jwks_file {path}")):
         authn.load_static()
+
+
+# -- hostile token shapes: refused cheaply, cleanly, and remembered ----------------------
+
+
+def _signed_raw(header_json: str, payload_json: str) -> str:
+    """An RS256 token over exactly these JSON texts (pyjwt would re-serialize them)."""
+    signing_input = f"{support.b64(header_json.encode())}.{support.b64(payload_json.encode())}"
+    signer = jwt_algorithms.RSAAlgorithm(jwt_algorithms.RSAAlgorithm.SHA256)
+    signature = signer.sign(signing_input.encode(), support.RSA_KEY)
+    return f"{signing_input}.{support.b64(signature)}"
+
+
+_HEADER = '{"alg":"RS256","kid":"rsa-1","typ":"JWT"}'
+
+
+def _payload(**extra: Any) -> str:
+    return json.dumps({**support.claims(NOW), **extra})
+
+
+async def test_duplicate_member_names_are_refused(tmp_path: pathlib.Path) -> None:
+    authn = _authenticator(tmp_path)
+    # Signed by the trusted key: only the duplicate makes it bad.
+    twice = _payload(role="user")[:-1] + ', "role": "admin"}'
+    assert '"role": "user"' in twice
+    with pytest.raises(jwt_auth.InvalidToken, match="payload has a duplicate member name"):
+        await _verify(authn, _signed_raw(_HEADER, twice))
+    header_twice = '{"alg":"RS256","kid":"rsa-1","kid":"rsa-1"}'
+    with pytest.raises(jwt_auth.InvalidToken, match="header has a duplicate member name"):
+        await _verify(authn, _signed_raw(header_twice, _payload()))
+    nested_twice = _payload()[:-1] + ', "o": {"a": 1, "a": 2}}'
+    with pytest.raises(jwt_auth.InvalidToken, match="duplicate member name"):
+        await _verify(authn, _signed_raw(_HEADER, nested_twice))
+    # The same claims without the duplicate pass.
+    assert await _verify(authn, _signed_raw(_HEADER, _payload(role="admin"))) is not None
+
+
+async def test_deeply_nested_json_is_a_remembered_401(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authn = _authenticator(tmp_path)
+    deep = "[" * 3000 + "]" * 3000
+    in_payload = _signed_raw(_HEADER, _payload()[:-1] + f', "x": {deep}}}')
+    in_header = _signed_raw(_HEADER[:-1] + f',"x":{deep}}}', _payload())
+    with pytest.raises(jwt_auth.InvalidToken, match="payload is nested too deeply"):
+        await _verify(authn, in_payload)
+    with pytest.raises(jwt_auth.InvalidToken, match="header is nested too deeply"):
+        await _verify(authn, in_header)
+    # Both refusals are remembered: the next try parses nothing.
+    parsed: list[str] = []
+    original = jwt_auth._json_object
+
+    def spy(segment: str, what: str) -> dict[str, Any]:
+        parsed.append(what)
+        return original(segment, what)
+
+    monkeypatch.setattr(jwt_auth, "_json_object", spy)
+    for token, reason in ((in_payload, "payload is nested"), (in_header, "header is nested")):
+        with pytest.raises(jwt_auth.InvalidToken, match=reason):
+            await _verify(authn, token)
+    assert parsed == []
+
+
+async def test_an_oversized_token_is_refused_before_any_decoding(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authn = _authenticator(tmp_path)
+    huge = support.token(support.claims(NOW, pad="x" * 1_000_000))
+
+    def never(*_args: Any) -> Any:
+        raise AssertionError("an oversized token was decoded or hashed")
+
+    monkeypatch.setattr(jwt_auth, "_b64decode", never)
+    monkeypatch.setattr(hashlib, "sha256", never)
+    with pytest.raises(jwt_auth.InvalidToken, match="exceeds 16384"):
+        await _verify(authn, huge)
+
+
+async def test_the_token_cache_is_bounded_by_bytes(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jwt_auth, "_CACHE_BYTES", 100_000)
+    authn = _authenticator(tmp_path)
+    verifier = authn.provider("corp")
+    for i in range(40):  # tokens of about 10 KB each: 40 x 3 x 10 KB would be 1.2 MB
+        token = support.token(support.claims(NOW, sub=f"user-{i}", pad="p" * 7000))
+        assert await _verify(authn, token) is not None
+        assert verifier._cache_bytes <= 100_000
+    assert 0 < len(verifier._cache) < 40

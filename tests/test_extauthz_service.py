@@ -174,8 +174,12 @@ async def test_invalid_token_is_401_before_policy(tmp_path: pathlib.Path) -> Non
         assert http_status(expired) == 401
         assert expired.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
         assert headers_of(expired.denied_response.headers) == {
-            "www-authenticate": 'Bearer error="invalid_token"'
+            "www-authenticate": 'Bearer error="invalid_token"',
+            "content-type": "application/json",
         }
+        reason = json.loads(expired.denied_response.body)
+        assert reason["error"] == "unauthenticated"
+        assert reason["decision_id"]
         garbage = await check(channel, path="/public", headers={"authorization": "Bearer x"})
         assert http_status(garbage) == 401
         text = srv.metrics.text().decode()
@@ -504,3 +508,49 @@ async def test_fast_protojson_equals_message_to_dict() -> None:
     assert protojson.message_to_dict(attrs) == json_format.MessageToDict(attrs)
     empty = external_auth_pb2.CheckRequest().attributes
     assert protojson.message_to_dict(empty) == json_format.MessageToDict(empty) == {}
+
+
+# -- a payload Envoy's jwt_authn already verified -------------------------------------
+
+
+def _with_envoy_payload(claims: dict[str, Any], **kwargs: Any) -> external_auth_pb2.CheckRequest:
+    request = support.check_request(**kwargs)
+    payload = request.attributes.metadata_context.filter_metadata[jwt_auth.ENVOY_JWT_FILTER]
+    payload.update({jwt_auth.ENVOY_PAYLOAD_KEY: claims})
+    return request
+
+
+async def test_trust_envoy_metadata_skips_a_second_verification(tmp_path: pathlib.Path) -> None:
+    claims = support.claims(role="admin")
+    trusted = support.settings(tmp_path, jwt__trust_envoy_metadata=True)
+    async with serving(trusted) as (_srv, channel):
+        # No token in the headers (jwt_authn strips it): the metadata is the identity.
+        response = await Stub(channel).Check(_with_envoy_payload(claims, path="/admin"), timeout=10)
+        assert http_status(response) == 200
+        assert headers_of(response.ok_response.headers)["x-jwt-sub"] == "alice"
+        # A payload from an issuer extauthz does not trust is ignored, not believed.
+        stranger = _with_envoy_payload({**claims, "iss": "https://other.test"}, path="/admin")
+        assert http_status(await Stub(channel).Check(stranger, timeout=10)) == 403
+    # Off by default: the same request is anonymous.
+    async with serving(support.settings(tmp_path)) as (_srv, channel):
+        plain = await Stub(channel).Check(_with_envoy_payload(claims, path="/admin"), timeout=10)
+        assert http_status(plain) == 403
+
+
+async def test_a_deny_carries_a_short_json_reason_unless_configured_off(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A policy deny without its own body: {"error","message","decision_id"} as JSON, as other
+    gateways answer; deny_body: empty restores the empty body."""
+    async with serving(support.settings(tmp_path)) as (_srv, channel):
+        denied = await check(channel, path="/admin", headers=bearer(role="viewer"))
+        assert http_status(denied) == 403
+        assert headers_of(denied.denied_response.headers)["content-type"] == "application/json"
+        reason = json.loads(denied.denied_response.body)
+        assert (reason["error"], reason["message"]) == ("forbidden", "denied by policy")
+        assert reason["decision_id"] == denied.dynamic_metadata.fields["decision_id"].string_value
+    quiet = dataclasses.replace(support.settings(tmp_path), deny_body="empty")
+    async with serving(quiet) as (_srv, channel):
+        denied = await check(channel, path="/admin", headers=bearer(role="viewer"))
+        assert http_status(denied) == 403
+        assert denied.denied_response.body == ""

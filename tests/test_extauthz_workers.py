@@ -1,19 +1,22 @@
 """``extauthz serve --workers N``: N real processes on one port, a supervisor over them.
 
 Covers the refusals (unix socket, port 0, a bad count), each worker's own metrics port,
-checks answered through the shared port, SIGTERM stopping every worker with exit 0, and a
-dead worker taking the pool down with a non-zero exit instead of hiding.
+checks answered through the shared port, SIGTERM stopping every worker with exit 0, a
+dead worker restarted (and its restart counted), and, on a fake clock, the backoff and
+the pool giving up on a worker that keeps dying at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import pathlib
 import signal
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
@@ -25,6 +28,11 @@ from loadtests import procs
 from tests import conftest
 from tests.extauthz import support
 from waypoint.runtime import ports
+
+
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
 
 
 def _children(pid: int) -> list[int]:
@@ -112,13 +120,101 @@ async def test_workers_serve_one_port_and_stop_on_sigterm(tmp_path: pathlib.Path
 
 
 @pytest.mark.asyncio
-async def test_a_dead_worker_stops_the_pool(tmp_path: pathlib.Path) -> None:
-    async with pool(tmp_path, 2) as (_port, metrics_port, process):
+async def test_a_dead_worker_is_restarted_and_counted(tmp_path: pathlib.Path) -> None:
+    async with pool(tmp_path, 2) as (port, metrics_port, process):
         assert isinstance(process, asyncio.subprocess.Process)
         first, second = _children(process.pid)
         os.kill(first, signal.SIGKILL)
-        assert await asyncio.wait_for(process.wait(), 30) == signal.SIGKILL
-        assert not procs.extauthz_ready(metrics_port)
-        assert not procs.extauthz_ready(metrics_port + 1)
-        with pytest.raises(ProcessLookupError):
-            os.kill(second, 0)
+        for _ in range(300):
+            children = _children(process.pid)
+            ready = all(procs.extauthz_ready(metrics_port + i) for i in range(2))
+            if len(children) == 2 and first not in children and ready:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the dead worker was not restarted")
+        assert second in children  # the other worker was left alone
+        texts = [_metrics(metrics_port + i) for i in range(2)]
+        assert sorted(t.count("extauthz_worker_restarts 1.0") for t in texts) == [0, 1]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            answer = await stub.Check(support.check_request("/public"), timeout=10)
+            assert answer.status.code == 0
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+class FakeChild:
+    """A worker process whose exit the test decides."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def wait(self) -> int:
+        self.code = 0 if self.code is None else self.code
+        return self.code
+
+    def send_signal(self, _signum: int) -> None:
+        self.code = 0
+
+    terminate = kill = lambda self: self.send_signal(15)
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_backoff_doubles_for_quick_deaths_and_the_pool_gives_up_after_five() -> None:
+    clock = FakeTime()
+    started: list[tuple[int, int, float]] = []
+    children: list[FakeChild] = []
+
+    def spawn(index: int, restarts: int) -> FakeChild:
+        started.append((index, restarts, clock.now))
+        child = FakeChild()
+        if index == 1:
+            child.code = 1  # worker 1 dies at once, every time
+        children.append(child)
+        return child
+
+    code = workers.supervise(spawn, 2, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    assert code == 1
+    restarts = [(r, round(t, 1)) for i, r, t in started if i == 1]
+    # Restarts 0.5, 1, 2, 4 s after each death (polls every 0.2 s), then it gives up.
+    assert [r for r, _ in restarts] == [0, 1, 2, 3, 4]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(restarts)]
+    assert [round(g) for g in gaps] == [1, 1, 2, 4]
+    assert all(i == 1 for i, r, _ in started if r)  # worker 0 was never restarted
+    assert children[0].code == 0  # and was stopped with the pool
+
+
+def test_a_worker_that_ran_a_while_is_restarted_without_giving_up() -> None:
+    clock = FakeTime()
+    spawned: list[FakeChild] = []
+
+    def spawn(index: int, restarts: int) -> FakeChild:
+        child = FakeChild()
+        spawned.append(child)
+        return child
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        alive = spawned[-1]
+        if clock.now > 60 * len(spawned):  # each worker lives a minute, then dies
+            alive.code = -9
+        if len(spawned) == 10:
+            alive.code = None
+            signal.raise_signal(signal.SIGTERM)
+
+    assert workers.supervise(spawn, 1, clock=clock, sleep=sleep) == 0  # type: ignore[arg-type]
+    assert len(spawned) == 10

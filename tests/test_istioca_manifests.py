@@ -9,6 +9,7 @@ import pytest
 
 from tests import test_kube_manifests as manifests
 from tests.fakekube import gateway_api_schema, world
+from waypoint import version
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import gateway, render, settings
 
@@ -23,7 +24,7 @@ def test_overlay_validates_and_names_no_registry() -> None:
         else:
             kubernetes_validate.validate(doc, "1.32.0", strict=True)
     images = [image for doc in docs for image in manifests._images(doc)]
-    assert "waypoint-controller:0.1.0" in images
+    assert "waypoint-mesh:0.1.0" in images
     assert all("." not in image.partition("/")[0] for image in images if "/" in image)
     # Nothing beyond the base's RBAC: the waypoint pods never call the API server.
     base_rbac = [d for d in manifests.build("base") if d["kind"].endswith(("Role", "Binding"))]
@@ -51,7 +52,8 @@ def test_class_defaults_give_waypoints_istio_certs() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["envoy", "istio-certs"]
     assert [c["name"] for c in pod["initContainers"]] == ["istio-certs-init"]
-    assert pod["initContainers"][0]["image"] == "waypoint-controller:0.1.0"
+    # The istio-certs containers run the one image, as the controller does (its --image).
+    assert pod["initContainers"][0]["image"] == version.default_image()
 
 
 @pytest.mark.parametrize("value", ["", "istiod.istio-system.svc", "host:99999"])

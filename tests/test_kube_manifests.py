@@ -2,11 +2,13 @@
 Kubernetes 1.32 schemas (kubernetes-validate), Gateway API kinds against the transcribed CRD
 schema, and the overlays' class-wide defaults produce valid waypoint Deployments.
 
-kustomize comes from ``kubectl kustomize``; with no kubectl on the machine these tests skip
-(no PyPI package ships the real kustomize for Python 3.11)."""
+kustomize comes from ``kubectl kustomize`` (no PyPI package ships the real kustomize for
+Python 3.11); without kubectl these tests fail (.ci/run installs it)."""
 
 from __future__ import annotations
 
+import os
+import pathlib
 import shutil
 import subprocess
 from typing import Any
@@ -19,13 +21,19 @@ import yaml
 from tests import conftest
 from tests.fakekube import catalog as fake_catalog
 from tests.fakekube import gateway_api_schema, world
+from waypoint import cli, version
+from waypoint.commands import cluster as cluster_commands
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import reconcile, xds
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 
 MANIFESTS = conftest.REPO / "manifests"
-TARGETS = ["base", "overlays/opa", "overlays/cert-manager", "overlays/xds", "overlays/istio"]
+# The base and every overlay there is, so a new overlay cannot go unbuilt.
+TARGETS = [
+    "base",
+    *sorted(f"overlays/{d.name}" for d in (MANIFESTS / "overlays").iterdir() if d.is_dir()),
+]
 # cert-manager's kinds have no schema in kubernetes-validate and we do not carry their CRDs.
 UNCHECKED = {"Certificate", "ClusterIssuer"}
 
@@ -33,9 +41,12 @@ UNCHECKED = {"Certificate", "ClusterIssuer"}
 def build(target: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+        pytest.fail(
+            "kubectl (with its built-in kustomize) is not installed: apt-get install kubectl"
+        )
+    path = pathlib.Path(target) if pathlib.Path(target).is_absolute() else MANIFESTS / target
     proc = subprocess.run(
-        [kubectl, "kustomize", str(MANIFESTS / target)], capture_output=True, text=True, check=False
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
@@ -104,6 +115,36 @@ def test_images_name_no_registry_host() -> None:
             assert not sep or ("." not in first and ":" not in first and first != "localhost"), (
                 image
             )
+
+
+def test_one_image_entry_names_the_controller_and_its_waypoints(tmp_path: pathlib.Path) -> None:
+    """``kustomize edit set image waypoint-mesh=…`` (here: an overlay's ``images:``) reaches the
+    controller's container and the image it puts into waypoint Deployments."""
+    base = os.path.relpath(MANIFESTS / "base", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [base],
+                "images": [
+                    {"name": "waypoint-mesh", "newName": "mirror/waypoint-mesh", "newTag": "9.9.9"}
+                ],
+            }
+        )
+    )
+    for docs in (build(str(tmp_path)), build("base")):
+        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["WAYPOINT_IMAGE"] == container["image"]
+        assert "--image=$(WAYPOINT_IMAGE)" in container["args"]
+        assert container["image"] in ("mirror/waypoint-mesh:9.9.9", "waypoint-mesh:0.1.0")
+    # The controller puts its --image into every container it generates.
+    args = cli.build_parser().parse_args(["controller", "--image=mirror/waypoint-mesh:9.9.9"])
+    defaults = cluster_commands.controller_defaults(args)
+    assert defaults.envoy_image == defaults.extauthz_image == "mirror/waypoint-mesh:9.9.9"
+    args = cli.build_parser().parse_args(["controller", "--extauthz-image=other:1"])
+    defaults = cluster_commands.controller_defaults(args)
+    assert (defaults.envoy_image, defaults.extauthz_image) == (version.default_image(), "other:1")
 
 
 def test_rbac_is_least_privilege() -> None:

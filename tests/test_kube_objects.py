@@ -113,11 +113,12 @@ def test_images_have_no_registry_host() -> None:
 
 
 def test_cert_sources() -> None:
-    csi = _desired(_gateway())["Deployment"]["spec"]["template"]["spec"]["volumes"]
-    assert {"csi"} <= next(v for v in csi if v["name"] == objects.CERT_VOLUME).keys()
     gw = _gateway()
-    gw["metadata"]["annotations"] = {"waypoint.dev/cert-source": "secret"}
-    secret = _desired(gw)["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    gw["metadata"]["annotations"] = {"waypoint.dev/cert-source": "csi"}
+    csi = _desired(gw)["Deployment"]["spec"]["template"]["spec"]["volumes"]
+    assert {"csi"} <= next(v for v in csi if v["name"] == objects.CERT_VOLUME).keys()
+    # The default: a Secret, which needs no add-on on the cluster.
+    secret = _desired(_gateway())["Deployment"]["spec"]["template"]["spec"]["volumes"]
     volume = next(v for v in secret if v["name"] == objects.CERT_VOLUME)
     assert volume["secret"]["secretName"] == "waypoint-spiffe"
     assert [i["path"] for i in volume["secret"]["items"]] == [

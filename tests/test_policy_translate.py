@@ -8,6 +8,7 @@ the bootstrap, which also passes ``envoy --mode validate``.
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -64,9 +65,10 @@ def test_golden_envoy_and_validate(case: str, tmp_path: pathlib.Path) -> None:
         cert_dir=str(tmp_path / "certs"), sds_dir=str(tmp_path / "sds")
     )
     secrets.write_sds_files(local)
-    envoy_process.validate_text(
-        text.replace(OPTS.sds_dir, local.sds_dir).replace(OPTS.cert_dir, local.cert_dir)
-    )
+    # Only whole paths: the system CA bundle (/etc/ssl/certs/...) must stay as it is.
+    text = re.sub(rf"(?<![\w/]){re.escape(OPTS.sds_dir)}", local.sds_dir, text)
+    text = re.sub(rf"(?<![\w/]){re.escape(OPTS.cert_dir)}(?![\w-])", local.cert_dir, text)
+    envoy_process.validate_text(text)
 
 
 @pytest.mark.parametrize("case", NAMES)

@@ -72,7 +72,7 @@ def test_request_authentication_rules() -> None:
             {
                 "issuer": "https://j",
                 "audiences": ["a"],
-                "jwks": '{"keys": []}',
+                "jwks": '{"keys":[{"kty":"EC","crv":"P-256","x":"Rh2B6tdxhdDgRZ4xK15pHi8nM-CO2sp7o6_4vzDEyig","y":"rHqczVPoxCypHEzb-X3YvTUjIsr1FPQvcI6qp58OGi4","kid":"golden-ec","use":"sig"}]}',
                 "outputPayloadToHeader": "X-Payload",
             },
         ]
@@ -220,7 +220,7 @@ def test_needs_extauthz_and_config() -> None:
     assert not policy.needs_extauthz(plain)
     assert policy.extauthz_config(plain, metrics_listen=None) == {
         "listen": "127.0.0.1:9191",
-        "jwt": {"providers": []},
+        "jwt": {"providers": [], "trust_envoy_metadata": True},
         "policy": {"engine": "embedded", "modules": ["/etc/extauthz/policies/policy.rego"]},
     }
     authz = model.ExtAuthz("ns1/p", "envoy/authz/allow")

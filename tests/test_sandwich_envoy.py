@@ -136,7 +136,32 @@ spec:
         }
         for name, decision in (("mesh", "envoy/authz/mesh_only"), ("who", "envoy/authz/principals"))
     ]
-    return [*yaml.safe_load_all(text), *policies]
+    return [*yaml.safe_load_all(text), *policies, _authorization_policy()]
+
+
+def _authorization_policy() -> dict[str, Any]:
+    """Istio DENY rules on the PROXY header's identity and source address (port 80 only, so
+    the TCP port keeps working: Istio widens a DENY's HTTP-only fields on TCP)."""
+    port_80 = {"ports": ["80"]}
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny", "namespace": "ns1"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "orders"}],
+            "action": "DENY",
+            "rules": [
+                {
+                    "from": [{"source": {"notPrincipals": ["cluster.local/ns/client/sa/sleep"]}}],
+                    "to": [{"operation": {**port_80, "paths": ["/tagged/private*"]}}],
+                },
+                {
+                    "from": [{"source": {"ipBlocks": ["10.244.1.0/24"]}}],
+                    "to": [{"operation": {**port_80, "paths": ["/tagged/ipblock"]}}],
+                },
+            ],
+        },
+    }
 
 
 @dataclasses.dataclass
@@ -322,3 +347,11 @@ def test_explain_says_it_does_not_follow_the_sandwich(world: World) -> None:
     request = simulate.Request(authority=f"{VIP}:80", path="/who")
     with pytest.raises(simulate.UnsupportedConfig, match="sandwich"):
         simulate.trace(bootstrap.build(world.waypoint, world.opts), request)
+
+
+def test_authorization_policy_reads_the_proxy_identity_and_address(world: World) -> None:
+    assert world.get("/tagged/private")[0] == 200
+    assert world.get("/tagged/private", OTHER_ID)[0] == 403  # notPrincipals: the TLV identity
+    assert world.get("/tagged/private", None)[0] == 403  # no TLV: no principal
+    assert world.get("/tagged/ipblock")[0] == 403  # ipBlocks: the PROXY header's source
+    assert world.get("/tagged/x")[0] == 200

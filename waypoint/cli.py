@@ -7,6 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from waypoint import version
+
 # Each module defines register(subparsers) and sets args.func(args) -> int on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.render",
@@ -24,6 +26,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="waypoint", description="Envoy waypoint proxies for ambient meshes."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version.package_version()}"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMAND_MODULES:

@@ -937,7 +937,11 @@ def _handler(fake: FakeKube) -> type[http.server.BaseHTTPRequestHandler]:
             warnings: list[str] = []
             headers: dict[str, str] = {}
             try:
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                # The scheme is case-insensitive, as in the API server's authenticator
+                # (staging/src/k8s.io/apiserver/pkg/authentication/request/bearertoken/
+                # bearertoken.go); the Python client's in-cluster config sends "bearer".
+                parts = (self.headers.get("Authorization") or "").strip().split(" ")
+                if len(parts) < 2 or parts[0].lower() != "bearer" or parts[1] != TOKEN:
                     raise ApiError(401, "Unauthorized", "Unauthorized")
                 throttle = self._fault(method, parsed.path, query)
                 if throttle:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from waypoint import model
+from waypoint import model, version
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager, reconcile, serving
@@ -128,8 +128,14 @@ def register(subparsers: Any) -> None:
         help="where waypoint pods reach the ADS server (default: the waypoint-controller-xds "
         "Service in the controller's namespace, on the --xds-listen port)",
     )
-    controller.add_argument("--envoy-image", default=settings.Settings().envoy_image)
-    controller.add_argument("--extauthz-image", default=settings.Settings().extauthz_image)
+    controller.add_argument(
+        "--image",
+        default=version.default_image(),
+        help="the waypoint-mesh image the generated waypoint pods run (default: %(default)s); "
+        "the manifests pass the controller's own image",
+    )
+    controller.add_argument("--envoy-image", help="override --image for the Envoy container")
+    controller.add_argument("--extauthz-image", help="override --image for the extauthz sidecar")
     controller.add_argument("--trust-domain", default=envoy_options.BootstrapOptions().trust_domain)
     controller.add_argument("--cert-dir", default=envoy_options.BootstrapOptions().cert_dir)
     # Shapes both the ConfigMap bootstraps and the config served over --xds-listen.
@@ -636,9 +642,7 @@ def run_controller(args: argparse.Namespace) -> int:
             controller = manager.Controller(
                 cluster,
                 options=options,
-                defaults=settings.Settings(
-                    envoy_image=args.envoy_image, extauthz_image=args.extauthz_image
-                ),
+                defaults=controller_defaults(args),
                 metrics=metrics,
                 resync_period=args.resync,
                 publisher=publisher,
@@ -652,6 +656,15 @@ def run_controller(args: argparse.Namespace) -> int:
             server.shutdown()
         if ads is not None:
             ads.stop(grace=1.0)
+
+
+def controller_defaults(args: argparse.Namespace) -> settings.Settings:
+    """The settings every waypoint starts from: one image for every container unless overridden."""
+    return settings.Settings(
+        envoy_image=args.envoy_image or args.image,
+        extauthz_image=args.extauthz_image or args.image,
+        istio_certs_image=args.image,
+    )
 
 
 def controller_options(args: argparse.Namespace) -> envoy_options.BootstrapOptions:

@@ -23,6 +23,7 @@ from waypoint.commands import report
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import policies, resources
 from waypoint.kube import constants
+from waypoint.simulate import authz as authz_sim
 from waypoint.translate import status as status_mod
 
 Obj = Mapping[str, Any]
@@ -50,6 +51,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--from", dest="source", type=cli_args.namespaced("--from", "SERVICEACCOUNT"), metavar="NS/SA",
         help="the client's namespace and service account (its SPIFFE ID)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--from-ip", dest="source_ip", metavar="IP",
+        help="the client's IP address (for AuthorizationPolicy ipBlocks and source.ip)",
     )  # fmt: skip
     parser.add_argument("-X", "--method", default="GET")
     parser.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     report.schema_problems(rendered.translation.statuses, sys.stderr)
     request = build_request(target, args.method, headers, args.source, args.trust_domain)
+    if args.source_ip:
+        request = dataclasses.replace(request, source_address=args.source_ip)
     try:
         trace = simulate.trace(resources.build(rendered.waypoint, opts), request)
     except (simulate.ConfigError, simulate.UnsupportedConfig) as exc:
@@ -346,6 +353,8 @@ def _action_lines(action: simulate.Action, protocol: str | None) -> list[str]:
 def _result(trace: simulate.Trace) -> str:
     if not trace.connect.peer_accepted:
         return "result: the TLS handshake fails (client identity refused)"
+    if trace.authz is not None and trace.authz.status is not None:
+        return f"result: Envoy answers {trace.status} ({trace.authz.decided_by})"
     if trace.status is not None:
         return f"result: Envoy answers {trace.status}"
     clusters = " or ".join(trace.clusters)
@@ -387,7 +396,9 @@ def format_trace(trace: simulate.Trace, waypoint: str, notes: Sequence[str] = ()
         lines.append(f"  {describe_route(trace.route)}")
     elif trace.protocol == "http" and not trace.rejected:
         lines.append("route: none matched: 404")
-    if trace.action is not None:
+    if trace.authz is not None:
+        lines += [f"authz: {line}" for line in authz_sim.describe(trace.authz)]
+    if trace.action is not None and (trace.authz is None or trace.authz.status is None):
         lines += _action_lines(trace.action, trace.protocol)
     lines += [f"note: {n}" for n in notes]
     lines.append(_result(trace))

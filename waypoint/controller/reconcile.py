@@ -229,7 +229,7 @@ class Reconciler:
         live = self._apply_all(gw, plan.objects, outcome)
         self._prune(gw, plan.objects, outcome)
         accepted = status.Verdict("Accepted", True, "Accepted", "waypoint accepted")
-        programmed, addresses = self._programmed(live, outcome)
+        programmed, addresses = self._programmed(live, outcome, waiting_for(gw, conf))
         rejected = self.xds_error(namespace, name) if self.xds_error else None
         if rejected:
             programmed = _not_programmed("Invalid", rejected)
@@ -362,7 +362,7 @@ class Reconciler:
                 self._wrote(outcome, "delete", kind.kind)
 
     def _programmed(
-        self, live: dict[str, Obj], outcome: Outcome
+        self, live: dict[str, Obj], outcome: Outcome, waiting: str
     ) -> tuple[status.Verdict, list[str]]:
         if outcome.foreign:
             return _not_programmed("Invalid", "; ".join(outcome.foreign)), []
@@ -374,7 +374,8 @@ class Reconciler:
             return _not_programmed(outcome.rejected[0][0], message), addresses
         ready = int(((live.get("Deployment") or {}).get("status") or {}).get("readyReplicas") or 0)
         if ready < 1:
-            return _not_programmed("Pending", "waiting for a ready waypoint replica"), addresses
+            stuck = _rollout_stuck(live.get("Deployment") or {})
+            return _not_programmed("Pending", stuck or waiting), addresses
         if not addresses:
             return _not_programmed(
                 "AddressNotAssigned", "the Service has no ClusterIP yet"
@@ -511,7 +512,8 @@ class Reconciler:
 
             return route
 
-        # Istio's RequestAuthentication: istiod owns its top-level conditions.
+        # Istio's RequestAuthentication and AuthorizationPolicy: istiod owns their top-level
+        # conditions.
         own_conditions = kind.group == constants.POLICY_API_VERSION.split("/")[0]
 
         def policy(current: Obj) -> Obj:
@@ -530,6 +532,36 @@ STATUS_KINDS = {
 
 def _class_config_missing(class_name: str, ref: tuple[str, str]) -> str:
     return f"GatewayClass {class_name}: parametersRef ConfigMap {ref[0]}/{ref[1]} not found"
+
+
+def waiting_for(gw: Obj, conf: settings.Settings) -> str:
+    """What a waypoint without a ready replica waits for, naming what its pods need.
+
+    The controller cannot see a pod's ImagePullBackOff or a missing Secret (it reads neither
+    pods nor Secrets), so it names them for the user to check.
+    """
+    namespace, name = gateway.key(gw)
+    deployment = names.names_for(namespace, name).deployment
+    needs = [f"image {conf.envoy_image}"]
+    if conf.extauthz_image != conf.envoy_image:
+        needs.append(f"image {conf.extauthz_image}")
+    if conf.cert_source is settings.CertSource.SECRET:
+        needs.append(f"Secret {namespace}/{conf.cert_secret_name(name)} (certSource secret)")
+    else:
+        needs.append("the csi-driver-spiffe CSI driver (certSource csi)")
+    return (
+        f"waiting for a ready replica of Deployment {namespace}/{deployment}; its pods need "
+        f"{', '.join(needs)} (kubectl -n {namespace} describe pods -l "
+        f"{constants.GATEWAY_NAME_LABEL}={name})"
+    )
+
+
+def _rollout_stuck(deployment: Obj) -> str | None:
+    """The Deployment controller's verdict once a rollout missed its progress deadline."""
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Progressing" and condition.get("status") == "False":
+            return f"Deployment {condition.get('reason')}: {condition.get('message', '')}"
+    return None
 
 
 def _not_programmed(reason: str, message: str) -> status.Verdict:

@@ -39,6 +39,9 @@ PROXY_PROTOCOL = "envoy.filters.listener.proxy_protocol"
 # The client's SPIFFE ID, set on the HBONE stream (or from ztunnel's PROXY header) and shared
 # with the internal listener.
 SOURCE_PRINCIPAL_KEY = "io.waypoint.source_principal"
+# The client's IP address (the HBONE peer's, or the PROXY header's source), for
+# AuthorizationPolicy ipBlocks / source.ip.
+SOURCE_ADDRESS_KEY = "io.waypoint.source_address"
 # ztunnel's PROXY v2 TLV carrying the client's full SPIFFE ID (PROXY_PROTOCOL_AUTHORITY_TLV in
 # istio/ztunnel src/proxy.rs), and where the listener filter stores it.
 PEER_IDENTITY_TLV = 0xD0
@@ -69,15 +72,26 @@ def stat_prefix(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
+# Where an AuthorizationPolicy's verdict shows: the RBAC filters' matched policies (by
+# action: allow_/deny_/audit_ and dry_run_ prefixes) and AUDIT's log hint.
+_AUTHZ_LOG_FIELDS = {
+    "rbac": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
+    "audit": "%DYNAMIC_METADATA(envoy.common:access_log_hint)%",
+}
+
+
 @functools.cache
-def access_log() -> accesslog_pb2.AccessLog:
-    """A JSON line per request or connection on stdout.
+def access_log(authz: bool = False) -> accesslog_pb2.AccessLog:
+    """A JSON line per request or connection on stdout; ``authz`` adds the RBAC verdicts.
 
     Cached (the same for every listener); callers copy it into their messages and must not
     mutate it.
     """
+    fields: dict[str, object] = dict(_LOG_FIELDS)
+    if authz:
+        fields.update(_AUTHZ_LOG_FIELDS)
     fmt = substitution_format_string_pb2.SubstitutionFormatString(
-        json_format=protos.struct(dict(_LOG_FIELDS)), omit_empty_values=True
+        json_format=protos.struct(fields), omit_empty_values=True
     )
     return accesslog_pb2.AccessLog(
         name="envoy.access_loggers.stdout",
@@ -85,9 +99,9 @@ def access_log() -> accesslog_pb2.AccessLog:
     )
 
 
-def access_logs(enabled: bool) -> list[accesslog_pb2.AccessLog]:
+def access_logs(enabled: bool, authz: bool = False) -> list[accesslog_pb2.AccessLog]:
     """What an HCM's or tcp_proxy's ``access_log`` field holds: the JSON log, or nothing."""
-    return [access_log()] if enabled else []
+    return [access_log(authz)] if enabled else []
 
 
 @functools.cache
@@ -95,15 +109,35 @@ def router() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=ROUTER, typed_config=protos.pack(router_pb2.Router()))
 
 
-def set_source_principal() -> hcm_pb2.HttpFilter:
+def set_source_principal(source_address: bool = False) -> hcm_pb2.HttpFilter:
     """Store the client's URI SAN as a string filter state shared with the upstream side.
 
     Shared ONCE: it crosses into the internal listener of the destination (which matches
-    consumer routes on it) and stops there.
+    consumer routes and AuthorizationPolicy principals on it) and stops there. With
+    ``source_address``, the client's IP goes along too, as an IP object RBAC can match
+    CIDRs against.
     """
-    value = _principal_value("%DOWNSTREAM_PEER_URI_SAN%", value_pb2.FilterStateValue.ONCE)
-    config = set_filter_state_pb2.Config(on_request_headers=[value])
+    once = value_pb2.FilterStateValue.ONCE
+    values = [_principal_value("%DOWNSTREAM_PEER_URI_SAN%", once)]
+    if source_address:
+        values.append(_address_value(once))
+    config = set_filter_state_pb2.Config(on_request_headers=values)
     return hcm_pb2.HttpFilter(name=SET_FILTER_STATE, typed_config=protos.pack(config))
+
+
+def _address_value(
+    shared: value_pb2.FilterStateValue.SharedWithUpstream.ValueType,
+) -> value_pb2.FilterStateValue:
+    """The client's IP (the connection's remote address: the HBONE peer, or the PROXY
+    header's source) as an ``envoy.network.ip`` object."""
+    return value_pb2.FilterStateValue(
+        object_key=SOURCE_ADDRESS_KEY,
+        factory_key="envoy.network.ip",
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=protos.inline("%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")
+        ),
+        shared_with_upstream=shared,
+    )
 
 
 def _principal_value(
@@ -147,8 +181,9 @@ def proxy_protocol() -> listener_components_pb2.ListenerFilter:
 
 
 @functools.cache
-def set_proxy_principal() -> listener_components_pb2.Filter:
-    """Copy the PROXY header's identity TLV into the source principal, per connection.
+def set_proxy_principal(source_address: bool = False) -> listener_components_pb2.Filter:
+    """Copy the PROXY header's identity TLV into the source principal, per connection (and,
+    with ``source_address``, the header's source address, for AuthorizationPolicy ipBlocks).
 
     Not shared with upstream: the HTTP streams of this connection read it where it is, and
     sharing would only split the upstream connection pools by client.
@@ -159,7 +194,10 @@ def set_proxy_principal() -> listener_components_pb2.Filter:
     # there is no principal at all, rather than Envoy's "-" for a missing value.
     value.format_string.omit_empty_values = True
     value.skip_if_empty = True
-    config = network_set_filter_state_pb2.Config(on_new_connection=[value])
+    values = [value]
+    if source_address:
+        values.append(_address_value(value_pb2.FilterStateValue.NONE))
+    config = network_set_filter_state_pb2.Config(on_new_connection=values)
     return listener_components_pb2.Filter(
         name=NETWORK_SET_FILTER_STATE, typed_config=protos.pack(config)
     )
@@ -171,6 +209,7 @@ def http_connection_manager(
     http_filters: list[hcm_pb2.HttpFilter],
     *,
     access_log: bool,
+    authz_log: bool = False,
 ) -> hcm_pb2.HttpConnectionManager:
     """An HCM with the project's common settings (any codec; the caller refines)."""
     return hcm_pb2.HttpConnectionManager(
@@ -178,7 +217,7 @@ def http_connection_manager(
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         route_config=route_config,
         http_filters=http_filters,
-        access_log=access_logs(access_log),
+        access_log=access_logs(access_log, authz_log),
         use_remote_address=protos.boolean(False),
         normalize_path=protos.boolean(True),
         merge_slashes=False,
@@ -190,10 +229,14 @@ def connect_terminate_hcm(
     name: str,
     route_config: route_pb2.RouteConfiguration,
     options: options_mod.BootstrapOptions,
+    source_address: bool = False,
 ) -> hcm_pb2.HttpConnectionManager:
     """HTTP/2 only, CONNECT allowed and upgraded, bounded streams, keepalive pings."""
     hcm = http_connection_manager(
-        name, route_config, [set_source_principal(), router()], access_log=options.access_log
+        name,
+        route_config,
+        [set_source_principal(source_address), router()],
+        access_log=options.access_log,
     )
     hcm.codec_type = hcm_pb2.HttpConnectionManager.HTTP2
     # The authority's port picks the destination: stripping it would make every route miss.

@@ -4,7 +4,7 @@ and Prometheus listeners."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import address_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -13,7 +13,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 
 from waypoint import model, names
-from waypoint.envoy import clusters, filters, policies, protos, routes, secrets
+from waypoint.envoy import clusters, filters, policies, protos, rbac, routes, secrets
 from waypoint.envoy import options as options_mod
 
 READINESS_PATH = "/healthz/ready"
@@ -29,7 +29,10 @@ def build(
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"  # the tracing service name
     if waypoint.proxy_port is None:  # the sandwich serves destinations in its own chains
-        out += [inbound(dest, td, options, lbs, service) for dest in waypoint.destinations]
+        out += [
+            inbound(dest, td, options, lbs, service, waypoint.jwt_providers)
+            for dest in waypoint.destinations
+        ]
     out += [
         connect_originate(target.name, access_log=options.access_log)
         for target in clusters.originate_targets(waypoint)
@@ -77,8 +80,10 @@ def proxy_terminate(
         chain = out.filter_chains.add(name=routes.inbound_name(dest))
         chain.filter_chain_match.destination_port.value = dest.port
         chain.filter_chain_match.prefix_ranges.extend(_host_range(a) for a in dest.addresses)
-        chain.filters.append(filters.set_proxy_principal())
-        chain.filters.extend(inbound_filters(dest, td, options, lbs, service))
+        chain.filters.append(filters.set_proxy_principal(rbac.uses_source_address(waypoint)))
+        chain.filters.extend(
+            inbound_filters(dest, td, options, lbs, service, waypoint.jwt_providers)
+        )
     return out
 
 
@@ -97,7 +102,10 @@ def connect_terminate(
 ) -> listener_pb2.Listener:
     """HBONE: mTLS 1.3 from our trust domain, HTTP/2 CONNECT dispatched on the authority."""
     hcm = filters.connect_terminate_hcm(
-        names.CONNECT_TERMINATE, routes.connect_route_config(waypoint), options
+        names.CONNECT_TERMINATE,
+        routes.connect_route_config(waypoint),
+        options,
+        source_address=rbac.uses_source_address(waypoint),
     )
     chain = listener_components_pb2.FilterChain(
         filters=[filters.hcm_filter(hcm)], transport_socket=secrets.downstream_tls(options)
@@ -121,10 +129,11 @@ def inbound(
     options: options_mod.BootstrapOptions | None = None,
     lbs: Mapping[str, model.LoadBalancer] | None = None,
     service: str = "waypoint",
+    providers: Sequence[model.JwtProvider] = (),
 ) -> listener_pb2.Listener:
     """What a tunnel to one destination port carries: HTTP through the routes, or bytes."""
     out = _internal(routes.inbound_name(destination))
-    chain = inbound_filters(destination, trust_domain, options, lbs, service)
+    chain = inbound_filters(destination, trust_domain, options, lbs, service, providers)
     out.filter_chains.append(listener_components_pb2.FilterChain(filters=chain))
     return out
 
@@ -135,10 +144,16 @@ def inbound_filters(
     options: options_mod.BootstrapOptions | None = None,
     lbs: Mapping[str, model.LoadBalancer] | None = None,
     service: str = "waypoint",
+    providers: Sequence[model.JwtProvider] = (),
 ) -> list[listener_components_pb2.Filter]:
     """What serves one destination port, on the HBONE path's internal listener and in the
-    sandwich's filter chain alike: a network filter added here reaches both."""
-    return [_terminal_filter(destination, trust_domain, options, lbs, service)]
+    sandwich's filter chain alike: a network filter added here reaches both.
+
+    A TCP port gets Istio's AuthorizationPolicy as network RBAC filters before its proxy."""
+    terminal = _terminal_filter(destination, trust_domain, options, lbs, service, providers)
+    if destination.protocol.is_http:
+        return [terminal]
+    return [*rbac.network_filters(destination, routes.inbound_name(destination)), terminal]
 
 
 def _terminal_filter(
@@ -147,6 +162,7 @@ def _terminal_filter(
     options: options_mod.BootstrapOptions | None = None,
     lbs: Mapping[str, model.LoadBalancer] | None = None,
     service: str = "waypoint",
+    providers: Sequence[model.JwtProvider] = (),
 ) -> listener_components_pb2.Filter:
     """The Service port's HTTP connection manager with its routes, or a TCP proxy."""
     name = routes.inbound_name(destination)
@@ -155,7 +171,11 @@ def _terminal_filter(
         return filters.tcp_proxy(name, destination.default_cluster, access_log=options.access_log)
     route_config = routes.destination_route_config(destination, trust_domain, lbs)
     hcm = filters.http_connection_manager(
-        name, route_config, policies.http_filters(destination), access_log=options.access_log
+        name,
+        route_config,
+        policies.http_filters(destination, providers),
+        access_log=options.access_log,
+        authz_log=bool(destination.authorization),
     )
     # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
     policies.tracing(hcm, options, service)

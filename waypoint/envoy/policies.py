@@ -16,7 +16,7 @@ and the ``source_principal_header`` context extension tells extauthz to trust th
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -44,7 +44,7 @@ from google.protobuf import message  # type: ignore[import-untyped,unused-ignore
 
 from waypoint import model
 from waypoint import policy as policy_pkg
-from waypoint.envoy import filters, protos
+from waypoint.envoy import filters, jwt_authn, protos, rbac
 from waypoint.envoy import options as options_mod
 
 EXTAUTHZ_CLUSTER = "extauthz"
@@ -89,17 +89,37 @@ def _authz_filter_name(authz: model.ExtAuthz) -> str:
 # --- HTTP filters for a destination's HCM ----------------------------------------------------
 
 
-def http_filters(destination: model.Destination) -> list[hcm_pb2.HttpFilter]:
-    """Policy filters (disabled unless a route enables them) and then the router."""
+def http_filters(
+    destination: model.Destination, providers: Sequence[model.JwtProvider] = ()
+) -> list[hcm_pb2.HttpFilter]:
+    """Policy filters and then the router.
+
+    Authentication and Istio authorization first, for every request: jwt_authn (so a bad
+    token is a 401 before anything else, CUSTOM included), CUSTOM, then the AUDIT, DENY and
+    ALLOW RBAC filters. Then the per-route ones, disabled unless a route enables them.
+    """
     used = route_policies(destination)
     out: list[hcm_pb2.HttpFilter] = []
+    verifier = jwt_authn.http_filter(destination, providers)
+    if verifier is not None:
+        out.append(verifier)
+    custom = rbac.custom_filters(destination)
+    if custom:
+        out.append(source_principal_header())
+        out += custom
+    out += rbac.http_filters(destination)
     if any(p.fault for p in used):
         out.append(_disabled(FAULT, fault_pb2.HTTPFault()))
     modes = {_authz_filter_name(p.authz) for p in used if p.authz is not None}
     if modes:
-        out.append(source_principal_header())
+        if not custom:
+            out.append(source_principal_header())
         for name in sorted(modes):
-            out.append(_disabled(name, _ext_authz(open_=name == EXT_AUTHZ_OPEN)))
+            config = _ext_authz(open_=name == EXT_AUTHZ_OPEN)
+            if verifier is not None:
+                # extauthz reads the payload jwt_authn verified instead of verifying again.
+                config.metadata_context_namespaces.append(jwt_authn.FILTER)
+            out.append(_disabled(name, config))
     if any(p.rate_limit for p in used):
         limiter = local_rate_limit_pb2.LocalRateLimit(stat_prefix="local_rate_limit")
         out.append(_disabled(LOCAL_RATE_LIMIT, limiter))
@@ -159,6 +179,8 @@ def apply_route(
     out: rc_pb2.Route, policy: model.RoutePolicy | None, destination: model.Destination
 ) -> None:
     """Switch the route's filters on with its settings."""
+    if any(p.action is model.AuthzAction.CUSTOM for p in destination.authorization):
+        _custom_route(out, destination)
     if policy is None:
         return
     if policy.authz is not None:
@@ -170,6 +192,23 @@ def apply_route(
         _enable(out, FAULT, fault(policy.fault))
     if policy.rate_limit is not None:
         _enable(out, LOCAL_RATE_LIMIT, rate_limit(policy.rate_limit, out.name))
+
+
+def _custom_route(out: rc_pb2.Route, destination: model.Destination) -> None:
+    """What extauthz is told when an AuthorizationPolicy CUSTOM rule sends it a request:
+    the policies (its default decision decides), and where the principals are."""
+    custom = [p for p in destination.authorization if p.action is model.AuthzAction.CUSTOM]
+    extensions = {
+        CTX_POLICY: ",".join(f"{p.namespace}/{p.name}" for p in custom),
+        CTX_JWT: "optional",
+        CTX_SOURCE_PRINCIPAL_HEADER: SOURCE_PRINCIPAL_HEADER,
+    }
+    if destination.principal:
+        extensions[CTX_DESTINATION_PRINCIPAL] = destination.principal
+    per_route = ext_authz_pb2.ExtAuthzPerRoute(
+        check_settings=ext_authz_pb2.CheckSettings(context_extensions=extensions)
+    )
+    out.typed_per_filter_config[rbac.CUSTOM_EXT_AUTHZ].CopyFrom(protos.pack(per_route))
 
 
 def _enable(out: rc_pb2.Route, name: str, config: message.Message) -> None:
@@ -369,6 +408,8 @@ def extra_clusters(
         out.append(service_cluster(EXTAUTHZ_CLUSTER, address, options))
     if options.otel_collector:
         out.append(service_cluster(OTEL_CLUSTER, options.otel_collector, options))
+    used = {name for d in waypoint.destinations for name in d.jwt_providers}
+    out += jwt_authn.clusters([p for p in waypoint.jwt_providers if p.name in used], options)
     return out
 
 

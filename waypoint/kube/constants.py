@@ -5,7 +5,8 @@ from __future__ import annotations
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
 
-# Policy attachment (docs/policies.md): our own kinds, and Istio's RequestAuthentication.
+# Policy attachment (docs/policies.md): our own kinds, and Istio's RequestAuthentication and
+# AuthorizationPolicy.
 POLICY_API_VERSION = "policy.waypoint.dev/v1alpha1"
 ISTIO_SECURITY_API_VERSION = "security.istio.io/v1"
 

@@ -497,7 +497,7 @@ def _cert_volume(base: _Base, conf: settings.Settings) -> Obj:
         return {
             "name": CERT_VOLUME,
             "secret": {
-                "secretName": conf.cert_secret or f"{base.name}-spiffe",
+                "secretName": conf.cert_secret_name(base.name),
                 "items": [
                     {"key": "tls.crt", "path": "cert-chain.pem"},
                     {"key": "tls.key", "path": "key.pem"},

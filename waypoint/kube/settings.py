@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib.metadata
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
 
+from waypoint import version
 from waypoint.kube import merge
 
 OVERLAY_KEYS = (
@@ -41,38 +41,37 @@ class CertSource(enum.Enum):
     ISTIO = "istio"  # istiod's CA, via the ``waypoint istio-certs`` init container + sidecar
 
 
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("waypoint-mesh")
-    except importlib.metadata.PackageNotFoundError:
-        return "dev"
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Everything about a waypoint's workload that is not its Envoy config."""
 
-    envoy_image: str = f"waypoint-envoy:{package_version()}"
-    extauthz_image: str = f"waypoint-extauthz:{package_version()}"
+    # One image plays both parts (its command picks the role); each can still be overridden.
+    envoy_image: str = dataclasses.field(default_factory=version.default_image)
+    extauthz_image: str = dataclasses.field(default_factory=version.default_image)
     extauthz: bool = True
     autoscaling: bool = True
     min_replicas: int = 1
     max_replicas: int = 5
     cpu_utilization: int = 80
-    cert_source: CertSource = CertSource.CSI
+    # A Secret works on any cluster; csi needs the csi-driver-spiffe add-on (docs/install.md).
+    cert_source: CertSource = CertSource.SECRET
     cert_secret: str = ""  # empty: "<gateway>-spiffe"
     # certSource istio: where istiod's CA is, the cluster ID it expects, the ConfigMap of the
     # mesh root (istiod writes it into every namespace), and the image with `waypoint`.
     ca_address: str = "istiod.istio-system.svc:15012"
     cluster_id: str = "Kubernetes"
     ca_root_config_map: str = "istio-ca-root-cert"
-    istio_certs_image: str = f"waypoint-controller:{package_version()}"
+    istio_certs_image: str = dataclasses.field(default_factory=version.default_image)
     # The user's ConfigMap of Rego modules for the extauthz sidecar; empty: "<gateway>-extauthz-policy".
     extauthz_policy_config_map: str = ""
     # Set: extauthz asks this OPA (Data API) for decisions instead of running your Rego itself.
     extauthz_opa_url: str = ""
     envoy_log_level: str = "warning"
     overlays: tuple[tuple[str, str], ...] = ()  # (kind key, YAML text), least specific first
+
+    def cert_secret_name(self, gateway_name: str) -> str:
+        """The Secret a ``secret`` certificate source mounts: ``certSecretName`` or ``<gateway>-spiffe``."""
+        return self.cert_secret or f"{gateway_name}-spiffe"
 
     def overlay(self, key: str) -> dict[str, Any]:
         """The merged overlay for one kind: GatewayClass defaults first, then the Gateway's."""

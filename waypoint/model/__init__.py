@@ -330,6 +330,99 @@ class JwtProvider:
     claim_to_headers: tuple[ClaimHeader, ...] = ()
     payload_header: str | None = None
     forward_original_token: bool = False
+    jwks_timeout: float | None = None  # seconds to fetch ``jwks_uri``; None: 5 s
+
+
+# --- Istio AuthorizationPolicy -------------------------------------------------------------
+
+
+class AuthzAction(enum.Enum):
+    """What a matching AuthorizationPolicy does; evaluated CUSTOM, then DENY, then ALLOW."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    AUDIT = "AUDIT"
+    CUSTOM = "CUSTOM"
+
+
+class AuthzKey(enum.Enum):
+    """An attribute an AuthorizationPolicy condition reads (Istio's condition keys)."""
+
+    SOURCE_PRINCIPAL = "source.principal"
+    SOURCE_NAMESPACE = "source.namespace"
+    SOURCE_IP = "source.ip"
+    REQUEST_PRINCIPAL = "request.auth.principal"
+    REQUEST_AUDIENCES = "request.auth.audiences"
+    REQUEST_PRESENTER = "request.auth.presenter"
+    REQUEST_CLAIM = "request.auth.claims"
+    REQUEST_HEADER = "request.headers"
+    HOST = "hosts"
+    METHOD = "methods"
+    PATH = "paths"
+    DESTINATION_PORT = "destination.port"
+    DESTINATION_IP = "destination.ip"
+
+    @property
+    def http_only(self) -> bool:
+        """Attributes a TCP connection does not have (Istio drops them for TCP)."""
+        return self not in _L4_KEYS
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthzCondition:
+    """One attribute with its allowed ``values`` (any matches) and ``not_values`` (none may).
+
+    ``name`` is the header name of REQUEST_HEADER and the claim path of REQUEST_CLAIM.
+    """
+
+    key: AuthzKey
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+    name: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthzRule:
+    """One rule: any ``sources`` entry and any ``operations`` entry, and every ``when``.
+
+    An entry is a tuple of conditions that must all hold; no entries means no constraint.
+    """
+
+    sources: tuple[tuple[AuthzCondition, ...], ...] = ()
+    operations: tuple[tuple[AuthzCondition, ...], ...] = ()
+    when: tuple[AuthzCondition, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorizationPolicy:
+    """An Istio AuthorizationPolicy as it applies to a destination.
+
+    ``rules`` empty is a policy that matches nothing (so an ALLOW policy with no rules
+    denies everything). ``dry_run`` policies are evaluated and counted, never enforced.
+    ``provider`` is the CUSTOM action's extension provider.
+    """
+
+    namespace: str
+    name: str
+    action: AuthzAction
+    rules: tuple[AuthzRule, ...] = ()
+    dry_run: bool = False
+    provider: str | None = None
+
+    @property
+    def source(self) -> str:
+        return f"AuthorizationPolicy/{self.namespace}/{self.name}"
+
+
+_L4_KEYS = frozenset(
+    {
+        AuthzKey.SOURCE_PRINCIPAL,
+        AuthzKey.SOURCE_NAMESPACE,
+        AuthzKey.SOURCE_IP,
+        AuthzKey.DESTINATION_PORT,
+        AuthzKey.DESTINATION_IP,
+    }
+)
 
 
 # --- destinations served by the waypoint -------------------------------------------------
@@ -359,6 +452,8 @@ class Destination:
     hostnames: tuple[str, ...] = ()
     policy: RoutePolicy | None = None  # for the default route, when ``routes`` is empty
     principal: str | None = None  # the workloads' SPIFFE ID when they all share one
+    authorization: tuple[AuthorizationPolicy, ...] = ()  # Istio AuthorizationPolicies here
+    jwt_providers: tuple[str, ...] = ()  # names of the JwtProviders that verify tokens here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,7 +476,7 @@ class Waypoint:
     scope_service_account: str | None
     destinations: tuple[Destination, ...]
     clusters: tuple[Cluster, ...]
-    jwt_providers: tuple[JwtProvider, ...] = ()  # RequestAuthentication rules, for extauthz
+    jwt_providers: tuple[JwtProvider, ...] = ()  # every RequestAuthentication rule reaching it
     # Istio's "sandwich" binding: ztunnel terminates HBONE and sends each connection here in
     # plain TCP behind a PROXY v2 header. None: the waypoint terminates HBONE itself.
     proxy_port: int | None = None

@@ -18,8 +18,11 @@ API_VERSION = "policy.waypoint.dev/v1alpha1"
 
 
 def needs_extauthz(waypoint: model.Waypoint) -> bool:
-    """True when some route or default route of the waypoint asks extauthz for a decision."""
+    """True when some route or default route of the waypoint asks extauthz for a decision,
+    directly (ExtAuthzPolicy) or through an AuthorizationPolicy with action CUSTOM."""
     for destination in waypoint.destinations:
+        if any(p.action is model.AuthzAction.CUSTOM for p in destination.authorization):
+            return True
         if destination.policy is not None and destination.policy.authz is not None:
             return True
         if any(r.policy is not None and r.policy.authz is not None for r in destination.routes):
@@ -71,7 +74,11 @@ def extauthz_config(
     """
     config: dict[str, Any] = {
         "listen": listen,
-        "jwt": {"providers": [_provider(p) for p in waypoint.jwt_providers]},
+        # Envoy's jwt_authn verifies tokens before ext_authz and passes the payload along.
+        "jwt": {
+            "providers": [_provider(p) for p in waypoint.jwt_providers],
+            "trust_envoy_metadata": True,
+        },
         "policy": {"engine": "embedded", "modules": list(modules)},
     }
     if metrics_listen is not None:

@@ -12,10 +12,12 @@ import dataclasses
 import datetime
 import json
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 from waypoint import model
+from waypoint.policy import authorization
 from waypoint.translate import fields, filters, index
 
 GROUP = "policy.waypoint.dev"
@@ -23,7 +25,13 @@ ISTIO_SECURITY = "security.istio.io"
 EXT_AUTHZ = "ExtAuthzPolicy"
 TRAFFIC = "TrafficPolicy"
 REQUEST_AUTHN = "RequestAuthentication"
-KINDS = {(GROUP, EXT_AUTHZ), (GROUP, TRAFFIC), (ISTIO_SECURITY, REQUEST_AUTHN)}
+AUTHZ_POLICY = "AuthorizationPolicy"
+KINDS = {
+    (GROUP, EXT_AUTHZ),
+    (GROUP, TRAFFIC),
+    (ISTIO_SECURITY, REQUEST_AUTHN),
+    (ISTIO_SECURITY, AUTHZ_POLICY),
+}
 
 GATEWAY_KIND = (index.GATEWAY, "Gateway")
 SERVICE_KIND = (index.CORE, "Service")
@@ -32,6 +40,8 @@ GRPC_ROUTE_KIND = (index.GATEWAY, "GRPCRoute")
 ROUTE_KINDS = (HTTP_ROUTE_KIND, GRPC_ROUTE_KIND)
 ALL_TARGETS = (GATEWAY_KIND, SERVICE_KIND, *ROUTE_KINDS)
 AUTHN_TARGETS = (GATEWAY_KIND, SERVICE_KIND)
+GATEWAY_CLASS_KIND = (index.GATEWAY, "GatewayClass")
+AUTHZ_TARGETS = (GATEWAY_KIND, SERVICE_KIND, GATEWAY_CLASS_KIND)
 
 _DECISION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
@@ -88,14 +98,18 @@ class Traffic:
         return any(p is not None for p in parts)
 
 
+Body = model.ExtAuthz | Traffic | tuple[model.JwtProvider, ...] | model.AuthorizationPolicy
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """A validated policy object. ``body`` is ExtAuthz, Traffic or a tuple of JwtProviders."""
+    """A validated policy object. ``body`` is ExtAuthz, Traffic, a tuple of JwtProviders
+    or an AuthorizationPolicy."""
 
     ref: model.ObjectRef
     created: datetime.datetime | None
     targets: tuple[Target, ...]
-    body: model.ExtAuthz | Traffic | tuple[model.JwtProvider, ...]
+    body: Body
 
     @property
     def source(self) -> str:
@@ -119,10 +133,16 @@ def read(obj: index.Obj) -> Policy:
     spec = fields.mapping(obj.raw.get("spec"), "spec", required=True)
     if obj.kind == EXT_AUTHZ:
         targets = _targets(spec, ALL_TARGETS)
-        body: model.ExtAuthz | Traffic | tuple[model.JwtProvider, ...] = ext_authz(obj, spec)
+        body: Body = ext_authz(obj, spec)
     elif obj.kind == TRAFFIC:
         targets = _targets(spec, ALL_TARGETS)
         body = traffic(spec)
+    elif obj.kind == AUTHZ_POLICY:
+        targets = _targets(spec, AUTHZ_TARGETS)
+        meta = fields.mapping(obj.raw.get("metadata"), "metadata")
+        annotations = fields.mapping(meta.get("annotations"), "metadata.annotations")
+        body = authorization.read(obj.namespace, obj.name, annotations, spec)
+        _authz_targets(obj.namespace, targets)
     else:
         targets = _targets(spec, AUTHN_TARGETS)
         body = jwt_rules(obj, spec)
@@ -136,6 +156,13 @@ def _targets(spec: Mapping[str, Any], allowed: tuple[tuple[str, str], ...]) -> t
     raw = spec.get("targetRefs")
     if raw is None and spec.get("targetRef") is not None:
         raw = [spec["targetRef"]]  # Istio's older singular form
+    if raw is None and spec.get("selector") is None:
+        # Istio applies such a policy to the namespace's sidecars and ztunnel, never to
+        # a waypoint; say so rather than accept a policy that would enforce nothing here.
+        raise fields.Bad(
+            "spec.targetRefs is required: a waypoint enforces only policies that "
+            "name it, a Service it serves or its GatewayClass"
+        )
     items = fields.seq(raw, "spec.targetRefs", required=True)
     if not items:
         raise fields.Bad("spec.targetRefs must name at least one target")
@@ -161,6 +188,19 @@ def _targets(spec: Mapping[str, Any], allowed: tuple[tuple[str, str], ...]) -> t
     if len(set(found)) != len(found):
         raise fields.Bad("spec.targetRefs names the same target twice")
     return tuple(found)
+
+
+def _authz_targets(namespace: str, targets: tuple[Target, ...]) -> None:
+    for i, target in enumerate(targets):
+        path = f"spec.targetRefs[{i}]"
+        if target.section is not None:
+            raise fields.Bad(f"{path}.sectionName is not part of AuthorizationPolicy targetRefs")
+        is_class = (target.group, target.kind) == GATEWAY_CLASS_KIND
+        if is_class and namespace != authorization.ROOT_NAMESPACE:
+            raise fields.Bad(
+                f"{path}: a GatewayClass (mesh-wide) policy must be in the root namespace "
+                f"{authorization.ROOT_NAMESPACE}, not {namespace}"
+            )
 
 
 def _opt_nonempty(value: Any, path: str) -> str | None:
@@ -482,6 +522,15 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
     item = fields.mapping(raw, path, required=True)
     _known(item, path, _RULE_KEYS)
     jwks_uri = fields.opt_string(item.get("jwksUri"), f"{path}.jwksUri")
+    if jwks_uri is not None:
+        # Envoy fetches it through a cluster made from its host and port.
+        url = urllib.parse.urlsplit(jwks_uri)
+        try:
+            url_ok = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+        except ValueError:
+            url_ok = False
+        if not url_ok:
+            raise fields.Bad(f"{path}.jwksUri {jwks_uri!r} must be an http or https URL")
     jwks = fields.opt_string(item.get("jwks"), f"{path}.jwks")
     if jwks is not None:
         try:
@@ -490,6 +539,9 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
             keys = None
         if not isinstance(keys, list):
             raise fields.Bad(f"{path}.jwks must be a JSON Web Key Set with a keys list")
+        if not any(_usable_jwk(key) for key in keys):
+            # Envoy refuses a whole config whose inline JWKS has no public key it can use.
+            raise fields.Bad(f"{path}.jwks has no usable key (RSA, EC, OKP or oct)")
     if (jwks_uri is None) == (jwks is None):
         raise fields.Bad(f"{path} needs exactly one of jwksUri and jwks")
     if not fields.seq(item.get("audiences"), f"{path}.audiences"):
@@ -517,7 +569,20 @@ def _jwt_rule(obj: index.Obj, raw: Any, position: int, path: str) -> model.JwtPr
         forward_original_token=_flag(
             item.get("forwardOriginalToken"), f"{path}.forwardOriginalToken"
         ),
+        jwks_timeout=None
+        if item.get("timeout") is None
+        else _positive_duration(item["timeout"], f"{path}.timeout"),
     )
+
+
+_JWK_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x"), "oct": ("k",)}
+
+
+def _usable_jwk(key: Any) -> bool:
+    if not fields.is_mapping(key):
+        return False
+    members = _JWK_MEMBERS.get(key.get("kty"))  # type: ignore[arg-type]
+    return members is not None and all(isinstance(key.get(m), str) for m in members)
 
 
 def _flag(value: Any, path: str) -> bool:

@@ -15,8 +15,11 @@ the xDS resources we generate (never the IR), so what it predicts is what the co
 5. Each upstream cluster's endpoints: a socket address, or an HBONE tunnel through a
    ``connect_originate`` listener to ``ip:<hbone port>`` with authority ``ip:targetPort``.
 
-Load balancing, health, retries, timeouts and the policy filters (ext_authz, fault, rate
-limit) are not simulated; the trace names the filters a route turns on.
+6. Istio authentication and authorization (``authz``): jwt_authn's verdict on the token and
+   the RBAC filters' matching policies; their 401/403 comes before any route's answer.
+
+Load balancing, health, retries, timeouts and the other policy filters (ext_authz, fault,
+rate limit) are not simulated; the trace names the filters a route turns on.
 """
 
 from __future__ import annotations
@@ -27,13 +30,18 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from waypoint import names
 from waypoint.envoy import clusters as clusters_mod
 from waypoint.envoy import filters
+from waypoint.simulate import authz as authz_mod
 from waypoint.simulate import config, matching, rewriting
 
 ConfigError = config.ConfigError
@@ -60,6 +68,8 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
     source_principal: str | None = None
     host: str | None = None
+    source_address: str | None = None  # the client's IP (AuthorizationPolicy ipBlocks)
+    now: float | None = None  # the clock for token expiry; None: the current time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +155,7 @@ class Trace:
     action: Action | None = None
     status: int | None = None  # the response status Envoy itself makes, if it makes one
     rejected: str = ""  # why the HCM refused the request before routing, if it did
+    authz: authz_mod.Verdict | None = None  # jwt_authn and RBAC, when the destination has them
 
     @property
     def route_ref(self) -> names.RouteName | None:
@@ -185,8 +196,49 @@ def trace(source: config.Source, request: Request) -> Trace:
     network = index.network_filter(index.listener(listener_name))
     if isinstance(network, tcp_proxy_pb2.TcpProxy):
         action = _tcp(index, network)
-        return Trace(request, connect, listener_name, "tcp", action=action)
-    return _http(index, request, connect, listener_name, index.route_config(network))
+        traced = Trace(request, connect, listener_name, "tcp", action=action)
+        return _tcp_authorized(traced, index.listener(listener_name), request)
+    traced = _http(index, request, connect, listener_name, index.route_config(network))
+    return _authorized(traced, network, request)
+
+
+def _filter_state(request: Request) -> dict[str, str]:
+    state = {}
+    if request.source_principal is not None:
+        state[filters.SOURCE_PRINCIPAL_KEY] = request.source_principal
+    if request.source_address is not None:
+        state[filters.SOURCE_ADDRESS_KEY] = request.source_address
+    return state
+
+
+def _tcp_authorized(traced: Trace, listener: listener_pb2.Listener, request: Request) -> Trace:
+    """The network RBAC filters before a TCP proxy; a denied connection is closed (shown as
+    403, the verdict of the filter that closes it)."""
+    verdict = authz_mod.evaluate_network(
+        list(listener.filter_chains[0].filters), _filter_state(request)
+    )
+    if verdict is None:
+        return traced
+    if verdict.status is not None:
+        return dataclasses.replace(traced, authz=verdict, status=verdict.status)
+    return dataclasses.replace(traced, authz=verdict)
+
+
+def _authorized(traced: Trace, hcm: hcm_pb2.HttpConnectionManager, request: Request) -> Trace:
+    """Apply the authentication and authorization filters, which run before the router: a
+    401 or 403 from them is the answer whatever the route would have done."""
+    if traced.rejected:
+        return traced
+    state = _filter_state(request)
+    host = matching.strip_port(request.host or request.authority)
+    headers = ((":authority", host), *((k.lower(), v) for k, v in request.headers))
+    path = matching.normalize_path(request.path)
+    verdict = authz_mod.evaluate(hcm, request.method, path, headers, state, request.now)
+    if verdict is None:
+        return traced
+    if verdict.status is not None:
+        return dataclasses.replace(traced, authz=verdict, status=verdict.status)
+    return dataclasses.replace(traced, authz=verdict)
 
 
 # --- the HBONE hop -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from waypoint import model, names, pki
+from waypoint.kube import constants
 from waypoint.policy import parse
 from waypoint.translate import binding, fields, gateways, index, services, status
 
@@ -42,7 +43,8 @@ class _Use:
 # (kind, namespace, name) of the place a target names -> its (position, policy, target), so that
 # finding the policies of a route or cluster never scans every policy (quadratic otherwise).
 Place = tuple[str, str, str]
-Candidates = dict[Place, list[tuple[int, parse.Policy, parse.Target]]]
+# Quoted: waypoint.policy.parse imports this package, so its names may not exist yet here.
+Candidates = dict[Place, list[tuple[int, "parse.Policy", "parse.Target"]]]
 
 
 @dataclasses.dataclass
@@ -61,6 +63,7 @@ class Context:
     route_traffic: Candidates = dataclasses.field(default_factory=dict)
     cluster_traffic: Candidates = dataclasses.field(default_factory=dict)
     authn: Candidates = dataclasses.field(default_factory=dict)
+    authorization: Candidates = dataclasses.field(default_factory=dict)
 
     def use(self, policy: parse.Policy, target: parse.Target) -> _Use:
         return self.uses.setdefault((policy.ref, target), _Use())
@@ -375,6 +378,64 @@ def _authn(policies: Sequence[parse.Policy]) -> Candidates:
     return found
 
 
+def _authorization(policies: Sequence[parse.Policy]) -> Candidates:
+    """AuthorizationPolicies by the place they name: a Gateway, a Service or a GatewayClass."""
+    found: Candidates = {}
+    position = 0
+    for policy in policies:
+        if isinstance(policy.body, model.AuthorizationPolicy):
+            for target in policy.targets:
+                namespace = "" if target.kind == "GatewayClass" else policy.ref.namespace
+                place = (target.kind, namespace, target.name)
+                found.setdefault(place, []).append((position, policy, target))
+                position += 1
+    return found
+
+
+_ACTION_ORDER = {a: i for i, a in enumerate(model.AuthzAction)}
+
+
+def _authorization_for(
+    ctx: Context, waypoint: model.Waypoint, destination: model.Destination
+) -> tuple[model.AuthorizationPolicy, ...]:
+    """Every AuthorizationPolicy that applies here; unlike the other kinds they all apply
+    (Istio combines them by action), so none overrides another."""
+    places = [
+        ("Gateway", waypoint.namespace, waypoint.name),
+        ("GatewayClass", "", constants.GATEWAY_CLASS),
+    ]
+    if destination.kind is model.DestinationKind.SERVICE:
+        places.append(("Service", destination.namespace, destination.name))
+    found: dict[str, model.AuthorizationPolicy] = {}
+    for place in places:
+        for _at, policy, target in ctx.authorization.get(place, ()):
+            assert isinstance(policy.body, model.AuthorizationPolicy)
+            use = ctx.use(policy, target)
+            use.found = use.won = True
+            found[policy.source] = policy.body
+    return tuple(
+        sorted(found.values(), key=lambda p: (_ACTION_ORDER[p.action], p.namespace, p.name))
+    )
+
+
+def _destination_providers(
+    ctx: Context, waypoint: model.Waypoint, destination: model.Destination
+) -> tuple[str, ...]:
+    """The JWT providers of the RequestAuthentications naming this destination or the
+    waypoint: jwt_authn verifies tokens with them on every route of the destination."""
+    places = [("Gateway", waypoint.namespace, waypoint.name)]
+    if destination.kind is model.DestinationKind.SERVICE:
+        places.append(("", destination.namespace, destination.name))
+    names_found = {
+        provider.name
+        for place in places
+        for _at, policy, _target in ctx.authn.get(place, ())
+        if isinstance(policy.body, tuple)
+        for provider in policy.body
+    }
+    return tuple(sorted(names_found))
+
+
 def _providers(ctx: Context, waypoint: model.Waypoint) -> tuple[model.JwtProvider, ...]:
     places = {("", d.namespace, d.name) for d in waypoint.destinations}
     places.add(("Gateway", waypoint.namespace, waypoint.name))
@@ -392,7 +453,14 @@ def _providers(ctx: Context, waypoint: model.Waypoint) -> tuple[model.JwtProvide
 def apply(ctx: Context, waypoint: model.Waypoint) -> model.Waypoint:
     """One waypoint with every policy that reaches it applied."""
     extra: dict[str, model.Cluster] = {}
-    destinations = tuple(_destination(ctx, waypoint, d, extra) for d in waypoint.destinations)
+    destinations = tuple(
+        dataclasses.replace(
+            _destination(ctx, waypoint, d, extra),
+            authorization=_authorization_for(ctx, waypoint, d),
+            jwt_providers=_destination_providers(ctx, waypoint, d) if d.protocol.is_http else (),
+        )
+        for d in waypoint.destinations
+    )
     clusters = {c.name: c for c in waypoint.clusters}
     for name, cluster in extra.items():
         clusters.setdefault(name, cluster)
@@ -410,6 +478,8 @@ def apply(ctx: Context, waypoint: model.Waypoint) -> model.Waypoint:
 def _missing_reason(ctx: Context, policy: parse.Policy, target: parse.Target) -> str:
     ns = policy.ref.namespace
     kind = (target.group, target.kind)
+    if kind == parse.GATEWAY_CLASS_KIND:
+        return f"GatewayClass {target.name} is not this controller's ({constants.GATEWAY_CLASS})"
     if kind == parse.GATEWAY_KIND:
         if (ns, target.name) not in ctx.specs:
             return f"Gateway {ns}/{target.name} is not an accepted waypoint"
@@ -435,7 +505,7 @@ def _missing_reason(ctx: Context, policy: parse.Policy, target: parse.Target) ->
 def _note(policy: parse.Policy) -> str:
     """What an accepted policy's user should still know."""
     if isinstance(policy.body, tuple):
-        return "providers take effect on routes that have an ExtAuthzPolicy"
+        return "tokens are verified by Envoy (jwt_authn) on every HTTP route of the targets"
     on_routes = any((t.group, t.kind) in parse.ROUTE_KINDS for t in policy.targets)
     if isinstance(policy.body, parse.Traffic) and policy.body.cluster is not None and on_routes:
         return (
@@ -494,6 +564,7 @@ def attach(
     ctx.route_traffic = _candidates(_traffic(ctx.policies, True))
     ctx.cluster_traffic = _candidates(_traffic(ctx.policies, False))
     ctx.authn = _authn(ctx.policies)
+    ctx.authorization = _authorization(ctx.policies)
     out = tuple(apply(ctx, wp) for wp in waypoints)
     report(ctx, book)
     return out

@@ -1,0 +1,412 @@
+"""Hostile HTTP/2 peers against extauthz's codec and its gRPC server: each cheap attack
+stays cheap, ends in the right GOAWAY or RST_STREAM, and is counted.
+
+Most cases drive the sans-IO codec (``extauthz/http2.py``) with hand-built frames and a
+fake clock, so floods need no sleeping; the rest go over real sockets to the ``h2``
+transport (``extauthz/h2grpc.py``) and check what a client sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import hpack
+import pytest
+from google.protobuf import wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
+
+from extauthz import config, h2grpc, http2, jwt, metrics, policy, service
+from tests.extauthz import support
+from tests.test_extauthz_http2 import REQUEST, Recorder, frames, headers_frame, raw, resets
+
+Text = wrappers_pb2.StringValue
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def connection(**kwargs: Any) -> tuple[http2.Connection, Recorder, FakeClock]:
+    clock = FakeClock()
+    recorder = Recorder()
+    conn = http2.Connection(recorder, clock=clock, **kwargs)
+    conn.start()
+    conn.receive(http2.PREFACE + raw(http2.SETTINGS, 0, 0))
+    conn.out.clear()
+    recorder.events.clear()
+    return conn, recorder, clock
+
+
+def goaway_code(wire: bytes) -> int | None:
+    for kind, _flags, _stream, payload in frames(wire):
+        if kind == http2.GOAWAY:
+            return int(struct.unpack(">LL", payload[:8])[1])
+    return None
+
+
+def settings(*entries: tuple[int, int]) -> bytes:
+    return raw(http2.SETTINGS, 0, 0, b"".join(struct.pack(">HL", i, v) for i, v in entries))
+
+
+# -- SETTINGS ---------------------------------------------------------------------------
+
+
+def test_a_settings_frame_of_more_than_32_entries_is_enhance_your_calm() -> None:
+    conn, _, _ = connection()
+    conn.receive(settings(*[(http2.INITIAL_WINDOW_SIZE, 70_000)] * 32))  # the cap itself is fine
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(settings(*[(http2.INITIAL_WINDOW_SIZE, 70_000)] * 33))
+    assert info.value.code == http2.ENHANCE_YOUR_CALM
+
+
+def test_initial_window_changes_walk_the_streams_once_per_frame() -> None:
+    conn, _, _ = connection(budget=http2.Budget(settings_entries=2730))
+    for stream_id in range(1, 2001, 2):
+        conn.receive(headers_frame(stream_id, REQUEST, flags=0x4))
+    walked = 0
+    original = conn._initial_window
+
+    def counting(value: int) -> None:
+        nonlocal walked
+        walked += 1
+        original(value)
+
+    conn._initial_window = counting  # type: ignore[method-assign]
+    # The attack from the field: a full frame of alternating window sizes.
+    entries = [(http2.INITIAL_WINDOW_SIZE, 1 + i % 2) for i in range(2730)]
+    conn.receive(settings(*entries))
+    assert walked == 1
+    assert conn.window(1) == 2  # the last entry (1 + 2729 % 2) is what counts
+    conn.receive(settings((http2.INITIAL_WINDOW_SIZE, 100_000)))
+    assert conn.window(1) == 65_535  # bounded by the connection window; the stream has 100k
+
+
+def test_only_the_last_initial_window_size_counts() -> None:
+    conn, _, _ = connection()
+    conn.receive(headers_frame(1, REQUEST, flags=0x4))
+    conn.receive(settings((http2.INITIAL_WINDOW_SIZE, 10), (http2.INITIAL_WINDOW_SIZE, 20)))
+    assert conn.window(1) == 20
+
+
+# -- control-frame floods ----------------------------------------------------------------
+
+
+FLOODS = {
+    "SETTINGS": raw(http2.SETTINGS, 0, 0),
+    "SETTINGS ACK": raw(http2.SETTINGS, http2.ACK, 0),
+    "PING": raw(http2.PING, 0, 0, b"12345678"),
+    "PING ACK": raw(http2.PING, http2.ACK, 0, b"12345678"),
+    "PRIORITY": raw(http2.PRIORITY, 0, 1, b"\0\0\0\0\x10"),
+    "unknown type": raw(0x42, 0, 0, b"x"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOODS))
+def test_a_control_frame_flood_ends_in_enhance_your_calm(name: str) -> None:
+    budget = http2.Budget(control_rate=100, control_burst=50)
+    conn, _, clock = connection(budget=budget)
+    frame = FLOODS[name]
+    conn.receive(frame * 50)  # the burst is allowed
+    clock.now += 0.1  # and refills at the rate: 10 more
+    conn.receive(frame * 10)
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(frame)
+    assert info.value.code == http2.ENHANCE_YOUR_CALM
+    assert "too many" in str(info.value)
+
+
+def test_a_steady_trickle_of_pings_is_never_cut_off() -> None:
+    conn, _, clock = connection(budget=http2.Budget(control_rate=10, control_burst=10))
+    for _ in range(1000):  # ten minutes of one PING every 0.5 s, say a keepalive
+        conn.receive(FLOODS["PING"])
+        clock.now += 0.5
+
+
+def test_empty_continuation_frames_draw_on_the_budget() -> None:
+    conn, _, _ = connection(budget=http2.Budget(control_rate=1, control_burst=20))
+    block = hpack.Encoder().encode(REQUEST)
+    conn.receive(raw(http2.HEADERS, http2.END_STREAM, 1, block))
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(raw(http2.CONTINUATION, 0, 1) * 21)
+    assert info.value.code == http2.ENHANCE_YOUR_CALM
+
+
+def test_empty_data_frames_spread_out_still_draw_on_the_budget() -> None:
+    conn, _, _ = connection(budget=http2.Budget(control_rate=1, control_burst=20))
+    conn.receive(headers_frame(1, REQUEST, flags=0x4))
+    # Never 16 in a row (the consecutive guard), but still nothing but cost.
+    one_round = raw(http2.DATA, 0, 1) * 10 + raw(http2.DATA, 0, 1, b"x")
+    conn.receive(one_round * 2)
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(one_round)
+    assert info.value.code == http2.ENHANCE_YOUR_CALM
+
+
+# -- rapid reset --------------------------------------------------------------------------
+
+
+def test_rapid_reset_is_cut_off_past_its_budget() -> None:
+    conn, recorder, clock = connection(budget=http2.Budget(reset_rate=10, reset_burst=100))
+    wire = b""
+    for stream_id in range(1, 201, 2):
+        wire += headers_frame(stream_id, REQUEST, flags=0x4)
+        wire += raw(http2.RST_STREAM, 0, stream_id, struct.pack(">L", http2.CANCEL))
+    conn.receive(wire)  # 100 resets: the burst
+    assert sum(1 for e in recorder.events if e[0] == "reset") == 100
+    clock.now += 1.0  # ten more per second
+    wire = b""
+    for stream_id in range(201, 223, 2):
+        wire += headers_frame(stream_id, REQUEST, flags=0x4)
+        wire += raw(http2.RST_STREAM, 0, stream_id, struct.pack(">L", http2.CANCEL))
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(wire)  # the eleventh is one too many
+    assert info.value.code == http2.ENHANCE_YOUR_CALM
+
+
+def test_resets_after_the_answer_count_too() -> None:
+    conn, _, _ = connection(budget=http2.Budget(reset_rate=1, reset_burst=5))
+    for stream_id in range(1, 13, 2):
+        conn.receive(headers_frame(stream_id, REQUEST, flags=0x5))
+        conn.send_headers(stream_id, http2.encode_headers([(b":status", b"200")]), True)
+        if stream_id < 11:
+            conn.receive(raw(http2.RST_STREAM, 0, stream_id, struct.pack(">L", http2.CANCEL)))
+    with pytest.raises(http2.ProtocolError):
+        conn.receive(raw(http2.RST_STREAM, 0, 11, struct.pack(">L", http2.CANCEL)))
+
+
+# -- malformed input is a stream error, never an escaping exception --------------------------
+
+
+def test_a_5000_digit_content_length_is_a_stream_protocol_error() -> None:
+    conn, recorder, _ = connection()
+    conn.receive(headers_frame(1, [*REQUEST, (b"content-length", b"9" * 5000)], flags=0x4))
+    assert resets(conn) == [(1, http2.PROTOCOL_ERROR)]
+    assert recorder.events == [("reset", 1)]
+    # The connection is fine: the next request goes through.
+    conn.receive(headers_frame(3, [*REQUEST, (b"content-length", b"0")]))
+    assert recorder.events[-1][0:2] == ("headers", 3)
+
+
+def test_garbage_hpack_is_a_compression_error() -> None:
+    conn, _, _ = connection()
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(raw(http2.HEADERS, 5, 1, b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f"))
+    assert info.value.code == http2.COMPRESSION_ERROR
+
+
+# -- over real sockets ----------------------------------------------------------------------
+
+
+async def echo(request: Any) -> Any:
+    return Text(value=request.value)
+
+
+@contextlib.asynccontextmanager
+async def serving(**limits: Any) -> AsyncIterator[tuple[h2grpc.Server, int]]:
+    server = h2grpc.Server(
+        [h2grpc.Method("/t.T/Echo", Text.FromString, unary=echo)],
+        limits=config.Limits(**limits),
+    )
+    port = await server.add_address("127.0.0.1:0")
+    try:
+        yield server, port
+    finally:
+        await server.stop(0)
+
+
+def read_all(sock: socket.socket, seconds: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    sock.settimeout(seconds)
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def client_wire(*frames_: bytes) -> bytes:
+    return http2.PREFACE + raw(http2.SETTINGS, 0, 0) + b"".join(frames_)
+
+
+@pytest.mark.asyncio
+async def test_a_settings_flood_over_a_socket_gets_goaway_and_is_counted() -> None:
+    async with serving(control_frame_burst=100) as (server, port):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(client_wire(raw(http2.SETTINGS, 0, 0, struct.pack(">HL", 4, 70_000)) * 500))
+        got = await asyncio.to_thread(read_all, sock)
+        assert goaway_code(got) == http2.ENHANCE_YOUR_CALM
+        assert server.events["goaway_enhance_your_calm"] == 1
+        sock.close()
+
+
+@pytest.mark.asyncio
+async def test_connections_over_the_cap_are_refused() -> None:
+    async with serving(max_connections=3) as (server, port):
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        for sock in held:
+            sock.sendall(client_wire())
+        await asyncio.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", port))
+        got = await asyncio.to_thread(read_all, extra)
+        assert goaway_code(got) == http2.ENHANCE_YOUR_CALM
+        assert server.events["connection_refused"] == 1
+        assert len(server.connections) == 3
+        for sock in held:
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_a_silent_or_half_handshake_connection_times_out() -> None:
+    async with serving(handshake_timeout_seconds=0.3) as (server, port):
+        silent = socket.create_connection(("127.0.0.1", port))
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(http2.PREFACE[:10])
+        started = time.monotonic()
+        for sock in (silent, half):
+            got = await asyncio.to_thread(read_all, sock)
+            assert goaway_code(got) == http2.PROTOCOL_ERROR
+        assert time.monotonic() - started < 5
+        assert server.events["handshake_timeout"] == 2
+
+
+@pytest.mark.asyncio
+async def test_an_idle_connection_is_closed_and_a_busy_one_is_not() -> None:
+    async with serving(idle_timeout_seconds=1) as (server, port):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        call = channel.unary_unary("/t.T/Echo", Text.SerializeToString, Text.FromString)
+        for _ in range(6):  # 1.5 s of a call every 0.25 s: never idle
+            assert (await call(Text(value="a"), timeout=5)).value == "a"
+            await asyncio.sleep(0.25)
+        assert server.events["idle_closed"] == 0
+        idle = socket.create_connection(("127.0.0.1", port))
+        idle.sendall(client_wire())
+        got = await asyncio.to_thread(read_all, idle)
+        assert goaway_code(got) == http2.NO_ERROR
+        assert server.events["idle_closed"] >= 1
+        await channel.close(None)
+
+
+@pytest.mark.asyncio
+async def test_oversized_metadata_fails_only_its_call() -> None:
+    async with serving() as (server, port):
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_metadata_size", 1024 * 1024)]
+        )
+        call = channel.unary_unary("/t.T/Echo", Text.SerializeToString, Text.FromString)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(Text(value="big"), timeout=5, metadata=[("x-big", "b" * 100_000)])
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert server.events["metadata_too_large"] == 1
+        # The same connection carries on.
+        assert (await call(Text(value="small"), timeout=5)).value == "small"
+        assert server.events["goaway_enhance_your_calm"] == 0
+        await channel.close(None)
+
+
+@pytest.mark.asyncio
+async def test_a_bug_inside_a_connection_ends_in_goaway_internal_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_args: Any) -> None:
+        raise KeyError("a bug")
+
+    async with serving() as (server, port):
+        monkeypatch.setattr(h2grpc._Connection, "on_headers", broken)
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(client_wire(headers_frame(1, REQUEST)))
+        got = await asyncio.to_thread(read_all, sock)
+        assert goaway_code(got) == http2.INTERNAL_ERROR
+        assert server.events["goaway_internal_error"] == 1
+
+
+def _call(stream_id: int, encoder: hpack.Encoder, text: str) -> bytes:
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/t.T/Echo"),
+        (b":authority", b"x"),
+        (b"content-type", b"application/grpc"),
+    ]
+    body = bytes(h2grpc.frame(Text(value=text)))
+    return raw(http2.HEADERS, http2.END_HEADERS, stream_id, encoder.encode(headers)) + raw(
+        http2.DATA, http2.END_STREAM, stream_id, body
+    )
+
+
+def _statuses(wire: bytes) -> dict[int, bytes]:
+    decoder = hpack.Decoder()
+    found: dict[int, bytes] = {}
+    for kind, _flags, stream_id, payload in frames(wire):
+        if kind == http2.HEADERS:
+            for name, value in decoder.decode(payload, raw=True):
+                if name == b"grpc-status":
+                    found[stream_id] = value
+    return found
+
+
+@pytest.mark.asyncio
+async def test_a_big_read_is_served_over_several_turns_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with serving() as (_server, port):
+        encoder = hpack.Encoder()
+        calls = b"".join(_call(s, encoder, "x" * 200) for s in range(1, 801, 2))
+        assert len(calls) > 5 * 16 * 1024
+        turns = 0
+        original = h2grpc._Connection._next_turn
+
+        def counting(self: h2grpc._Connection) -> None:
+            nonlocal turns
+            turns += 1
+            original(self)
+
+        monkeypatch.setattr(h2grpc._Connection, "_next_turn", counting)
+        sock = socket.create_connection(("127.0.0.1", port))
+        grant = raw(http2.WINDOW_UPDATE, 0, 0, struct.pack(">L", 1 << 30))  # room for answers
+        sock.sendall(client_wire(grant, calls, raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 0, 0))))
+        got = await asyncio.to_thread(read_all, sock)
+        assert _statuses(got) == dict.fromkeys(range(1, 801, 2), b"0")
+        assert turns >= 2  # reads over 16 KiB were split across turns
+
+
+@pytest.mark.asyncio
+async def test_over_the_held_cap_a_call_that_completes_still_goes_through() -> None:
+    async with serving(max_buffered_request_bytes=4000) as (server, port):
+        encoder = hpack.Encoder()
+        sock = socket.create_connection(("127.0.0.1", port))
+        hog = raw(http2.HEADERS, http2.END_HEADERS, 1, encoder.encode(REQUEST_ECHO))
+        hog += raw(http2.DATA, 0, 1, b"\0\0\0\x10\0" + b"h" * 3990)  # unfinished, at the cap
+        sock.sendall(client_wire(hog, _call(3, encoder, "y" * 100)))
+        sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 3, 0)))
+        await asyncio.sleep(0.3)
+        assert server.held == 3995
+        sock.sendall(raw(http2.RST_STREAM, 0, 1, struct.pack(">L", http2.CANCEL)))
+        got = await asyncio.to_thread(read_all, sock)
+        assert _statuses(got) == {3: b"0"}
+
+
+REQUEST_ECHO = [(n, b"/t.T/Echo" if n == b":path" else v) for n, v in REQUEST]
+
+
+def test_bytes_that_are_not_a_check_request_get_the_400_deny(tmp_path: pathlib.Path) -> None:
+    settings = support.settings(tmp_path)
+    authn = jwt.Authenticator(settings.jwt)
+    authn.load_static()
+    stats = metrics.Metrics()
+    checker = service.Checker(
+        settings, authn, policy.make_engine(settings.policy), stats, service.DecisionLog("off")
+    )
+    answer = checker.unparsable("cannot parse the request: DecodeError")
+    assert answer.denied_response.status.code == 400
+    assert stats.by_outcome["malformed"]._value.get() == 1
