@@ -35,7 +35,7 @@ from waypoint import echo, pipeline, pki
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
 from waypoint.hbone import client as hbone_client
-from waypoint.runtime import envoy_process
+from waypoint.runtime import collector, envoy_process
 from waypoint.xds import bootstrap, cache, filesource, naming, publish, runner, snapshot
 
 TD = "cluster.local"
@@ -165,7 +165,7 @@ def bench_build(sizes: list[int], rounds: int, check_schemas: bool = True) -> No
         for _ in range(rounds):
             gc.collect()
             # As the file source does it: cyclic GC paused for the reload.
-            with filesource.gc_paused():
+            with collector.paused():
                 translate_s, build_s, pack_s, snap = _build(objects, opts, check_schemas)
             times.append((translate_s, build_s, pack_s))
         medians = [statistics.median(t[i] for t in times) for i in range(3)]

@@ -5,6 +5,7 @@ cluster without the policy CRDs."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import pathlib
 import threading
@@ -394,8 +395,11 @@ def test_controller_follows_policy_and_rego_events(
         )
         # A labeled Rego ConfigMap is watched: its edit rolls the pods without a resync.
         before = _config_hash(fake)
-        labeled["data"]["policy.rego"] = REGO + "\nextra := true\n"
-        api.apply(labeled, "user")
+        # A copy: the fake's seed stored ``labeled`` itself, and editing it in place would
+        # change the stored object behind the server's back, with no watch event.
+        edited = copy.deepcopy(labeled)
+        edited["data"]["policy.rego"] = REGO + "\nextra := true\n"
+        api.apply(edited, "user")
         _drain_until(controller, lambda: _config_hash(fake) != before)
         assert not controller.errors
     finally:
@@ -420,8 +424,16 @@ def test_missing_policy_crds_are_logged_not_fatal(
         fake.seed([world.gateway_class(), *world.mesh("demo")])
         with world.connect(fake, tmp_path) as api, caplog.at_level(logging.WARNING):
             controller = manager.Controller(api, watch_timeout=5)
-            assert "ExtAuthzPolicy" not in controller.informers
-            assert "Gateway" in controller.informers
+            controller.start_informers()
+            try:
+                # Left out of the world, and synced: nothing waits for them.
+                assert controller.wait_synced(threading.Event())
+                assert controller.informers["ExtAuthzPolicy"].unavailable is not None
+                assert controller.informers["Gateway"].unavailable is None
+                (verdict,) = controller.class_verdicts()
+                assert (verdict.type, verdict.status) == ("OptionalKindsAvailable", False)
+            finally:
+                controller.stop_informers()
             # list_world skips them too, so one-shot reconciles work as before.
             api.apply(gateway.generate_gateway("demo"), "waypoint")
             rec = reconcile.Reconciler(api, lambda: reconcile.list_world(api))

@@ -207,13 +207,19 @@ class Clock:
 def test_leader_election_with_lease(api: kcluster.Cluster, fake: server.FakeKube) -> None:
     fake.seed([world.namespace("waypoint-system")])
     clock = Clock()
-    first = leader.LeaderElector(api, "waypoint-system", "waypoint-controller", "a", clock=clock)
-    second = leader.LeaderElector(api, "waypoint-system", "waypoint-controller", "b", clock=clock)
+    first = leader.LeaderElector(
+        api, "waypoint-system", "waypoint-controller", "a", clock=clock, monotonic=clock
+    )
+    second = leader.LeaderElector(
+        api, "waypoint-system", "waypoint-controller", "b", clock=clock, monotonic=clock
+    )
     assert first.try_acquire_or_renew()
     assert not second.try_acquire_or_renew()
     clock.now += 10
     assert first.try_acquire_or_renew()  # renewal
-    clock.now += 16  # first stopped renewing: the Lease expires
+    clock.now += 16  # first stopped renewing, but second sees this record for the first time
+    assert not second.try_acquire_or_renew()
+    clock.now += 15  # unchanged for a whole lease duration since second observed it: expired
     assert second.try_acquire_or_renew()
     assert not first.try_acquire_or_renew()
     lease = fake.get("coordination.k8s.io/v1", "Lease", "waypoint-system", "waypoint-controller")
@@ -248,7 +254,8 @@ def test_leader_runs_work_and_releases_on_stop(
 
 def test_metrics_are_served(informed: manager.Controller) -> None:
     informed.queue.add(manager.ROUTES_KEY)
-    informed.process_one(0)
+    while informed.process_one(0):  # the initial lists queued the GatewayClass's key too
+        pass
     port = conftest.free_port()
     metrics_server = informed.metrics.serve(f"127.0.0.1:{port}")
     try:

@@ -81,7 +81,16 @@ def render(
     opts: options.BootstrapOptions,
 ) -> Rendered:
     """Translate the world and build the static Envoy bootstrap of one waypoint."""
-    translation = translate_objects(objects, opts.trust_domain)
+    return render_translation(translate_objects(objects, opts.trust_domain), namespace, name, opts)
+
+
+def render_translation(
+    translation: model.Translation,
+    namespace: str,
+    name: str,
+    opts: options.BootstrapOptions,
+) -> Rendered:
+    """The static Envoy bootstrap of one waypoint of an existing translation."""
     waypoint = translation.waypoint(namespace, name)
     if waypoint is None:
         raise WaypointNotFound(_not_found_message(translation, namespace, name))

@@ -115,6 +115,12 @@ def register(subparsers: Any) -> None:
         "--resync", type=parse_duration, default=300.0, help="periodic resync interval"
     )
     controller.add_argument(
+        "--workers",
+        type=int,
+        default=manager.DEFAULT_WORKERS,
+        help="Gateways reconciled at once (one key is never reconciled twice at once)",
+    )
+    controller.add_argument(
         "--xds-listen",
         default="",
         metavar="ADDR",
@@ -645,6 +651,7 @@ def run_controller(args: argparse.Namespace) -> int:
                 defaults=controller_defaults(args),
                 metrics=metrics,
                 resync_period=args.resync,
+                workers=args.workers,
                 publisher=publisher,
             )
             if not args.leader_elect:

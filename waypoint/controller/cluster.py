@@ -3,7 +3,13 @@
 Everything the controller and the CLI do to a cluster goes through ``Cluster``: get, list,
 watch, server-side apply, status updates with optimistic concurrency, merge patches, delete.
 Objects go in and come out as plain dicts; a missing API (say, no Gateway API CRDs) becomes
-``MissingKind`` with instructions, and a 409 becomes ``Conflict``.
+``MissingKind`` with instructions, a 403 ``Forbidden`` and a 409 ``Conflict``.
+
+Every request is bounded: ``Timeouts`` sets the connect and read timeouts of each request
+(discovery included), and a watch asks the server to end it after ``timeout_seconds`` and gives
+up reading a little after that, so a hung server costs one request its timeout, never a thread.
+A ``fence``, when set, is asked before every write (the leader elector uses it to stop writes
+the moment it can no longer be sure it leads).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import urllib3.exceptions as urllib3_errors
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes import dynamic
+from kubernetes import watch as k8s_watch
+from kubernetes.client import rest as k8s_rest
 from kubernetes.dynamic import exceptions as dyn_errors
 
 from waypoint.kube import constants
@@ -93,12 +102,57 @@ class Gone(ClusterError):
     """410: a watch's resourceVersion is too old; relist."""
 
 
+class Forbidden(ClusterError):
+    """403: the controller's RBAC does not allow the request."""
+
+
+class Fenced(ClusterError):
+    """A write was refused locally: this process may no longer write (it lost the Lease)."""
+
+
+# Called before every write with the kind written; raises ``Fenced`` to refuse it.
+Fence = Callable[[Kind], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    """Per-request limits, in seconds. ``watch_grace`` is how long past its server-side
+    ``timeoutSeconds`` a silent watch is still read before it counts as hung."""
+
+    connect: float = 5.0
+    read: float = 30.0
+    watch_grace: float = 15.0
+
+
+class _BoundedRest(k8s_rest.RESTClientObject):
+    """The client's REST layer with a default (connect, read) timeout on every request: the
+    client's own default is to wait forever."""
+
+    def __init__(self, configuration: Any, timeouts: Timeouts) -> None:
+        super().__init__(configuration)
+        self._default_timeout = (timeouts.connect, timeouts.read)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if len(args) < 4 and not kwargs.get("_request_timeout"):
+            kwargs["_request_timeout"] = self._default_timeout
+        return super().request(method, url, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+
 class Cluster:
     """One API server connection. ``close()`` drops the discovery cache it created."""
 
-    def __init__(self, api_client: k8s_client.ApiClient) -> None:
+    def __init__(self, api_client: k8s_client.ApiClient, timeouts: Timeouts | None = None) -> None:
         self._cache_dir = tempfile.mkdtemp(prefix="waypoint-discovery-")
         self.api_client = api_client
+        self.timeouts = timeouts or Timeouts()
+        # One connection per watching informer plus the workers' requests: urllib3's default
+        # of 10 pooled connections would open and discard connections all the time.
+        api_client.configuration.connection_pool_maxsize = max(
+            api_client.configuration.connection_pool_maxsize or 0, 64
+        )
+        api_client.rest_client.close()
+        api_client.rest_client = _BoundedRest(api_client.configuration, self.timeouts)
+        self.fence: Fence | None = None
         # A private discovery cache: a shared one keyed by host:port goes stale between
         # clusters that reuse an address (and in tests, between fake servers).
         try:
@@ -112,16 +166,22 @@ class Cluster:
         self._resources: dict[Kind, Any] = {}
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Cluster:
+    def connect(
+        cls,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Cluster:
         """From a kubeconfig (``--kubeconfig``/``$KUBECONFIG``/~/.kube/config), else in-cluster."""
         path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
         default = pathlib.Path.home() / ".kube" / "config"
         try:
             if path or default.exists() or context:
-                return cls(k8s_config.new_client_from_config(config_file=path, context=context))  # type: ignore[no-untyped-call]
+                api = k8s_config.new_client_from_config(config_file=path, context=context)  # type: ignore[no-untyped-call]
+                return cls(api, timeouts)
             configuration = k8s_client.Configuration()
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            return cls(k8s_client.ApiClient(configuration))
+            return cls(k8s_client.ApiClient(configuration), timeouts)
         except (k8s_config.ConfigException, OSError) as exc:
             where = path or str(default)
             raise ClusterError(f"cannot load cluster credentials from {where}: {exc}") from exc
@@ -169,15 +229,25 @@ class Cluster:
 
     # --- reads -------------------------------------------------------------------------
 
-    def get(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+    def get(
+        self, kind: Kind, namespace: str, name: str, timeout: float | None = None
+    ) -> Obj | None:
+        """The object, or None; ``timeout`` overrides the read timeout of this request."""
         resource = self.resource(kind)
         try:
-            found = resource.get(name=name, namespace=namespace or None)
+            found = resource.get(name=name, namespace=namespace or None, **self._timeout(timeout))
         except dyn_errors.NotFoundError:
             return None
         except dyn_errors.DynamicApiError as exc:
             raise _error(exc, f"get {kind} {_ref(namespace, name)}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise ClusterError(f"get {kind} {_ref(namespace, name)}: {_reason(exc)}") from exc
         return _plain(found)
+
+    def _timeout(self, read: float | None) -> dict[str, Any]:
+        if read is None:
+            return {}
+        return {"_request_timeout": (min(self.timeouts.connect, read), read)}
 
     def list(
         self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
@@ -186,8 +256,12 @@ class Cluster:
         resource = self.resource(kind)
         try:
             found = _plain(resource.get(namespace=namespace or None, label_selector=label_selector))
+        except dyn_errors.NotFoundError as exc:
+            raise MissingKind(f"list {kind}: {_reason(exc)}") from exc
         except dyn_errors.DynamicApiError as exc:
             raise _error(exc, f"list {kind}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise ClusterError(f"list {kind}: {_reason(exc)}") from exc
         items = [
             {"apiVersion": kind.api_version, "kind": kind.kind, **item}
             for item in found.get("items") or []
@@ -202,16 +276,25 @@ class Cluster:
         namespace: str | None = None,
         label_selector: str | None = None,
     ) -> Iterator[tuple[str, Obj]]:
-        """(type, object) events, BOOKMARKs included, until the server ends the watch."""
+        """(type, object) events, BOOKMARKs included, until the server ends the watch.
+
+        The server ends it after ``timeout_seconds``; should it fall silent instead, the read
+        times out ``watch_grace`` seconds later and the watch fails with ``ClusterError``."""
         resource = self.resource(kind)
+        watcher = k8s_watch.Watch()  # type: ignore[no-untyped-call]
         try:
-            for event in self.dynamic.watch(  # type: ignore[no-untyped-call]
-                resource,
+            for event in watcher.stream(  # type: ignore[no-untyped-call]
+                resource.get,
                 namespace=namespace or None,
                 label_selector=label_selector,
                 resource_version=resource_version,
-                timeout=timeout_seconds,
+                serialize=False,
+                timeout_seconds=timeout_seconds,
                 allow_watch_bookmarks=True,
+                _request_timeout=(
+                    self.timeouts.connect,
+                    timeout_seconds + self.timeouts.watch_grace,
+                ),
             ):
                 obj = dict(event["raw_object"])
                 obj.setdefault("apiVersion", kind.api_version)
@@ -220,7 +303,13 @@ class Cluster:
         except k8s_client.ApiException as exc:
             if exc.status == 410:
                 raise Gone(f"watch {kind}: {exc.reason}") from exc
+            if exc.status == 403:
+                raise Forbidden(f"watch {kind}: {exc.status} {exc.reason}") from exc
             raise ClusterError(f"watch {kind}: {exc.status} {exc.reason}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise ClusterError(f"watch {kind}: {_reason(exc)}") from exc
+        finally:
+            watcher.stop()  # type: ignore[no-untyped-call]
 
     # --- writes ------------------------------------------------------------------------
 
@@ -235,6 +324,8 @@ class Cluster:
         kind = kind_of(obj)
         meta = obj.get("metadata") or {}
         extra = {"dry_run": "All"} if dry_run else {}
+        if not dry_run:
+            self._check_fence(kind)
         try:
             applied = self.resource(kind).server_side_apply(
                 body=dict(obj),
@@ -256,6 +347,7 @@ class Cluster:
         """PUT the status subresource; ``metadata.resourceVersion`` makes it optimistic (409)."""
         kind = kind_of(obj)
         meta = obj.get("metadata") or {}
+        self._check_fence(kind)
         try:
             updated = self.resource(kind).status.replace(
                 body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
@@ -274,6 +366,7 @@ class Cluster:
         patch: Mapping[str, Any],
         field_manager: str = constants.FIELD_MANAGER,
     ) -> Obj:
+        self._check_fence(kind)
         try:
             patched = self.resource(kind).patch(
                 body=dict(patch),
@@ -288,6 +381,7 @@ class Cluster:
 
     def delete(self, kind: Kind, namespace: str, name: str) -> bool:
         """Delete; False when it was already gone."""
+        self._check_fence(kind)
         try:
             self.resource(kind).delete(name=name, namespace=namespace or None)
         except dyn_errors.NotFoundError:
@@ -296,24 +390,56 @@ class Cluster:
             raise _error(exc, f"delete {kind} {_ref(namespace, name)}") from exc
         return True
 
-    def replace(self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER) -> Obj:
-        return self._write("replace", "update", obj, field_manager)
+    def replace(
+        self,
+        obj: Mapping[str, Any],
+        field_manager: str = constants.FIELD_MANAGER,
+        timeout: float | None = None,
+    ) -> Obj:
+        return self._write("replace", "update", obj, field_manager, timeout)
 
-    def create(self, obj: Mapping[str, Any], field_manager: str = constants.FIELD_MANAGER) -> Obj:
-        return self._write("create", "create", obj, field_manager)
+    def create(
+        self,
+        obj: Mapping[str, Any],
+        field_manager: str = constants.FIELD_MANAGER,
+        timeout: float | None = None,
+    ) -> Obj:
+        return self._write("create", "create", obj, field_manager, timeout)
 
-    def _write(self, verb: str, action: str, obj: Mapping[str, Any], field_manager: str) -> Obj:
+    def _check_fence(self, kind: Kind) -> None:
+        if self.fence is not None:
+            self.fence(kind)
+
+    def _write(
+        self,
+        verb: str,
+        action: str,
+        obj: Mapping[str, Any],
+        field_manager: str,
+        timeout: float | None,
+    ) -> Obj:
         """PUT (``replace``) or POST (``create``) a whole object; errors name it."""
         kind = kind_of(obj)
         meta = obj.get("metadata") or {}
+        self._check_fence(kind)
         try:
             written = getattr(self.resource(kind), verb)(
-                body=dict(obj), namespace=meta.get("namespace"), field_manager=field_manager
+                body=dict(obj),
+                namespace=meta.get("namespace"),
+                field_manager=field_manager,
+                **self._timeout(timeout),
             )
         except dyn_errors.DynamicApiError as exc:
             where = _ref(meta.get("namespace"), meta.get("name"))
             raise _error(exc, f"{action} {kind} {where}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            where = _ref(meta.get("namespace"), meta.get("name"))
+            raise ClusterError(f"{action} {kind} {where}: {_reason(exc)}") from exc
         return _plain(written)
+
+
+# A request that timed out or lost its connection (urllib3 errors are OSErrors or HTTPErrors).
+_TRANSPORT_ERRORS = (OSError, urllib3_errors.HTTPError)
 
 
 def _plain(found: Any) -> Obj:
@@ -338,6 +464,8 @@ def _error(exc: dyn_errors.DynamicApiError, action: str) -> ClusterError:
         return Conflict(message, status, reason)
     if exc.status == 410:
         return Gone(message, status, reason)
+    if exc.status == 403:
+        return Forbidden(message, status, reason)
     return ClusterError(message, status, reason)
 
 

@@ -1,11 +1,22 @@
 """The running controller: informers feed a rate-limited queue, workers reconcile keys.
 
 Keys are ``("gateway", ns, name)``, ``("gatewayclass", "", name)`` and ``("routes", "", "")``
-(all route, policy and Service binding status, from one translation of the world). Any change
-to what translation reads (Namespaces, Services, EndpointSlices, Pods, routes, Gateways,
-policies) requeues every waypoint Gateway and that status; the queue collapses the duplicates.
-A change to a parametersRef ConfigMap requeues the Gateways whose settings read it (all of them,
-and the GatewayClass, for the class's own). A periodic resync requeues everything.
+(all route and policy status, from one translation of the world). A change to what
+translation reads requeues only the Gateways it may affect (``index.Index``: the object's
+namespace, the waypoints its labels and references name, and those that last read its
+namespace), plus the route and policy status; a GatewayClass change requeues everything.
+Generated objects are read from informer caches (``informer.CacheReader``), not GETs, and the
+world is translated once per change (``world.Translations``), shared by every Gateway
+reconcile, the route, policy and Service binding status and the xDS publisher. Pods are
+cached trimmed to what translation reads (``trim.pod``). parametersRef ConfigMaps carry no
+label of ours, so every ConfigMap is watched, trimmed to its identity, and a change requeues
+the Gateways (or the whole class) whose settings name it.
+
+``workers`` threads reconcile at once; the queue never hands the same key to two of them,
+so a hung request holds up only its own key. Optional kinds (policies, GRPCRoute) that the
+server does not serve or does not let us read are left out of the world: the GatewayClass
+says so in its ``OptionalKindsAvailable`` condition, and ``waypoint_controller_kind_unavailable``
+counts them. A periodic resync requeues everything.
 """
 
 from __future__ import annotations
@@ -16,10 +27,12 @@ from collections.abc import Hashable
 from typing import Any
 
 from waypoint.controller import cluster as kcluster
+from waypoint.controller import index as kindex
 from waypoint.controller import informer as kinformer
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import queue as kqueue
-from waypoint.controller import reconcile, trim
+from waypoint.controller import reconcile, status, trim
+from waypoint.controller import world as kworld
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, settings
@@ -30,61 +43,85 @@ ROUTES_KEY = ("routes", "", "")
 MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
 REGO_INFORMER = "ConfigMap/extauthz-policy"  # the users' labeled Rego ConfigMaps
 PARAMETERS_INFORMER = "ConfigMap/parameters"  # every ConfigMap, trimmed to its identity
+DEFAULT_WORKERS = 4
+# Inputs the controller works without: a cluster may lack their CRDs, or deny reading them.
+OPTIONAL_KINDS = (*kcluster.POLICY_KINDS, kcluster.GRPC_ROUTE)
+# What the controller generates and reads back from label-selected caches (Services are
+# watched in full as translation input).
+OWNED_KINDS = (
+    kcluster.DEPLOYMENT,
+    kcluster.SERVICE_ACCOUNT,
+    kcluster.CONFIG_MAP,
+    kcluster.AUTOSCALER,
+    kcluster.DISRUPTION_BUDGET,
+)
+OPTIONAL_CONDITION = "OptionalKindsAvailable"
 
 
 class Controller:
     def __init__(
         self,
         cluster: kcluster.Cluster,
-        renderer: reconcile.Renderer = reconcile.pipeline_renderer,
-        translator: reconcile.Translator = reconcile.pipeline_translator,
+        renderer: reconcile.Renderer | None = None,
+        translator: reconcile.Translator | None = None,
         options: envoy_options.BootstrapOptions | None = None,
         defaults: settings.Settings | None = None,
         metrics: kmetrics.Metrics | None = None,
         resync_period: float = 300.0,
         watch_timeout: int = 300,
-        workers: int = 1,
+        workers: int = DEFAULT_WORKERS,
         publisher: kxds.Publisher | None = None,
+        optional_retry: float = 60.0,
     ) -> None:
         self.cluster = cluster
         self.publisher = publisher
+        self.index = kindex.Index()
+        self.translations = kworld.Translations(learn=self.index.learn)
+        if renderer is None:
+            renderer = self.translations.renderer
         if publisher is not None:
             # The ConfigMap carries the xDS bootstrap; certificates come over ADS as well.
+            publisher.translate = self.translations.translate
             renderer = publisher.renderer
             options = publisher.options
         self.metrics = metrics or kmetrics.Metrics()
         self.queue = kqueue.WorkQueue()
         self.resync_period = resync_period
-        self.workers = workers
+        self.workers = max(1, workers)
         # Without Gateways there is nothing to do: fail early, with install instructions.
         cluster.resource(kcluster.GATEWAY)
         cluster.resource(kcluster.GATEWAY_CLASS)
+        self.reader = kinformer.CacheReader(cluster)
         self.informers: dict[str, kinformer.Informer] = {}
+        self._world_kinds: list[str] = []
         for kind in reconcile.WORLD_KINDS:
-            if cluster.serves(kind):
-                self._inform(kind, self._on_world_change, None, watch_timeout, TRANSFORMS.get(kind))
-            elif kind in kcluster.POLICY_KINDS:
-                # Policies are optional: waypoints work without them. A CRD installed later
-                # is picked up when the controller restarts.
-                LOG.warning(
-                    "the cluster does not serve %s (%s); policies of that kind are ignored "
-                    "until its CRD is installed and the controller restarts",
-                    kind.kind,
-                    kind.api_version,
+            optional = kind in OPTIONAL_KINDS
+            self._inform(
+                kind,
+                kind.kind,
+                self._on_world_change,
+                None,
+                watch_timeout,
+                optional,
+                optional_retry,
+                TRANSFORMS.get(kind),
+            )
+            self._world_kinds.append(kind.kind)
+        for kind in OWNED_KINDS:
+            if kind.kind not in self.informers:
+                self._inform(
+                    kind, kind.kind, self._on_owned_change, MANAGED_SELECTOR, watch_timeout
                 )
-        # Services are already watched in full above, as translation input.
-        for kind in (kcluster.DEPLOYMENT, kcluster.SERVICE_ACCOUNT, kcluster.CONFIG_MAP):
-            self._inform(kind, self._on_owned_change, MANAGED_SELECTOR, watch_timeout)
-        self.informers[REGO_INFORMER] = kinformer.Informer(
-            cluster,
+        self._inform(
             kcluster.CONFIG_MAP,
+            REGO_INFORMER,
             self._on_rego_change,
-            self.metrics,
             constants.EXTAUTHZ_POLICY_LABEL,
             watch_timeout,
         )
         # parametersRef ConfigMaps carry no label of ours: watch them all, keeping only their
         # identity, and requeue the Gateways (or the whole class) whose settings name one.
+        # Trimmed, they cannot answer reads: the CacheReader does not use them.
         self.informers[PARAMETERS_INFORMER] = kinformer.Informer(
             cluster,
             kcluster.CONFIG_MAP,
@@ -98,11 +135,13 @@ class Controller:
             cluster,
             self.world,
             renderer,
-            translator,
+            translator or self.translations.translate,
             options=options,
             defaults=defaults,
             metrics=self.metrics,
             xds_error=publisher.error if publisher else None,
+            reader=self.reader,
+            class_verdicts=self.class_verdicts,
         )
         self.errors: list[str] = []
         if publisher is not None:
@@ -111,28 +150,75 @@ class Controller:
     def _inform(
         self,
         kind: kcluster.Kind,
+        key: str,
         handler: kinformer.Handler,
         selector: str | None,
         watch_timeout: int,
+        optional: bool = False,
+        optional_retry: float = 60.0,
         transform: kinformer.Transform | None = None,
     ) -> None:
-        self.informers[kind.kind] = kinformer.Informer(
-            self.cluster, kind, handler, self.metrics, selector, watch_timeout, transform=transform
+        informer = kinformer.Informer(
+            self.cluster,
+            kind,
+            handler,
+            self.metrics,
+            selector,
+            watch_timeout,
+            optional=optional,
+            optional_retry=optional_retry,
+            on_availability=self._on_availability if optional else None,
+            significant=_significant,
+            transform=transform,
         )
+        self.informers[key] = informer
+        self.reader.add(informer, complete=selector is None)
 
     # --- the world and the keys ----------------------------------------------------------
 
-    def world(self) -> list[Obj]:
+    def world(self) -> kworld.Snapshot:
+        """Every object translation reads, tagged with the informers' versions (read first,
+        so the objects are never older than the version says)."""
+        informers = [self.informers[kind] for kind in self._world_kinds]
+        version = tuple(informer.version for informer in informers)
         objects: list[Obj] = []
-        for kind in reconcile.WORLD_KINDS:
-            informer = self.informers.get(kind.kind)
-            if informer is not None:
-                objects.extend(informer.items())
-        return objects
+        for informer in informers:
+            objects.extend(informer.items())
+        return kworld.Snapshot(objects, version)
 
     def gateways(self) -> list[Obj]:
         informer = self.informers["Gateway"]
         return [gw for gw in informer.items() if gateway.is_waypoint(gw)]
+
+    def unavailable(self) -> dict[str, str]:
+        """Optional kinds left out of the world, and why."""
+        return {
+            str(informer.kind): informer.unavailable
+            for informer in self.informers.values()
+            if informer.unavailable is not None
+        }
+
+    def class_verdicts(self) -> list[status.Verdict]:
+        """The GatewayClass's ``OptionalKindsAvailable`` condition."""
+        missing = self.unavailable()
+        if not missing:
+            return [
+                status.Verdict(
+                    OPTIONAL_CONDITION,
+                    True,
+                    "AllAvailable",
+                    "every optional kind is served and readable",
+                )
+            ]
+        message = "; ".join(f"{kind}: {why}" for kind, why in sorted(missing.items()))
+        return [
+            status.Verdict(
+                OPTIONAL_CONDITION,
+                False,
+                "KindsUnavailable",
+                f"left out of every waypoint until readable: {message}",
+            )
+        ]
 
     def enqueue_all(self) -> None:
         if self.publisher is not None:
@@ -140,27 +226,44 @@ class Controller:
         for gw in self.gateways():
             namespace, name = gateway.key(gw)
             self.queue.add(("gateway", namespace, name))
+        self._enqueue_classes()
+        self.queue.add(ROUTES_KEY)
+
+    def _enqueue_classes(self) -> None:
         for gateway_class in self.informers["GatewayClass"].items():
             self.queue.add(("gatewayclass", "", gateway.key(gateway_class)[1]))
-        self.queue.add(ROUTES_KEY)
+
+    def _on_availability(self) -> None:
+        for kind, informer in self.informers.items():
+            if informer.optional:
+                self.metrics.kind_unavailable.labels(kind).set(
+                    1 if informer.unavailable is not None else 0
+                )
+        self._enqueue_classes()
 
     def _on_world_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
-        if _no_input_changed(before, after):
-            return  # status (mostly our own writes) is never an input, but a Pod's IPs are
+        kind = obj.get("kind")
+        if kind == "Gateway":
+            self.index.gateway_changed(before, after)
+        elif kind == "Namespace":
+            self.index.namespace_changed(before, after)
+        if not _significant(before, after):
+            return  # status (mostly our own writes) is never an input
         if self.publisher is not None:
             self.publisher.changed()
-        if obj.get("kind") == "GatewayClass":
+        if kind == "GatewayClass":
             # Its parametersRef holds class-wide defaults: every waypoint may change.
             self.enqueue_all()
             return
-        if obj.get("kind") == "Gateway":
+        if kind == "Gateway":
             if any(o and gateway.is_waypoint(o) for o in (before, after)):
                 namespace, name = gateway.key(obj)
                 self.queue.add(("gateway", namespace, name))
-            self.queue.add(ROUTES_KEY)
-            return
-        self.enqueue_all()
+        else:
+            for namespace, name in sorted(self.index.affected(before, after)):
+                self.queue.add(("gateway", namespace, name))
+        self.queue.add(ROUTES_KEY)
 
     def _on_owned_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
@@ -182,11 +285,12 @@ class Controller:
                 self.queue.add(("gateway", *gateway.key(gw)))
 
     def _on_rego_change(self, before: Obj | None, after: Obj | None) -> None:
+        """A user's labeled Rego ConfigMap changed: requeue the waypoints of its namespace
+        (any of them may name it)."""
         obj = after or before or {}
-        namespace = (obj.get("metadata") or {}).get("namespace") or ""
-        for gw in self.gateways():
-            if gateway.key(gw)[0] == namespace:
-                self.queue.add(("gateway", *gateway.key(gw)))
+        namespace = str((obj.get("metadata") or {}).get("namespace") or "")
+        for name_space, name in self.index.in_namespace(namespace):
+            self.queue.add(("gateway", name_space, name))
 
     # --- running -----------------------------------------------------------------------
 
@@ -204,6 +308,7 @@ class Controller:
             self.metrics.reconciles.labels(str(_kind(key)), "error").inc()
             message = f"reconcile {key}: {exc}"
             self.errors.append(message)
+            del self.errors[:-100]  # the latest errors, not every error since start
             LOG.warning("%s; retrying in %.2fs", message, delay)
         finally:
             self.queue.done(key)
@@ -283,18 +388,19 @@ def _kind(key: Hashable) -> object:
     return key[0] if isinstance(key, tuple) else key
 
 
+def _significant(before: Obj | None, after: Obj | None) -> bool:
+    """Something translation or the generated objects depend on moved. Status never is an
+    input (it is mostly our own writes), except a Pod's: its IPs and phase."""
+    if before is None or after is None:
+        return True
+    if after.get("kind") == kcluster.POD.kind:
+        # Trimmed to what translation reads (status included): anything but the version.
+        return _without_version(before) != _without_version(after)
+    return _without_status(before) != _without_status(after)
+
+
 # Kinds whose cached objects are trimmed to what translation reads (trim.py).
 TRANSFORMS: dict[kcluster.Kind, kinformer.Transform] = {kcluster.POD: trim.pod}
-
-
-def _no_input_changed(before: Obj | None, after: Obj | None) -> bool:
-    """Nothing translation or the generated objects depend on moved: only status (or, for a
-    trimmed Pod, whose IPs and phase are inputs, only its resourceVersion)."""
-    if before is None or after is None:
-        return False
-    if after.get("kind") == kcluster.POD.kind:
-        return _without_version(before) == _without_version(after)
-    return _without_status(before) == _without_status(after)
 
 
 def _without_version(obj: Obj) -> Obj:

@@ -58,6 +58,13 @@ class Metrics:
             ["kind", "reason"],
             registry=self.registry,
         )
+        self.kind_unavailable = prometheus_client.Gauge(
+            "waypoint_controller_kind_unavailable",
+            "1 while an optional kind is left out of the world: not served (404) or not "
+            "readable (403).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.leader = prometheus_client.Gauge(
             "waypoint_controller_leader",
             "1 while this replica holds the leader Lease.",

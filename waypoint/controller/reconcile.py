@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from waypoint import model
 from waypoint.controller import cluster as kcluster
@@ -46,6 +46,29 @@ World = Callable[[], list[Obj]]
 # Objects + waypoint key + options → the waypoint's Envoy bootstrap YAML.
 Renderer = render.Renderer
 Translator = Callable[[Sequence[Mapping[str, Any]], str], model.Translation]
+
+
+class Reader(Protocol):
+    """Where reconciles read objects: the cluster itself, or the controller's informer caches."""
+
+    def get(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None: ...
+
+    def owned(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+        """The object if it may be ours (it carries our managed-by label), else None."""
+        ...
+
+
+class LiveReader:
+    """Every read is a GET."""
+
+    def __init__(self, cluster: kcluster.Cluster) -> None:
+        self.cluster = cluster
+
+    def get(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+        return self.cluster.get(kind, namespace, name)
+
+    def owned(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+        return self.cluster.get(kind, namespace, name)
 
 
 class RenderRejected(ValueError):
@@ -192,8 +215,13 @@ class Reconciler:
         metrics: kmetrics.Metrics | None = None,
         clock: Callable[[], str] = utc_now,
         xds_error: Callable[[str, str], str | None] | None = None,
+        reader: Reader | None = None,
+        class_verdicts: Callable[[], list[status.Verdict]] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.reader: Reader = reader or LiveReader(cluster)
+        # Extra GatewayClass conditions (which optional kinds the controller cannot read).
+        self.class_verdicts = class_verdicts
         self.world = world
         self.renderer = renderer
         self.translator = translator
@@ -255,7 +283,7 @@ class Reconciler:
             ref = settings.parameters_ref(gw)
             config_map = None
             if ref:
-                config_map = self.cluster.get(kcluster.CONFIG_MAP, namespace, ref)
+                config_map = self.reader.get(kcluster.CONFIG_MAP, namespace, ref)
                 if config_map is None:
                     problems.append(
                         f"Gateway {namespace}/{name}: parametersRef ConfigMap {namespace}/{ref} not found"
@@ -268,15 +296,15 @@ class Reconciler:
             return None
 
     def _config_map(self, namespace: str, name: str) -> Obj | None:
-        return self.cluster.get(kcluster.CONFIG_MAP, namespace, name)
+        return self.reader.get(kcluster.CONFIG_MAP, namespace, name)
 
     def _class_config_map(self, problems: list[str]) -> Obj | None:
         """The class-wide defaults ConfigMap named by the GatewayClass's parametersRef."""
-        gateway_class = self.cluster.get(kcluster.GATEWAY_CLASS, "", constants.GATEWAY_CLASS)
+        gateway_class = self.reader.get(kcluster.GATEWAY_CLASS, "", constants.GATEWAY_CLASS)
         ref = settings.class_parameters_ref(gateway_class) if gateway_class else None
         if ref is None:
             return None
-        found = self.cluster.get(kcluster.CONFIG_MAP, *ref)
+        found = self.reader.get(kcluster.CONFIG_MAP, *ref)
         if found is None:
             problems.append(_class_config_missing(constants.GATEWAY_CLASS, ref))
         return found
@@ -289,7 +317,7 @@ class Reconciler:
             ref = settings.class_parameters_ref(gateway_class)
             if ref is None:
                 return None
-            found = self.cluster.get(kcluster.CONFIG_MAP, *ref)
+            found = self.reader.get(kcluster.CONFIG_MAP, *ref)
             if found is None:
                 return _class_config_missing(name, ref)
             settings.check_class_config(gateway_class, found, self.defaults)
@@ -303,7 +331,7 @@ class Reconciler:
             wanted = stamp(obj)
             kind = kcluster.kind_of(obj)
             namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-            live = self.cluster.get(kind, namespace, name)
+            live = self.reader.get(kind, namespace, name)
             if live is not None:
                 problem = ownership_problem(live, gw)
                 if problem:
@@ -356,7 +384,7 @@ class Reconciler:
         ):
             if (kind.kind, object_name) in wanted:
                 continue
-            live = self.cluster.get(kind, namespace, object_name)
+            live = self.reader.owned(kind, namespace, object_name)
             if live is not None and ownership_problem(live, gw) is None:
                 self.cluster.delete(kind, namespace, object_name)
                 self._wrote(outcome, "delete", kind.kind)
@@ -441,16 +469,17 @@ class Reconciler:
 
     def reconcile_gateway_class(self, name: str) -> Outcome:
         outcome = Outcome()
-        found = self.cluster.get(kcluster.GATEWAY_CLASS, "", name)
+        found = self.reader.get(kcluster.GATEWAY_CLASS, "", name)
         if (
             found is None
             or (found.get("spec") or {}).get("controllerName") != constants.CONTROLLER_NAME
         ):
             return outcome
         problem = self.class_parameters_problem(found)
+        extra = self.class_verdicts() if self.class_verdicts else []
         self._update_status(
             found,
-            lambda current: status.gateway_class_status(current, self.clock(), problem),
+            lambda current: status.gateway_class_status(current, self.clock(), problem, extra),
             outcome,
         )
         return outcome
@@ -467,7 +496,7 @@ class Reconciler:
             kind = STATUS_KINDS.get((verdict.ref.group, verdict.ref.kind))
             if kind is None or (kind in ROUTE_KINDS and not verdict.parents):
                 continue
-            found = self.cluster.get(kind, verdict.ref.namespace, verdict.ref.name)
+            found = self.reader.get(kind, verdict.ref.namespace, verdict.ref.name)
             if found is None:
                 continue
             self._update_status(found, self._status_of(kind, verdict), outcome)

@@ -58,17 +58,21 @@ def _generation(obj: Mapping[str, Any]) -> int:
 
 
 def gateway_class_status(
-    gateway_class: Mapping[str, Any], now: str, problem: str | None = None
+    gateway_class: Mapping[str, Any],
+    now: str,
+    problem: str | None = None,
+    extra: Sequence[Verdict] = (),
 ) -> Obj:
     """``Accepted``; False with ``InvalidParameters`` when its parametersRef is missing or
-    invalid, as Gateway API's GatewayClassReasonInvalidParameters specifies."""
+    invalid, as Gateway API's GatewayClassReasonInvalidParameters specifies. Then ``extra``
+    (the controller's own, such as ``OptionalKindsAvailable``)."""
     previous = (gateway_class.get("status") or {}).get("conditions") or []
     verdict = (
         Verdict("Accepted", False, "InvalidParameters", problem)
         if problem
         else Verdict("Accepted", True, "Accepted", f"handled by {constants.CONTROLLER_NAME}")
     )
-    return {"conditions": conditions([verdict], _generation(gateway_class), previous, now)}
+    return {"conditions": conditions([verdict, *extra], _generation(gateway_class), previous, now)}
 
 
 # Route kinds a listener of each protocol can take here; routes reach a waypoint through the

@@ -65,6 +65,10 @@ class Publisher:
         self._previous: frozenset[naming.WaypointKey] = frozenset()
         self.last: xds_publish.Publication | None = None
         self._builder = builder
+        # The controller shares one translation per world change through this.
+        self.translate: Callable[[Sequence[Mapping[str, Any]], str], model.Translation] = (
+            pipeline.translate_objects
+        )
 
     # --- the ConfigMap side ----------------------------------------------------------------
 
@@ -76,7 +80,7 @@ class Publisher:
         opts: envoy_options.BootstrapOptions,
     ) -> pipeline.Rendered:
         """A ``reconcile.Renderer``: the waypoint's IR and its xDS bootstrap (not its config)."""
-        translation = pipeline.translate_objects(objects, opts.trust_domain)
+        translation = self.translate(objects, opts.trust_domain)
         waypoint = translation.waypoint(namespace, name)
         if waypoint is None:
             raise reconcile.RenderRejected(_rejection(translation, namespace, name))
@@ -116,7 +120,7 @@ class Publisher:
         self._changed.set()
 
     def publish(self, world: Sequence[Mapping[str, Any]]) -> xds_publish.Publication:
-        translation = pipeline.translate_objects(world, self.options.trust_domain)
+        translation = self.translate(world, self.options.trust_domain)
         return self.publish_translation(translation)
 
     def publish_translation(self, translation: model.Translation) -> xds_publish.Publication:
