@@ -135,10 +135,10 @@ def world(services: int, port: int) -> list[dict[str, Any]]:
 
 
 def _build(
-    objects: list[dict[str, Any]], opts: envoy_options.BootstrapOptions
+    objects: list[dict[str, Any]], opts: envoy_options.BootstrapOptions, check_schemas: bool = True
 ) -> tuple[float, float, float, snapshot.Snapshot]:
     start = time.perf_counter()
-    translation = pipeline.translate_objects(objects, TD)
+    translation = pipeline.translate_objects(objects, TD, check_schemas)
     translated = time.perf_counter()
     waypoint = translation.waypoint(NS, "waypoint")
     assert waypoint is not None, translation.statuses[:3]
@@ -149,9 +149,10 @@ def _build(
     return translated - start, resourced - translated, done - resourced, snap
 
 
-def bench_build(sizes: list[int], rounds: int) -> None:
+def bench_build(sizes: list[int], rounds: int, check_schemas: bool = True) -> None:
     opts = publish.xds_options(envoy_options.BootstrapOptions(cert_dir="/certs"))
     print("translate + build + snapshot (median of rounds; cyclic GC paused, as in a reload)")
+    print(f"schema checks: {'on' if check_schemas else 'off'}")
     print("memory: Python peak (tracemalloc) and RSS growth while the snapshot is held;")
     print("upb protobuf arenas are C memory, so only RSS sees them")
     print(
@@ -165,7 +166,7 @@ def bench_build(sizes: list[int], rounds: int) -> None:
             gc.collect()
             # As the file source does it: cyclic GC paused for the reload.
             with collector.paused():
-                translate_s, build_s, pack_s, snap = _build(objects, opts)
+                translate_s, build_s, pack_s, snap = _build(objects, opts, check_schemas)
             times.append((translate_s, build_s, pack_s))
         medians = [statistics.median(t[i] for t in times) for i in range(3)]
         del snap, times
@@ -399,8 +400,13 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-edit", action="store_true")
+    parser.add_argument(
+        "--no-schema-check",
+        action="store_true",
+        help="translate without the schema checks, to measure what they cost",
+    )
     args = parser.parse_args()
-    bench_build([int(s) for s in args.sizes.split(",")], args.rounds)
+    bench_build([int(s) for s in args.sizes.split(",")], args.rounds, not args.no_schema_check)
     if args.skip_edit:
         return
     print()

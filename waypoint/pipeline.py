@@ -63,9 +63,11 @@ def load_objects(paths: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
 
 
 def translate_objects(
-    objects: Sequence[Mapping[str, Any]], trust_domain: str = "cluster.local"
+    objects: Sequence[Mapping[str, Any]],
+    trust_domain: str = "cluster.local",
+    check_schemas: bool = True,
 ) -> model.Translation:
-    return translate.translate(objects, trust_domain=trust_domain)
+    return translate.translate(objects, trust_domain=trust_domain, check_schemas=check_schemas)
 
 
 class WaypointNotFound(LookupError):

@@ -19,6 +19,7 @@ from typing import Any
 
 from waypoint import model, names, pipeline, pki, simulate
 from waypoint.commands import args as cli_args
+from waypoint.commands import report
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import policies, resources
 from waypoint.kube import constants
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     except (pipeline.WaypointNotFound, ExplainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    report.schema_problems(rendered.translation.statuses, sys.stderr)
     request = build_request(target, args.method, headers, args.source, args.trust_domain)
     if args.source_ip:
         request = dataclasses.replace(request, source_address=args.source_ip)

@@ -11,6 +11,7 @@ import yaml
 
 from waypoint import model, pipeline
 from waypoint.commands import args as cli_args
+from waypoint.commands import report
 from waypoint.envoy import options, secrets
 from waypoint.kube import render as kube_render
 from waypoint.xds import bootstrap as xds_bootstrap
@@ -107,27 +108,18 @@ def register(subparsers: Any) -> None:
         help="print every object the controller would apply for the waypoint Gateways in the input",
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit non-zero if any input object was rejected"
+        "--strict",
+        action="store_true",
+        help="exit non-zero if any input object was rejected or breaks its schema "
+        "(unknown field, wrong type, unsupported value)",
     )
     add_bootstrap_options(parser)
     parser.set_defaults(func=run)
 
 
 def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = None) -> int:
-    """Print every rejected condition; return how many objects had one."""
-    stream = stream or sys.stderr
-    bad = 0
-    for status in statuses:
-        problems = [c for c in status.conditions if not c.status]
-        for parent in status.parents:
-            problems += [c for c in parent.conditions if not c.status]
-        if problems:
-            bad += 1
-            for cond in problems:
-                print(
-                    f"warning: {status.ref}: {cond.type}={cond.reason}: {cond.message}", file=stream
-                )
-    return bad
+    """Print every rejected condition and schema problem; return how many objects had one."""
+    return report.statuses(statuses, stream or sys.stderr)
 
 
 def _writes_files(args: argparse.Namespace) -> bool:

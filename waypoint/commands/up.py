@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from extauthz import demo
 from waypoint import echo, pipeline
 from waypoint.commands import args as cli_args
+from waypoint.commands import report
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors
 from waypoint.local import sidecar
@@ -149,9 +150,7 @@ def show(local: stack_mod.LocalStack, out: TextIO, keep_up: bool = True) -> int:
     How to send traffic is printed only when the waypoint stays up: after ``--once`` its
     ports are closed and a temporary work directory is gone.
     """
-    for status in local.problems():
-        reasons = "; ".join(f"{c.type}={c.reason} {c.message}" for c in status.conditions)
-        print(f"  warning: {status.ref}: {reasons}", file=out)
+    report.statuses(local.problems(), sys.stderr)
     client_dir = local.workdir / "client"
     local.identity(CLIENT_NS, CLIENT_SA).write(client_dir)
     client = local.client(CLIENT_NS, CLIENT_SA)

@@ -12,6 +12,7 @@ from typing import Any
 
 from waypoint import model
 from waypoint.kube import constants
+from waypoint.translate import schemacheck
 
 Obj = dict[str, Any]
 # metav1.Condition's message limit (and the Gateway API CRDs' maxLength).
@@ -129,13 +130,15 @@ def gateway_status(
     observed: Listeners | None = None,
 ) -> Obj:
     """Gateway conditions (plus ``extra`` ones), each listener's, and the Service ClusterIP as
-    address. Every condition carries the Gateway's generation as ``observedGeneration``."""
+    address. Every condition carries the Gateway's generation as ``observedGeneration``.
+    Schema problems of the Gateway as seen (``schemacheck``) add a SchemaValid condition."""
     observed = observed or Listeners()
     previous = gateway.get("status") or {}
     generation = _generation(gateway)
+    verdicts = [accepted, programmed, *schema_verdicts(gateway)]
     result: Obj = {
         "conditions": conditions(
-            [accepted, programmed, *extra], generation, previous.get("conditions") or [], now
+            [*verdicts, *extra], generation, previous.get("conditions") or [], now
         )
     }
     if addresses:
@@ -174,6 +177,15 @@ def gateway_status(
     if listeners:
         result["listeners"] = listeners
     return result
+
+
+def schema_verdicts(obj: Mapping[str, Any]) -> list[Verdict]:
+    """The object's schema problems as one verdict, worded as the translation words them."""
+    found = schemacheck.conditions(obj)
+    if not found:
+        return []
+    message = "; ".join(c.message for c in found)
+    return [Verdict(found[0].type, False, found[0].reason, message)]
 
 
 def waypoint_bound(service: Mapping[str, Any], verdict: model.Condition | None, now: str) -> Obj:

@@ -8,7 +8,8 @@ any order give an identical ``Translation``.
 Stages: ``index`` (objects by kind), ``gateways`` (which Gateways are waypoints), ``services``
 (ports, protocols, endpoints, clusters), ``binding`` (who is served by which waypoint),
 ``routes``/``rules``/``matches``/``filters`` (GAMMA routes), ``assemble`` (one Waypoint each),
-``policies`` (ExtAuthzPolicy, TrafficPolicy and RequestAuthentication attachment).
+``policies`` (ExtAuthzPolicy, TrafficPolicy and RequestAuthentication attachment),
+``schemacheck`` (problems against the published schemas, as warnings).
 """
 
 from __future__ import annotations
@@ -24,15 +25,21 @@ from waypoint.translate import (
     index,
     policies,
     routes,
+    schemacheck,
     services,
     status,
 )
 
 
 def translate(
-    objects: Sequence[Mapping[str, Any]], trust_domain: str = "cluster.local"
+    objects: Sequence[Mapping[str, Any]],
+    trust_domain: str = "cluster.local",
+    check_schemas: bool = True,
 ) -> model.Translation:
-    """Every accepted waypoint (sorted by namespace, name) and every judged object's status."""
+    """Every accepted waypoint (sorted by namespace, name) and every judged object's status.
+
+    With ``check_schemas`` (the default) objects are also checked against their published
+    schemas (``schemacheck``); off only to measure what the check costs."""
     book = status.Book()
     idx = index.Index(objects, book)
     specs = gateways.waypoints(idx, book)
@@ -46,4 +53,6 @@ def translate(
     # Policy attachment (waypoint.policy kinds) comes last: it only refines the result.
     context = policies.Context(idx, world, specs, bound, trust_domain)
     waypoints = policies.attach(objects, context, waypoints, book)
+    if check_schemas:  # last: a route's parents are known by now
+        schemacheck.report(objects, book)
     return model.Translation(waypoints=waypoints, statuses=book.statuses())

@@ -96,6 +96,10 @@ class Book:
         self._own.setdefault(ref_key(ref), (ref, []))
         self._parents.setdefault(ref_key(ref), {}).setdefault(key, []).append(cond)
 
+    def parent_keys(self, ref: model.ObjectRef) -> list[ParentKey]:
+        """The parents a route was judged for so far, in the order they were first found."""
+        return list(self._parents.get(ref_key(ref), {}))
+
     def has_failure(self, ref: model.ObjectRef, type_: str) -> bool:
         entry = self._own.get(ref_key(ref))
         return entry is not None and any(c.type == type_ and not c.status for c in entry[1])
