@@ -21,8 +21,16 @@ from typing import Any
 
 from waypoint.schema import core, gatewayapi, istio, nodes
 
+# Pods are read only for their labels, service account and IPs, and the controller's cache
+# keeps only those (controller/trim.py): a trimmed Pod would fail the full schema (no
+# containers), so Pods are not checked; the API server validated them before we saw them.
+_UNCHECKED = {("v1", "Pod")}
 SCHEMAS: Mapping[tuple[str, str], nodes.Obj] = types.MappingProxyType(
-    {**core.KINDS, **gatewayapi.KINDS, **istio.KINDS}
+    {
+        **{key: node for key, node in core.KINDS.items() if key not in _UNCHECKED},
+        **gatewayapi.KINDS,
+        **istio.KINDS,
+    }
 )
 
 
