@@ -9,6 +9,7 @@ kubeconfig (``write_kubeconfig``) and inspect it directly (``get``, ``writes``).
 from __future__ import annotations
 
 import contextlib
+import bisect
 import copy
 import dataclasses
 import datetime
@@ -815,7 +816,10 @@ class FakeKube:
                 # The history this watch was reading from is gone: the client must relist.
                 send(_gone(since, self._compacted))
                 return
-            for event in [e for e in self._events if e.rv > since]:
+            # The history is in resourceVersion order: start after ``since`` instead of
+            # scanning it all on every wake-up (quadratic with 17 watches and 10k events).
+            start = bisect.bisect_right(self._events, since, key=_event_rv)
+            for event in self._events[start:]:
                 since = event.rv
                 if matches(event):
                     send({"type": event.type, "object": event.obj})
@@ -837,6 +841,10 @@ class FakeKube:
                 since = max(since, self._rv)
                 last_sent = now
             self._cond.wait(timeout=min(self.bookmark_interval, max(deadline - now, 0.01)))
+
+
+def _event_rv(event: _Event) -> int:
+    return event.rv
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):
