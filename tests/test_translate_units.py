@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.fakekube import world
 from waypoint import model, translate
-from waypoint.translate import fields, filters, matches, services
+from waypoint.controller import manager
+from waypoint.translate import fields, filters, index, matches, services, status
 
 CASES = pathlib.Path(__file__).parent / "golden" / "translate"
 
@@ -154,3 +156,16 @@ def test_junk_documents_are_ignored_or_reported() -> None:
         ("Pod", "", "metadata must be a mapping, not str"),
         ("Service", "s", "metadata.labels has a non-string key 1"),
     ]
+
+
+def test_a_waypoints_own_service_is_not_a_destination() -> None:
+    """The controller's generated Service for a waypoint is left out of the world, as istiod
+    leaves out gateway.istio.io/managed Services: a waypoint never serves itself (and creating
+    one is no reason to translate again)."""
+    generated = world.service("demo", "waypoint", "10.96.9.9")
+    generated["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "waypoint-controller"
+    objects = [*world.mesh("demo"), generated]
+    found = index.Index(objects, status.Book())
+    assert sorted(found.services) == [("demo", "echo")]
+    assert not manager._translation_input(None, generated)
+    assert manager._translation_input(None, world.service("demo", "other", "10.96.9.8"))

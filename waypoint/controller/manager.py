@@ -36,6 +36,7 @@ from waypoint.controller import world as kworld
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, settings
+from waypoint.translate import index as translate_index
 
 LOG = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -171,7 +172,7 @@ class Controller:
             optional=optional,
             optional_retry=optional_retry,
             on_availability=self._on_availability if optional else None,
-            significant=_significant,
+            significant=_translation_input,
             transform=transform,
         )
         self.informers[key] = informer
@@ -404,6 +405,18 @@ def _significant(before: Obj | None, after: Obj | None) -> bool:
         # Trimmed to what translation reads (status included): anything but the version.
         return _without_version(before) != _without_version(after)
     return _without_status(before) != _without_status(after)
+
+
+def _translation_input(before: Obj | None, after: Obj | None) -> bool:
+    """The change moves the world translation reads: significant, and not an object the
+    controller generated (a waypoint's own Service), which translation leaves out. Creating
+    200 waypoint Services must not translate the world 200 times."""
+    return _significant(before, after) and not (_generated(before) and _generated(after))
+
+
+def _generated(obj: Obj | None) -> bool:
+    """No object, or one the controller generated."""
+    return obj is None or translate_index.generated((obj.get("metadata") or {}).get("labels") or {})
 
 
 # Kinds whose cached objects are trimmed to what translation reads (trim.py).

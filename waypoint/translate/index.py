@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from waypoint import model
+from waypoint.kube import constants
 from waypoint.translate import fields, status
 
 CORE = ""
@@ -113,7 +114,11 @@ class Index:
             return dict(sorted(found[(group, name)].items()))
 
         self.namespaces = {key[1]: obj for key, obj in kind(CORE, "Namespace").items()}
-        self.services = kind(CORE, "Service")
+        # A waypoint's own Service (the controller generates it) is not a destination: as
+        # istiod leaves out gateway.istio.io/managed Services, a waypoint never serves itself.
+        self.services = {
+            key: obj for key, obj in kind(CORE, "Service").items() if not generated(obj.labels)
+        }
         self.pods = kind(CORE, "Pod")
         self.slices = kind(DISCOVERY, "EndpointSlice")
         self.gateway_classes = {key[1]: obj for key, obj in kind(GATEWAY, "GatewayClass").items()}
@@ -161,3 +166,8 @@ def _read(raw: Any, unreadable: list[tuple[str, model.ObjectRef, model.Condition
         created=_timestamp(meta.get("creationTimestamp")),
         raw=raw,
     )
+
+
+def generated(labels: Mapping[str, str]) -> bool:
+    """Labels of an object the controller generated for a waypoint (never an input)."""
+    return labels.get(constants.MANAGED_BY_LABEL) == constants.MANAGED_BY_VALUE
