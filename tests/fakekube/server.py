@@ -8,8 +8,8 @@ kubeconfig (``write_kubeconfig``) and inspect it directly (``get``, ``writes``).
 
 from __future__ import annotations
 
-import contextlib
 import bisect
+import contextlib
 import copy
 import dataclasses
 import datetime
