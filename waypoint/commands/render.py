@@ -13,6 +13,7 @@ from waypoint import model, pipeline
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
 from waypoint.envoy import options, secrets
+from waypoint.kube import gateway
 from waypoint.kube import render as kube_render
 from waypoint.xds import bootstrap as xds_bootstrap
 
@@ -122,6 +123,27 @@ def report_statuses(statuses: tuple[model.ResourceStatus, ...], stream: Any = No
     return report.statuses(statuses, stream or sys.stderr)
 
 
+def _write_sds_files(args: argparse.Namespace, opts: options.BootstrapOptions) -> bool:
+    """Write the SDS files where the user named a place, else say how; False on failure."""
+    if not _writes_files(args):
+        print(
+            f"note: the config reads its certificates through SDS files in {secrets.sds_dir(opts)}; "
+            "nothing was written (to stdout, rendering has no side effects): name a directory "
+            "with --sds-dir DIR, or render with -o FILE, to have them written",
+            file=sys.stderr,
+        )
+        return True
+    try:
+        secrets.write_sds_files(opts)
+    except OSError as exc:
+        print(
+            f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def _writes_files(args: argparse.Namespace) -> bool:
     """Files are written only where the user named a place: ``--sds-dir`` or ``-o FILE``."""
     return bool(args.sds_dir) or args.output != "-"
@@ -149,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
     if args.kubernetes:
         return _run_kubernetes(args, objects)
     if args.waypoint is None:
-        gateways = sorted(_meta(o) for o in objects if o.get("kind") == "Gateway")
+        # Like kubectl, a Gateway without a namespace is in "default".
+        keys = [gateway.key(o) for o in objects if o.get("kind") == "Gateway"]
+        gateways = sorted((namespace or "default", name) for namespace, name in keys)
         if len(gateways) != 1:
             found = ", ".join(f"{ns}/{n}" for ns, n in gateways) or "none"
             print(
@@ -168,24 +192,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bad = report_statuses(rendered.translation.statuses)
-    if rendered.waypoint.proxy_port is not None:
-        pass  # behind ztunnel's sandwich: no certificate, so no SDS files either
-    elif _writes_files(args):
-        try:
-            secrets.write_sds_files(opts)
-        except OSError as exc:
-            print(
-                f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
-                file=sys.stderr,
-            )
-            return 1
-    else:
-        print(
-            f"note: the config reads its certificates through SDS files in {secrets.sds_dir(opts)}; "
-            "nothing was written (to stdout, rendering has no side effects): name a directory "
-            "with --sds-dir DIR, or render with -o FILE, to have them written",
-            file=sys.stderr,
-        )
+    if rendered.waypoint.proxy_port is None and not _write_sds_files(args, opts):
+        return 1  # behind ztunnel's sandwich there is no certificate, so no SDS files
     _write(rendered.bootstrap_yaml, args.output)
     return 1 if (bad and args.strict) else 0
 
@@ -207,11 +215,6 @@ def _run_kubernetes(args: argparse.Namespace, objects: list[dict[str, Any]]) -> 
         return 1
     _write(cli_args.dump_yaml_all(generated), args.output)
     return 0
-
-
-def _meta(obj: dict[str, Any]) -> tuple[str, str]:
-    meta = obj.get("metadata") or {}
-    return str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
 def _is_other_gateway(obj: dict[str, Any], namespace: str, name: str) -> bool:
