@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests import golden
+from waypoint.commands import up
 from waypoint.runtime import envoy_process, ports
 
 pytest_plugins = ["tests.fakekube.fixtures"]
@@ -29,6 +30,20 @@ def gamma_missing(what: pathlib.Path) -> str | None:
         f"GAMMA conformance data not found: {what} does not exist. Set {GAMMA_ENV} to the "
         "directory holding cases.json and manifests/ (in this project: ../shared/conformance/gamma)"
     )
+
+
+def own_world(
+    directory: pathlib.Path, subnet: int, source: pathlib.Path | None = None
+) -> pathlib.Path:
+    """A copy of the example world (``source``, default the packaged one) in ``directory``/world
+    on loopback addresses 127.0.<subnet>.x of its own, so a test never collides with a running
+    ``waypoint up`` (127.0.10.x) or another test."""
+    example = source or up.EXAMPLE
+    world = directory / "world"
+    world.mkdir()
+    for file in example.glob("*.yaml"):
+        (world / file.name).write_text(file.read_text().replace("127.0.10.", f"127.0.{subnet}."))
+    return world
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from loadtests import hop_bench
+from tests import conftest
 from tests import test_envoy_golden as golden_cases
 from waypoint import cli, model, pipeline, pki
 from waypoint.commands import args as cli_args
@@ -211,11 +212,7 @@ def test_hop_bench_flag_defaults_on() -> None:
 
 def _own_world(tmp_path: pathlib.Path) -> list[dict[str, Any]]:
     """The example world on loopback addresses of its own (no clash with other tests)."""
-    world = tmp_path / "world"
-    world.mkdir()
-    for source in up.EXAMPLE.glob("*.yaml"):
-        (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.17."))
-    return pipeline.load_objects([world])
+    return pipeline.load_objects([conftest.own_world(tmp_path, 17)])
 
 
 def test_local_stack_runs_and_serves_with_the_log_off(tmp_path: pathlib.Path) -> None:

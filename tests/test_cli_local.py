@@ -95,11 +95,7 @@ def test_render_errors_are_clear(
 def _own_addresses(tmp_path: pathlib.Path) -> pathlib.Path:
     """The example world on loopback addresses of its own, so a running `waypoint up` or load
     test on this machine cannot collide with the test."""
-    world = tmp_path / "world"
-    world.mkdir()
-    for source in up.EXAMPLE.glob("*.yaml"):
-        (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.13."))
-    return world
+    return conftest.own_world(tmp_path, 13)
 
 
 def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -252,10 +248,7 @@ def test_a_plain_install_runs_up_from_any_directory(tmp_path: pathlib.Path) -> N
     where = run("-c", "from waypoint.commands import up; print(up.EXAMPLE, up.EXAMPLE_REGO)")
     assert all(pathlib.Path(p).is_relative_to(target) for p in where.split())
     assert run("-m", "extauthz", "token", "--demo", "--claim", "role=admin").count(".") == 2
-    world = elsewhere / "world"
-    world.mkdir()
-    for source in (target / "waypoint" / "local" / "example").glob("*.yaml"):
-        (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.14."))
+    world = conftest.own_world(elsewhere, 14, target / "waypoint" / "local" / "example")
     out = run("-m", "waypoint", "up", "--once", "-f", str(world), *FREE_PORTS)
     assert "9 of 9 demo requests behaved as expected" in out
 

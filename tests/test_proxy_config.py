@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
+from tests import conftest
 from waypoint import cli, pipeline
 from waypoint.commands import up
 from waypoint.local import stack as stack_mod
@@ -18,10 +19,7 @@ from waypoint.local import stack as stack_mod
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.LocalStack]:
-    world = tmp_path_factory.mktemp("world")
-    for source in up.EXAMPLE.glob("*.yaml"):
-        (world / source.name).write_text(source.read_text().replace("127.0.10.", "127.0.15."))
-    objects = pipeline.load_objects([world])
+    objects = pipeline.load_objects([conftest.own_world(tmp_path_factory.mktemp("proxy"), 15)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         yield local
 
