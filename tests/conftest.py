@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -44,6 +46,19 @@ def own_world(
     for file in example.glob("*.yaml"):
         (world / file.name).write_text(file.read_text().replace("127.0.10.", f"127.0.{subnet}."))
     return world
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON access-log lines of ``text``, without one Envoy is still writing: a log read
+    while Envoy writes may end in half a line, which the next read completes."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
 
 
 def free_port() -> int:

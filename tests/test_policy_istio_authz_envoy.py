@@ -1111,9 +1111,8 @@ def test_the_access_log_names_the_deciding_policy_and_rule(world: World) -> None
 def _log_line(world: World, path: str) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        for line in world.log.read_text().splitlines():
-            if line.startswith("{") and f'"path":"{path}"' in line:
-                found: dict[str, Any] = json.loads(line)
+        for found in conftest.json_lines(world.log.read_text()):
+            if found.get("path") == path:
                 return found
         time.sleep(0.05)
     raise AssertionError(f"no access log line for {path}")

@@ -14,7 +14,6 @@ process serve the module.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import time
@@ -302,7 +301,7 @@ def test_the_access_log_names_the_source_principal(world: World) -> None:
 
 
 def _log_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return conftest.json_lines(text)
 
 
 REQUEST = b"GET /who HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n"

@@ -141,11 +141,9 @@ def _log_lines(stack: stack_mod.LocalStack, wanted: set[str]) -> dict[str, list[
     deadline = time.monotonic() + LOG_WAIT
     while True:
         found: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        for line in stack.envoy_log().splitlines():
-            if line.startswith("{"):
-                entry = json.loads(line)
-                if entry.get("request_id") in wanted:
-                    found[entry["request_id"]].append(entry)
+        for entry in conftest.json_lines(stack.envoy_log()):
+            if entry.get("request_id") in wanted:
+                found[entry["request_id"]].append(entry)
         if wanted <= set(found) or time.monotonic() > deadline:
             return found
         time.sleep(0.2)
