@@ -2,7 +2,7 @@
 
 - extauthz itself (``extauthz serve``) with RS256 JWT and the load-test Rego policy, on the
   embedded engine or on the OPA REST path;
-- the OPA Data API test double (``extauthz.opa_testserver``) for the REST path. Production
+- the OPA Data API test double (``extauthz.testing.opa_server``) for the REST path. Production
   runs the official OPA image as a sidecar; the OPA binary cannot be installed here;
 - the floor (:mod:`loadtests.floor_authz`): allow-all in bare Python gRPC.
 
@@ -29,7 +29,7 @@ ISSUER = "https://issuer.waypoint.example"
 AUDIENCE = "waypoint-demo"
 KID = "demo-1"
 OPA_NOTE = (
-    "OPA REST path measured against extauthz.opa_testserver (OPA's Data API on the embedded "
+    "OPA REST path measured against extauthz.testing.opa_server (OPA's Data API on the embedded "
     "engine); production runs the official OPA image as a sidecar"
 )
 
@@ -123,7 +123,7 @@ def start_opa_double(workdir: pathlib.Path, port: int) -> procs.Child:
     argv = [
         procs.PYTHON,
         "-m",
-        "extauthz.opa_testserver",
+        "extauthz.testing.opa_server",
         "--listen",
         f"127.0.0.1:{port}",
         str(POLICY),

@@ -11,7 +11,7 @@ that path uses:
 
 Knobs for failure tests: ``delay`` (seconds before answering a data query) and
 ``fail_status`` (answer every data query with that HTTP status). Run it standalone with
-``python -m extauthz.opa_testserver --listen 127.0.0.1:8181 policy.rego [data.json]``.
+``python -m extauthz.testing.opa_server --listen 127.0.0.1:8181 policy.rego [data.json]``.
 """
 
 from __future__ import annotations
