@@ -29,10 +29,11 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from locust.contrib import fasthttp
 
 from loadtests import scenarios
-from waypoint import echo, pki
+from waypoint import pki
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors as hbone_errors
 from waypoint.hbone import http1, streams
+from waypoint.local import echo
 
 _TIMEOUT = 10.0
 _SPEC: scenarios.RunSpec | None = None

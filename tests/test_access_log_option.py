@@ -21,13 +21,14 @@ import yaml
 from loadtests import hop_bench
 from tests import conftest
 from tests import test_envoy_golden as golden_cases
-from waypoint import cli, model, pipeline, pki
+from waypoint import cli, model, pipeline
 from waypoint.commands import args as cli_args
 from waypoint.commands import cluster as cluster_cmd
 from waypoint.commands import serve, up
 from waypoint.controller import xds as kxds
 from waypoint.envoy import bootstrap, filters, options, protos, secrets
 from waypoint.hbone import client as hbone_client
+from waypoint.local import ca as dev_ca
 from waypoint.local import stack as stack_mod
 from waypoint.runtime import envoy_process
 from waypoint.xds import cache, publish
@@ -148,7 +149,7 @@ def test_off_changes_nothing_but_the_logs() -> None:
 
 def _write_certs(root: pathlib.Path, opts: options.BootstrapOptions) -> options.BootstrapOptions:
     local = dataclasses.replace(opts, cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    pki.CertificateAuthority.create("cluster.local").issue_workload("ns1", "waypoint").write(
+    dev_ca.CertificateAuthority.create("cluster.local").issue_workload("ns1", "waypoint").write(
         local.cert_dir
     )
     secrets.write_sds_files(local)

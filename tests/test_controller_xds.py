@@ -28,13 +28,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from tests import conftest
 from tests.fakekube import server, world
-from waypoint import model, pki
+from waypoint import model
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import manager
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
 from waypoint.kube import constants, gateway
+from waypoint.local import ca as dev_ca
 from waypoint.runtime import envoy_process
 from waypoint.xds import cache, naming, runner, snapshot
 
@@ -95,7 +96,7 @@ def _bad_listener() -> listener_pb2.Listener:
 @pytest.fixture
 def options(tmp_path: pathlib.Path) -> envoy_options.BootstrapOptions:
     cert_dir = tmp_path / "certs"
-    authority = pki.CertificateAuthority.create("cluster.local")
+    authority = dev_ca.CertificateAuthority.create("cluster.local")
     authority.issue_workload("demo", "waypoint").write(cert_dir)
     return envoy_options.BootstrapOptions(
         cert_dir=str(cert_dir),

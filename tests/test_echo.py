@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from waypoint import echo
 from waypoint.hbone import grpcwire, h2io, loop, streams
+from waypoint.local import echo
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import pytest
 
 from loadtests import procs
 from tests import conftest
-from waypoint import echo, model, pipeline, pki
+from waypoint import model, names, pipeline
 from waypoint.hbone import errors, grpcwire
+from waypoint.local import echo, workloads
 from waypoint.local import stack as stack_mod
-from waypoint.local import workloads
 
 NS = "shop"
 NET = "127.0.31"  # the module's stack; start/stop tests use their own NET beside it
@@ -210,7 +210,7 @@ def test_waypoint_reaches_a_mesh_pod_through_its_own_terminator(
     assert (report.hostname, report.namespace, report.url) == (WEB_POD, NS, "/hello")
     record = terminator.records[before]
     assert (record.peer_id, record.authority) == (stack.waypoint_id, f"{WEB_IP}:{HTTP_PORT}")
-    assert stack.backends[WEB_IP].spiffe_id == pki.spiffe_id("cluster.local", NS, "web")
+    assert stack.backends[WEB_IP].spiffe_id == names.spiffe_id("cluster.local", NS, "web")
 
 
 def test_waypoint_reaches_an_opted_out_pod_in_plain(stack: stack_mod.LocalStack) -> None:
@@ -236,7 +236,7 @@ def test_grpc_and_tcp_ports_of_a_mesh_pod(stack: stack_mod.LocalStack) -> None:
 
 
 def test_the_waypoint_presents_its_gateway_identity(stack: stack_mod.LocalStack) -> None:
-    assert stack.waypoint_id == pki.spiffe_id("cluster.local", NS, "waypoint")
+    assert stack.waypoint_id == names.spiffe_id("cluster.local", NS, "waypoint")
     with stack.client() as hbone:
         hbone.connect()
         assert hbone.peer_id == stack.waypoint_id

@@ -24,16 +24,18 @@ import yaml
 
 from tests import conftest
 from tests.extauthz import support
-from waypoint import echo, model, names, pki, policy, translate
+from waypoint import model, names, policy, translate
 from waypoint.envoy import bootstrap, options, secrets
 from waypoint.hbone import client as hbone_client
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
 from waypoint.runtime import envoy_process
 
 TD = "cluster.local"
 VIP = "10.96.2.10"
 ORDERS = names.authority(VIP, 80)
-CLIENT_ID = pki.spiffe_id(TD, "client", "sleep")
-ORDERS_ID = pki.spiffe_id(TD, "ns1", "orders")
+CLIENT_ID = names.spiffe_id(TD, "client", "sleep")
+ORDERS_ID = names.spiffe_id(TD, "ns1", "orders")
 
 REGO = """
 package envoy.authz
@@ -182,7 +184,7 @@ spec:
 class World:
     opts: options.BootstrapOptions
     proxy: envoy_process.EnvoyProcess
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     translation: model.Translation
 
     def request(self, path: str, namespace: str = "client", **kw: Any) -> hbone_client.Response:
@@ -214,7 +216,7 @@ def _wait_ready(metrics_port: int, process: subprocess.Popen[bytes]) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("policy-authz")
     grpc_port, metrics_port = conftest.free_port(), conftest.free_port()
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
     opts = options.BootstrapOptions(
         trust_domain=TD,
@@ -323,7 +325,7 @@ def test_a_client_cannot_spoof_its_principal(world: World) -> None:
     forged = [("x-waypoint-source-principal", CLIENT_ID)]
     assert world.request("/mesh", namespace="other", headers=forged).status == 403
     report = _echo(world.request("/who", namespace="other", headers=forged))
-    assert report.header("x-seen-source") == pki.spiffe_id(TD, "other", "sleep")
+    assert report.header("x-seen-source") == names.spiffe_id(TD, "other", "sleep")
 
 
 def test_routes_without_a_policy_skip_extauthz(world: World) -> None:

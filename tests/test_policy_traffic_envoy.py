@@ -21,9 +21,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests import conftest
-from waypoint import echo, model, names, pki
+from waypoint import model, names
 from waypoint.envoy import bootstrap, filters, options, secrets
 from waypoint.hbone import client as hbone_client
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
 from waypoint.runtime import envoy_process
 
 TD = "cluster.local"
@@ -144,7 +146,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 class World:
     opts: options.BootstrapOptions
     proxy: envoy_process.EnvoyProcess
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     echoes: dict[str, echo.EchoServer]
     failing: http.server.ThreadingHTTPServer
 
@@ -172,7 +174,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("policy-traffic")
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
     opts = options.BootstrapOptions(
         trust_domain=TD,

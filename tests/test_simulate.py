@@ -19,7 +19,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from tests import conftest
-from waypoint import names, pipeline, pki, simulate
+from waypoint import names, pipeline, simulate
 from waypoint.envoy import bootstrap, options, resources
 from waypoint.simulate import matching, rewriting
 
@@ -192,7 +192,7 @@ def shop() -> resources.Resources:
 
 
 def _who(namespace: str, account: str = "client") -> str:
-    return pki.spiffe_id(OPTIONS.trust_domain, namespace, account)
+    return names.spiffe_id(OPTIONS.trust_domain, namespace, account)
 
 
 def _route(trace: simulate.Trace) -> tuple[str, str]:

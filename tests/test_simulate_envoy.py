@@ -25,7 +25,7 @@ import pytest
 from tests import conftest
 from tests.conformance import replay
 from tests.conformance import world as world_mod
-from waypoint import names, pipeline, pki, simulate
+from waypoint import names, pipeline, simulate
 from waypoint.envoy import resources
 from waypoint.hbone import errors
 from waypoint.local import stack as stack_mod
@@ -112,7 +112,7 @@ def _simulated(stack: stack_mod.LocalStack, case: Case, where: replay.Target) ->
     request = case["request"]
     headers = [(k, v) for k, v in (request.get("headers") or {}).items() if k.lower() != "host"]
     host = next((v for k, v in (request.get("headers") or {}).items() if k.lower() == "host"), None)
-    principal = pki.spiffe_id(stack.trust_domain, where.client_namespace, "default")
+    principal = names.spiffe_id(stack.trust_domain, where.client_namespace, "default")
     if request["protocol"] == "grpc":
         headers += [("content-type", "application/grpc"), ("te", "trailers")]
         return simulate.Request(

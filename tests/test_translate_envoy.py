@@ -8,8 +8,9 @@ import pathlib
 import pytest
 import yaml
 
-from waypoint import pki, translate
+from waypoint import translate
 from waypoint.envoy import bootstrap, options, secrets
+from waypoint.local import ca as dev_ca
 from waypoint.runtime import envoy_process
 
 CASES = pathlib.Path(__file__).parent / "golden" / "translate"
@@ -19,7 +20,7 @@ CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "in.yaml").exists())
 @pytest.fixture(scope="module")
 def local_options(tmp_path_factory: pytest.TempPathFactory) -> options.BootstrapOptions:
     root = tmp_path_factory.mktemp("translate-certs")
-    ca = pki.CertificateAuthority.create("cluster.local")
+    ca = dev_ca.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     opts = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
     secrets.write_sds_files(opts)

@@ -2,12 +2,15 @@
 
 Names follow Istio's shapes where Istio has one (``outbound|80||echo.ns.svc.cluster.local``,
 ``inbound-vip|80|echo.ns.svc.cluster.local``), so config dumps read the same to Istio users, and
-every name can be taken apart again for status, metrics and debugging.
+every name can be taken apart again for status, metrics and debugging. SPIFFE IDs (the
+identities in workload certificates and RBAC principals) live here too: they are names the
+waypoint generates and parses, and pure strings, so callers need no TLS library for them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -125,3 +128,45 @@ def parse_authority(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"not an ip:port authority: {text!r}")
     return host, int(port)
+
+
+# --- SPIFFE IDs: spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> ---
+
+_SPIFFE_RE = re.compile(r"^spiffe://([^/]+)/ns/([^/]+)/sa/([^/]+)$")
+_TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]+$")
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
+
+
+def check_trust_domain(trust_domain: str) -> str:
+    """Return ``trust_domain`` if it is a valid SPIFFE trust domain, else raise ValueError."""
+    if not _TRUST_DOMAIN_RE.match(trust_domain):
+        raise ValueError(f"invalid SPIFFE trust domain {trust_domain!r}")
+    return trust_domain
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """Return ``spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>``."""
+    check_trust_domain(trust_domain)
+    for what, value in (("namespace", namespace), ("service account", service_account)):
+        if not _SEGMENT_RE.match(value):
+            raise ValueError(f"invalid {what} {value!r} for a SPIFFE ID")
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+def parse_spiffe_id(value: str) -> tuple[str, str, str]:
+    """Invert :func:`spiffe_id`: return ``(trust_domain, namespace, service_account)``."""
+    match = _SPIFFE_RE.match(value)
+    if match is None:
+        raise ValueError(
+            f"not a workload SPIFFE ID {value!r}: expected spiffe://<trust-domain>/ns/<ns>/sa/<sa>"
+        )
+    trust_domain, namespace, service_account = match.groups()
+    spiffe_id(trust_domain, namespace, service_account)  # validates every segment
+    return trust_domain, namespace, service_account
+
+
+def trust_domain_of(value: str) -> str:
+    """Return the trust domain of any ``spiffe://`` URI."""
+    if not value.startswith("spiffe://"):
+        raise ValueError(f"not a SPIFFE ID {value!r}")
+    return value[len("spiffe://") :].split("/", 1)[0]

@@ -21,9 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tests.conformance import world as world_mod
-from waypoint import echo, names
+from waypoint import names
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors, grpcwire
+from waypoint.local import echo
 from waypoint.local import stack as stack_mod
 
 Case = Mapping[str, Any]

@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from waypoint import model, names, pipeline, pki, simulate
+from waypoint import model, names, pipeline, simulate
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
 from waypoint.envoy import options as options_mod
@@ -274,7 +274,7 @@ def build_request(
         method=method.upper(),
         path=target.path,
         headers=tuple((k, v) for k, v in headers if k.lower() != "host"),
-        source_principal=pki.spiffe_id(trust_domain, *source) if source else None,
+        source_principal=names.spiffe_id(trust_domain, *source) if source else None,
         host=host,
     )
 

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from extauthz import demo
-from waypoint import echo, pipeline
+from waypoint import pipeline
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors
-from waypoint.local import sidecar
+from waypoint.local import echo, sidecar
 from waypoint.local import stack as stack_mod
 
 # Package data, so `pip install` and `waypoint up` work from any directory.

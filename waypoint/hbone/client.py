@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 
-from waypoint import pki
+from waypoint import names, pki
 from waypoint.hbone import errors, grpcwire, h2io, http1, loop, streams
 
 Headers = list[tuple[str, str]]
@@ -147,7 +147,7 @@ class HboneClient:
             )
         if (
             self.expected_trust_domain is not None
-            and pki.trust_domain_of(peer) != self.expected_trust_domain
+            and names.trust_domain_of(peer) != self.expected_trust_domain
         ):
             raise errors.HboneConnectionError(
                 f"{where}: server identity {peer!r} is outside trust domain {self.expected_trust_domain!r}"

@@ -19,7 +19,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from waypoint import model, names, pki
+from waypoint import model, names
 from waypoint.kube import constants
 from waypoint.policy import parse
 from waypoint.translate import binding, fields, gateways, index, services, status
@@ -302,11 +302,11 @@ def _principal(ctx: Context, waypoint: model.Waypoint, destination: model.Destin
         accounts = {pod.service_account} if pod and pod.service_account else set()
     if len(accounts) == 1:
         try:
-            return pki.spiffe_id(ctx.trust_domain, destination.namespace, accounts.pop())
+            return names.spiffe_id(ctx.trust_domain, destination.namespace, accounts.pop())
         except ValueError:
             pass  # a service account name no SPIFFE ID can carry: vouch for ourselves
     ident = waypoint.identity
-    return pki.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
+    return names.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
 
 
 def _destination(
