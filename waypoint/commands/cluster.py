@@ -24,8 +24,7 @@ from typing import Any, TextIO
 
 from waypoint import model, version
 from waypoint.commands import args as cli_args
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import leader, manager, reconcile, serving
+from waypoint.controller import apiclient, leader, manager, reconcile, serving
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
@@ -223,7 +222,7 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             return func(args)
         except (
             CommandError,
-            kcluster.ClusterError,
+            apiclient.ClusterError,
             settings.SettingsError,
             names.InvalidName,
         ) as exc:
@@ -236,14 +235,14 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     return wrapped
 
 
-def _connect(args: argparse.Namespace) -> kcluster.Cluster:
-    return kcluster.Cluster.connect(args.kubeconfig, args.context)
+def _connect(args: argparse.Namespace) -> apiclient.Cluster:
+    return apiclient.Cluster.connect(args.kubeconfig, args.context)
 
 
 def _namespace(args: argparse.Namespace) -> str:
     if args.namespace:
         return str(args.namespace)
-    return kcluster.context_namespace(
+    return apiclient.context_namespace(
         getattr(args, "kubeconfig", None), getattr(args, "context", None)
     )
 
@@ -309,9 +308,9 @@ def run_apply(args: argparse.Namespace) -> int:
         namespace = _namespace(args)
         desired = _generated(args, namespace)
         policies = _fail_closed(args, namespace)
-        cluster.resource(kcluster.GATEWAY)
+        cluster.resource(apiclient.GATEWAY)
         if policies:
-            cluster.resource(kcluster.AUTHORIZATION_POLICY)  # Istio's CRDs, or a clear error
+            cluster.resource(apiclient.AUTHORIZATION_POLICY)  # Istio's CRDs, or a clear error
         _check_existing(cluster, namespace, args.name)
         if args.enroll_namespace:
             _check_enrollment(cluster, namespace, args.name, args.overwrite)
@@ -320,11 +319,11 @@ def run_apply(args: argparse.Namespace) -> int:
             applied = cluster.apply(
                 desired, CLI_FIELD_MANAGER, force=args.overwrite, dry_run=args.dry_run
             )
-        except kcluster.Conflict as exc:
+        except apiclient.Conflict as exc:
             raise CommandError(f"{exc} (use --overwrite to take these fields over)") from exc
         if args.enroll_namespace and not args.dry_run:
             patch = {"metadata": {"labels": {constants.USE_WAYPOINT: args.name}}}
-            cluster.merge_patch(kcluster.NAMESPACE, "", namespace, patch, CLI_FIELD_MANAGER)
+            cluster.merge_patch(apiclient.NAMESPACE, "", namespace, patch, CLI_FIELD_MANAGER)
         suffix = " (dry run)" if args.dry_run else ""
         if args.output:
             _dump(applied, args.output, sys.stdout)
@@ -341,7 +340,7 @@ def run_apply(args: argparse.Namespace) -> int:
 
 
 def _apply_fail_closed(
-    cluster: kcluster.Cluster, args: argparse.Namespace, policies: list[Obj], suffix: str
+    cluster: apiclient.Cluster, args: argparse.Namespace, policies: list[Obj], suffix: str
 ) -> None:
     """After the waypoint (and, with --wait, once it is Programmed): a policy that admits
     only the waypoint, applied before ztunnel sends traffic to it, would refuse everyone."""
@@ -358,10 +357,10 @@ def _apply_fail_closed(
             print(f"AuthorizationPolicy {policy['metadata']['namespace']}/{name} applied{suffix}")
 
 
-def _warn_unless_ambient(cluster: kcluster.Cluster, namespace: str) -> None:
+def _warn_unless_ambient(cluster: apiclient.Cluster, namespace: str) -> None:
     """istioctl's warning (istioctl/pkg/waypoint): without ambient mode, no ztunnel captures
     the namespace's pods, so nothing sends their traffic to any waypoint."""
-    found = cluster.get(kcluster.NAMESPACE, "", namespace)
+    found = cluster.get(apiclient.NAMESPACE, "", namespace)
     labels = ((found or {}).get("metadata") or {}).get("labels") or {}
     if found is not None and labels.get(constants.DATAPLANE_MODE_LABEL) != "ambient":
         print(
@@ -371,8 +370,8 @@ def _warn_unless_ambient(cluster: kcluster.Cluster, namespace: str) -> None:
         )
 
 
-def _check_existing(cluster: kcluster.Cluster, namespace: str, name: str) -> None:
-    live = cluster.get(kcluster.GATEWAY, namespace, name)
+def _check_existing(cluster: apiclient.Cluster, namespace: str, name: str) -> None:
+    live = cluster.get(apiclient.GATEWAY, namespace, name)
     if live is not None and not gateway.is_waypoint(live):
         klass = (live.get("spec") or {}).get("gatewayClassName")
         raise CommandError(
@@ -382,9 +381,9 @@ def _check_existing(cluster: kcluster.Cluster, namespace: str, name: str) -> Non
 
 
 def _check_enrollment(
-    cluster: kcluster.Cluster, namespace: str, name: str, overwrite: bool
+    cluster: apiclient.Cluster, namespace: str, name: str, overwrite: bool
 ) -> None:
-    found = cluster.get(kcluster.NAMESPACE, "", namespace)
+    found = cluster.get(apiclient.NAMESPACE, "", namespace)
     if found is None:
         raise CommandError(f"namespace {namespace} not found")
     current = ((found.get("metadata") or {}).get("labels") or {}).get(constants.USE_WAYPOINT)
@@ -402,7 +401,7 @@ WAITING_REASONS = frozenset({"Pending", "AddressNotAssigned"})
 
 
 def wait_programmed(
-    cluster: kcluster.Cluster,
+    cluster: apiclient.Cluster,
     namespace: str,
     name: str,
     timeout: float,
@@ -416,7 +415,7 @@ def wait_programmed(
     deadline = clock() + timeout
     last = ""
     while True:
-        live = cluster.get(kcluster.GATEWAY, namespace, name) or {}
+        live = cluster.get(apiclient.GATEWAY, namespace, name) or {}
         generation = int((live.get("metadata") or {}).get("generation") or 0)
         seen = _observed(_condition(live, "Accepted"), generation, gateway.observed_marker(live))
         accepted = _condition(live, "Accepted") if seen else {}
@@ -490,7 +489,7 @@ def run_delete(args: argparse.Namespace) -> int:
         else:
             targets = list(args.names)
         for name in targets:
-            live = cluster.get(kcluster.GATEWAY, namespace, name)
+            live = cluster.get(apiclient.GATEWAY, namespace, name)
             if live is None:
                 print(f"error: waypoint {namespace}/{name} not found", file=sys.stderr)
                 failures += 1
@@ -503,13 +502,13 @@ def run_delete(args: argparse.Namespace) -> int:
                 )
                 failures += 1
             else:
-                cluster.delete(kcluster.GATEWAY, namespace, name)
+                cluster.delete(apiclient.GATEWAY, namespace, name)
                 print(f"waypoint {namespace}/{name} deleted")
         return 1 if failures else 0
 
 
-def _waypoints(cluster: kcluster.Cluster, namespace: str | None) -> list[Obj]:
-    items, _ = cluster.list(kcluster.GATEWAY, namespace)
+def _waypoints(cluster: apiclient.Cluster, namespace: str | None) -> list[Obj]:
+    items, _ = cluster.list(apiclient.GATEWAY, namespace)
     return sorted((gw for gw in items if gateway.is_waypoint(gw)), key=gateway.key)
 
 
@@ -561,12 +560,12 @@ def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def _replicas(cluster: kcluster.Cluster, namespace: str, name: str) -> str:
+def _replicas(cluster: apiclient.Cluster, namespace: str, name: str) -> str:
     try:
         deployment_name = names.names_for(namespace, name).deployment
     except names.InvalidName:
         return "-"
-    deployment = cluster.get(kcluster.DEPLOYMENT, namespace, deployment_name)
+    deployment = cluster.get(apiclient.DEPLOYMENT, namespace, deployment_name)
     if deployment is None:
         return "0/0"
     state = deployment.get("status") or {}
@@ -588,11 +587,11 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _translation(
-    cluster: kcluster.Cluster, trust_domain: str
+    cluster: apiclient.Cluster, trust_domain: str
 ) -> tuple[model.Translation | None, str]:
     try:
         return reconcile.pipeline_translator(reconcile.list_world(cluster), trust_domain), ""
-    except (kcluster.ClusterError, ValueError) as exc:
+    except (apiclient.ClusterError, ValueError) as exc:
         return None, str(exc)
 
 
@@ -694,13 +693,13 @@ def _start_ads(args: argparse.Namespace) -> xds_runner.ServerThread:
         ads = xds_runner.ServerThread(xds_cache.SnapshotCache(), args.xds_listen)
         ads.start()
     except (OSError, ValueError) as exc:
-        raise kcluster.ClusterError(f"--xds-listen {args.xds_listen}: {exc}") from exc
+        raise apiclient.ClusterError(f"--xds-listen {args.xds_listen}: {exc}") from exc
     return ads
 
 
 def _run_elected(
     args: argparse.Namespace,
-    cluster: kcluster.Cluster,
+    cluster: apiclient.Cluster,
     controller: manager.Controller,
     metrics: kmetrics.Metrics,
     stop: threading.Event,
