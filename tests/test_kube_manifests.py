@@ -22,8 +22,8 @@ from tests import conftest
 from tests.fakekube import catalog as fake_catalog
 from tests.fakekube import gateway_api_schema, world
 from waypoint import cli, version
-from waypoint.commands import cluster as cluster_commands
 from waypoint.controller import apiclient, reconcile, xds
+from waypoint.controller import main as controller_main
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 
@@ -139,10 +139,10 @@ def test_one_image_entry_names_the_controller_and_its_waypoints(tmp_path: pathli
         assert container["image"] in ("mirror/waypoint-mesh:9.9.9", "waypoint-mesh:0.1.0")
     # The controller puts its --image into every container it generates.
     args = cli.build_parser().parse_args(["controller", "--image=mirror/waypoint-mesh:9.9.9"])
-    defaults = cluster_commands.controller_defaults(args)
+    defaults = controller_main.defaults(args)
     assert defaults.envoy_image == defaults.extauthz_image == "mirror/waypoint-mesh:9.9.9"
     args = cli.build_parser().parse_args(["controller", "--extauthz-image=other:1"])
-    defaults = cluster_commands.controller_defaults(args)
+    defaults = controller_main.defaults(args)
     assert (defaults.envoy_image, defaults.extauthz_image) == (version.default_image(), "other:1")
 
 
