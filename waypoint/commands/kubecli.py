@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from waypoint.commands import args as cli_args
 from waypoint.controller import apiclient
-from waypoint.kube import gateway, names, settings
+from waypoint.kube import gateway, names
 
 Obj = dict[str, Any]
 
@@ -55,15 +55,8 @@ def guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (
-            CommandError,
-            apiclient.ClusterError,
-            settings.SettingsError,
-            names.InvalidName,
-        ) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except ValueError as exc:
+        # ValueError covers a bad setting (SettingsError) and a bad name (InvalidName) too.
+        except (CommandError, apiclient.ClusterError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
 
