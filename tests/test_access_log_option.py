@@ -23,8 +23,8 @@ from tests import conftest
 from tests import test_envoy_golden as golden_cases
 from waypoint import cli, model, pipeline
 from waypoint.commands import args as cli_args
-from waypoint.commands import cluster as cluster_cmd
 from waypoint.commands import serve, up
+from waypoint.controller import main as controller_main
 from waypoint.controller import xds as kxds
 from waypoint.envoy import bootstrap, filters, options, protos, secrets
 from waypoint.hbone import client as hbone_client
@@ -186,8 +186,8 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def test_controller_flag_reaches_the_options_it_serves_over_xds() -> None:
-    assert cluster_cmd.controller_options(_parse("controller")).access_log
-    opts = cluster_cmd.controller_options(_parse("controller", "--access-log", "off"))
+    assert controller_main.options(_parse("controller")).access_log
+    opts = controller_main.options(_parse("controller", "--access-log", "off"))
     assert not opts.access_log
     # What the controller's xDS publisher builds snapshots with.
     publisher = kxds.Publisher(cache.SnapshotCache(), "127.0.0.1:15010", opts)

@@ -29,8 +29,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from tests import conftest
 from tests.fakekube import server, world
 from waypoint import model
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager
+from waypoint.controller import apiclient, manager
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
@@ -150,7 +149,7 @@ def _programmed(fake: server.FakeKube) -> dict[str, Any]:
 
 
 def test_envoy_from_the_generated_config_map_gets_live_config(
-    api: kcluster.Cluster,
+    api: apiclient.Cluster,
     fake: server.FakeKube,
     options: envoy_options.BootstrapOptions,
     envoy: conftest.EnvoyStarter,

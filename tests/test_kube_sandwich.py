@@ -14,8 +14,7 @@ import yaml
 from tests import test_kube_manifests
 from tests.fakekube import server, world
 from waypoint import cli
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import reconcile
+from waypoint.controller import apiclient, reconcile
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 from waypoint.runtime import envoy_process
@@ -106,7 +105,7 @@ def test_sandwiched_objects_validate_against_kubernetes_schemas() -> None:
 
 
 def test_the_controller_reads_the_gateway_class_annotation(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(
         api, lambda: reconcile.list_world(api), clock=lambda: "2026-01-01T00:00:00Z"
@@ -119,7 +118,7 @@ def test_the_controller_reads_the_gateway_class_annotation(
 
     annotations = {constants.INBOUND_BINDING_ANNOTATION: "PROXY/15088"}
     api.merge_patch(
-        kcluster.GATEWAY_CLASS, "", "waypoint", {"metadata": {"annotations": annotations}}
+        apiclient.GATEWAY_CLASS, "", "waypoint", {"metadata": {"annotations": annotations}}
     )
     reconciler.reconcile_gateway("demo", "waypoint")
     service = fake.get("v1", "Service", "demo", "waypoint")

@@ -17,8 +17,7 @@ from loadtests import schema_bench
 from tests import conftest, schemagen
 from tests.fakekube import server
 from waypoint import pipeline, schema, translate
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import reconcile
+from waypoint.controller import apiclient, reconcile
 from waypoint.controller import status as kstatus
 from waypoint.kube import gateway
 from waypoint.schema import core
@@ -270,7 +269,7 @@ def test_render_of_the_clean_example_is_quiet_even_strict(tmp_path: pathlib.Path
 
 
 def test_controller_writes_schema_problems_on_route_parents(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     """What the controller sees is what it reports: here a route as an informer could hold it
     (a real API server prunes unknown fields first, so this shows up for values only)."""

@@ -12,7 +12,12 @@ from waypoint import version
 # Each module defines register(subparsers) and sets args.func(args) -> int on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "waypoint.commands.render",
-    "waypoint.commands.cluster",
+    "waypoint.commands.apply",
+    "waypoint.commands.generate",
+    "waypoint.commands.delete",
+    "waypoint.commands.list",
+    "waypoint.commands.status",
+    "waypoint.commands.controller",
     "waypoint.commands.serve",
     "waypoint.commands.up",
     "waypoint.commands.request",

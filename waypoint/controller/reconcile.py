@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from waypoint import model
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient as kcluster
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import serving, status
 from waypoint.envoy import options as envoy_options
