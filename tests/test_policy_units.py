@@ -217,14 +217,14 @@ def test_route_carries_its_check_settings_and_hash_policy() -> None:
 
 def test_needs_extauthz_and_config() -> None:
     plain = _waypoint(model.RoutePolicy(rate_limit=model.LocalRateLimit(1, 1.0)))
-    assert not policy.needs_extauthz(plain)
+    assert not plain.needs_extauthz
     assert policy.extauthz_config(plain, metrics_listen=None) == {
         "listen": "127.0.0.1:9191",
         "jwt": {"providers": [], "trust_envoy_metadata": True},
         "policy": {"engine": "embedded", "modules": ["/etc/extauthz/policies/policy.rego"]},
     }
     authz = model.ExtAuthz("ns1/p", "envoy/authz/allow")
-    assert policy.needs_extauthz(_waypoint(model.RoutePolicy(authz=authz)))
+    assert _waypoint(model.RoutePolicy(authz=authz)).needs_extauthz
 
 
 def test_protos_round_trip_of_fault_percentages() -> None:

@@ -43,7 +43,6 @@ from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
 from google.protobuf import message  # type: ignore[import-untyped,unused-ignore]
 
 from waypoint import model
-from waypoint import policy as policy_pkg
 from waypoint.envoy import filters, jwt_authn, protos, rbac
 from waypoint.envoy import options as options_mod
 
@@ -403,7 +402,7 @@ def extra_clusters(
     waypoint: model.Waypoint, options: options_mod.BootstrapOptions
 ) -> list[cluster_pb2.Cluster]:
     out = []
-    if policy_pkg.needs_extauthz(waypoint):
+    if waypoint.needs_extauthz:
         address = options.extauthz_address or DEFAULT_EXTAUTHZ_ADDRESS
         out.append(service_cluster(EXTAUTHZ_CLUSTER, address, options))
     if options.otel_collector:

@@ -46,7 +46,7 @@ class ExtAuthzSidecar:
 
     def apply(self, waypoint: model.Waypoint) -> None:
         """Start, restart or stop extauthz so it serves what ``waypoint`` needs."""
-        if not policy.needs_extauthz(waypoint):
+        if not waypoint.needs_extauthz:
             self.stop()
             self._config = None
             return

@@ -3,8 +3,9 @@
 ``parse`` validates the policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of
 ``policy.waypoint.dev/v1alpha1``, Istio's ``RequestAuthentication``); attachment to the IR
 happens in ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result.
-This package also gives the controller and ``waypoint up`` what they need about the extauthz
-sidecar: whether a waypoint needs one, and its config.
+This package also writes the extauthz sidecar's config (``extauthz_config``) for the
+controller and ``waypoint up``; whether a waypoint needs the sidecar at all, the IR says
+(``model.Waypoint.needs_extauthz``).
 """
 
 from __future__ import annotations
@@ -15,19 +16,6 @@ from typing import Any
 from waypoint import model
 
 API_VERSION = "policy.waypoint.dev/v1alpha1"
-
-
-def needs_extauthz(waypoint: model.Waypoint) -> bool:
-    """True when some route or default route of the waypoint asks extauthz for a decision,
-    directly (ExtAuthzPolicy) or through an AuthorizationPolicy with action CUSTOM."""
-    for destination in waypoint.destinations:
-        if any(p.action is model.AuthzAction.CUSTOM for p in destination.authorization):
-            return True
-        if destination.policy is not None and destination.policy.authz is not None:
-            return True
-        if any(r.policy is not None and r.policy.authz is not None for r in destination.routes):
-            return True
-    return False
 
 
 def _provider(provider: model.JwtProvider) -> dict[str, Any]:
