@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from extauthz import contract
 from waypoint import model, policy
 from waypoint.kube import constants, gateway, names, settings
 
@@ -91,7 +92,7 @@ def plan(
     )
 
 
-def _config(waypoint: model.Waypoint, modules: tuple[str, ...]) -> dict[str, Any]:
+def _config(waypoint: model.Waypoint, modules: tuple[str, ...]) -> contract.ConfigDoc:
     return policy.extauthz_config(
         waypoint,
         listen=constants.EXTAUTHZ_LISTEN,
