@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import pathlib
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extauthz import tokens
+from extauthz import contract, tokens
 from loadtests import procs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -69,10 +70,12 @@ def bench_config(listen: str) -> dict[str, Any]:
     }
 
 
-def use_opa(doc: dict[str, Any], opa_url: str) -> dict[str, Any]:
+def use_opa(doc: contract.ConfigDoc, opa_url: str) -> contract.ConfigDoc:
     """The same config on the OPA REST path (``engine: opa``) at ``opa_url``."""
-    policy = {k: v for k, v in doc.get("policy", {}).items() if k != "modules"}
-    policy.update(engine="opa", opa={"url": opa_url, "timeout_ms": 200})
+    policy = doc.get("policy", {}).copy()
+    policy.pop("modules", None)
+    policy["engine"] = "opa"
+    policy["opa"] = {"url": opa_url, "timeout_ms": 200}
     return {**doc, "policy": policy}
 
 
@@ -88,7 +91,7 @@ def _serving(target: str) -> bool:
 
 
 def start_extauthz(
-    name: str, workdir: pathlib.Path, doc: dict[str, Any], decision_log: bool = True
+    name: str, workdir: pathlib.Path, doc: Mapping[str, object], decision_log: bool = True
 ) -> procs.Child:
     """Run ``extauthz serve`` on config ``doc`` (written under ``workdir/name``) until SERVING.
 

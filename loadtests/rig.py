@@ -199,7 +199,7 @@ class Rig:
                 extauthz_address=self.extauthz_address,
             )
             rendered = pipeline.render(_objects(True), NAMESPACE, WAYPOINT, options)
-            if not policy.needs_extauthz(rendered.waypoint):
+            if not rendered.waypoint.needs_extauthz:
                 raise RigError(f"{AUTHZ_WORLD} did not attach ext_authz to the waypoint")
             self.authz_rendered, self.authz_options = rendered, options
         return self.authz_rendered

@@ -236,7 +236,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         translation = translate.translate(_objects(backend.http_ports[0]), TD)
         waypoint = translation.waypoint("ns1", "waypoint")
         assert waypoint is not None
-        assert policy.needs_extauthz(waypoint)
+        assert waypoint.needs_extauthz
         rego = tmp / "policy.rego"
         rego.write_text(REGO)
         config = policy.extauthz_config(

@@ -13,7 +13,7 @@ import yaml
 
 from waypoint import model, translate
 from waypoint.commands import explain
-from waypoint.envoy import bootstrap, options, protos, rbac
+from waypoint.envoy import bootstrap, custom, options, protos, rbac, source_principal
 from waypoint.policy import authorization, parse
 from waypoint.translate import fields
 from waypoint.translate import policies as attach
@@ -302,13 +302,14 @@ def test_request_principals_split_at_the_last_slash() -> None:
 
 
 def test_custom_marks_matches_and_enables_ext_authz_on_them() -> None:
-    custom = _read(
+    policy = _read(
         {"action": "CUSTOM", "provider": {"name": authorization.EXTAUTHZ_PROVIDER}, "rules": [{}]}
     )
-    destination = model.Destination(**{**_destination().__dict__, "authorization": (custom,)})
-    shadow, check = rbac.custom_filters(destination)
+    destination = model.Destination(**{**_destination().__dict__, "authorization": (policy,)})
+    header, shadow, check = custom.http_filters(destination, ())
+    assert header.name == source_principal.HEADER_MUTATION
     assert shadow.name == "envoy.filters.http.rbac.custom"
-    assert check.name == rbac.CUSTOM_EXT_AUTHZ
+    assert check.name == custom.EXT_AUTHZ
     config = protos.to_dict(check)["typed_config"]
     assert config["filter_enabled_metadata"]["path"] == [
         {"key": "ext_authz_shadow_effective_policy_id"}

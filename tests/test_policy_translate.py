@@ -89,7 +89,7 @@ def test_route_rule_beats_route_and_decisions_differ() -> None:
     assert (write.authz.decision, write.authz.jwt_required) == ("envoy/authz/orders_write", True)
     assert write.authz.failure_mode is model.FailureMode.OPEN
     assert orders.principal == "spiffe://cluster.local/ns/ns1/sa/orders"
-    assert policy.needs_extauthz(wp)
+    assert wp.needs_extauthz
 
 
 def test_service_port_target_applies_only_to_that_port() -> None:
@@ -106,7 +106,7 @@ def test_service_port_target_applies_only_to_that_port() -> None:
 
 def test_no_policy_means_no_extauthz() -> None:
     wp = _waypoint(translate.translate(list(yaml.safe_load_all((CASES / "base.yaml").read_text()))))
-    assert not policy.needs_extauthz(wp)
+    assert not wp.needs_extauthz
     text = bootstrap.to_yaml(bootstrap.build(wp, OPTS))
     assert "ext_authz" not in text
     assert "extauthz" not in text

@@ -3,14 +3,26 @@ carry what the policy says, tracing and the extauthz cluster validate in a real 
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
 import pytest
 import yaml
+from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 
 from waypoint import model, names, policy
-from waypoint.envoy import bootstrap, options, policies, protos, secrets
+from waypoint.envoy import (
+    bootstrap,
+    ext_authz,
+    fault,
+    options,
+    policies,
+    protos,
+    secrets,
+    source_principal,
+    tracing,
+)
 from waypoint.policy import parse
 from waypoint.runtime import envoy_process
 from waypoint.translate import fields
@@ -175,14 +187,14 @@ def test_otel_tracing_and_unix_extauthz_validate(tmp_path: pathlib.Path) -> None
     )
     config = _validate(_waypoint(model.RoutePolicy(authz=authz)), opts, tmp_path)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert clusters[policies.OTEL_CLUSTER]["type"] == "STRICT_DNS"
-    pipe = clusters[policies.EXTAUTHZ_CLUSTER]["load_assignment"]["endpoints"][0]
+    assert clusters[tracing.OTEL_CLUSTER]["type"] == "STRICT_DNS"
+    pipe = clusters[ext_authz.EXTAUTHZ_CLUSTER]["load_assignment"]["endpoints"][0]
     assert pipe["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/var/run/extauthz/grpc.sock"}
     }
     text = yaml.safe_dump(config)
-    assert policies.OPENTELEMETRY in text
-    assert policies.EXT_AUTHZ_OPEN in text
+    assert tracing.OPENTELEMETRY in text
+    assert ext_authz.EXT_AUTHZ_OPEN in text
 
 
 def test_route_carries_its_check_settings_and_hash_policy() -> None:
@@ -197,19 +209,19 @@ def test_route_carries_its_check_settings_and_hash_policy() -> None:
     )
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == [
-        policies.HEADER_MUTATION,
-        policies.EXT_AUTHZ,
+        source_principal.HEADER_MUTATION,
+        ext_authz.EXT_AUTHZ,
         "envoy.filters.http.router",
     ]
     route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
-    per_route = route["typed_per_filter_config"][policies.EXT_AUTHZ]["config"]
+    per_route = route["typed_per_filter_config"][ext_authz.EXT_AUTHZ]["config"]
     settings = per_route["check_settings"]
     assert settings["context_extensions"] == {
         "decision": "envoy/authz/orders",
         "jwt": "required",
         "policy": "ns1/p",
         "destination_principal": "spiffe://cluster.local/ns/ns1/sa/s",
-        "source_principal_header": policies.SOURCE_PRINCIPAL_HEADER,
+        "source_principal_header": source_principal.HEADER,
     }
     assert settings["grpc_service"]["timeout"] == "0.300s"
     assert route["route"]["hash_policy"] == [{"cookie": {"name": "session", "ttl": "60s"}}]
@@ -217,18 +229,75 @@ def test_route_carries_its_check_settings_and_hash_policy() -> None:
 
 def test_needs_extauthz_and_config() -> None:
     plain = _waypoint(model.RoutePolicy(rate_limit=model.LocalRateLimit(1, 1.0)))
-    assert not policy.needs_extauthz(plain)
+    assert not plain.needs_extauthz
     assert policy.extauthz_config(plain, metrics_listen=None) == {
         "listen": "127.0.0.1:9191",
         "jwt": {"providers": [], "trust_envoy_metadata": True},
         "policy": {"engine": "embedded", "modules": ["/etc/extauthz/policies/policy.rego"]},
     }
     authz = model.ExtAuthz("ns1/p", "envoy/authz/allow")
-    assert policy.needs_extauthz(_waypoint(model.RoutePolicy(authz=authz)))
+    assert _waypoint(model.RoutePolicy(authz=authz)).needs_extauthz
 
 
 def test_protos_round_trip_of_fault_percentages() -> None:
-    fault = policies.fault(model.FaultInjection(delay=0.1, delay_percent=12.5, abort_status=503))
-    data = protos.to_dict(fault)
+    injected = fault.config(model.FaultInjection(delay=0.1, delay_percent=12.5, abort_status=503))
+    data = protos.to_dict(injected)
     assert data["delay"]["percentage"] == {"numerator": 125000, "denominator": "MILLION"}
     assert data["abort"]["http_status"] == 503
+
+
+def _everything(custom: bool) -> model.Destination:
+    """A destination where every policy adds its filters: the HCM's full order."""
+    closed = model.ExtAuthz("ns1/a", "envoy/authz/a")
+    opened = model.ExtAuthz("ns1/b", "envoy/authz/b", failure_mode=model.FailureMode.OPEN)
+    first = model.RoutePolicy(
+        authz=closed, fault=model.FaultInjection(abort_status=503), sources=("ns1/a",)
+    )
+    second = model.RoutePolicy(authz=opened, rate_limit=model.LocalRateLimit(5, 1.0))
+    base = _destination(first)
+    routes = (base.routes[0], dataclasses.replace(base.routes[0], name="second", policy=second))
+    actions = [model.AuthzAction.ALLOW, model.AuthzAction.DENY]
+    if custom:
+        actions.append(model.AuthzAction.CUSTOM)
+    authorization = tuple(model.AuthorizationPolicy("ns1", a.value, a) for a in actions)
+    return dataclasses.replace(
+        base, routes=routes, authorization=authorization, jwt_providers=("ns1.ra.0",)
+    )
+
+
+@pytest.mark.parametrize("custom", [True, False])
+def test_hcm_filter_order(custom: bool) -> None:
+    """jwt_authn, CUSTOM, Istio's RBAC, then the per-route filters; one header_mutation,
+    before the first filter that calls extauthz."""
+    provider = model.JwtProvider("ns1.ra.0", "https://issuer", jwks_uri="https://issuer/jwks")
+    got = [f.name for f in policies.http_filters(_everything(custom), (provider,))]
+    calls_first = [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.rbac.custom",
+        "envoy.filters.http.ext_authz.custom",
+    ]
+    assert got == [
+        "envoy.filters.http.jwt_authn",
+        *(calls_first if custom else []),
+        "envoy.filters.http.rbac.deny",
+        "envoy.filters.http.rbac.allow",
+        "envoy.filters.http.fault",
+        *([] if custom else ["envoy.filters.http.header_mutation"]),
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.ext_authz.fail_open",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_each_route_enables_only_its_own_filters() -> None:
+    destination = _everything(custom=False)
+    enabled = []
+    for r in destination.routes:
+        out = rc_pb2.Route(name=r.name)
+        policies.apply_route(out, r.policy, destination)
+        enabled.append(sorted(out.typed_per_filter_config))
+    assert enabled == [
+        ["envoy.filters.http.ext_authz", "envoy.filters.http.fault"],
+        ["envoy.filters.http.ext_authz.fail_open", "envoy.filters.http.local_ratelimit"],
+    ]

@@ -20,8 +20,8 @@ from typing import Any
 from waypoint import model, names, pipeline, simulate
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
+from waypoint.envoy import ext_authz, resources
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import policies, resources
 from waypoint.kube import constants
 from waypoint.simulate import authz as authz_sim
 from waypoint.translate import status as status_mod
@@ -359,7 +359,7 @@ def _result(trace: simulate.Trace) -> str:
         return f"result: Envoy answers {trace.status}"
     clusters = " or ".join(trace.clusters)
     by_weight = " (by weight)" if len(trace.clusters) > 1 else ""
-    if trace.action is not None and policies.EXT_AUTHZ in trace.action.policies:
+    if trace.action is not None and ext_authz.EXT_AUTHZ in trace.action.policies:
         # The check is not simulated: extauthz answers 401/403 itself when it denies.
         return (
             f"result: ext_authz decides first (not simulated); if it allows, forwarded to "

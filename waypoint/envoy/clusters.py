@@ -24,7 +24,7 @@ from envoy.type.metadata.v3 import metadata_pb2
 
 from waypoint import model, names
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import policies, protos, routes, secrets
+from waypoint.envoy import policies, protos, routes, secrets, traffic
 
 ADMIN = "admin"  # loops readiness and Prometheus requests back into Envoy's own admin
 ORIGINAL_DST_METADATA = "envoy.filters.listener.original_dst"
@@ -180,7 +180,7 @@ def upstream(
         )
     if cluster.protocol is model.Protocol.HTTP2:
         _http2(out, options)
-    policies.apply_cluster(out, cluster.policy)
+    traffic.apply_cluster(out, cluster.policy)
     return out
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 from extauthz import config as extauthz_config
+from extauthz import contract
 from extauthz import server as extauthz_server
 from waypoint import model, policy
 from waypoint.hbone import loop
@@ -37,7 +37,7 @@ class ExtAuthzSidecar:
         self.address = address
         self.decision_log = decision_log
         self._modules = tuple(str(pathlib.Path(m).absolute()) for m in rego_modules)
-        self._config: dict[str, Any] | None = None
+        self._config: contract.ConfigDoc | None = None
         self._server: extauthz_server.ExtAuthzServer | None = None
 
     @property
@@ -46,7 +46,7 @@ class ExtAuthzSidecar:
 
     def apply(self, waypoint: model.Waypoint) -> None:
         """Start, restart or stop extauthz so it serves what ``waypoint`` needs."""
-        if not policy.needs_extauthz(waypoint):
+        if not waypoint.needs_extauthz:
             self.stop()
             self._config = None
             return
