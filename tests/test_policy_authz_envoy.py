@@ -24,7 +24,7 @@ import yaml
 
 from tests import conftest
 from tests.extauthz import support
-from waypoint import echo, model, names, pki, policy, translate
+from waypoint import echo, model, names, pki, policy, translate, wellknown
 from waypoint.envoy import bootstrap, options, secrets
 from waypoint.hbone import client as hbone_client
 from waypoint.runtime import envoy_process
@@ -85,7 +85,7 @@ def _authz(name: str, section: str | None, decision: str, **spec: Any) -> dict[s
     if section is not None:
         target["sectionName"] = section
     return {
-        "apiVersion": policy.API_VERSION,
+        "apiVersion": wellknown.POLICY_API_VERSION,
         "kind": "ExtAuthzPolicy",
         "metadata": {"name": name, "namespace": "ns1"},
         "spec": {"targetRefs": [target], "decision": decision, "timeout": "2s", **spec},

@@ -22,14 +22,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from waypoint import model, version
+from waypoint import model, names, version, wellknown
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager, reconcile, serving
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, failclosed, gateway, names, settings
+from waypoint.kube import constants, failclosed, gateway, settings
 from waypoint.xds import bootstrap as xds_bootstrap
 from waypoint.xds import cache as xds_cache
 from waypoint.xds import runner as xds_runner
@@ -172,7 +172,7 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--enroll-namespace",
         action="store_true",
-        help=f"label the namespace {constants.USE_WAYPOINT}=NAME (generate: print the Namespace "
+        help=f"label the namespace {wellknown.USE_WAYPOINT}=NAME (generate: print the Namespace "
         "with that label too)",
     )
     parser.add_argument(
@@ -271,7 +271,7 @@ def _enrollment(args: argparse.Namespace, namespace: str) -> list[Obj]:
     """For ``generate --enroll-namespace``: the Namespace carrying the enrollment label."""
     if not args.enroll_namespace:
         return []
-    metadata = {"name": namespace, "labels": {constants.USE_WAYPOINT: args.name}}
+    metadata = {"name": namespace, "labels": {wellknown.USE_WAYPOINT: args.name}}
     return [{"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}]
 
 
@@ -323,7 +323,7 @@ def run_apply(args: argparse.Namespace) -> int:
         except kcluster.Conflict as exc:
             raise CommandError(f"{exc} (use --overwrite to take these fields over)") from exc
         if args.enroll_namespace and not args.dry_run:
-            patch = {"metadata": {"labels": {constants.USE_WAYPOINT: args.name}}}
+            patch = {"metadata": {"labels": {wellknown.USE_WAYPOINT: args.name}}}
             cluster.merge_patch(kcluster.NAMESPACE, "", namespace, patch, CLI_FIELD_MANAGER)
         suffix = " (dry run)" if args.dry_run else ""
         if args.output:
@@ -331,7 +331,7 @@ def run_apply(args: argparse.Namespace) -> int:
         else:
             print(f"waypoint {namespace}/{args.name} applied{suffix}")
             if args.enroll_namespace and not args.dry_run:
-                print(f"namespace {namespace} labeled with {constants.USE_WAYPOINT}={args.name}")
+                print(f"namespace {namespace} labeled with {wellknown.USE_WAYPOINT}={args.name}")
         if args.wait and not args.dry_run:
             code = wait_programmed(cluster, namespace, args.name, args.timeout, sys.stderr)
             if code:
@@ -363,10 +363,10 @@ def _warn_unless_ambient(cluster: kcluster.Cluster, namespace: str) -> None:
     the namespace's pods, so nothing sends their traffic to any waypoint."""
     found = cluster.get(kcluster.NAMESPACE, "", namespace)
     labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-    if found is not None and labels.get(constants.DATAPLANE_MODE_LABEL) != "ambient":
+    if found is not None and labels.get(wellknown.DATAPLANE_MODE_LABEL) != "ambient":
         print(
             f"warning: namespace {namespace} is not enrolled in ambient mode; consider running "
-            f"`kubectl label namespace {namespace} {constants.DATAPLANE_MODE_LABEL}=ambient`",
+            f"`kubectl label namespace {namespace} {wellknown.DATAPLANE_MODE_LABEL}=ambient`",
             file=sys.stderr,
         )
 
@@ -377,7 +377,7 @@ def _check_existing(cluster: kcluster.Cluster, namespace: str, name: str) -> Non
         klass = (live.get("spec") or {}).get("gatewayClassName")
         raise CommandError(
             f"Gateway {namespace}/{name} already exists with gatewayClassName {klass!r}, "
-            f"not {constants.GATEWAY_CLASS!r}; choose another --name"
+            f"not {wellknown.GATEWAY_CLASS!r}; choose another --name"
         )
 
 
@@ -387,10 +387,10 @@ def _check_enrollment(
     found = cluster.get(kcluster.NAMESPACE, "", namespace)
     if found is None:
         raise CommandError(f"namespace {namespace} not found")
-    current = ((found.get("metadata") or {}).get("labels") or {}).get(constants.USE_WAYPOINT)
+    current = ((found.get("metadata") or {}).get("labels") or {}).get(wellknown.USE_WAYPOINT)
     if current and current != name and not overwrite:
         raise CommandError(
-            f"namespace {namespace} already has {constants.USE_WAYPOINT}={current}; "
+            f"namespace {namespace} already has {wellknown.USE_WAYPOINT}={current}; "
             "use --overwrite to replace it"
         )
 

@@ -17,17 +17,16 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from waypoint import model, names, pipeline, pki, simulate
+from waypoint import model, names, pipeline, pki, simulate, wellknown
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import policies, resources
-from waypoint.kube import constants
 from waypoint.simulate import authz as authz_sim
 from waypoint.translate import status as status_mod
 
 Obj = Mapping[str, Any]
-USE_WAYPOINT = constants.USE_WAYPOINT
+USE_WAYPOINT = wellknown.USE_WAYPOINT
 
 
 class ExplainError(ValueError):

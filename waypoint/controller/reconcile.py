@@ -25,12 +25,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from waypoint import model
+from waypoint import model, names, wellknown
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import serving, status
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, names, render, settings
+from waypoint.kube import constants, gateway, render, settings
 
 if TYPE_CHECKING:
     from waypoint import pipeline
@@ -179,10 +179,10 @@ def ownership_problem(live: Mapping[str, Any], gw: Mapping[str, Any]) -> str | N
     meta = live.get("metadata") or {}
     where = f"{live.get('kind')} {meta.get('namespace')}/{meta.get('name')}"
     labels = meta.get("labels") or {}
-    if labels.get(constants.MANAGED_BY_LABEL) != constants.MANAGED_BY_VALUE:
+    if labels.get(wellknown.MANAGED_BY_LABEL) != wellknown.MANAGED_BY_VALUE:
         return (
-            f"{where} exists and is not managed by {constants.MANAGED_BY_VALUE} "
-            f"(no {constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE} label); left alone"
+            f"{where} exists and is not managed by {wellknown.MANAGED_BY_VALUE} "
+            f"(no {wellknown.MANAGED_BY_LABEL}={wellknown.MANAGED_BY_VALUE} label); left alone"
         )
     uid = (gw.get("metadata") or {}).get("uid")
     owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
@@ -192,7 +192,7 @@ def ownership_problem(live: Mapping[str, Any], gw: Mapping[str, Any]) -> str | N
         return f"{where} belongs to another owner ({owners[0].get('kind')} {owners[0].get('name')}); left alone"
     namespace, name = gateway.key(gw)
     return (
-        f"{where} has the {constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE} label but "
+        f"{where} has the {wellknown.MANAGED_BY_LABEL}={wellknown.MANAGED_BY_VALUE} label but "
         f"no controller ownerReference to Gateway {namespace}/{name}; not adopted, left alone"
     )
 
@@ -304,13 +304,13 @@ class Reconciler:
 
     def _class_config_map(self, problems: list[str]) -> Obj | None:
         """The class-wide defaults ConfigMap named by the GatewayClass's parametersRef."""
-        gateway_class = self.reader.get(kcluster.GATEWAY_CLASS, "", constants.GATEWAY_CLASS)
+        gateway_class = self.reader.get(kcluster.GATEWAY_CLASS, "", wellknown.GATEWAY_CLASS)
         ref = settings.class_parameters_ref(gateway_class) if gateway_class else None
         if ref is None:
             return None
         found = self.reader.get(kcluster.CONFIG_MAP, *ref)
         if found is None:
-            problems.append(_class_config_missing(constants.GATEWAY_CLASS, ref))
+            problems.append(_class_config_missing(wellknown.GATEWAY_CLASS, ref))
         return found
 
     def class_parameters_problem(self, gateway_class: Obj) -> str | None:
@@ -547,7 +547,7 @@ class Reconciler:
 
         # Istio's RequestAuthentication and AuthorizationPolicy: istiod owns their top-level
         # conditions.
-        own_conditions = kind.group == constants.POLICY_API_VERSION.split("/")[0]
+        own_conditions = kind.group == wellknown.POLICY_API_VERSION.split("/")[0]
 
         def policy(current: Obj) -> Obj:
             return status.policy_status(current, verdict, self.clock(), own_conditions)
@@ -585,7 +585,7 @@ def waiting_for(gw: Obj, conf: settings.Settings) -> str:
     return (
         f"waiting for a ready replica of Deployment {namespace}/{deployment}; its pods need "
         f"{', '.join(needs)} (kubectl -n {namespace} describe pods -l "
-        f"{constants.GATEWAY_NAME_LABEL}={name})"
+        f"{wellknown.GATEWAY_NAME_LABEL}={name})"
     )
 
 

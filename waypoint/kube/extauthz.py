@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from waypoint import model, policy
-from waypoint.kube import constants, gateway, names, settings
+from waypoint import model, names, policy
+from waypoint.kube import constants, gateway, settings
 
 MODULE_SUFFIXES = (".rego", ".json")
 

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from waypoint import wellknown
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, extauthz, gateway, objects, settings
 
@@ -128,13 +129,13 @@ def _class_config_map(
     objs: Sequence[Mapping[str, Any]], config_maps: Mapping[tuple[str, str], Mapping[str, Any]]
 ) -> Mapping[str, Any] | None:
     for obj in objs:
-        if obj.get("kind") == "GatewayClass" and gateway.key(obj)[1] == constants.GATEWAY_CLASS:
+        if obj.get("kind") == "GatewayClass" and gateway.key(obj)[1] == wellknown.GATEWAY_CLASS:
             ref = settings.class_parameters_ref(obj)
             if ref is None:
                 return None
             if ref not in config_maps:
                 raise ValueError(
-                    f"GatewayClass {constants.GATEWAY_CLASS}: parametersRef ConfigMap "
+                    f"GatewayClass {wellknown.GATEWAY_CLASS}: parametersRef ConfigMap "
                     f"{ref[0]}/{ref[1]} is not in the input"
                 )
             return config_maps[ref]

@@ -1,10 +1,11 @@
-"""L7 policies attached to waypoints: authorization, end-user JWT and traffic policy.
+"""L7 policies attached to waypoints: what the extauthz sidecar needs to know.
 
-``parse`` validates the policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of
-``policy.waypoint.dev/v1alpha1``, Istio's ``RequestAuthentication``); attachment to the IR
-happens in ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result.
-This package also gives the controller and ``waypoint up`` what they need about the extauthz
-sidecar: whether a waypoint needs one, and its config.
+The policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of ``policy.waypoint.dev``, Istio's
+``RequestAuthentication`` and ``AuthorizationPolicy``) are read by
+``waypoint.translate.policyspecs`` and ``waypoint.translate.authorization`` and attached to the
+IR by ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result. This
+package gives the controller and ``waypoint up`` what they need about the extauthz sidecar:
+whether a waypoint needs one, and its config.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import json
 from typing import Any
 
 from waypoint import model
-
-API_VERSION = "policy.waypoint.dev/v1alpha1"
 
 
 def needs_extauthz(waypoint: model.Waypoint) -> bool:
