@@ -34,9 +34,9 @@ import yaml
 
 from loadtests import envoyconf, hop_envoys, procs
 from waypoint import names, pipeline, pki
-from waypoint.envoy import filters, routes, secrets
+from waypoint.envoy import filters, routes
 from waypoint.envoy import options as options_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 WORLD = pathlib.Path(__file__).resolve().parent / "hop-world.yaml"
 NAMESPACE, WAYPOINT, SERVICE, SERVICE_PORT = "hop", "waypoint", "backend", 80
@@ -239,7 +239,7 @@ class HopRig:
         ident = rendered.waypoint.identity
         self.waypoint_id = pki.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
         ca.issue(self.waypoint_id).write(options.cert_dir)
-        secrets.write_sds_files(options)
+        sds.write_files(options)
         self.rendered = rendered
         return self._dump("waypoint", rendered.bootstrap_yaml), options.hbone_port
 

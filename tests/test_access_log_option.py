@@ -26,10 +26,10 @@ from waypoint.commands import args as cli_args
 from waypoint.commands import cluster as cluster_cmd
 from waypoint.commands import serve, up
 from waypoint.controller import xds as kxds
-from waypoint.envoy import bootstrap, filters, options, protos, secrets
+from waypoint.envoy import bootstrap, filters, options, protos
 from waypoint.hbone import client as hbone_client
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 from waypoint.xds import cache, publish
 
 OFF = options.BootstrapOptions(access_log=False)
@@ -151,7 +151,7 @@ def _write_certs(root: pathlib.Path, opts: options.BootstrapOptions) -> options.
     pki.CertificateAuthority.create("cluster.local").issue_workload("ns1", "waypoint").write(
         local.cert_dir
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     return local
 
 

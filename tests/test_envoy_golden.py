@@ -11,7 +11,7 @@ from tests import golden
 from waypoint import model, pki
 from waypoint.envoy import bootstrap, options, secrets
 from waypoint.model import serde
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 CASES_DIR = pathlib.Path(__file__).parent / "golden" / "envoy"
 CASES = sorted(path.name for path in CASES_DIR.iterdir() if (path / "in.yaml").exists())
@@ -48,7 +48,7 @@ def cert_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     ca = pki.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     local = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     return local.cert_dir, local.sds_dir
 
 

@@ -25,9 +25,9 @@ import yaml
 from tests import conftest
 from tests.extauthz import support
 from waypoint import echo, model, names, pki, policy, translate, wellknown
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint.envoy import bootstrap, options
 from waypoint.hbone import client as hbone_client
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 VIP = "10.96.2.10"
@@ -251,7 +251,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             stderr=subprocess.STDOUT,
         )
         _wait_ready(metrics_port, process)
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         envoy_config = tmp / "envoy.yaml"
         envoy_config.write_text(bootstrap.to_yaml(bootstrap.build(waypoint, opts)))
         with envoy_process.running(envoy_config, opts.admin_port, tmp / "envoy.log") as proxy:

@@ -22,9 +22,9 @@ import pytest
 
 from tests import conftest
 from waypoint import echo, model, names, pki
-from waypoint.envoy import bootstrap, filters, options, secrets
+from waypoint.envoy import bootstrap, filters, options
 from waypoint.hbone import client as hbone_client
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 VIP = "10.96.1.10"
@@ -199,7 +199,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             started.append(server)
         ports = {name: server.http_ports[0] for name, server in echoes.items()}
         ports["failing"] = failing.server_address[1]
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(_waypoint(ports), opts)))
         envoy_process.validate(config)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from waypoint import model, names, policy, wellknown
-from waypoint.envoy import bootstrap, options, policies, protos, secrets
-from waypoint.runtime import envoy_process
+from waypoint.envoy import bootstrap, options, policies, protos
+from waypoint.runtime import envoy_process, sds
 from waypoint.translate import fields, policyspecs
 from waypoint.translate import policies as attach
 
@@ -162,7 +162,7 @@ def _validate(
     local = options.BootstrapOptions(
         **{**opts.__dict__, "cert_dir": str(tmp / "certs"), "sds_dir": str(tmp / "sds")}
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     text = bootstrap.to_yaml(bootstrap.build(waypoint, local))
     envoy_process.validate_text(text)
     data: dict[str, Any] = yaml.safe_load(text)

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from waypoint import pki, translate
-from waypoint.envoy import bootstrap, options, secrets
-from waypoint.runtime import envoy_process
+from waypoint.envoy import bootstrap, options
+from waypoint.runtime import envoy_process, sds
 
 CASES = pathlib.Path(__file__).parent / "golden" / "translate"
 CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "in.yaml").exists())
@@ -22,7 +22,7 @@ def local_options(tmp_path_factory: pytest.TempPathFactory) -> options.Bootstrap
     ca = pki.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     opts = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    secrets.write_sds_files(opts)
+    sds.write_files(opts)
     return opts
 
 

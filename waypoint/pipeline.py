@@ -91,9 +91,7 @@ def render_translation(
     opts: options.BootstrapOptions,
 ) -> Rendered:
     """The static Envoy bootstrap of one waypoint of an existing translation."""
-    waypoint = translation.waypoint(namespace, name)
-    if waypoint is None:
-        raise WaypointNotFound(_not_found_message(translation, namespace, name))
+    waypoint = accepted_waypoint(translation, namespace, name)
     message = bootstrap.build(waypoint, opts)
     return Rendered(
         translation=translation,
@@ -103,13 +101,20 @@ def render_translation(
     )
 
 
-def _not_found_message(translation: model.Translation, namespace: str, name: str) -> str:
+def accepted_waypoint(translation: model.Translation, namespace: str, name: str) -> model.Waypoint:
+    """Waypoint ``namespace/name`` of ``translation``; if there is none, WaypointNotFound says
+    why in the words of the Gateway's conditions (every renderer reports it this way)."""
+    waypoint = translation.waypoint(namespace, name)
+    if waypoint is None:
+        raise WaypointNotFound(_rejection(translation, namespace, name))
+    return waypoint
+
+
+def _rejection(translation: model.Translation, namespace: str, name: str) -> str:
     for status in translation.statuses:
         ref = status.ref
         if (ref.kind, ref.namespace, ref.name) == ("Gateway", namespace, name):
-            reasons = "; ".join(
-                f"{c.reason}: {c.message}" for c in status.conditions if not c.status
-            )
+            reasons = "; ".join(f"{c.reason}: {c.message}" for c in status.failed)
             return f"Gateway {namespace}/{name} is not an accepted waypoint: {reasons}"
     known = ", ".join(f"{w.namespace}/{w.name}" for w in translation.waypoints) or "none"
     return f"no waypoint Gateway {namespace}/{name} in the input (waypoints found: {known})"

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from waypoint import model, names, version, wellknown
+from waypoint import model, names, pipeline, version, wellknown
 from waypoint.commands import args as cli_args
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import leader, manager, reconcile, serving
@@ -591,7 +591,7 @@ def _translation(
     cluster: kcluster.Cluster, trust_domain: str
 ) -> tuple[model.Translation | None, str]:
     try:
-        return reconcile.pipeline_translator(reconcile.list_world(cluster), trust_domain), ""
+        return pipeline.translate_objects(reconcile.list_world(cluster), trust_domain), ""
     except (kcluster.ClusterError, ValueError) as exc:
         return None, str(exc)
 

@@ -23,17 +23,14 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from waypoint import model, names, wellknown
+from waypoint import model, names, pipeline, wellknown
 from waypoint.controller import cluster as kcluster
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import serving, status
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, render, settings
-
-if TYPE_CHECKING:
-    from waypoint import pipeline
 
 LOG = logging.getLogger(__name__)
 APPLIED_HASH = "waypoint.dev/applied-hash"
@@ -69,32 +66,6 @@ class LiveReader:
 
     def owned(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
         return self.cluster.get(kind, namespace, name)
-
-
-class RenderRejected(ValueError):
-    """The translator did not accept the Gateway as a waypoint; the message says why."""
-
-
-def pipeline_renderer(
-    objects: Sequence[Mapping[str, Any]],
-    namespace: str,
-    name: str,
-    options: envoy_options.BootstrapOptions,
-) -> pipeline.Rendered:
-    from waypoint import pipeline
-
-    try:
-        return pipeline.render(objects, namespace, name, options)
-    except pipeline.WaypointNotFound as exc:
-        raise RenderRejected(str(exc)) from exc
-
-
-def pipeline_translator(
-    objects: Sequence[Mapping[str, Any]], trust_domain: str
-) -> model.Translation:
-    from waypoint import pipeline
-
-    return pipeline.translate_objects(objects, trust_domain)
 
 
 @dataclasses.dataclass
@@ -208,8 +179,8 @@ class Reconciler:
         self,
         cluster: kcluster.Cluster,
         world: World,
-        renderer: Renderer = pipeline_renderer,
-        translator: Translator = pipeline_translator,
+        renderer: Renderer = pipeline.render,
+        translator: Translator = pipeline.translate_objects,
         options: envoy_options.BootstrapOptions | None = None,
         defaults: settings.Settings | None = None,
         metrics: kmetrics.Metrics | None = None,
@@ -253,7 +224,7 @@ class Reconciler:
             plan = render.gateway_plan(
                 gw, conf, self.world(), self.options, self.renderer, self._config_map
             )
-        except (RenderRejected, ValueError) as exc:
+        except (pipeline.WaypointNotFound, ValueError) as exc:
             # The last applied objects stay: a bad input never takes a running waypoint down.
             reason = "InvalidParameters" if isinstance(exc, settings.SettingsError) else "Invalid"
             accepted = status.Verdict("Accepted", False, reason, str(exc))

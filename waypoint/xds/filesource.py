@@ -196,7 +196,7 @@ class FileSource:
 def _rejections(translation: model.Translation) -> list[Problem]:
     problems: list[Problem] = []
     for status in translation.statuses:
-        failed = [c for c in status.conditions if not c.status]
-        failed += [c for p in status.parents for c in p.conditions if not c.status]
-        problems += [Problem(str(status.ref), f"{c.type}={c.reason}: {c.message}") for c in failed]
+        problems += [
+            Problem(str(status.ref), f"{c.type}={c.reason}: {c.message}") for c in status.failed
+        ]
     return problems
