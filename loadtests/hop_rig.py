@@ -36,7 +36,7 @@ from loadtests import envoyconf, hop_envoys, procs
 from waypoint import names, pipeline, pki
 from waypoint.envoy import filters, routes
 from waypoint.envoy import options as options_mod
-from waypoint.runtime import envoy_process, sds
+from waypoint.runtime import envoy_process, inputs, sds
 
 WORLD = pathlib.Path(__file__).resolve().parent / "hop-world.yaml"
 NAMESPACE, WAYPOINT, SERVICE, SERVICE_PORT = "hop", "waypoint", "backend", 80
@@ -84,7 +84,7 @@ def world_pod_address(objects: list[dict[str, Any]]) -> str:
 
 def load_world(pod_address: str, world: pathlib.Path = WORLD) -> list[dict[str, Any]]:
     """The world's objects with the pod (its Pod and EndpointSlice entries) at ``pod_address``."""
-    objects = pipeline.load_objects([world])
+    objects = inputs.load_objects([world])
     old = world_pod_address(objects)
     moved = []
     for obj in objects:

@@ -29,7 +29,7 @@ from waypoint.controller import xds as kxds
 from waypoint.envoy import bootstrap, filters, options, protos
 from waypoint.hbone import client as hbone_client
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process, sds
+from waypoint.runtime import envoy_process, inputs, sds
 from waypoint.xds import cache, publish
 
 OFF = options.BootstrapOptions(access_log=False)
@@ -40,7 +40,7 @@ LOGGED_FILTERS = {filters.HCM, filters.TCP_PROXY}
 
 
 def _example_waypoint() -> model.Waypoint:
-    objects = pipeline.load_objects([up.EXAMPLE])
+    objects = inputs.load_objects([up.EXAMPLE])
     return pipeline.render(objects, "demo", "waypoint", options.BootstrapOptions()).waypoint
 
 
@@ -212,7 +212,7 @@ def test_hop_bench_flag_defaults_on() -> None:
 
 def _own_world(tmp_path: pathlib.Path) -> list[dict[str, Any]]:
     """The example world on loopback addresses of its own (no clash with other tests)."""
-    return pipeline.load_objects([conftest.own_world(tmp_path, 17)])
+    return inputs.load_objects([conftest.own_world(tmp_path, 17)])
 
 
 def test_local_stack_runs_and_serves_with_the_log_off(tmp_path: pathlib.Path) -> None:

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from tests import conftest
-from waypoint import cli, pipeline, pki
+from waypoint import cli, pki
 from waypoint.commands import up
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, inputs
 
 FREE_PORTS = [
     "--hbone-port", "0", "--admin-port", "0", "--readiness-port", "0",
@@ -120,7 +120,7 @@ def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
 
 def test_up_prints_commands_that_run_as_printed(tmp_path: pathlib.Path) -> None:
     """The usage lines `waypoint up` prints run in the Quick-start shell (no venv activated)."""
-    objects = pipeline.load_objects([_own_addresses(tmp_path)])
+    objects = inputs.load_objects([_own_addresses(tmp_path)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         text = io.StringIO()
         up.show(local, text)
@@ -139,7 +139,7 @@ def test_up_prints_commands_that_run_as_printed(tmp_path: pathlib.Path) -> None:
 def test_request_command_through_a_running_waypoint(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    objects = pipeline.load_objects([_own_addresses(tmp_path)])
+    objects = inputs.load_objects([_own_addresses(tmp_path)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         local.identity("demo", "sleep").write(tmp_path / "client")
         hbone = f"127.0.0.1:{local.options.hbone_port}"

@@ -22,6 +22,7 @@ from waypoint.commands import args as cli_args
 from waypoint.commands import report
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import policies, resources
+from waypoint.runtime import inputs
 from waypoint.simulate import authz as authz_sim
 from waypoint.translate import status as status_mod
 
@@ -74,9 +75,9 @@ class Target:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        objects = pipeline.load_objects(args.filename)
+        objects = inputs.load_objects(args.filename)
         headers = cli_args.parse_headers(args.header)
-    except (pipeline.InputError, ValueError) as exc:
+    except (inputs.InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     namespace, name = args.waypoint

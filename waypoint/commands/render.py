@@ -15,7 +15,7 @@ from waypoint.commands import report
 from waypoint.envoy import options, secrets
 from waypoint.kube import gateway
 from waypoint.kube import render as kube_render
-from waypoint.runtime import sds
+from waypoint.runtime import inputs, sds
 from waypoint.xds import bootstrap as xds_bootstrap
 
 
@@ -165,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: -f FILE is required (or --xds ADDR with --waypoint)", file=sys.stderr)
         return 2
     try:
-        objects = pipeline.load_objects(args.filename)
-    except pipeline.InputError as exc:
+        objects = inputs.load_objects(args.filename)
+    except inputs.InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.kubernetes:

@@ -23,7 +23,7 @@ from typing import Any
 
 from waypoint import model, pipeline
 from waypoint.envoy import options as envoy_options
-from waypoint.runtime import collector
+from waypoint.runtime import collector, inputs
 from waypoint.xds import cache, naming, publish
 
 LOG = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ class FileSource:
             if cached is not None and cached[0] == fingerprint:
                 continue
             try:
-                loaded = pipeline.load_objects([path])
-            except pipeline.InputError as exc:
+                loaded = inputs.load_objects([path])
+            except inputs.InputError as exc:
                 kept = " (keeping its last good objects)" if cached is not None else ""
                 problems.append(Problem(str(path), f"{exc}{kept}"))
                 continue
