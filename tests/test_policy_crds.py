@@ -14,6 +14,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import regorus
 import yaml
 
 from tests.fakekube import cel, crdrules, crschema
@@ -169,8 +170,6 @@ def test_missing_target_refs_is_rejected_by_both() -> None:
 
 
 def test_documented_rego_compiles() -> None:
-    import regorus
-
     blocks = re.findall(r"```rego\n(.*?)```", DOCS.read_text(), re.S)
     assert blocks
     for i, block in enumerate(blocks):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from extauthz import config as extauthz_config
 from tests import golden
 from waypoint import model, policy, translate, wellknown
 from waypoint.envoy import bootstrap, options
@@ -124,8 +125,6 @@ def test_extauthz_config_renders_providers() -> None:
 
 
 def test_extauthz_config_is_accepted_by_extauthz(tmp_path: pathlib.Path) -> None:
-    from extauthz import config as extauthz_config
-
     rego = tmp_path / "policy.rego"
     rego.write_text("package envoy.authz\n\ndefault allow := false\n")
     rendered = policy.extauthz_config(_waypoint(_translate("ext-authz")), modules=(str(rego),))
