@@ -43,8 +43,8 @@ from typing import Any
 from extauthz import tokens
 from loadtests import authz, extauthz_bench, hop_envoys, hop_rig, procs, recorder
 from waypoint import names, pipeline
-from waypoint.envoy import secrets
 from waypoint.local import ca as dev_ca
+from waypoint.runtime import sds
 
 VARIANTS = ("none", "native", "extauthz")
 VIPS = {"none": "10.96.30.10", "native": "10.96.30.11", "extauthz": "10.96.30.12"}
@@ -199,7 +199,7 @@ class PolicyRig(hop_rig.HopRig):
             ident.trust_domain, ident.namespace, ident.service_account
         )
         ca.issue(self.waypoint_id).write(options.cert_dir)
-        secrets.write_sds_files(options)
+        sds.write_files(options)
         self.rendered = rendered
         return self._dump("waypoint", rendered.bootstrap_yaml), options.hbone_port
 

@@ -34,10 +34,10 @@ import yaml
 
 from loadtests import envoyconf, hop_envoys, procs
 from waypoint import names, pipeline
-from waypoint.envoy import filters, routes, secrets
+from waypoint.envoy import filters, routes
 from waypoint.envoy import options as options_mod
 from waypoint.local import ca as dev_ca
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, inputs, sds
 
 WORLD = pathlib.Path(__file__).resolve().parent / "hop-world.yaml"
 NAMESPACE, WAYPOINT, SERVICE, SERVICE_PORT = "hop", "waypoint", "backend", 80
@@ -85,7 +85,7 @@ def world_pod_address(objects: list[dict[str, Any]]) -> str:
 
 def load_world(pod_address: str, world: pathlib.Path = WORLD) -> list[dict[str, Any]]:
     """The world's objects with the pod (its Pod and EndpointSlice entries) at ``pod_address``."""
-    objects = pipeline.load_objects([world])
+    objects = inputs.load_objects([world])
     old = world_pod_address(objects)
     moved = []
     for obj in objects:
@@ -244,7 +244,7 @@ class HopRig:
             ident.trust_domain, ident.namespace, ident.service_account
         )
         ca.issue(self.waypoint_id).write(options.cert_dir)
-        secrets.write_sds_files(options)
+        sds.write_files(options)
         self.rendered = rendered
         return self._dump("waypoint", rendered.bootstrap_yaml), options.hbone_port
 

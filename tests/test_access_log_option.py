@@ -26,11 +26,11 @@ from waypoint.commands import args as cli_args
 from waypoint.commands import serve, up
 from waypoint.controller import main as controller_main
 from waypoint.controller import xds as kxds
-from waypoint.envoy import bootstrap, filters, options, protos, secrets
+from waypoint.envoy import bootstrap, filters, options, protos
 from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, inputs, sds
 from waypoint.xds import cache, publish
 
 OFF = options.BootstrapOptions(access_log=False)
@@ -41,7 +41,7 @@ LOGGED_FILTERS = {filters.HCM, filters.TCP_PROXY}
 
 
 def _example_waypoint() -> model.Waypoint:
-    objects = pipeline.load_objects([up.EXAMPLE])
+    objects = inputs.load_objects([up.EXAMPLE])
     return pipeline.render(objects, "demo", "waypoint", options.BootstrapOptions()).waypoint
 
 
@@ -152,7 +152,7 @@ def _write_certs(root: pathlib.Path, opts: options.BootstrapOptions) -> options.
     dev_ca.CertificateAuthority.create("cluster.local").issue_workload("ns1", "waypoint").write(
         local.cert_dir
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     return local
 
 
@@ -213,7 +213,7 @@ def test_hop_bench_flag_defaults_on() -> None:
 
 def _own_world(tmp_path: pathlib.Path) -> list[dict[str, Any]]:
     """The example world on loopback addresses of its own (no clash with other tests)."""
-    return pipeline.load_objects([conftest.own_world(tmp_path, 17)])
+    return inputs.load_objects([conftest.own_world(tmp_path, 17)])
 
 
 def test_local_stack_runs_and_serves_with_the_log_off(tmp_path: pathlib.Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.fakekube import catalog, crschema, server, world
+from waypoint import wellknown
 from waypoint.controller import apiclient, manager, reconcile
 from waypoint.kube import constants, gateway
 
@@ -138,7 +139,7 @@ def _generated(fake: server.FakeKube) -> list[dict[str, Any]]:
     ):
         for obj in fake.objects(api_version, kind):
             labels = obj["metadata"].get("labels") or {}
-            if labels.get(constants.MANAGED_BY_LABEL) == constants.MANAGED_BY_VALUE:
+            if labels.get(wellknown.MANAGED_BY_LABEL) == wellknown.MANAGED_BY_VALUE:
                 found.append(obj)
     return found
 

@@ -15,7 +15,7 @@ import pytest
 from tests import conftest
 from tests.fakekube import server, world
 from waypoint import pipeline
-from waypoint.controller import apiclient, leader, manager, reconcile
+from waypoint.controller import apiclient, leader, manager
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import gateway
 
@@ -164,7 +164,7 @@ def test_failed_reconcile_backs_off_and_retries(
     ) -> pipeline.Rendered:
         if failures:
             raise failures.pop()
-        return reconcile.pipeline_renderer(objs, namespace, name, opts)
+        return pipeline.render(objs, namespace, name, opts)
 
     controller = manager.Controller(api, renderer=flaky)
     controller.start_informers()

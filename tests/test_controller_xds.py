@@ -28,12 +28,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from tests import conftest
 from tests.fakekube import server, world
-from waypoint import model
+from waypoint import model, wellknown
 from waypoint.controller import apiclient, manager
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
-from waypoint.kube import constants, gateway
+from waypoint.kube import gateway
 from waypoint.local import ca as dev_ca
 from waypoint.runtime import envoy_process
 from waypoint.xds import cache, naming, runner, snapshot
@@ -41,7 +41,7 @@ from waypoint.xds import cache, naming, runner, snapshot
 GW = ("gateway.networking.k8s.io/v1", "Gateway", "demo", "waypoint")
 CONFIG_MAP = ("v1", "ConfigMap", "demo", "waypoint-envoy-config")
 DEPLOYMENT = ("apps/v1", "Deployment", "demo", "waypoint")
-MANAGED_BY, MANAGED = constants.MANAGED_BY_LABEL, constants.MANAGED_BY_VALUE
+MANAGED_BY, MANAGED = wellknown.MANAGED_BY_LABEL, wellknown.MANAGED_BY_VALUE
 PATIENCE = 30.0  # a deadline for progress on a busy 2-core machine, not a speed check
 
 

@@ -12,7 +12,7 @@ from waypoint import model
 from waypoint.envoy import bootstrap, options, secrets
 from waypoint.local import ca as dev_ca
 from waypoint.model import serde
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 CASES_DIR = pathlib.Path(__file__).parent / "golden" / "envoy"
 CASES = sorted(path.name for path in CASES_DIR.iterdir() if (path / "in.yaml").exists())
@@ -49,7 +49,7 @@ def cert_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     ca = dev_ca.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     local = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     return local.cert_dir, local.sds_dir
 
 

@@ -22,13 +22,13 @@ from cryptography import x509
 
 from tests import conftest
 from waypoint import model, names, pki
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint.envoy import bootstrap, options
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors, grpcwire
 from waypoint.hbone import terminator as hbone_terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 ECHO_VIP = "10.96.0.10"
@@ -277,7 +277,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for server in servers:
             server.start_background()
             started.append(server)
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(_waypoint(_ports(echoes)), opts)))
         with envoy_process.running(config, opts.admin_port, tmp / "envoy.log") as proxy:

@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests import podman
 from tests.fakekube import server, world
 from tests.fakekube import tls as fake_tls
-from waypoint import pki, version
+from waypoint import pki, version, wellknown
 from waypoint.envoy import options as envoy_options
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors as hbone_errors
@@ -461,5 +461,5 @@ def test_controller_runs_in_cluster_from_the_image(
     assert apply.returncode == 0, output
     namespace = fake.get("v1", "Namespace", "", NS)
     assert namespace is not None
-    assert namespace["metadata"]["labels"][constants.USE_WAYPOINT] == GATEWAY
+    assert namespace["metadata"]["labels"][wellknown.USE_WAYPOINT] == GATEWAY
     assert _http_ok(f"http://127.0.0.1:{metrics}/metrics")

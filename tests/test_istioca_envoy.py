@@ -19,12 +19,12 @@ from cryptography import x509
 from tests import conftest, istioca_server
 from tests import test_istioca as support
 from waypoint import model, names, pki
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint.envoy import bootstrap, options
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import terminator as hbone_terminator
 from waypoint.istioca import agent, client
 from waypoint.local import echo
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 PLAIN = names.authority("10.96.0.10", 80)
 MESH = names.authority("10.96.0.11", 80)
@@ -130,7 +130,7 @@ def test_envoy_presents_the_istio_ca_certificate_and_its_renewal(
                 readiness_port=conftest.free_port(),
                 stats_port=conftest.free_port(),
             )
-            secrets.write_sds_files(opts)
+            sds.write_files(opts)
             waypoint = _waypoint(plain.http_ports[0], workload.http_ports[0])
             text = bootstrap.to_yaml(bootstrap.build(waypoint, opts))
             envoy_process.validate_text(text)

@@ -21,6 +21,7 @@ from waypoint import model, names, pipeline
 from waypoint.hbone import errors, grpcwire
 from waypoint.local import echo, workloads
 from waypoint.local import stack as stack_mod
+from waypoint.runtime import inputs
 
 NS = "shop"
 NET = "127.0.31"  # the module's stack; start/stop tests use their own NET beside it
@@ -150,7 +151,7 @@ def test_plan_derives_pods_ports_protocols_and_mesh_membership() -> None:
 
 
 def test_plan_of_the_repo_example_world() -> None:
-    objects = pipeline.load_objects([conftest.REPO / "examples" / "local" / "world.yaml"])
+    objects = inputs.load_objects([conftest.REPO / "examples" / "local" / "world.yaml"])
     plan = workloads.plan(objects)
     assert [(w.address, w.name, w.service_account, w.mesh) for w in plan] == [
         ("127.0.10.1", "echo-v1-5d8f7c9b4-x2k7q", "echo", True),

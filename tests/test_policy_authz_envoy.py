@@ -24,12 +24,12 @@ import yaml
 
 from tests import conftest
 from tests.extauthz import support
-from waypoint import model, names, policy, translate
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint import model, names, policy, translate, wellknown
+from waypoint.envoy import bootstrap, options
 from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 VIP = "10.96.2.10"
@@ -87,7 +87,7 @@ def _authz(name: str, section: str | None, decision: str, **spec: Any) -> dict[s
     if section is not None:
         target["sectionName"] = section
     return {
-        "apiVersion": policy.API_VERSION,
+        "apiVersion": wellknown.POLICY_API_VERSION,
         "kind": "ExtAuthzPolicy",
         "metadata": {"name": name, "namespace": "ns1"},
         "spec": {"targetRefs": [target], "decision": decision, "timeout": "2s", **spec},
@@ -253,7 +253,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             stderr=subprocess.STDOUT,
         )
         _wait_ready(metrics_port, process)
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         envoy_config = tmp / "envoy.yaml"
         envoy_config.write_text(bootstrap.to_yaml(bootstrap.build(waypoint, opts)))
         with envoy_process.running(envoy_config, opts.admin_port, tmp / "envoy.log") as proxy:

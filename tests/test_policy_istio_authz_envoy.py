@@ -27,13 +27,13 @@ import pytest
 from tests import conftest
 from tests.extauthz import support
 from waypoint import model, names, simulate, translate
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint.envoy import bootstrap, options
 from waypoint.envoy import resources as envoy_resources
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors as hbone_errors
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 GW = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
@@ -951,7 +951,7 @@ def _running(
         translation = translate.translate(objects(backend.http_ports[0], backend.tcp_ports[0]), TD)
         waypoint = translation.waypoint("ns1", "waypoint")
         assert waypoint is not None
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(waypoint, opts)))
         # Access log lines are read back: flush them promptly rather than every 10 s.

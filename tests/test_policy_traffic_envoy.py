@@ -22,11 +22,11 @@ import pytest
 
 from tests import conftest
 from waypoint import model, names
-from waypoint.envoy import bootstrap, filters, options, secrets
+from waypoint.envoy import bootstrap, filters, options
 from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 VIP = "10.96.1.10"
@@ -201,7 +201,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             started.append(server)
         ports = {name: server.http_ports[0] for name, server in echoes.items()}
         ports["failing"] = failing.server_address[1]
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(_waypoint(ports), opts)))
         envoy_process.validate(config)

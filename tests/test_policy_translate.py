@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from extauthz import config as extauthz_config
 from tests import golden
-from waypoint import model, policy, translate
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint import model, policy, translate, wellknown
+from waypoint.envoy import bootstrap, options
 from waypoint.model import serde
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 CASES = pathlib.Path(__file__).parent / "golden" / "policy"
 NAMES = sorted(p.name for p in CASES.iterdir() if p.is_dir())
@@ -64,7 +65,7 @@ def test_golden_envoy_and_validate(case: str, tmp_path: pathlib.Path) -> None:
     local = options.BootstrapOptions(
         cert_dir=str(tmp_path / "certs"), sds_dir=str(tmp_path / "sds")
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     # Only whole paths: the system CA bundle (/etc/ssl/certs/...) must stay as it is.
     text = re.sub(rf"(?<![\w/]){re.escape(OPTS.sds_dir)}", local.sds_dir, text)
     text = re.sub(rf"(?<![\w/]){re.escape(OPTS.cert_dir)}(?![\w-])", local.cert_dir, text)
@@ -124,8 +125,6 @@ def test_extauthz_config_renders_providers() -> None:
 
 
 def test_extauthz_config_is_accepted_by_extauthz(tmp_path: pathlib.Path) -> None:
-    from extauthz import config as extauthz_config
-
     rego = tmp_path / "policy.rego"
     rego.write_text("package envoy.authz\n\ndefault allow := false\n")
     rendered = policy.extauthz_config(_waypoint(_translate("ext-authz")), modules=(str(rego),))
@@ -206,7 +205,7 @@ def test_grpcroute_rule_target() -> None:
     )
     world.append(
         {
-            "apiVersion": policy.API_VERSION,
+            "apiVersion": wellknown.POLICY_API_VERSION,
             "kind": "TrafficPolicy",
             "metadata": {"name": "rpc", "namespace": "rpc"},
             "spec": {

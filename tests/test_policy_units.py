@@ -11,7 +11,7 @@ import pytest
 import yaml
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 
-from waypoint import model, names, policy
+from waypoint import model, names, policy, wellknown
 from waypoint.envoy import (
     bootstrap,
     ext_authz,
@@ -19,27 +19,27 @@ from waypoint.envoy import (
     options,
     policies,
     protos,
-    secrets,
     source_principal,
     tracing,
 )
-from waypoint.policy import parse
-from waypoint.runtime import envoy_process
-from waypoint.translate import fields
+from waypoint.runtime import envoy_process, sds
+from waypoint.translate import fields, policyspecs
 from waypoint.translate import policies as attach
 
 TD = "cluster.local"
 
 
-def _read(kind: str, spec: dict[str, Any], group: str = parse.GROUP) -> parse.Policy:
-    version = "v1" if group == parse.ISTIO_SECURITY else "v1alpha1"
+def _read(
+    kind: str, spec: dict[str, Any], group: str = wellknown.POLICY_API_GROUP
+) -> policyspecs.Policy:
+    version = "v1" if group == wellknown.ISTIO_SECURITY_API_GROUP else "v1alpha1"
     raw = {
         "apiVersion": f"{group}/{version}",
         "kind": kind,
         "metadata": {"name": "p", "namespace": "ns1"},
         "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "s"}], **spec},
     }
-    return parse.read(attach.policy_object(raw))
+    return policyspecs.read(attach.policy_object(raw))
 
 
 @pytest.mark.parametrize(
@@ -89,31 +89,33 @@ def test_request_authentication_rules() -> None:
             },
         ]
     }
-    got = _read("RequestAuthentication", spec, parse.ISTIO_SECURITY).body
+    got = _read("RequestAuthentication", spec, wellknown.ISTIO_SECURITY_API_GROUP).body
     assert isinstance(got, tuple)
     assert [p.name for p in got] == ["ns1.p.0", "ns1.p.1"]
     assert got[1].payload_header == "x-payload"
     with pytest.raises(fields.Bad, match="exactly one of jwksUri and jwks"):
         _read(
-            "RequestAuthentication", {"jwtRules": [{"issuer": "https://i"}]}, parse.ISTIO_SECURITY
+            "RequestAuthentication",
+            {"jwtRules": [{"issuer": "https://i"}]},
+            wellknown.ISTIO_SECURITY_API_GROUP,
         )
     route_target = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}
     with pytest.raises(fields.Bad, match="targetRefs"):
         _read(
             "RequestAuthentication",
             {"targetRefs": [route_target], "jwtRules": spec["jwtRules"]},
-            parse.ISTIO_SECURITY,
+            wellknown.ISTIO_SECURITY_API_GROUP,
         )
 
 
 def test_retry_defaults_and_codes_imply_retriable_status_codes() -> None:
     body = _read("TrafficPolicy", {"retry": {"codes": [503, 502]}}).body
-    assert isinstance(body, parse.Traffic)
+    assert isinstance(body, policyspecs.Traffic)
     assert body.retry is not None
     assert body.retry.retry_on == ("retriable-status-codes",)
     assert body.retry.codes == (502, 503)
     plain = _read("TrafficPolicy", {"retry": {"attempts": 3}}).body
-    assert isinstance(plain, parse.Traffic)
+    assert isinstance(plain, policyspecs.Traffic)
     assert plain.retry is not None
     assert plain.retry.retry_on == ("connect-failure", "refused-stream", "reset")
 
@@ -171,7 +173,7 @@ def _validate(
     local = options.BootstrapOptions(
         **{**opts.__dict__, "cert_dir": str(tmp / "certs"), "sds_dir": str(tmp / "sds")}
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     text = bootstrap.to_yaml(bootstrap.build(waypoint, local))
     envoy_process.validate_text(text)
     data: dict[str, Any] = yaml.safe_load(text)

@@ -26,7 +26,7 @@ import yaml
 
 from tests import conftest, ztunnel_standin
 from tests.test_policy_authz_envoy import _wait_ready
-from waypoint import model, names, policy, simulate, translate
+from waypoint import model, names, policy, simulate, translate, wellknown
 from waypoint.envoy import bootstrap, options
 from waypoint.local import echo
 from waypoint.runtime import envoy_process
@@ -118,7 +118,7 @@ spec:
 """
     policies = [
         {
-            "apiVersion": policy.API_VERSION,
+            "apiVersion": wellknown.POLICY_API_VERSION,
             "kind": "ExtAuthzPolicy",
             "metadata": {"name": name, "namespace": "ns1"},
             "spec": {

@@ -16,10 +16,11 @@ import yaml
 from loadtests import schema_bench
 from tests import conftest, schemagen
 from tests.fakekube import server
-from waypoint import pipeline, schema, translate
+from waypoint import schema, translate
 from waypoint.controller import apiclient, reconcile
 from waypoint.controller import status as kstatus
 from waypoint.kube import gateway
+from waypoint.runtime import inputs
 from waypoint.schema import core
 from waypoint.translate import schemacheck
 
@@ -193,7 +194,7 @@ def test_every_world_here_is_clean(path: pathlib.Path) -> None:
 
 
 def _example_with(route: dict[str, Any]) -> list[dict[str, Any]]:
-    objects = pipeline.load_objects([REPO / "examples" / "local" / "world.yaml"])
+    objects = inputs.load_objects([REPO / "examples" / "local" / "world.yaml"])
     return [*objects, route]
 
 

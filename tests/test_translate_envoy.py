@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from waypoint import translate
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint.envoy import bootstrap, options
 from waypoint.local import ca as dev_ca
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 CASES = pathlib.Path(__file__).parent / "golden" / "translate"
 CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "in.yaml").exists())
@@ -23,7 +23,7 @@ def local_options(tmp_path_factory: pytest.TempPathFactory) -> options.Bootstrap
     ca = dev_ca.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     opts = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    secrets.write_sds_files(opts)
+    sds.write_files(opts)
     return opts
 
 

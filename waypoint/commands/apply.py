@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from waypoint import wellknown
 from waypoint.commands import generate, kubecli
 from waypoint.controller import apiclient
-from waypoint.kube import constants, gateway
+from waypoint.kube import gateway
 
 FIELD_MANAGER = "waypoint"
 Obj = dict[str, Any]
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{exc} (use --overwrite to take these fields over)"
             ) from exc
         if args.enroll_namespace and not args.dry_run:
-            patch = {"metadata": {"labels": {constants.USE_WAYPOINT: args.name}}}
+            patch = {"metadata": {"labels": {wellknown.USE_WAYPOINT: args.name}}}
             cluster.merge_patch(apiclient.NAMESPACE, "", namespace, patch, FIELD_MANAGER)
         suffix = " (dry run)" if args.dry_run else ""
         if args.output:
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"waypoint {namespace}/{args.name} applied{suffix}")
             if args.enroll_namespace and not args.dry_run:
-                print(f"namespace {namespace} labeled with {constants.USE_WAYPOINT}={args.name}")
+                print(f"namespace {namespace} labeled with {wellknown.USE_WAYPOINT}={args.name}")
         if args.wait and not args.dry_run:
             code = wait_programmed(cluster, namespace, args.name, args.timeout, sys.stderr)
             if code:
@@ -111,10 +112,10 @@ def _warn_unless_ambient(cluster: apiclient.Cluster, namespace: str) -> None:
     the namespace's pods, so nothing sends their traffic to any waypoint."""
     found = cluster.get(apiclient.NAMESPACE, "", namespace)
     labels = ((found or {}).get("metadata") or {}).get("labels") or {}
-    if found is not None and labels.get(constants.DATAPLANE_MODE_LABEL) != "ambient":
+    if found is not None and labels.get(wellknown.DATAPLANE_MODE_LABEL) != "ambient":
         print(
             f"warning: namespace {namespace} is not enrolled in ambient mode; consider running "
-            f"`kubectl label namespace {namespace} {constants.DATAPLANE_MODE_LABEL}=ambient`",
+            f"`kubectl label namespace {namespace} {wellknown.DATAPLANE_MODE_LABEL}=ambient`",
             file=sys.stderr,
         )
 
@@ -125,7 +126,7 @@ def _check_existing(cluster: apiclient.Cluster, namespace: str, name: str) -> No
         klass = (live.get("spec") or {}).get("gatewayClassName")
         raise kubecli.CommandError(
             f"Gateway {namespace}/{name} already exists with gatewayClassName {klass!r}, "
-            f"not {constants.GATEWAY_CLASS!r}; choose another --name"
+            f"not {wellknown.GATEWAY_CLASS!r}; choose another --name"
         )
 
 
@@ -135,10 +136,10 @@ def _check_enrollment(
     found = cluster.get(apiclient.NAMESPACE, "", namespace)
     if found is None:
         raise kubecli.CommandError(f"namespace {namespace} not found")
-    current = ((found.get("metadata") or {}).get("labels") or {}).get(constants.USE_WAYPOINT)
+    current = ((found.get("metadata") or {}).get("labels") or {}).get(wellknown.USE_WAYPOINT)
     if current and current != name and not overwrite:
         raise kubecli.CommandError(
-            f"namespace {namespace} already has {constants.USE_WAYPOINT}={current}; "
+            f"namespace {namespace} already has {wellknown.USE_WAYPOINT}={current}; "
             "use --overwrite to replace it"
         )
 

@@ -17,17 +17,17 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from waypoint import model, names, pipeline, simulate
+from waypoint import model, names, pipeline, simulate, wellknown
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
 from waypoint.envoy import ext_authz, resources
 from waypoint.envoy import options as options_mod
-from waypoint.kube import constants
+from waypoint.runtime import inputs
 from waypoint.simulate import authz as authz_sim
 from waypoint.translate import status as status_mod
 
 Obj = Mapping[str, Any]
-USE_WAYPOINT = constants.USE_WAYPOINT
+USE_WAYPOINT = wellknown.USE_WAYPOINT
 
 
 class ExplainError(ValueError):
@@ -75,9 +75,9 @@ class Target:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        objects = pipeline.load_objects(args.filename)
+        objects = inputs.load_objects(args.filename)
         headers = cli_args.parse_headers(args.header)
-    except (pipeline.InputError, ValueError) as exc:
+    except (inputs.InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     namespace, name = args.waypoint

@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from waypoint import wellknown
 from waypoint.commands import args as cli_args
 from waypoint.commands import kubecli
 from waypoint.envoy import options as envoy_options
@@ -40,7 +41,7 @@ def gateway_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--enroll-namespace",
         action="store_true",
-        help=f"label the namespace {constants.USE_WAYPOINT}=NAME (generate: print the Namespace "
+        help=f"label the namespace {wellknown.USE_WAYPOINT}=NAME (generate: print the Namespace "
         "with that label too)",
     )
     parser.add_argument(
@@ -98,7 +99,7 @@ def _enrollment(args: argparse.Namespace, namespace: str) -> list[Obj]:
     """For ``--enroll-namespace``: the Namespace carrying the enrollment label."""
     if not args.enroll_namespace:
         return []
-    metadata = {"name": namespace, "labels": {constants.USE_WAYPOINT: args.name}}
+    metadata = {"name": namespace, "labels": {wellknown.USE_WAYPOINT: args.name}}
     return [{"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}]
 
 

@@ -16,9 +16,10 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from waypoint import names
 from waypoint.commands import args as cli_args
 from waypoint.controller import apiclient
-from waypoint.kube import gateway, names
+from waypoint.kube import gateway
 
 Obj = dict[str, Any]
 

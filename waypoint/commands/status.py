@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from waypoint import model
+from waypoint import model, pipeline
 from waypoint.commands import kubecli
 from waypoint.controller import apiclient, reconcile, serving
 from waypoint.envoy import options as envoy_options
@@ -46,7 +46,7 @@ def _translation(
     cluster: apiclient.Cluster, trust_domain: str
 ) -> tuple[model.Translation | None, str]:
     try:
-        return reconcile.pipeline_translator(reconcile.list_world(cluster), trust_domain), ""
+        return pipeline.translate_objects(reconcile.list_world(cluster), trust_domain), ""
     except (apiclient.ClusterError, ValueError) as exc:
         return None, str(exc)
 

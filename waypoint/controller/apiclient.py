@@ -52,6 +52,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client import rest as k8s_rest
 from kubernetes.dynamic import exceptions as dyn_errors
 
+from waypoint import wellknown
 from waypoint.kube import constants
 
 Obj = dict[str, Any]
@@ -114,16 +115,16 @@ SERVICE_ACCOUNT = Kind("v1", "ServiceAccount")
 DEPLOYMENT = Kind("apps/v1", "Deployment")
 AUTOSCALER = Kind("autoscaling/v2", "HorizontalPodAutoscaler")
 DISRUPTION_BUDGET = Kind("policy/v1", "PodDisruptionBudget")
-ENDPOINT_SLICE = Kind("discovery.k8s.io/v1", "EndpointSlice")
+ENDPOINT_SLICE = Kind(f"{wellknown.DISCOVERY_GROUP}/v1", "EndpointSlice")
 LEASE = Kind("coordination.k8s.io/v1", "Lease")
-GATEWAY = Kind(constants.GATEWAY_API_VERSION, "Gateway")
-GATEWAY_CLASS = Kind(constants.GATEWAY_API_VERSION, "GatewayClass")
-HTTP_ROUTE = Kind(constants.GATEWAY_API_VERSION, "HTTPRoute")
-GRPC_ROUTE = Kind(constants.GATEWAY_API_VERSION, "GRPCRoute")
-EXTAUTHZ_POLICY = Kind(constants.POLICY_API_VERSION, "ExtAuthzPolicy")
-TRAFFIC_POLICY = Kind(constants.POLICY_API_VERSION, "TrafficPolicy")
-REQUEST_AUTHENTICATION = Kind(constants.ISTIO_SECURITY_API_VERSION, "RequestAuthentication")
-AUTHORIZATION_POLICY = Kind(constants.ISTIO_SECURITY_API_VERSION, "AuthorizationPolicy")
+GATEWAY = Kind(wellknown.GATEWAY_API_VERSION, "Gateway")
+GATEWAY_CLASS = Kind(wellknown.GATEWAY_API_VERSION, "GatewayClass")
+HTTP_ROUTE = Kind(wellknown.GATEWAY_API_VERSION, "HTTPRoute")
+GRPC_ROUTE = Kind(wellknown.GATEWAY_API_VERSION, "GRPCRoute")
+EXTAUTHZ_POLICY = Kind(wellknown.POLICY_API_VERSION, "ExtAuthzPolicy")
+TRAFFIC_POLICY = Kind(wellknown.POLICY_API_VERSION, "TrafficPolicy")
+REQUEST_AUTHENTICATION = Kind(wellknown.ISTIO_SECURITY_API_VERSION, "RequestAuthentication")
+AUTHORIZATION_POLICY = Kind(wellknown.ISTIO_SECURITY_API_VERSION, "AuthorizationPolicy")
 
 # Optional inputs: without their CRDs the controller runs, and says so once.
 POLICY_KINDS = (EXTAUTHZ_POLICY, TRAFFIC_POLICY, REQUEST_AUTHENTICATION, AUTHORIZATION_POLICY)
@@ -267,7 +268,7 @@ class Cluster:
         except dyn_errors.ResourceNotFoundError:
             hint = (
                 constants.GATEWAY_API_INSTALL_HINT
-                if kind.group == constants.GATEWAY_API_GROUP
+                if kind.group == wellknown.GATEWAY_API_GROUP
                 else "is its CRD installed?"
             )
             raise MissingKind(

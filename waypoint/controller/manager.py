@@ -26,6 +26,7 @@ import threading
 from collections.abc import Hashable
 from typing import Any
 
+from waypoint import wellknown
 from waypoint.controller import apiclient, reconcile, status, trim
 from waypoint.controller import index as kindex
 from waypoint.controller import informer as kinformer
@@ -40,7 +41,7 @@ from waypoint.translate import index as translate_index
 LOG = logging.getLogger(__name__)
 Obj = dict[str, Any]
 ROUTES_KEY = ("routes", "", "")
-MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
+MANAGED_SELECTOR = f"{wellknown.MANAGED_BY_LABEL}={wellknown.MANAGED_BY_VALUE}"
 REGO_INFORMER = "ConfigMap/extauthz-policy"  # the users' labeled Rego ConfigMaps
 PARAMETERS_INFORMER = "ConfigMap/parameters"  # every ConfigMap, trimmed to its identity
 DEFAULT_WORKERS = 4
@@ -275,7 +276,7 @@ class Controller:
     def _on_owned_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        name = labels.get(constants.GATEWAY_NAME_LABEL)
+        name = labels.get(wellknown.GATEWAY_NAME_LABEL)
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
         if name:
             self.queue.add(("gateway", namespace, name))

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from extauthz import contract
-from waypoint import model, policy
-from waypoint.kube import constants, gateway, names, settings
+from waypoint import model, names, policy
+from waypoint.kube import constants, gateway, settings
 
 MODULE_SUFFIXES = (".rego", ".json")
 

@@ -30,13 +30,12 @@ from typing import Any
 
 from waypoint import model, names, pipeline, pki
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import secrets
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import loop
 from waypoint.hbone import terminator as hbone_terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo, sidecar, workloads
-from waypoint.runtime import envoy_process, ports
+from waypoint.runtime import envoy_process, ports, sds
 
 DEFAULT_TIMEOUT = 10.0
 _PORT_ATTEMPTS = 5
@@ -132,7 +131,7 @@ class LocalStack:
                 self._rego_modules,
                 self._workdir / "extauthz-decisions.log",
             )
-            self._apply(self._render(self._objects))
+            self._apply(pipeline.render(self._objects, self.namespace, self.name, self.options))
         except BaseException:
             self.stop()
             raise
@@ -176,7 +175,7 @@ class LocalStack:
         """
         if self._runner is None:
             raise StackError("LocalStack is not started")
-        rendered = self._render(objects)
+        rendered = pipeline.render(objects, self.namespace, self.name, self.options)
         self._objects = tuple(objects)
         self._sync_backends(workloads.plan(self._objects))
         self._apply(rendered)
@@ -377,9 +376,6 @@ class LocalStack:
             access_log=self._access_log,
         )
 
-    def _render(self, objects: Sequence[Mapping[str, Any]]) -> pipeline.Rendered:
-        return pipeline.render(objects, self.namespace, self.name, self.options)
-
     def _apply(self, rendered: pipeline.Rendered) -> None:
         """Make Envoy run ``rendered``: write certs if the identity changed, then restart."""
         identity = rendered.waypoint.identity
@@ -388,7 +384,7 @@ class LocalStack:
         )
         if spiffe != self._waypoint_id:
             self.ca.issue(spiffe).write(self.options.cert_dir)
-            secrets.write_sds_files(self.options)
+            sds.write_files(self.options)
             self._waypoint_id = spiffe
         same = (
             self._rendered is not None and self._rendered.bootstrap_yaml == rendered.bootstrap_yaml

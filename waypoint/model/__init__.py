@@ -541,10 +541,15 @@ class ResourceStatus:
     parents: tuple[ParentStatus, ...] = ()
 
     @property
-    def ok(self) -> bool:
-        return all(c.status for c in self.conditions) and all(
-            c.status for p in self.parents for c in p.conditions
+    def failed(self) -> tuple[Condition, ...]:
+        """Why the object is not (fully) accepted: its False conditions, then its parents'."""
+        return tuple(c for c in self.conditions if not c.status) + tuple(
+            c for p in self.parents for c in p.conditions if not c.status
         )
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""L7 policies attached to waypoints: authorization, end-user JWT and traffic policy.
+"""L7 policies attached to waypoints: what the extauthz sidecar needs to know.
 
-``parse`` validates the policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of
-``policy.waypoint.dev/v1alpha1``, Istio's ``RequestAuthentication``); attachment to the IR
-happens in ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result.
-This package also writes the extauthz sidecar's config (``extauthz_config``) for the
-controller and ``waypoint up``, in the typed shape of ``extauthz.contract``; whether a
-waypoint needs the sidecar at all, the IR says (``model.Waypoint.needs_extauthz``).
+The policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of ``policy.waypoint.dev``, Istio's
+``RequestAuthentication`` and ``AuthorizationPolicy``) are read by
+``waypoint.translate.policyspecs`` and ``waypoint.translate.authorization`` and attached to the
+IR by ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result. This
+package writes the extauthz sidecar's config (``extauthz_config``) for the controller and
+``waypoint up``, in the typed shape of ``extauthz.contract``; whether a waypoint needs the
+sidecar at all, the IR says (``model.Waypoint.needs_extauthz``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 from extauthz import contract
 from waypoint import model
 
-API_VERSION = "policy.waypoint.dev/v1alpha1"
 # The algorithms a RequestAuthentication's tokens may use: asymmetric only, a JWKS holds
 # public keys.
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
