@@ -32,7 +32,7 @@ from loadtests import scenarios
 from waypoint import echo, pki
 from waypoint.hbone import client as hbone_client
 from waypoint.hbone import errors as hbone_errors
-from waypoint.hbone import http1
+from waypoint.hbone import http1, streams
 
 _TIMEOUT = 10.0
 _SPEC: scenarios.RunSpec | None = None
@@ -165,7 +165,7 @@ class HboneUser(_MixUser):
     def on_start(self) -> None:
         super().on_start()
         self.tunnel: hbone_client.SyncTunnel | None = None
-        self.http: http1.ClientConnection | None = None
+        self.reader: streams.BufferedReader | None = None
 
     def on_stop(self) -> None:
         self._drop_tunnel()
@@ -193,21 +193,37 @@ class HboneUser(_MixUser):
         if not run.keepalive:
             return shared_hbone().request(run.authority, "GET", scenario.path, headers)
         client = shared_hbone()
-        if self.tunnel is None or self.http is None:
+        if self.tunnel is None or self.reader is None:
             self.tunnel = client.open_tunnel(run.authority)
-            self.http = http1.ClientConnection(self.tunnel.tunnel)
+            self.reader = streams.BufferedReader(self.tunnel.tunnel)
         response = client.runner.run(
-            self.http.exchange("GET", scenario.path, headers, b"", run.authority), _TIMEOUT
+            _keepalive_exchange(
+                self.tunnel.tunnel, self.reader, scenario.path, headers, run.authority
+            ),
+            _TIMEOUT,
         )
         if "close" in (response.header("connection") or "").lower():
             self._drop_tunnel()
         return response
 
     def _drop_tunnel(self) -> None:
-        tunnel, self.tunnel, self.http = self.tunnel, None, None
+        tunnel, self.tunnel, self.reader = self.tunnel, None, None
         if tunnel is not None:
             with contextlib.suppress(hbone_errors.HboneError, OSError, TimeoutError):
                 tunnel.close()
+
+
+async def _keepalive_exchange(
+    tunnel: hbone_client.Tunnel,
+    reader: streams.BufferedReader,
+    path: str,
+    headers: list[tuple[str, str]],
+    host: str,
+) -> hbone_client.Response:
+    """One request on a kept tunnel; the reader persists so no buffered byte is lost."""
+    tunnel.write(http1.encode_request("GET", path, headers, b"", host))
+    await tunnel.drain()
+    return await http1.read_response(reader, "GET")
 
 
 class CheckFailed(Exception):

@@ -282,12 +282,16 @@ class EchoServer(loop.BackgroundService):
         if (await buffered.peekline()).startswith(_H2_PREFACE.split(b"\r\n", 1)[0]):
             await self._serve_h2c(streams.PrefixedStream(buffered.take_buffer(), sock), port, ip)
             return
-        conn = http1.ServerConnection(streams.PrefixedStream(buffered.take_buffer(), sock))
         while True:
             try:
-                request = await conn.read_request()
+                request = await http1.read_request(buffered, send_continue=sock)
             except errors.ProtocolViolation as exc:
-                await conn.respond(400, [("Content-Type", "text/plain")], f"{exc}\n".encode())
+                sock.write(
+                    http1.encode_response(
+                        400, [("Content-Type", "text/plain")], f"{exc}\n".encode()
+                    )
+                )
+                await sock.drain()
                 return
             if request is None:
                 return
@@ -302,8 +306,14 @@ class EchoServer(loop.BackgroundService):
             )
             body, content_type = _render(self, seen)
             self._count_request()
-            # h11 adds "Connection: close" when the request did not allow keep-alive.
-            if not await conn.respond(200, [("Content-Type", content_type)], body):
+            headers = [("Content-Type", content_type)]
+            if not request.keep_alive:
+                headers.append(("Connection", "close"))
+            sock.write(
+                http1.encode_response(200, headers, body, head_only=request.method == "HEAD")
+            )
+            await sock.drain()
+            if not request.keep_alive:
                 return
 
     async def _serve_h2c(self, io: streams.ByteStream, port: int, ip: str) -> None:

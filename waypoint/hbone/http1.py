@@ -1,30 +1,39 @@
-"""HTTP/1.1 for requests inside tunnels and for the echo server, spoken with h11.
+"""A small, strict HTTP/1.1 codec for requests inside tunnels and for the echo server.
 
-h11 parses, frames (Content-Length, chunked, or end of stream for responses) and keeps each
-side's state, so one connection can carry several exchanges. This module drives it over a
-:class:`~waypoint.hbone.streams.ByteStream`, bounds what a peer may make us buffer, and
-turns h11's errors into ours: the peer's into :class:`~waypoint.hbone.errors.ProtocolViolation`,
-the caller's (a header with CR or LF, a bad method) into ``ValueError``.
+Bodies are framed by Content-Length or chunked encoding (or end of stream for
+responses), so one connection can carry several exchanges.
+
+Hand-written, not h11: on the keep-alive path the load tests drive (their users' requests
+and the echo backends' answers) h11 cost about 1.5 times the CPU per request, because it
+spends some 270 Python calls on one request/response cycle; see docs/benchmarks.md,
+"Library codecs". So this codec enforces what h11 would on what a peer sends: a bounded
+head (:data:`HEAD_LIMIT`), token header names and control-free values, one unambiguous
+framing (a single Content-Length, or ``chunked`` alone), strict chunk lines, and a body limit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import http
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
-
-import h11
+import re
+from collections.abc import Iterable
 
 from waypoint.hbone import errors, streams
 
 Headers = list[tuple[str, str]]
 DEFAULT_BODY_LIMIT = 64 << 20
-# The request or status line plus headers (h11's max_incomplete_event_size). Envoy's own
-# default limit on request headers is 60 KiB.
+# A received head (request or status line plus headers, or a chunked body's trailers) may not
+# exceed this; Envoy's own default limit on request headers is 60 KiB.
 HEAD_LIMIT = 64 << 10
-_E = TypeVar("_E", bound=h11.Event)
-_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_CHUNK_LINE_LIMIT = 4096  # a chunk's size line, extensions included
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no controls but HTAB
+_TARGET = re.compile(r"[\x21-\x7e\x80-\xff]+")
+_VERSION = re.compile(r"HTTP/1\.[01]")
+_STATUS = re.compile(r"[1-9][0-9][0-9]")
+_LENGTH = re.compile(r"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Response:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """An HTTP/1.x request as parsed by a server."""
+    """An HTTP/1.1 request as parsed by a server."""
 
     method: str
     target: str
@@ -62,6 +71,13 @@ class Request:
     def header(self, name: str) -> str | None:
         return _first(self.headers, name)
 
+    @property
+    def keep_alive(self) -> bool:
+        connection = (self.header("connection") or "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
 
 def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     lowered = name.lower()
@@ -71,86 +87,22 @@ def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _headers(event: h11.Request | h11.Response | h11.InformationalResponse) -> Headers:
-    # raw_items keeps the peer's spelling of names; the echo reports headers as sent.
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
+def _check_token(kind: str, value: str) -> None:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"HTTP {kind} {value!r} contains CR, LF or NUL")
 
 
-def _checked(event: Callable[..., _E], **fields: Any) -> _E:
-    """Build an h11 event; a field h11 refuses is the caller's mistake (ValueError)."""
-    try:
-        return event(**fields)
-    except h11.LocalProtocolError as exc:
-        raise ValueError(f"cannot send HTTP/1.1 {event.__name__}: {exc}") from None
-
-
-class _Peer:
-    """One h11 connection over a byte stream: sending, and reading one event at a time."""
-
-    def __init__(self, stream: streams.ByteStream, role: type[h11.CLIENT] | type[h11.SERVER]):
-        self.stream = stream
-        self.conn = h11.Connection(role, max_incomplete_event_size=HEAD_LIMIT)
-
-    def send(self, *events: h11.Event) -> None:
-        try:
-            for event in events:
-                data = self.conn.send(event)
-                if data:
-                    self.stream.write(data)
-        except h11.LocalProtocolError as exc:
-            raise ValueError(f"cannot send HTTP/1.1 message: {exc}") from None
-
-    async def next_event(self) -> h11.Event:
-        while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise errors.ProtocolViolation(f"bad HTTP/1.1 from peer: {exc}") from None
-            if isinstance(event, h11.Event):
-                return event
-            if event is h11.PAUSED:  # a protocol switch (Upgrade, CONNECT) we do not take
-                raise errors.ProtocolViolation("HTTP/1.1 protocol switch is not supported")
-            self.conn.receive_data(await self._read())
-
-    async def _read(self) -> bytes:
-        data = await self.stream.read(streams.READ_SIZE)
-        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
-            # Stray CRLF between messages is to be ignored (RFC 9112 2.2); h11 does not.
-            stripped = data.lstrip(b"\r\n")
-            while data and not stripped:
-                data = await self.stream.read(streams.READ_SIZE)
-                stripped = data.lstrip(b"\r\n")
-            return stripped
-        return data
-
-    async def read_body(self, limit: int) -> bytes:
-        """Data events up to the end of the message, at most ``limit`` bytes."""
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            event = await self.next_event()
-            if isinstance(event, h11.Data):
-                total += len(event.data)
-                if total > limit:
-                    raise errors.ProtocolViolation(f"HTTP body exceeds limit {limit}")
-                parts.append(event.data)
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
-            else:
-                raise errors.ProtocolViolation(f"HTTP message ended early: {event!r}")
-
-    def next_cycle(self) -> bool:
-        """Ready the connection for the next exchange; False when it must close."""
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-            return True
-        return False
-
-
-def _request_events(
-    method: str, path: str, headers: Iterable[tuple[str, str]], body: bytes, host: str
-) -> tuple[h11.Event, ...]:
-    """The request as h11 events; adds Host and Content-Length unless given."""
+def encode_request(
+    method: str,
+    path: str,
+    headers: Iterable[tuple[str, str]],
+    body: bytes,
+    host: str,
+) -> bytes:
+    """Serialize a request; adds Host and Content-Length unless given."""
+    if not method.isalpha() or not path or " " in path:
+        raise ValueError(f"bad HTTP request line {method!r} {path!r}")
+    _check_token("path", path)
     header_list = list(headers)
     names = {k.lower() for k, _ in header_list}
     if "host" not in names:
@@ -161,46 +113,188 @@ def _request_events(
         and (body or method.upper() in {"POST", "PUT", "PATCH"})
     ):
         header_list.append(("Content-Length", str(len(body))))
-    request = _checked(h11.Request, method=method, target=path, headers=header_list)
-    if body:
-        return request, h11.Data(data=body), h11.EndOfMessage()
-    return request, h11.EndOfMessage()
+    return _head(f"{method} {path} HTTP/1.1", header_list) + body
 
 
-class ClientConnection:
-    """HTTP/1.1 requests on one stream, one exchange after another (keep-alive)."""
+def encode_response(
+    status: int, headers: Iterable[tuple[str, str]], body: bytes, *, head_only: bool = False
+) -> bytes:
+    """Serialize a response with Content-Length (``head_only`` for HEAD requests)."""
+    reason = http.HTTPStatus(status).phrase if status in http.HTTPStatus._value2member_map_ else ""
+    header_list = [*headers, ("Content-Length", str(len(body)))]
+    return _head(f"HTTP/1.1 {status} {reason}".rstrip(), header_list) + (b"" if head_only else body)
 
-    def __init__(self, stream: streams.ByteStream, *, limit: int = DEFAULT_BODY_LIMIT) -> None:
-        self._peer = _Peer(stream, h11.CLIENT)
-        self._limit = limit
 
-    async def exchange(
-        self,
-        method: str,
-        path: str,
-        headers: Iterable[tuple[str, str]],
-        body: bytes,
-        host: str,
-    ) -> Response:
-        """Send one request and read its final response (1xx responses are skipped)."""
-        self._peer.next_cycle()
-        if self._peer.conn.our_state is not h11.IDLE:
-            raise errors.ProtocolViolation("the HTTP/1.1 connection cannot carry another request")
-        self._peer.send(*_request_events(method, path, headers, body, host))
-        await self._peer.stream.drain()
-        while True:
-            event = await self._peer.next_event()
-            if isinstance(event, h11.Response):
-                break
-            if not isinstance(event, h11.InformationalResponse):
-                raise errors.ProtocolViolation("connection ended before an HTTP response")
-        body_in = await self._peer.read_body(self._limit)
-        return Response(
-            status=event.status_code,
-            headers=_headers(event),
-            body=body_in,
-            reason=event.reason.decode("latin-1"),
-        )
+def _head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = [start_line]
+    for name, value in headers:
+        _check_token("header name", name)
+        _check_token(f"header {name!r} value", value)
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Budget:
+    """What is left of :data:`HEAD_LIMIT` for one head (or one chunked body's trailers)."""
+
+    def __init__(self) -> None:
+        self.left = HEAD_LIMIT
+
+    async def line(self, reader: streams.BufferedReader, what: str) -> bytes:
+        """One whole line; end of stream (``b""``) only before its first byte."""
+        if self.left <= 0:
+            raise errors.ProtocolViolation(f"HTTP {what} exceeds {HEAD_LIMIT} bytes")
+        line = await reader.readline(self.left)
+        self.left -= len(line)
+        if self.left < 0:
+            raise errors.ProtocolViolation(f"HTTP {what} exceeds {HEAD_LIMIT} bytes")
+        if line and not line.endswith(b"\n"):
+            raise errors.ProtocolViolation(f"HTTP {what} truncated: {line[:80]!r}")
+        return line
+
+
+async def _read_head(reader: streams.BufferedReader) -> tuple[str, Headers] | None:
+    budget = _Budget()
+    start = await budget.line(reader, "head")
+    while start in (b"\r\n", b"\n"):  # tolerate stray CRLF between messages (RFC 9112 2.2)
+        start = await budget.line(reader, "head")
+    if not start:
+        return None
+    headers = await _read_fields(reader, budget)
+    return start.decode("latin-1").rstrip("\r\n"), headers
+
+
+async def _read_fields(reader: streams.BufferedReader, budget: _Budget) -> Headers:
+    """Header (or trailer) lines up to the blank line, each ``token: value``."""
+    fields: Headers = []
+    while True:
+        line = await budget.line(reader, "headers")
+        if not line:
+            raise errors.ProtocolViolation("HTTP headers truncated")
+        if line in (b"\r\n", b"\n"):
+            return fields
+        name, sep, value = line.decode("latin-1").rstrip("\r\n").partition(":")
+        value = value.strip(" \t")
+        if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise errors.ProtocolViolation(f"malformed HTTP header line {line[:80]!r}")
+        fields.append((name, value))
+
+
+def _content_length(headers: Headers) -> int | None:
+    """The one Content-Length; repeated equal values are one, differing ones are refused."""
+    values = {
+        v.strip() for k, raw in headers if k.lower() == "content-length" for v in raw.split(",")
+    }
+    if not values:
+        return None
+    if len(values) != 1 or not all(_LENGTH.fullmatch(v) for v in values):
+        raise errors.ProtocolViolation(f"bad Content-Length {sorted(values)!r}")
+    return int(values.pop())
+
+
+def _is_chunked(headers: Headers) -> bool:
+    """True for ``Transfer-Encoding: chunked``; any other coding, or both framings, is refused."""
+    codings = [
+        v.strip().lower()
+        for k, raw in headers
+        if k.lower() == "transfer-encoding"
+        for v in raw.split(",")
+    ]
+    if not codings:
+        return False
+    if codings != ["chunked"]:
+        raise errors.ProtocolViolation(f"unsupported Transfer-Encoding {codings!r}")
+    if _first(headers, "content-length") is not None:
+        # Both framings at once is how requests are smuggled past a proxy (RFC 9112 6.1).
+        raise errors.ProtocolViolation("both Transfer-Encoding and Content-Length")
+    return True
+
+
+async def _read_body(
+    reader: streams.BufferedReader, headers: Headers, *, limit: int, until_eof: bool
+) -> bytes:
+    if _is_chunked(headers):
+        return await _read_chunked(reader, limit)
+    length = _content_length(headers)
+    if length is not None:
+        if length > limit:
+            raise errors.ProtocolViolation(f"body of {length} bytes exceeds limit {limit}")
+        return await reader.readexactly(length)
+    return await reader.read_until_eof(limit) if until_eof else b""
+
+
+async def _read_chunked(reader: streams.BufferedReader, limit: int) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size_line = await reader.readline(_CHUNK_LINE_LIMIT)
+        size_text = size_line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not size_line.endswith(b"\n") or not _CHUNK_SIZE.fullmatch(size_text):
+            raise errors.ProtocolViolation(f"bad chunk size line {size_line[:40]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            await _read_fields(reader, _Budget())  # trailers are not surfaced
+            return b"".join(parts)
+        total += size
+        if total > limit:
+            raise errors.ProtocolViolation(f"chunked body exceeds limit {limit}")
+        parts.append(await reader.readexactly(size))
+        if await reader.readexactly(2) != b"\r\n":
+            raise errors.ProtocolViolation("chunk data not followed by CRLF")
+
+
+async def read_response(
+    reader: streams.BufferedReader, method: str, *, limit: int = DEFAULT_BODY_LIMIT
+) -> Response:
+    """Read one final response (skipping 1xx) for a request made with ``method``."""
+    while True:
+        head = await _read_head(reader)
+        if head is None:
+            raise errors.ProtocolViolation("connection ended before an HTTP response")
+        start, headers = head
+        version, _, rest = start.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not _VERSION.fullmatch(version) or not _STATUS.fullmatch(code):
+            raise errors.ProtocolViolation(f"bad HTTP status line {start[:80]!r}")
+        status = int(code)
+        if 100 <= status < 200:
+            continue
+        if method.upper() == "HEAD" or status in _NO_BODY_STATUSES:
+            body = b""
+        else:
+            body = await _read_body(reader, headers, limit=limit, until_eof=True)
+        return Response(status=status, headers=headers, body=body, reason=reason)
+
+
+async def read_request(
+    reader: streams.BufferedReader,
+    *,
+    limit: int = DEFAULT_BODY_LIMIT,
+    send_continue: streams.ByteStream | None = None,
+) -> Request | None:
+    """Read one request; None when the client closed between requests.
+
+    With ``send_continue``, a request carrying ``Expect: 100-continue`` gets its
+    ``100 Continue`` there before the body is read (curl waits for it on big bodies).
+    """
+    head = await _read_head(reader)
+    if head is None:
+        return None
+    start, headers = head
+    parts = start.split(" ")
+    if (
+        len(parts) != 3
+        or not _TOKEN.fullmatch(parts[0])
+        or not _TARGET.fullmatch(parts[1])
+        or not _VERSION.fullmatch(parts[2])
+    ):
+        raise errors.ProtocolViolation(f"bad HTTP request line {start[:80]!r}")
+    expect = (_first(headers, "expect") or "").lower()
+    if send_continue is not None and expect == "100-continue" and parts[2] == "HTTP/1.1":
+        send_continue.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await send_continue.drain()
+    body = await _read_body(reader, headers, limit=limit, until_eof=False)
+    return Request(method=parts[0], target=parts[1], version=parts[2], headers=headers, body=body)
 
 
 async def exchange(
@@ -214,60 +308,6 @@ async def exchange(
     limit: int = DEFAULT_BODY_LIMIT,
 ) -> Response:
     """Send one request on ``stream`` and read its response."""
-    return await ClientConnection(stream, limit=limit).exchange(method, path, headers, body, host)
-
-
-class ServerConnection:
-    """The server side of one HTTP/1.x connection: read a request, answer it, repeat."""
-
-    def __init__(self, stream: streams.ByteStream, *, limit: int = DEFAULT_BODY_LIMIT) -> None:
-        self._peer = _Peer(stream, h11.SERVER)
-        self._limit = limit
-        self._head = False
-
-    async def read_request(self) -> Request | None:
-        """The next request; None when the client closed between requests.
-
-        A client that sent ``Expect: 100-continue`` gets its ``100 Continue`` before the
-        body is read (curl waits for it on big bodies).
-        """
-        self._head = False
-        event = await self._peer.next_event()
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        if not isinstance(event, h11.Request):
-            raise errors.ProtocolViolation(f"expected an HTTP request, got {event!r}")
-        if self._peer.conn.they_are_waiting_for_100_continue:
-            self._peer.send(
-                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-            )
-            await self._peer.stream.drain()
-        self._head = event.method == b"HEAD"
-        body = await self._peer.read_body(self._limit)
-        return Request(
-            method=event.method.decode("latin-1"),
-            target=event.target.decode("latin-1"),
-            version="HTTP/" + event.http_version.decode("latin-1"),
-            headers=_headers(event),
-            body=body,
-        )
-
-    async def respond(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> bool:
-        """Answer with Content-Length (no body for HEAD); False when the connection must close.
-
-        After a :class:`~waypoint.hbone.errors.ProtocolViolation` from :meth:`read_request`,
-        this still sends an error response, and returns False.
-        """
-        if self._peer.conn.our_state is h11.ERROR:
-            return False
-        response = _checked(
-            h11.Response,
-            status_code=status,
-            headers=[*headers, ("Content-Length", str(len(body)))],
-            reason=_REASONS.get(status, b""),
-        )
-        # h11 frames a HEAD response as empty whatever its Content-Length says.
-        data = [] if self._head else [h11.Data(data=body)]
-        self._peer.send(response, *data, h11.EndOfMessage())
-        await self._peer.stream.drain()
-        return self._peer.next_cycle()
+    stream.write(encode_request(method, path, headers, body, host))
+    await stream.drain()
+    return await read_response(streams.BufferedReader(stream), method, limit=limit)
