@@ -4,10 +4,10 @@ Three parts of the project were hand-written and are now libraries: HTTP/1.1 ins
 tunnels and on the echo server (h11, ``waypoint/hbone/http1.py``), the echo gRPC messages
 (generated protobuf, ``waypoint/hbone/echo_pb2.py``) and the small HTTP server under the
 probes, metrics and the OPA test double (aiohttp.web, ``extauthz/httpserver.py``). Each
-measurement runs in a child process against one source tree; with ``--before DIR`` (a tree
-of an earlier commit: ``git archive <commit> waypoint extauthz | tar -x -C DIR``) the
+measurement runs in a child process against one source tree; with ``--against DIR`` (a tree
+of another commit: ``git archive <commit> waypoint extauthz | tar -x -C DIR``) the
 children alternate between that tree and this one, round by round, so machine-load drift
-hits both alike.
+hits both alike. The measures that do not differ between the two trees show the noise.
 
 Per message (in-process, no sockets; best of 5 repeats):
 
@@ -25,7 +25,7 @@ being in this process):
   per-check query, served by ``extauthz/httpserver.py``).
 
     python -m loadtests.codec_bench                           # this tree, 3 rounds
-    python -m loadtests.codec_bench --before /tmp/before      # interleaved with an old tree
+    python -m loadtests.codec_bench --against /tmp/before      # interleaved with another tree
 """
 
 from __future__ import annotations
@@ -300,13 +300,13 @@ def _run_child(tree: pathlib.Path | None, count: int) -> dict[str, float]:
 
 
 def markdown(rounds: dict[str, list[dict[str, float]]]) -> str:
-    names = list(rounds["after"][0])
-    sides = [s for s in ("before", "after") if rounds.get(s)]
+    names = list(rounds["this"][0])
+    sides = [s for s in ("that", "this") if rounds.get(s)]
     lines = [
         "| measure (µs) | "
         + " | ".join(f"{s} (median, range)" for s in sides)
         + " |"
-        + (" after/before |" if len(sides) == 2 else ""),
+        + (" this/that |" if len(sides) == 2 else ""),
         "|---" * (len(sides) + 1 + (len(sides) == 2)) + "|",
     ]
     for name in names:
@@ -322,7 +322,7 @@ def markdown(rounds: dict[str, list[dict[str, float]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.codec_bench", description=__doc__)
-    parser.add_argument("--before", type=pathlib.Path, help="a source tree of an older commit")
+    parser.add_argument("--against", type=pathlib.Path, help="a source tree of another commit")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--count", type=int, default=1000, help="end-to-end requests per measure")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -333,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = datetime.datetime.now(datetime.UTC).strftime("%H:%M UTC")
     load = os.getloadavg()[0]
-    rounds: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    rounds: dict[str, list[dict[str, float]]] = {"that": [], "this": []}
     for number in range(args.rounds):
-        order = [("before", args.before), ("after", None)] if args.before else [("after", None)]
+        order = [("that", args.against), ("this", None)] if args.against else [("this", None)]
         for side, tree in order if number % 2 == 0 else order[::-1]:
             rounds[side].append(_run_child(tree, args.count))
             print(f"round {number + 1} {side} done", file=sys.stderr, flush=True)

@@ -19,6 +19,6 @@ def test_every_measure_runs_and_reports_a_time() -> None:
     e2e = asyncio.run(codec_bench.end_to_end(10))
     assert set(e2e) == {f"{name} {kind}" for name in END_TO_END for kind in ("wall", "cpu")}
     assert all(value > 0 for value in (micro | e2e).values())
-    table = codec_bench.markdown({"before": [micro], "after": [micro]})
+    table = codec_bench.markdown({"that": [micro], "this": [micro]})
     assert "| http1 server | " in table
     assert table.splitlines()[2].endswith("1.00× |")

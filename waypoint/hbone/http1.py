@@ -27,7 +27,9 @@ DEFAULT_BODY_LIMIT = 64 << 20
 HEAD_LIMIT = 64 << 10
 _CHUNK_LINE_LIMIT = 4096  # a chunk's size line, extensions included
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
-_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no controls but HTAB
+# A token name (RFC 9110 5.6.2), then a value without controls but HTAB; one character class
+# each, so matching stays linear in the line's length.
+_FIELD_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):([^\x00-\x08\x0a-\x1f\x7f]*)\r?\n")
 _TARGET = re.compile(r"[\x21-\x7e\x80-\xff]+")
 _VERSION = re.compile(r"HTTP/1\.[01]")
 _STATUS = re.compile(r"[1-9][0-9][0-9]")
@@ -173,49 +175,47 @@ async def _read_fields(reader: streams.BufferedReader, budget: _Budget) -> Heade
             raise errors.ProtocolViolation("HTTP headers truncated")
         if line in (b"\r\n", b"\n"):
             return fields
-        name, sep, value = line.decode("latin-1").rstrip("\r\n").partition(":")
-        value = value.strip(" \t")
-        if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        match = _FIELD_LINE.fullmatch(line)
+        if match is None:
             raise errors.ProtocolViolation(f"malformed HTTP header line {line[:80]!r}")
-        fields.append((name, value))
+        name, value = match.groups()
+        fields.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
 
 
-def _content_length(headers: Headers) -> int | None:
-    """The one Content-Length; repeated equal values are one, differing ones are refused."""
-    values = {
-        v.strip() for k, raw in headers if k.lower() == "content-length" for v in raw.split(",")
-    }
-    if not values:
-        return None
-    if len(values) != 1 or not all(_LENGTH.fullmatch(v) for v in values):
-        raise errors.ProtocolViolation(f"bad Content-Length {sorted(values)!r}")
-    return int(values.pop())
+def _framing(headers: Headers) -> tuple[bool, int | None]:
+    """(chunked, Content-Length) with one unambiguous framing, as RFC 9112 6.1-6.3 asks.
 
-
-def _is_chunked(headers: Headers) -> bool:
-    """True for ``Transfer-Encoding: chunked``; any other coding, or both framings, is refused."""
-    codings = [
-        v.strip().lower()
-        for k, raw in headers
-        if k.lower() == "transfer-encoding"
-        for v in raw.split(",")
-    ]
-    if not codings:
-        return False
-    if codings != ["chunked"]:
-        raise errors.ProtocolViolation(f"unsupported Transfer-Encoding {codings!r}")
-    if _first(headers, "content-length") is not None:
-        # Both framings at once is how requests are smuggled past a proxy (RFC 9112 6.1).
-        raise errors.ProtocolViolation("both Transfer-Encoding and Content-Length")
-    return True
+    Repeated equal lengths count as one; differing ones, a coding other than ``chunked``,
+    or both headers at once (how requests are smuggled past a proxy) are refused.
+    """
+    lengths: set[str] = set()
+    codings: list[str] = []
+    for key, value in headers:
+        lowered = key.lower()
+        if lowered == "content-length":
+            lengths.update(v.strip() for v in value.split(","))
+        elif lowered == "transfer-encoding":
+            codings.extend(v.strip().lower() for v in value.split(","))
+    if codings:
+        if codings != ["chunked"]:
+            raise errors.ProtocolViolation(f"unsupported Transfer-Encoding {codings!r}")
+        if lengths:
+            raise errors.ProtocolViolation("both Transfer-Encoding and Content-Length")
+        return True, None
+    if not lengths:
+        return False, None
+    length = lengths.pop()
+    if lengths or not _LENGTH.fullmatch(length):
+        raise errors.ProtocolViolation(f"bad Content-Length {sorted({length, *lengths})!r}")
+    return False, int(length)
 
 
 async def _read_body(
     reader: streams.BufferedReader, headers: Headers, *, limit: int, until_eof: bool
 ) -> bytes:
-    if _is_chunked(headers):
+    chunked, length = _framing(headers)
+    if chunked:
         return await _read_chunked(reader, limit)
-    length = _content_length(headers)
     if length is not None:
         if length > limit:
             raise errors.ProtocolViolation(f"body of {length} bytes exceeds limit {limit}")
