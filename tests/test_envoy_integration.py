@@ -24,7 +24,7 @@ from tests import conftest
 from waypoint import model, names, pki
 from waypoint.envoy import bootstrap, options
 from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors, grpcwire
+from waypoint.hbone import echo_pb2, errors, grpcwire
 from waypoint.hbone import terminator as hbone_terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
@@ -405,9 +405,13 @@ def test_hbone_upstream_with_the_wrong_service_account_is_refused(world: World) 
 
 def test_grpc_over_http2_destination(world: World) -> None:
     with world.client() as hbone:
-        result = hbone.grpc_unary(GRPC, "/proto.EchoTestService/Echo", grpcwire.echo_message("hi"))
+        result = hbone.grpc_unary(
+            GRPC,
+            "/proto.EchoTestService/Echo",
+            echo_pb2.EchoRequest(message="hi").SerializeToString(),
+        )
     assert result.status == grpcwire.OK, result.details
-    report = echo.parse_echo(grpcwire.decode_string_field(result.message, 1))
+    report = echo.parse_echo(echo_pb2.EchoResponse.FromString(result.message).message)
     assert (report.hostname, report.message) == ("grpc", "hi")
 
 

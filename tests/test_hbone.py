@@ -17,7 +17,7 @@ import pytest
 
 from tests import conftest
 from waypoint import names, pki
-from waypoint.hbone import client, errors, grpcwire, h2io, loop, terminator
+from waypoint.hbone import client, echo_pb2, errors, grpcwire, h2io, loop, terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
 
@@ -125,11 +125,14 @@ async def test_host_override_json_format_and_connect_headers(
 async def test_grpc_inside_connect(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s, s.client() as c:
         status, message, trailers = await c.grpc_unary(
-            s.grpc, ECHO_METHOD, grpcwire.echo_message("ping"), [("x-md", "v1")]
+            s.grpc,
+            ECHO_METHOD,
+            echo_pb2.EchoRequest(message="ping").SerializeToString(),
+            [("x-md", "v1")],
         )
         assert status == grpcwire.OK
         assert ("grpc-status", "0") in trailers
-        report = echo.parse_echo(grpcwire.decode_string_field(message, 1))
+        report = echo.parse_echo(echo_pb2.EchoResponse.FromString(message).message)
         assert (report.hostname, report.message, report.proto) == ("echo-v1-abc", "ping", "GRPC")
         assert report.url == ECHO_METHOD
         assert report.headers["x-md"] == ["v1"]
@@ -137,7 +140,8 @@ async def test_grpc_inside_connect(ca: dev_ca.CertificateAuthority) -> None:
         other = await c.grpc_unary(s.grpc, "/pkg.Other/Call", b"")
         assert other.status == grpcwire.OK
         assert (
-            echo.parse_echo(grpcwire.decode_string_field(other.message, 1)).url == "/pkg.Other/Call"
+            echo.parse_echo(echo_pb2.EchoResponse.FromString(other.message).message).url
+            == "/pkg.Other/Call"
         )
 
 
@@ -416,7 +420,9 @@ def test_sync_client_from_plain_threads(ca: dev_ca.CertificateAuthority) -> None
         assert failures == []
         assert sorted(results) == sorted(f"/u{i}/{j}" for i in range(4) for j in range(5))
         grpc_result = sync.grpc_unary(
-            f"127.0.0.1:{backend.grpc_ports[0]}", ECHO_METHOD, grpcwire.echo_message("x")
+            f"127.0.0.1:{backend.grpc_ports[0]}",
+            ECHO_METHOD,
+            echo_pb2.EchoRequest(message="x").SerializeToString(),
         )
         assert grpc_result.status == grpcwire.OK
         with sync.open_tunnel(f"127.0.0.1:{backend.http_ports[0]}") as tunnel:
@@ -689,11 +695,13 @@ def test_client_through_real_envoy_hbone(
             assert sync.peer_id == "spiffe://cluster.local/ns/apps/sa/waypoint"
 
             result = sync.grpc_unary(
-                "10.96.0.11:7070", ECHO_METHOD, grpcwire.echo_message("via envoy")
+                "10.96.0.11:7070",
+                ECHO_METHOD,
+                echo_pb2.EchoRequest(message="via envoy").SerializeToString(),
             )
             assert result.status == grpcwire.OK
             assert (
-                echo.parse_echo(grpcwire.decode_string_field(result.message, 1)).message
+                echo.parse_echo(echo_pb2.EchoResponse.FromString(result.message).message).message
                 == "via envoy"
             )
 

@@ -18,7 +18,7 @@ import pytest
 from loadtests import procs
 from tests import conftest
 from waypoint import model, names, pipeline
-from waypoint.hbone import errors, grpcwire
+from waypoint.hbone import echo_pb2, errors, grpcwire
 from waypoint.local import echo, workloads
 from waypoint.local import stack as stack_mod
 from waypoint.runtime import inputs
@@ -225,10 +225,10 @@ def test_grpc_and_tcp_ports_of_a_mesh_pod(stack: stack_mod.LocalStack) -> None:
         result = hbone.grpc_unary(
             stack.authority(NS, "web", 7070),
             "/proto.EchoTestService/Echo",
-            grpcwire.echo_message("hi"),
+            echo_pb2.EchoRequest(message="hi").SerializeToString(),
         )
         assert result.status == grpcwire.OK, result.details
-        report = echo.parse_echo(grpcwire.decode_string_field(result.message, 1))
+        report = echo.parse_echo(echo_pb2.EchoResponse.FromString(result.message).message)
         assert (report.hostname, report.message) == (WEB_POD, "hi")
         with hbone.open_tunnel(stack.authority(NS, "web", 9090)) as tunnel:
             tunnel.send(b"ping")

@@ -7,7 +7,7 @@ Modules:
 - :mod:`waypoint.hbone.terminator` — ``HboneTerminator``: the destination side (ztunnel inbound).
 - :mod:`waypoint.hbone.h2io` — the asyncio HTTP/2 connection/stream engine both sides share.
 - :mod:`waypoint.hbone.streams`, :mod:`waypoint.hbone.http1`, :mod:`waypoint.hbone.grpcwire` —
-  byte streams, the HTTP/1.1 codec and gRPC/protobuf wire helpers.
+  byte streams, the HTTP/1.1 codec, and gRPC framing (the echo messages are ``echo_pb2``).
 - :mod:`waypoint.hbone.loop` — ``LoopThread``: an event loop in a background thread for sync callers.
 - :mod:`waypoint.hbone.errors` — the exceptions.
 """

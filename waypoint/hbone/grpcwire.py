@@ -1,7 +1,11 @@
-"""gRPC wire helpers: length-prefixed messages, status mapping and a tiny protobuf codec.
+"""gRPC wire helpers: length-prefixed messages and the HTTP-to-gRPC status mapping.
 
-Enough protobuf to carry Istio's ``EchoRequest``/``EchoResponse`` (``string message = 1``)
-without generated code.
+The messages themselves are protobuf: Istio's ``EchoRequest``/``EchoResponse`` are in
+``echo_pb2.py`` and ``echo_pb2.pyi`` beside this file, generated from ``echo.proto`` with
+grpcio-tools 1.72.0, whose gencode (protobuf 6.30.0) loads on every protobuf this project
+allows::
+
+    python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. waypoint/hbone/echo.proto
 """
 
 from __future__ import annotations
@@ -59,67 +63,3 @@ def unframe(data: bytes) -> list[bytes]:
         out.append(data[offset : offset + length])
         offset += length
     return out
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if offset >= len(data):
-            raise errors.ProtocolViolation("truncated protobuf varint")
-        byte = data[offset]
-        offset += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, offset
-        shift += 7
-        if shift > 63:
-            raise errors.ProtocolViolation("protobuf varint too long")
-
-
-def encode_string_field(field: int, value: str) -> bytes:
-    """``string <field> = value`` as protobuf bytes (empty strings are omitted, as proto3 does)."""
-    raw = value.encode()
-    if not raw:
-        return b""
-    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
-
-
-def decode_string_field(data: bytes, field: int) -> str:
-    """The last value of string ``field`` in a protobuf message ("" when absent)."""
-    offset, found = 0, b""
-    while offset < len(data):
-        key, offset = _read_varint(data, offset)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            _, offset = _read_varint(data, offset)
-        elif wire_type == 1:
-            offset += 8
-        elif wire_type == 5:
-            offset += 4
-        elif wire_type == 2:
-            length, offset = _read_varint(data, offset)
-            if number == field:
-                found = data[offset : offset + length]
-            offset += length
-        else:
-            raise errors.ProtocolViolation(f"unsupported protobuf wire type {wire_type}")
-        if offset > len(data):
-            raise errors.ProtocolViolation("truncated protobuf field")
-    return found.decode(errors="replace")
-
-
-def echo_message(message: str) -> bytes:
-    """Istio ``EchoRequest``/``EchoResponse`` with ``message`` in field 1."""
-    return encode_string_field(1, message)
