@@ -1,8 +1,8 @@
 """What the library codecs cost against the hand-written ones they replaced.
 
 Three parts of the project were hand-written and are now libraries: HTTP/1.1 inside HBONE
-tunnels and on the echo server (h11, ``waypoint/hbone/http1.py``), the echo gRPC messages
-(generated protobuf, ``waypoint/hbone/echo_pb2.py``) and the small HTTP server under the
+tunnels and on the echo server (h11, ``waypoint/local/hbone/http1.py``), the echo gRPC messages
+(generated protobuf, ``waypoint/local/hbone/echo_pb2.py``) and the small HTTP server under the
 probes, metrics and the OPA test double (aiohttp.web, ``extauthz/httpserver.py``). Each
 measurement runs in a child process against one source tree; with ``--against DIR`` (a tree
 of another commit: ``git archive <commit> waypoint extauthz | tar -x -C DIR``) the

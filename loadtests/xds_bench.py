@@ -34,9 +34,9 @@ import yaml
 from waypoint import pipeline, pki
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
-from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
 from waypoint.runtime import collector, envoy_process
 from waypoint.xds import bootstrap, cache, filesource, naming, publish, runner, snapshot
 

@@ -27,9 +27,9 @@ from waypoint.commands import serve, up
 from waypoint.controller import main as controller_main
 from waypoint.controller import xds as kxds
 from waypoint.envoy import bootstrap, filters, options, protos
-from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
 from waypoint.runtime import envoy_process, inputs, sds
 from waypoint.xds import cache, publish
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from waypoint.hbone import echo_pb2, h2io, loop, streams
 from waypoint.local import echo
+from waypoint.local.hbone import echo_pb2, h2io, loop, streams
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,11 @@ from cryptography import x509
 from tests import conftest
 from waypoint import model, names, pki
 from waypoint.envoy import bootstrap, options
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import echo_pb2, errors, grpcwire
-from waypoint.hbone import terminator as hbone_terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import echo_pb2, errors, grpcwire
+from waypoint.local.hbone import terminator as hbone_terminator
 from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"

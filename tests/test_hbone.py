@@ -17,9 +17,9 @@ import pytest
 
 from tests import conftest
 from waypoint import names, pki
-from waypoint.hbone import client, echo_pb2, errors, grpcwire, h2io, loop, terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client, echo_pb2, errors, grpcwire, h2io, loop, terminator
 
 MiB = 1 << 20
 ECHO_METHOD = "/proto.EchoTestService/Echo"
@@ -442,7 +442,7 @@ GEVENT_SCRIPT = """
 from gevent import monkey
 monkey.patch_all()
 import sys, gevent
-from waypoint.hbone import client, terminator
+from waypoint.local.hbone import client, terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
 ca = dev_ca.CertificateAuthority.create()

@@ -1,4 +1,4 @@
-"""HTTP/1.1 inside tunnels (``waypoint.hbone.http1``): framing, keep-alive and hostile input.
+"""HTTP/1.1 inside tunnels (``waypoint.local.hbone.http1``): framing, keep-alive and hostile input.
 
 The codec is hand-written (docs/benchmarks.md says why), so these tests hold it to the
 limits a library such as h11 enforces. Each side runs over an in-memory stream pair, so a
@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from waypoint.hbone import errors, http1, streams
+from waypoint.local.hbone import errors, http1, streams
 
 
 class _End:

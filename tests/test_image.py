@@ -43,10 +43,10 @@ from tests.fakekube import server, world
 from tests.fakekube import tls as fake_tls
 from waypoint import pki, version, wellknown
 from waypoint.envoy import options as envoy_options
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors as hbone_errors
 from waypoint.kube import constants, render, settings
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors as hbone_errors
 from waypoint.runtime import ports
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(1500)]

@@ -20,10 +20,10 @@ from tests import conftest, istioca_server
 from tests import test_istioca as support
 from waypoint import model, names, pki
 from waypoint.envoy import bootstrap, options
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import terminator as hbone_terminator
 from waypoint.istioca import agent, client
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import terminator as hbone_terminator
 from waypoint.runtime import envoy_process, sds
 
 PLAIN = names.authority("10.96.0.10", 80)

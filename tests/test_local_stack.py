@@ -18,9 +18,9 @@ import pytest
 from loadtests import procs
 from tests import conftest
 from waypoint import model, names, pipeline
-from waypoint.hbone import echo_pb2, errors, grpcwire
 from waypoint.local import echo, workloads
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import echo_pb2, errors, grpcwire
 from waypoint.runtime import inputs
 
 NS = "shop"

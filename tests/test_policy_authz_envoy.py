@@ -26,9 +26,9 @@ from tests import conftest
 from tests.extauthz import support
 from waypoint import model, names, policy, translate, wellknown
 from waypoint.envoy import bootstrap, options
-from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
 from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"

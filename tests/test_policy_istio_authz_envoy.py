@@ -29,10 +29,10 @@ from tests.extauthz import support
 from waypoint import model, names, simulate, translate
 from waypoint.envoy import bootstrap, options
 from waypoint.envoy import resources as envoy_resources
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors as hbone_errors
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors as hbone_errors
 from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"

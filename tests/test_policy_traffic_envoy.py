@@ -23,9 +23,9 @@ import pytest
 from tests import conftest
 from waypoint import model, names
 from waypoint.envoy import bootstrap, filters, options
-from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
 from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"

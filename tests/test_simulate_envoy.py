@@ -27,8 +27,8 @@ from tests.conformance import replay
 from tests.conformance import world as world_mod
 from waypoint import names, simulate
 from waypoint.envoy import resources
-from waypoint.hbone import errors
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import errors
 from waypoint.runtime import inputs
 
 GAMMA = conftest.SHARED / "conformance" / "gamma"

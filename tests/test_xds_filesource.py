@@ -22,9 +22,9 @@ import pytest
 from tests import conftest
 from tests import test_xds_support as support
 from waypoint.envoy import options as envoy_options
-from waypoint.hbone import client as hbone_client
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
 from waypoint.xds import bootstrap, cache, filesource, naming, publish, runner
 
 TD = "cluster.local"

@@ -22,10 +22,10 @@ from typing import Any
 
 from tests.conformance import world as world_mod
 from waypoint import names
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import echo_pb2, errors, grpcwire
 from waypoint.local import echo
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import echo_pb2, errors, grpcwire
 
 Case = Mapping[str, Any]
 CONSECUTIVE_PASSES = 3  # upstream: a case passes once it passed 3 times in a row

@@ -18,8 +18,8 @@ from typing import Any
 from waypoint import names, pki
 from waypoint.commands import args as cli_args
 from waypoint.commands import explain, up
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors
 from waypoint.runtime import inputs
 
 

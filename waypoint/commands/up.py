@@ -21,10 +21,10 @@ from extauthz import demo
 from waypoint import pipeline
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors
 from waypoint.local import echo, sidecar
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors
 from waypoint.runtime import inputs
 
 # Package data, so `pip install` and `waypoint up` work from any directory.

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from waypoint.hbone import echo_pb2, errors, h2io, http1, loop, streams
+from waypoint.local.hbone import echo_pb2, errors, h2io, http1, loop, streams
 
 Headers = list[tuple[str, str]]
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

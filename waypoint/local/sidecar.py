@@ -14,7 +14,7 @@ from extauthz import config as extauthz_config
 from extauthz import contract
 from extauthz import server as extauthz_server
 from waypoint import model, policy
-from waypoint.hbone import loop
+from waypoint.local.hbone import loop
 
 _STOP_GRACE = 2.0
 

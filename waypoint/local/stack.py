@@ -30,11 +30,11 @@ from typing import Any
 
 from waypoint import model, names, pipeline, pki
 from waypoint.envoy import options as options_mod
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import loop
-from waypoint.hbone import terminator as hbone_terminator
 from waypoint.local import ca as dev_ca
 from waypoint.local import echo, sidecar, workloads
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import loop
+from waypoint.local.hbone import terminator as hbone_terminator
 from waypoint.runtime import envoy_process, ports, sds
 
 DEFAULT_TIMEOUT = 10.0

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import h2.errors
 
 from waypoint import names, pki
-from waypoint.hbone import errors, h2io, loop, streams
+from waypoint.local.hbone import errors, h2io, loop, streams
 
 Headers = list[tuple[str, str]]
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Protocol
 
-from waypoint.hbone import errors
+from waypoint.local.hbone import errors
 
 READ_SIZE = 65536
 

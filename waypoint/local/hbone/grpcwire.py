@@ -5,14 +5,14 @@ The messages themselves are protobuf: Istio's ``EchoRequest``/``EchoResponse`` a
 grpcio-tools 1.72.0, whose gencode (protobuf 6.30.0) loads on every protobuf this project
 allows::
 
-    python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. waypoint/hbone/echo.proto
+    python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. waypoint/local/hbone/echo.proto
 """
 
 from __future__ import annotations
 
 import struct
 
-from waypoint.hbone import errors
+from waypoint.local.hbone import errors
 
 OK = 0
 UNKNOWN = 2

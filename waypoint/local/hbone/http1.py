@@ -18,7 +18,7 @@ import http
 import re
 from collections.abc import Iterable
 
-from waypoint.hbone import errors, streams
+from waypoint.local.hbone import errors, streams
 
 Headers = list[tuple[str, str]]
 DEFAULT_BODY_LIMIT = 64 << 20
