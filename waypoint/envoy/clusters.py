@@ -29,7 +29,6 @@ from waypoint.envoy import policies, protos, routes, secrets, traffic
 ADMIN = "admin"  # loops readiness and Prometheus requests back into Envoy's own admin
 ORIGINAL_DST_METADATA = "envoy.filters.listener.original_dst"
 TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 INTERNAL_UPSTREAM = "envoy.transport_sockets.internal_upstream"
 _HBONE_MATCH = {"tunnel": "hbone"}
 
@@ -159,7 +158,9 @@ def _http2(cluster: cluster_pb2.Cluster, options: options_mod.BootstrapOptions) 
             http2_protocol_options=http2
         )
     )
-    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(protos.pack(config))
+    cluster.typed_extension_protocol_options[protos.HTTP_PROTOCOL_OPTIONS].CopyFrom(
+        protos.pack(config)
+    )
 
 
 def upstream(

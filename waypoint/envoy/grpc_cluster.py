@@ -16,8 +16,6 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import protos
 
-HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-
 
 def build(name: str, target: str, options: options_mod.BootstrapOptions) -> cluster_pb2.Cluster:
     """An HTTP/2 (gRPC) cluster for a sidecar or collector at ``host:port`` or ``unix:/path``."""
@@ -36,7 +34,7 @@ def build(name: str, target: str, options: options_mod.BootstrapOptions) -> clus
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
-    out.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(protos.pack(http2))
+    out.typed_extension_protocol_options[protos.HTTP_PROTOCOL_OPTIONS].CopyFrom(protos.pack(http2))
     return out
 
 

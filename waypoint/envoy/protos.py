@@ -7,6 +7,10 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2, extension_pb2
 from google.protobuf import any_pb2, duration_pb2, json_format, message, struct_pb2, wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
 
+# The key under which a cluster's typed_extension_protocol_options carries its HTTP protocol
+# options (every HTTP/2 upstream: the HBONE originator, the extauthz and collector clusters).
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
 
 def pack(msg: message.Message) -> any_pb2.Any:
     """Wrap ``msg`` in an Any (Envoy's ``typed_config``)."""

@@ -14,10 +14,10 @@ import ipaddress
 from typing import Any
 
 from waypoint.envoy import options as envoy_options
+from waypoint.envoy import protos
 from waypoint.xds import naming
 
 XDS_CLUSTER = "waypoint-xds"
-_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _INTERNAL_LISTENER = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 
 
@@ -102,8 +102,8 @@ def _xds_cluster(xds_address: str) -> dict[str, Any]:
             ],
         },
         "typed_extension_protocol_options": {
-            _PROTOCOL_OPTIONS: {
-                "@type": f"type.googleapis.com/{_PROTOCOL_OPTIONS}",
+            protos.HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{protos.HTTP_PROTOCOL_OPTIONS}",
                 "explicit_http_config": {
                     "http2_protocol_options": {
                         # A dead control plane is noticed even when no config changes.
