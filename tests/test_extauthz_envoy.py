@@ -24,7 +24,7 @@ import pytest
 from extauthz import config
 from tests import conftest
 from tests.extauthz import support
-from tests.test_extauthz_opa import opa_server
+from tests.test_extauthz_opa import running_opa
 from tests.test_extauthz_service import serving
 
 pytestmark = pytest.mark.asyncio
@@ -273,7 +273,7 @@ async def test_through_envoy_opa_fails_closed_and_recovers(
         policy={"engine": "opa", "opa": {"url": f"http://127.0.0.1:{opa_port}", "timeout_ms": 300}},
     )
     with support.echo_backend() as backend:
-        async with opa_server(opa_port) as opa, serving(settings) as (srv, _channel):
+        async with running_opa(opa_port) as opa, serving(settings) as (srv, _channel):
             envoy(
                 envoy_config(admin, port, f"127.0.0.1:{srv.port}", backend, tmp_path / "a.log"),
                 admin,
@@ -284,7 +284,7 @@ async def test_through_envoy_opa_fails_closed_and_recovers(
             opa.delay = 0.0
             await opa.close()
             assert (await call(port, "/public")).status == 403
-            async with opa_server(opa_port):
+            async with running_opa(opa_port):
                 assert (await call(port, "/public")).status == 200
                 assert (await call(port, "/admin")).status == 403
 
