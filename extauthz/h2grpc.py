@@ -17,8 +17,10 @@ that suspends is ended with DEADLINE_EXCEEDED when its ``grpc-timeout`` passes.
 
 Against hostile peers (``config.Limits``): a cap on connections, a handshake and an idle
 timeout, a process-wide cap on request bytes held in unfinished calls, per-call
-RESOURCE_EXHAUSTED for oversized metadata, and the codec's own budgets. Whatever goes
-wrong inside a connection ends in a GOAWAY or a status, and is counted in ``events``.
+RESOURCE_EXHAUSTED for oversized metadata, and the codec's own budgets, kept per peer
+address with a penalty box for peers cut off for abuse (``extauthz.peers``). Whatever goes
+wrong inside a connection, in any callback asyncio makes into it, ends in a GOAWAY or a
+status, and is counted in ``events``.
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import pathlib
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from extauthz import config, http2
+from extauthz import config, http2, peers
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,10 @@ _CODES = {
     http2.PROTOCOL_ERROR: "protocol_error",
     http2.INTERNAL_ERROR: "internal_error",
     http2.FLOW_CONTROL_ERROR: "flow_control_error",
+    http2.STREAM_CLOSED: "stream_closed",
     http2.FRAME_SIZE_ERROR: "frame_size_error",
+    http2.REFUSED_STREAM: "refused_stream",
+    http2.CANCEL: "cancel",
     http2.COMPRESSION_ERROR: "compression_error",
     http2.ENHANCE_YOUR_CALM: "enhance_your_calm",
 }
@@ -64,6 +70,9 @@ _RESPONSE_BLOCK = http2.encode_headers(
     [(b":status", b"200"), (b"content-type", b"application/grpc")]
 )
 _OK_TRAILERS = http2.encode_headers([(b"grpc-status", b"0")])
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 Unary = Callable[[Any], Awaitable[Any]]
 ServerStream = Callable[[Any], AsyncIterator[Any]]
@@ -206,20 +215,35 @@ class _Outbound:
     trailers: bytes | None = None
 
 
+def _guarded(
+    method: Callable[Concatenate[_Connection, _P], _R],
+) -> Callable[Concatenate[_Connection, _P], _R | None]:
+    """Run a callback into a connection so that a bug of ours ends only that connection.
+
+    Every entry point asyncio calls (protocol methods, timers, done callbacks) goes
+    through this: an exception escaping one would reach only the loop's handler, leaving
+    the connection half-dead and its client waiting for answers that never come.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: _Connection, /, *args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._internal_error(exc)
+            return None
+
+    return guarded
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/2 connection: frames from the socket through ``http2``, calls dispatched."""
 
+    _h2: http2.Connection  # made in connection_made, once the peer is known
+
     def __init__(self, server: Server) -> None:
         self._server = server
-        limits = server.limits
-        self._h2 = http2.Connection(
-            self,
-            max_streams=server.max_streams,
-            window=server.window,
-            max_header_list=limits.max_metadata_bytes,
-            budget=server.budget,
-            clock=server.clock,
-        )
+        self._peer = ""  # its key in server.peers
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._outbound: dict[int, _Outbound] = {}
@@ -231,10 +255,30 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
+    @_guarded
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         server = self._server
+        buckets = None
+        if server.peers is not None:
+            self._peer = peers.peer_key(transport.get_extra_info("peername"))
+            peer = server.peers.get(self._peer)
+            if server.peers.penalized(peer):
+                # Nothing read, nothing written, no codec made: the cheapest refusal.
+                server.count("peer_penalized")
+                transport.abort()
+                return
+            buckets = peer.buckets
+        self._h2 = http2.Connection(
+            self,
+            max_streams=server.max_streams,
+            window=server.window,
+            max_header_list=server.limits.max_metadata_bytes,
+            budget=server.budget,
+            clock=server.clock,
+            buckets=buckets,
+        )
         if len(server.connections) >= server.limits.max_connections:
             server.count("connection_refused")
             self._h2.start()
@@ -251,6 +295,7 @@ class _Connection(asyncio.Protocol):
         if server.draining:
             self.drain()
 
+    @_guarded
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         for timer in self._timers:
@@ -261,6 +306,7 @@ class _Connection(asyncio.Protocol):
         self._streams.clear()
         self._server.idle_changed()
 
+    @_guarded
     def data_received(self, data: bytes) -> None:
         self._heard = True
         if self._backlog:
@@ -276,6 +322,13 @@ class _Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._next_turn)
         self._receive(data)
 
+    @_guarded
+    def eof_received(self) -> bool | None:
+        # A client that half-closes can send nothing more, not even the WINDOW_UPDATEs a
+        # long answer needs: None lets asyncio close the connection, ending its calls.
+        return None
+
+    @_guarded
     def _next_turn(self) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -296,19 +349,29 @@ class _Connection(asyncio.Protocol):
             log.info("h2grpc: closing a connection on an HTTP/2 protocol error: %s", exc)
             self._server.count("goaway_" + _CODES.get(exc.code, str(exc.code)))
             self._abort(exc.code)
-            return
-        except Exception as exc:  # a bug of ours: this connection ends cleanly, no other
-            log.error("h2grpc: closing a connection on an internal error", exc_info=exc)
-            self._server.count("goaway_internal_error")
-            self._abort(http2.INTERNAL_ERROR)
+            if exc.abuse:
+                self._server.penalize(self._peer, exc.abuse)
             return
         self._flush()
 
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug of ours: this connection ends with GOAWAY INTERNAL_ERROR, no other does."""
+        log.error("h2grpc: closing a connection on an internal error", exc_info=exc)
+        self._server.count("goaway_internal_error")
+        self._server.connections.discard(self)
+        try:
+            self._abort(http2.INTERNAL_ERROR)
+        except Exception:  # the transport itself is broken: drop it without a word
+            if self._transport is not None:
+                self._transport.abort()
+
+    @_guarded
     def _handshake_over(self) -> None:
         if not self._h2.settled and self._transport is not None:
             self._server.count("handshake_timeout")
             self._abort(http2.PROTOCOL_ERROR)
 
+    @_guarded
     def _idle_tick(self) -> None:
         """Close a connection that sent nothing for a whole period while no call ran."""
         running = any(s.task is not None for s in self._streams.values())
@@ -320,6 +383,7 @@ class _Connection(asyncio.Protocol):
         self._server.count("idle_closed")
         self._abort(http2.NO_ERROR)
 
+    @_guarded
     def pause_writing(self) -> None:
         # A peer that does not read (its PINGs and SETTINGS still want answers) must not
         # grow our write buffer without bound: stop reading from it until it catches up.
@@ -327,6 +391,7 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.pause_reading()
 
+    @_guarded
     def resume_writing(self) -> None:
         self._writing_paused = False
         if self._transport is not None and not self._transport.is_closing() and not self._backlog:
@@ -374,6 +439,9 @@ class _Connection(asyncio.Protocol):
 
     def on_reset(self, stream_id: int) -> None:
         self._forget(stream_id)
+
+    def on_reset_sent(self, stream_id: int, code: int) -> None:
+        self._server.count("rst_stream_" + _CODES.get(code, str(code)))
 
     def on_window(self, stream_id: int) -> None:
         if stream_id:
@@ -499,10 +567,12 @@ class _Connection(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             stream.timer = loop.call_later(seconds, self._expired, stream)
 
+    @_guarded
     def _expired(self, stream: _Stream) -> None:
         stream.timer = None
         self._finish(stream, DEADLINE_EXCEEDED, "the call's grpc-timeout passed")
 
+    @_guarded
     def _call_done(self, stream: _Stream, task: asyncio.Future[Any]) -> None:
         if stream.stream_id not in self._streams:
             return
@@ -703,6 +773,17 @@ class Server:
             max_header_block=limits.max_header_block_bytes,
         )
         self.clock = clock
+        self.peers = (
+            peers.Peers(
+                self.budget,
+                limits.peer_table_size,
+                limits.peer_penalty_seconds,
+                limits.peer_penalty_max_seconds,
+                clock,
+            )
+            if limits.peer_table_size
+            else None
+        )
         self.events: collections.Counter[str] = collections.Counter()
         self._on_event = on_event
         self.connections: set[_Connection] = set()
@@ -729,6 +810,20 @@ class Server:
         """A defence acted, or a connection ended in error: counted here and reported."""
         self.events[event] += 1
         self._on_event(event)
+
+    def penalize(self, peer: str, abuse: str) -> None:
+        """Keep ``peer``'s new connections out for a while: it was cut off for ``abuse``."""
+        if self.peers is None:
+            return
+        seconds = self.peers.penalize(peer, abuse)
+        if seconds:
+            self.count("peer_penalty_started")
+            log.warning(
+                "h2grpc: refusing new connections from %s for %.0fs (%s abuse)",
+                peer,
+                seconds,
+                abuse,
+            )
 
     def idle_changed(self) -> None:
         if not any(c.busy for c in self.connections):
