@@ -32,12 +32,13 @@ import dataclasses
 import functools
 import logging
 import pathlib
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from extauthz import config, http2, peers
+from extauthz import config, http2, listen, peers
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +240,20 @@ def _guarded(
 class _Connection(asyncio.Protocol):
     """One HTTP/2 connection: frames from the socket through ``http2``, calls dispatched."""
 
-    _h2: http2.Connection  # made in connection_made, once the peer is known
-
-    def __init__(self, server: Server) -> None:
+    def __init__(
+        self, server: Server, peer: str = "", buckets: http2.Buckets | None = None
+    ) -> None:
         self._server = server
-        self._peer = ""  # its key in server.peers
+        self._peer = peer  # its key in server.peers
+        self._h2 = http2.Connection(
+            self,
+            max_streams=server.max_streams,
+            window=server.window,
+            max_header_list=server.limits.max_metadata_bytes,
+            budget=server.budget,
+            clock=server.clock,
+            buckets=buckets,
+        )
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._outbound: dict[int, _Outbound] = {}
@@ -260,25 +270,6 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         server = self._server
-        buckets = None
-        if server.peers is not None:
-            self._peer = peers.peer_key(transport.get_extra_info("peername"))
-            peer = server.peers.get(self._peer)
-            if server.peers.penalized(peer):
-                # Nothing read, nothing written, no codec made: the cheapest refusal.
-                server.count("peer_penalized")
-                transport.abort()
-                return
-            buckets = peer.buckets
-        self._h2 = http2.Connection(
-            self,
-            max_streams=server.max_streams,
-            window=server.window,
-            max_header_list=server.limits.max_metadata_bytes,
-            budget=server.budget,
-            clock=server.clock,
-            buckets=buckets,
-        )
         if len(server.connections) >= server.limits.max_connections:
             server.count("connection_refused")
             self._h2.start()
@@ -788,23 +779,43 @@ class Server:
         self._on_event = on_event
         self.connections: set[_Connection] = set()
         self.draining = False
-        self._listeners: list[asyncio.Server] = []
+        self._acceptors: list[listen.Acceptor] = []
+        self._starting: set[asyncio.Task[Any]] = set()  # accepted, transport not yet made
         self._idle = asyncio.Event()
 
     async def add_address(self, address: str, *, reuse_port: bool = False) -> int:
         """Listen on ``address``; returns the bound TCP port (0 for a unix socket)."""
-        loop = asyncio.get_running_loop()
         if address.startswith("unix:"):
-            path = pathlib.Path(address[len("unix:") :])
-            listener = await loop.create_unix_server(lambda: _Connection(self), str(path))
-            self._listeners.append(listener)
-            return 0
-        host, _, port = address.rpartition(":")
-        listener = await loop.create_server(
-            lambda: _Connection(self), host.strip("[]"), int(port), reuse_port=reuse_port or None
-        )
-        self._listeners.append(listener)
-        return int(listener.sockets[0].getsockname()[1])
+            sockets = [listen.unix_socket(str(pathlib.Path(address[len("unix:") :])))]
+        else:
+            host, _, port = address.rpartition(":")
+            sockets = await listen.tcp_sockets(host.strip("[]"), int(port), reuse_port)
+        acceptors = [listen.Acceptor(sock, self._accepted) for sock in sockets]
+        self._acceptors += acceptors
+        return acceptors[0].port
+
+    def _accepted(self, sock: socket.socket, address: Any) -> None:
+        """A new connection: refused at once if its peer is penalised, else served."""
+        key, buckets = "", None
+        if self.peers is not None:
+            key = peers.peer_key(address)
+            peer = self.peers.get(key)
+            if self.peers.penalized(peer):
+                self.count("peer_penalized")
+                listen.refuse(sock)
+                return
+            buckets = peer.buckets
+        loop = asyncio.get_running_loop()
+        made = loop.connect_accepted_socket(lambda: _Connection(self, key, buckets), sock)
+        task = loop.create_task(made)
+        self._starting.add(task)
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[Any]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The client left before its transport was made: nothing to serve.
+            log.info("h2grpc: a connection ended as it was accepted: %s", task.exception())
 
     def count(self, event: str) -> None:
         """A defence acted, or a connection ended in error: counted here and reported."""
@@ -832,8 +843,8 @@ class Server:
     async def stop(self, grace: float | None) -> None:
         """Stop accepting, let calls in flight finish for ``grace`` seconds, then end them."""
         self.draining = True
-        for listener in self._listeners:
-            listener.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         for connection in list(self.connections):
             connection.drain()
         self._idle.clear()
@@ -843,5 +854,3 @@ class Server:
                 await asyncio.wait_for(self._idle.wait(), grace)
         for connection in list(self.connections):
             connection.cancel_calls()
-        for listener in self._listeners:
-            await listener.wait_closed()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import pathlib
 import socket
 import struct
@@ -22,7 +23,7 @@ import hpack
 import pytest
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
 
-from extauthz import config, h2grpc, http2, jwt, metrics, peers, policy, service
+from extauthz import config, h2grpc, http2, jwt, listen, metrics, peers, policy, service
 from tests.extauthz import support
 from tests.test_extauthz_http2 import REQUEST, Recorder, frames, headers_frame, raw, resets
 
@@ -699,3 +700,36 @@ async def test_the_resets_we_send_are_counted() -> None:
 
 def resets_in(wire: bytes) -> list[tuple[int, int]]:
     return [(s, struct.unpack(">L", p)[0]) for k, _, s, p in frames(wire) if k == http2.RST_STREAM]
+
+
+class _OutOfFiles(socket.socket):
+    """A listening socket whose accept fails with EMFILE until told otherwise."""
+
+    failing = True
+    calls = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        type(self).calls += 1
+        if type(self).failing:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+@pytest.mark.asyncio
+async def test_out_of_descriptors_the_acceptor_pauses_instead_of_spinning() -> None:
+    sock = _OutOfFiles(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    accepted: list[Any] = []
+    acceptor = listen.Acceptor(sock, lambda conn, address: accepted.append(conn))
+    client = socket.create_connection(("127.0.0.1", acceptor.port))
+    try:
+        await asyncio.sleep(0.3)
+        assert _OutOfFiles.calls == 1  # paused, not retried every turn
+        _OutOfFiles.failing = False
+        await asyncio.sleep(1.2)
+        assert len(accepted) == 1
+    finally:
+        acceptor.close()
+        client.close()
+        for conn in accepted:
+            conn.close()
