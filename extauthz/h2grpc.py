@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import pathlib
 import socket
 import struct
 import time
@@ -344,6 +343,17 @@ class _Connection(asyncio.Protocol):
                 self._server.penalize(self._peer, exc.abuse)
             return
         self._flush()
+
+    @property
+    def peer(self) -> str:
+        """The peer's key in ``Server.peers``."""
+        return self._peer
+
+    def cut_off(self) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM and close: the peer went into the penalty box."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._server.count("peer_penalty_closed")
+            self._abort(http2.ENHANCE_YOUR_CALM)
 
     def _internal_error(self, exc: Exception) -> None:
         """A bug of ours: this connection ends with GOAWAY INTERNAL_ERROR, no other does."""
@@ -786,7 +796,7 @@ class Server:
     async def add_address(self, address: str, *, reuse_port: bool = False) -> int:
         """Listen on ``address``; returns the bound TCP port (0 for a unix socket)."""
         if address.startswith("unix:"):
-            sockets = [listen.unix_socket(str(pathlib.Path(address[len("unix:") :])))]
+            sockets = [listen.unix_socket(address[len("unix:") :])]
         else:
             host, _, port = address.rpartition(":")
             sockets = await listen.tcp_sockets(host.strip("[]"), int(port), reuse_port)
@@ -827,14 +837,17 @@ class Server:
         if self.peers is None:
             return
         seconds = self.peers.penalize(peer, abuse)
-        if seconds:
-            self.count("peer_penalty_started")
-            log.warning(
-                "h2grpc: refusing new connections from %s for %.0fs (%s abuse)",
-                peer,
-                seconds,
-                abuse,
-            )
+        if not seconds:
+            return
+        self.count("peer_penalty_started")
+        log.warning(
+            "h2grpc: refusing new connections from %s for %gs (%s abuse)", peer, seconds, abuse
+        )
+        if abuse == http2.CONTROL_ABUSE:
+            # Its other connections would go on costing us whatever they send. Not so for
+            # resets: Envoy's other connections keep serving while one of them waits.
+            for connection in [c for c in self.connections if c.peer == peer]:
+                connection.cut_off()
 
     def idle_changed(self) -> None:
         if not any(c.busy for c in self.connections):

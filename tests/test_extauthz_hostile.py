@@ -582,11 +582,21 @@ def one_call(port: int, source: str) -> dict[int, bytes]:
 @pytest.mark.asyncio
 async def test_a_reconnecting_flooder_is_penalised_while_another_peer_is_served() -> None:
     async with serving(control_frame_burst=50, peer_penalty_seconds=1.0) as (server, port):
+        bystander, legit = connect(port, ATTACKER), connect(port)
+        for sock in (bystander, legit):
+            sock.sendall(client_wire())
+        await asyncio.sleep(0.1)
         flooder = connect(port, ATTACKER)
         send_quietly(flooder, client_wire(FLOODS["PING"] * 200))
         assert goaway_code(await asyncio.to_thread(read_all, flooder)) == http2.ENHANCE_YOUR_CALM
         cut_at = time.monotonic()
         assert server.events["peer_penalty_started"] == 1
+        # The flooder's other connection is closed with it; the other peer's is not.
+        assert goaway_code(await asyncio.to_thread(read_all, bystander)) == http2.ENHANCE_YOUR_CALM
+        assert server.events["peer_penalty_closed"] == 1
+        legit.sendall(_call(1, hpack.Encoder(), "same connection"))
+        legit.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 1, 0)))
+        assert _statuses(await asyncio.to_thread(read_all, legit)) == {1: b"0"}
         # Its reconnects are closed at accept: not even our SETTINGS comes back.
         for _ in range(3):
             again = connect(port, ATTACKER)
@@ -601,7 +611,8 @@ async def test_a_reconnecting_flooder_is_penalised_while_another_peer_is_served(
         await asyncio.sleep(1.0 - (time.monotonic() - cut_at) + 0.1)
         assert await asyncio.to_thread(one_call, port, ATTACKER) == {1: b"0"}
         assert server.events["peer_penalized"] == 3
-        flooder.close()
+        for sock in (flooder, bystander, legit):
+            sock.close()
 
 
 @pytest.mark.asyncio
@@ -630,6 +641,9 @@ async def test_a_peer_s_connections_share_its_control_budget() -> None:
 @pytest.mark.asyncio
 async def test_rapid_reset_from_a_peer_is_penalised_briefly() -> None:
     async with serving(reset_burst=20, peer_penalty_seconds=0.5) as (server, port):
+        established = connect(port, ATTACKER)  # Envoy's other connection, say
+        established.sendall(client_wire())
+        await asyncio.sleep(0.1)
         encoder = hpack.Encoder()
         wire = b""
         for stream_id in range(1, 61, 2):
@@ -642,9 +656,15 @@ async def test_rapid_reset_from_a_peer_is_penalised_briefly() -> None:
         assert await asyncio.to_thread(one_call, port, ATTACKER) == {}
         assert server.events["peer_penalized"] == 1
         assert await echo_call(port, "legit") == "legit"
+        # A reset penalty leaves the peer's established connections serving.
+        established.sendall(_call(1, hpack.Encoder(), "still here"))
+        established.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 1, 0)))
+        assert _statuses(await asyncio.to_thread(read_all, established)) == {1: b"0"}
+        assert server.events["peer_penalty_closed"] == 0
         await asyncio.sleep(0.6)
         assert await asyncio.to_thread(one_call, port, ATTACKER) == {1: b"0"}
         attacker.close()
+        established.close()
 
 
 @pytest.mark.asyncio
