@@ -49,6 +49,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's own default receive limit
 _MIN_WINDOW = 4 * 1024 * 1024  # so a request body of any allowed size needs no round trip
 _MAX_UNSENT_ON_ABORT = 64 * 1024
 _TURN_BYTES = 16 * 1024  # read bytes of one connection handled per event-loop turn
+# Calls of one connection started per turn: a Check costs 0.1-0.3 ms, so 16 KiB of them
+# (about 40) would hold every other connection's answers for several milliseconds.
+_TURN_CALLS = 8
 _DEFAULT_LIMITS = config.Limits()
 _PREFIX = struct.Struct(">BI")  # gRPC length-prefixed message: compressed flag, length
 _CODES = {
@@ -259,6 +262,10 @@ class _Connection(asyncio.Protocol):
         self._closing = False
         self._heard = True  # bytes arrived since the idle timer last looked
         self._backlog = bytearray()  # read but left for the next turns (see data_received)
+        # Requests complete but over this turn's call quota, in order: (stream, payload).
+        self._deferred: collections.deque[tuple[_Stream, bytes]] = collections.deque()
+        self._calls_this_turn = 0
+        self._turn_pending = False  # a _next_turn is scheduled and reading is paused
         self._writing_paused = False
         self._timers: list[asyncio.TimerHandle] = []
 
@@ -299,18 +306,19 @@ class _Connection(asyncio.Protocol):
     @_guarded
     def data_received(self, data: bytes) -> None:
         self._heard = True
-        if self._backlog:
+        if self._turn_pending:
             self._backlog += data  # read while a turn was pending: keep the order
             return
-        if len(data) > _TURN_BYTES and self._transport is not None:
-            # One turn of the loop serves at most this much of one connection, so a peer
-            # that sends requests as fast as it can does not hold up everyone else's
-            # answers for a whole 256 KiB read; the rest waits for the next turn.
+        # One turn of the loop serves at most _TURN_BYTES and _TURN_CALLS of one
+        # connection, so a peer that sends requests as fast as it can does not hold up
+        # everyone else's answers for a whole 256 KiB read; the rest waits for the next
+        # turns, with reading paused meanwhile.
+        if len(data) > _TURN_BYTES:
             self._backlog = bytearray(data[_TURN_BYTES:])
             data = data[:_TURN_BYTES]
-            self._transport.pause_reading()
-            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._calls_this_turn = 0
         self._receive(data)
+        self._more_turns()
 
     @_guarded
     def eof_received(self) -> bool | None:
@@ -318,18 +326,38 @@ class _Connection(asyncio.Protocol):
         # long answer needs: None lets asyncio close the connection, ending its calls.
         return None
 
-    @_guarded
-    def _next_turn(self) -> None:
+    def _more_turns(self) -> None:
+        """Schedule the next turn if work is left over, pausing reading until it is done."""
         transport = self._transport
+        if self._turn_pending or not (self._backlog or self._deferred):
+            return
         if transport is None or transport.is_closing():
             self._backlog.clear()
+            self._deferred.clear()
             return
-        chunk = bytes(self._backlog[:_TURN_BYTES])
-        del self._backlog[:_TURN_BYTES]
-        self._receive(chunk)
-        if self._backlog and not transport.is_closing():
-            asyncio.get_running_loop().call_soon(self._next_turn)
-        elif not self._writing_paused and not transport.is_closing():
+        self._turn_pending = True
+        transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    @_guarded
+    def _next_turn(self) -> None:
+        self._turn_pending = False
+        transport = self._transport
+        if transport is None or transport.is_closing():  # cut off: nothing more to spend
+            self._backlog.clear()
+            self._deferred.clear()
+            return
+        self._calls_this_turn = 0
+        while self._deferred and self._calls_this_turn < _TURN_CALLS:
+            stream, payload = self._deferred.popleft()
+            if stream.stream_id in self._streams and stream.method is not None:
+                self._start_call(stream, stream.method, payload)  # not reset meanwhile
+        if not self._deferred and self._backlog:
+            chunk = bytes(self._backlog[:_TURN_BYTES])
+            del self._backlog[:_TURN_BYTES]
+            self._receive(chunk)
+        self._more_turns()
+        if not self._turn_pending and not self._writing_paused and not transport.is_closing():
             transport.resume_reading()
 
     def _receive(self, data: bytes) -> None:
@@ -395,8 +423,9 @@ class _Connection(asyncio.Protocol):
     @_guarded
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._transport is not None and not self._transport.is_closing() and not self._backlog:
-            self._transport.resume_reading()
+        transport = self._transport
+        if transport is not None and not transport.is_closing() and not self._turn_pending:
+            transport.resume_reading()
 
     # -- http2.Handler -------------------------------------------------------------------
 
@@ -542,6 +571,12 @@ class _Connection(asyncio.Protocol):
             return False, None
 
     def _start_call(self, stream: _Stream, method: Method, payload: bytes) -> None:
+        if self._calls_this_turn >= _TURN_CALLS:
+            # Over this turn's quota: a later turn runs it. Its bytes stay held (and its
+            # window closed) until then, and a reset before then cancels it for free.
+            self._deferred.append((stream, payload))
+            return
+        self._calls_this_turn += 1
         self._release(stream)
         parsed, request = self._parse(stream, method, payload)
         if not parsed:

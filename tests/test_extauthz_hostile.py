@@ -223,12 +223,22 @@ async def late_bug(_request: Any) -> Any:
     return _Unserializable()
 
 
+RAN: list[str] = []  # what the Busy method was called with, in order
+
+
+async def busy(request: Any) -> Any:
+    RAN.append(request.value)
+    time.sleep(0.002)  # a Check's worth of CPU, and more
+    return request
+
+
 @contextlib.asynccontextmanager
 async def serving(**limits: Any) -> AsyncIterator[tuple[h2grpc.Server, int]]:
     server = h2grpc.Server(
         [
             h2grpc.Method("/t.T/Echo", Text.FromString, unary=echo),
             h2grpc.Method("/t.T/LateBug", Text.FromString, unary=late_bug),
+            h2grpc.Method("/t.T/Busy", Text.FromString, unary=busy),
         ],
         limits=config.Limits(**limits),
     )
@@ -753,3 +763,40 @@ async def test_out_of_descriptors_the_acceptor_pauses_instead_of_spinning() -> N
         client.close()
         for conn in accepted:
             conn.close()
+
+
+def _busy_call(stream_id: int, encoder: hpack.Encoder, text: str) -> bytes:
+    headers = [(n, b"/t.T/Busy" if n == b":path" else v) for n, v in REQUEST_ECHO]
+    return raw(http2.HEADERS, http2.END_HEADERS, stream_id, encoder.encode(headers)) + raw(
+        http2.DATA, http2.END_STREAM, stream_id, bytes(h2grpc.frame(Text(value=text)))
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_calls_on_one_connection_lets_another_connection_in() -> None:
+    RAN.clear()
+    async with serving() as (_server, port):
+        encoder = hpack.Encoder()
+        burst = b"".join(_busy_call(s, encoder, "burst") for s in range(1, 241, 2))
+        assert len(burst) < 16 * 1024  # one read's worth: only the call quota splits it
+        hog, other = connect(port, ATTACKER), connect(port)
+        other.sendall(client_wire())
+        await asyncio.sleep(0.1)
+
+        def send() -> None:  # from a thread: the loop is busy with the burst meanwhile
+            hog.sendall(client_wire(burst))
+            time.sleep(0.005)  # the first turn of the burst is running
+            other.sendall(_busy_call(1, hpack.Encoder(), "other"))
+
+        await asyncio.to_thread(send)
+        for sock, last in ((hog, 239), (other, 1)):
+            sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", last, 0)))
+        answered = [await asyncio.to_thread(read_all, sock) for sock in (hog, other)]
+        assert len(_statuses(answered[0])) == 120
+        assert _statuses(answered[1]) == {1: b"0"}
+        # 120 calls of 2 ms in one read: without a per-turn quota the other connection's
+        # call would wait for all of them; with 8 a turn it waits for a turn or two (the
+        # bound leaves room for a slow machine).
+        assert RAN.index("other") < 60, RAN.index("other")
+        hog.close()
+        other.close()
