@@ -1,5 +1,7 @@
 """Load and validate the extauthz YAML config into frozen dataclasses.
 
+The keys a document may hold, and which it must, are ``extauthz.contract``'s: the typed
+shape the waypoint writes. Each dataclass here has one field per key of its document.
 Every check names the key path it is about (``jwt.providers[0].audiences: ...``) so a
 bad config is fixed in one read. Relative file paths are resolved against the config
 file's directory, so a config and its keys and policies can move together.
@@ -16,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
+
+from extauthz import contract
 
 DEFAULT_LISTEN = "127.0.0.1:9191"
 DEFAULT_DECISION = "envoy/authz/allow"
@@ -173,23 +177,7 @@ def loads(text: str, base_dir: pathlib.Path | None = None) -> Settings:
 def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
     """Validate an already parsed config document."""
     doc = _mapping(raw, "<config>")
-    _known(
-        doc,
-        "",
-        {
-            "listen",
-            "metrics_listen",
-            "jwt",
-            "policy",
-            "dry_run",
-            "decision_log",
-            "shutdown_grace_seconds",
-            "reuse_port",
-            "transport",
-            "limits",
-            "deny_body",
-        },
-    )
+    _known(doc, "", contract.keys(contract.ConfigDoc))
     listen = _str(doc.get("listen", DEFAULT_LISTEN), "listen")
     parse_listen(listen, "listen")
     metrics_listen = _opt_str(doc.get("metrics_listen"), "metrics_listen")
@@ -216,7 +204,7 @@ def from_mapping(raw: object, base_dir: pathlib.Path) -> Settings:
 def _limits(raw: object) -> Limits:
     doc = _mapping(raw, "limits")
     default = Limits()
-    _known(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
+    _known(doc, "limits", frozenset(f.name for f in dataclasses.fields(Limits)))
     values: dict[str, Any] = {}
     for name, (low, high) in _LIMIT_RANGES.items():
         given = doc.get(name, getattr(default, name))
@@ -272,7 +260,7 @@ def host_port(addr: str, key: str) -> tuple[str, int]:
 
 def _jwt(raw: object, base_dir: pathlib.Path) -> JwtConfig:
     doc = _mapping(raw, "jwt")
-    _known(doc, "jwt", {"leeway_seconds", "max_token_bytes", "providers", "trust_envoy_metadata"})
+    _known(doc, "jwt", contract.keys(contract.JwtDoc))
     trust = doc.get("trust_envoy_metadata", False)
     if not isinstance(trust, bool):
         raise ConfigError("jwt.trust_envoy_metadata: must be true or false")
@@ -294,33 +282,10 @@ def _jwt(raw: object, base_dir: pathlib.Path) -> JwtConfig:
     )
 
 
-_PROVIDER_KEYS = {
-    "name",
-    "issuer",
-    "audiences",
-    "algorithms",
-    "jwks_file",
-    "jwks_uri",
-    "jwks",
-    "hs_secret_file",
-    "from_headers",
-    "from_params",
-    "from_cookies",
-    "claim_to_headers",
-    "forward_payload_header",
-    "forward_original_token",
-    "jwks_cache_seconds",
-    "jwks_fetch_timeout_ms",
-    "unknown_kid_refetch_seconds",
-}
-
-
 def _provider(raw: object, key: str, base_dir: pathlib.Path) -> Provider:
     doc = _mapping(raw, key)
-    _known(doc, key, _PROVIDER_KEYS)
-    for required in ("name", "issuer", "audiences"):
-        if required not in doc:
-            raise ConfigError(f"{key}.{required}: is required")
+    _known(doc, key, contract.keys(contract.ProviderDoc))
+    _required(doc, key, contract.ProviderDoc)
     algorithms = _str_list(doc.get("algorithms", ["RS256"]), f"{key}.algorithms", nonempty=True)
     hs_secret = _opt_path(doc.get("hs_secret_file"), f"{key}.hs_secret_file", base_dir)
     _check_algorithms(algorithms, hs_secret is not None, f"{key}.algorithms")
@@ -404,9 +369,8 @@ def _header_sources(raw: object, key: str) -> tuple[HeaderSource, ...]:
     out = []
     for i, item in enumerate(_list(raw, key)):
         doc = _mapping(item, f"{key}[{i}]")
-        _known(doc, f"{key}[{i}]", {"name", "prefix"})
-        if "name" not in doc:
-            raise ConfigError(f"{key}[{i}].name: is required")
+        _known(doc, f"{key}[{i}]", contract.keys(contract.HeaderSourceDoc))
+        _required(doc, f"{key}[{i}]", contract.HeaderSourceDoc)
         out.append(
             HeaderSource(
                 name=_header(doc["name"], f"{key}[{i}].name"),
@@ -421,10 +385,8 @@ def _claim_headers(raw: object, provider_key: str) -> tuple[ClaimToHeader, ...]:
     out = []
     for i, item in enumerate(_list(raw, key)):
         doc = _mapping(item, f"{key}[{i}]")
-        _known(doc, f"{key}[{i}]", {"claim", "header"})
-        for required in ("claim", "header"):
-            if required not in doc:
-                raise ConfigError(f"{key}[{i}].{required}: is required")
+        _known(doc, f"{key}[{i}]", contract.keys(contract.ClaimToHeaderDoc))
+        _required(doc, f"{key}[{i}]", contract.ClaimToHeaderDoc)
         out.append(
             ClaimToHeader(
                 claim=_str(doc["claim"], f"{key}[{i}].claim"),
@@ -436,11 +398,7 @@ def _claim_headers(raw: object, provider_key: str) -> tuple[ClaimToHeader, ...]:
 
 def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
     doc = _mapping(raw, "policy")
-    _known(
-        doc,
-        "policy",
-        {"engine", "modules", "decision", "rego_version", "opa", "cache_entries", "cache_bytes"},
-    )
+    _known(doc, "policy", contract.keys(contract.PolicyDoc))
     engine = _choice(doc.get("engine", "embedded"), "policy.engine", ("embedded", "opa"))
     modules = tuple(
         _path(item, f"policy.modules[{i}]", base_dir)
@@ -471,7 +429,7 @@ def _policy(raw: object, base_dir: pathlib.Path) -> PolicyConfig:
 
 def _opa(raw: object) -> OpaConfig:
     doc = _mapping(raw, "policy.opa")
-    _known(doc, "policy.opa", {"url", "timeout_ms"})
+    _known(doc, "policy.opa", contract.keys(contract.OpaDoc))
     url = _str(doc.get("url", OpaConfig.url), "policy.opa.url")
     parsed = urllib.parse.urlsplit(url)
     if (
@@ -494,13 +452,19 @@ def _mapping(raw: object, key: str) -> dict[str, Any]:
     return raw
 
 
-def _known(doc: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+def _known(doc: Mapping[str, Any], key: str, allowed: frozenset[str]) -> None:
     for name in doc:
         if name not in allowed:
             where = f"{key}.{name}" if key else str(name)
             raise ConfigError(
                 f"{where}: unknown key (expected one of {', '.join(sorted(allowed))})"
             )
+
+
+def _required(doc: Mapping[str, Any], key: str, shape: type) -> None:
+    for name in contract.required(shape):
+        if name not in doc:
+            raise ConfigError(f"{key}.{name}: is required")
 
 
 def _list(raw: object, key: str) -> list[Any]:

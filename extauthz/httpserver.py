@@ -1,81 +1,35 @@
-"""A minimal asyncio HTTP/1.1 server for the small HTTP surfaces we expose.
+"""The small HTTP surfaces we expose, served by ``aiohttp.web``.
 
-Used for /metrics, /healthz and /readyz, and by the OPA Data API test double. It
-supports keep-alive and Content-Length bodies, which is all our clients (Prometheus,
-kubelet probes, aiohttp) send; it runs on the service's own event loop so probes see
-the same state as the gRPC handlers without locks.
+Used for /metrics, /healthz and /readyz, and by the OPA Data API test double. Each
+server hands every request to one handler, which does its own routing, so unknown paths
+and methods get the handler's answers. It runs on the service's own event loop so probes
+see the same state as the gRPC handlers without locks.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 from collections.abc import Awaitable, Callable
+
+from aiohttp import web
 
 from extauthz import config
 
-_MAX_HEADER_LINES = 100
-_MAX_BODY = 8 * 1024 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
-_REASONS |= {405: "Method Not Allowed", 413: "Payload Too Large", 503: "Service Unavailable"}
+MAX_BODY = 8 << 20  # aiohttp answers 413 past this
+TEXT = "text/plain; charset=utf-8"
+# Keep-alive connections (a Prometheus scraper, probes) are not waited for on close.
+_SHUTDOWN_TIMEOUT = 0.5
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
+def response(status: int, body: bytes = b"", content_type: str = TEXT) -> web.Response:
+    """A whole response; ``content_type`` may carry parameters (aiohttp's argument may not)."""
+    return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
 
-@dataclasses.dataclass(frozen=True)
-class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class BadRequest(Exception):
-    """The client sent something we do not parse."""
-
-
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
-    line = await reader.readline()
-    if not line:
-        return None
-    parts = line.decode("latin-1").split()
-    if len(parts) != 3:
-        raise BadRequest("bad request line")
-    headers: dict[str, str] = {}
-    for _ in range(_MAX_HEADER_LINES):
-        raw = await reader.readline()
-        if raw in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = raw.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    else:
-        raise BadRequest("too many headers")
-    if "chunked" in headers.get("transfer-encoding", ""):
-        raise BadRequest("chunked bodies are not supported")
-    length = int(headers.get("content-length", "0") or "0")
-    if length < 0 or length > _MAX_BODY:
-        raise BadRequest("bad content-length")
-    body = await reader.readexactly(length) if length else b""
-    return Request(method=parts[0], path=parts[1], headers=headers, body=body)
-
-
-def _encode(response: Response, keep_alive: bool) -> bytes:
-    head = (
-        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}\r\n"
-        f"Content-Type: {response.content_type}\r\n"
-        f"Content-Length: {len(response.body)}\r\n"
-        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
-    )
-    return head.encode("latin-1") + response.body
+def path(request: web.Request) -> str:
+    """The request target's path as sent (not percent-decoded), without the query."""
+    return request.raw_path.partition("?")[0]
 
 
 class HttpServer:
@@ -83,51 +37,26 @@ class HttpServer:
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
 
     async def start(self, listen: str) -> int:
         """Bind ``host:port`` (port 0 picks one) and return the bound port."""
         host, port = config.host_port(listen, "listen")
-        self._server = await asyncio.start_server(self._serve, host, port)
-        bound: int = self._server.sockets[0].getsockname()[1]
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound: int = runner.addresses[0][1]
         return bound
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._loop(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                request = await _read_request(reader)
-            except (BadRequest, ValueError) as exc:
-                writer.write(_encode(Response(400, str(exc).encode()), keep_alive=False))
-                await writer.drain()
-                return
-            if request is None:
-                return
-            keep_alive = request.headers.get("connection", "").lower() != "close"
-            response = await self._handler(request)
-            writer.write(_encode(response, keep_alive))
-            await writer.drain()
-            if not keep_alive:
-                return
-
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await self._server.wait_closed()
-            self._server = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

@@ -21,7 +21,7 @@ from extauthz import jwt as jwt_auth
 from extauthz import protojson
 
 VERSION = {"encoding": "protojson", "ext_authz": "v3"}
-# Context extensions a waypoint sets per route (waypoint.envoy.policies writes them).
+# Context extensions a waypoint sets per route (waypoint.envoy.ext_authz and .custom write them).
 DECISION_KEY = "decision"  # the Rego decision path for this route
 JWT_KEY = "jwt"  # "required": a request without a token is denied with 401
 DESTINATION_PRINCIPAL_KEY = "destination_principal"

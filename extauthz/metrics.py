@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import prometheus_client
+from aiohttp import web
 
 from extauthz import httpserver
 
@@ -81,18 +82,18 @@ class Metrics:
 def http_handler(metrics: Metrics, ready: Callable[[], bool]) -> httpserver.Handler:
     """Serve metrics, liveness (always 200 while the loop runs) and readiness."""
 
-    async def handle(request: httpserver.Request) -> httpserver.Response:
-        path = request.path.partition("?")[0]
+    async def handle(request: web.Request) -> web.Response:
+        path = httpserver.path(request)
         if request.method not in ("GET", "HEAD"):
-            return httpserver.Response(405, b"method not allowed\n")
+            return httpserver.response(405, b"method not allowed\n")
         if path == "/metrics":
-            return httpserver.Response(200, metrics.text(), prometheus_client.CONTENT_TYPE_LATEST)
+            return httpserver.response(200, metrics.text(), prometheus_client.CONTENT_TYPE_LATEST)
         if path == "/healthz":
-            return httpserver.Response(200, b"ok\n")
+            return httpserver.response(200, b"ok\n")
         if path == "/readyz":
             if ready():
-                return httpserver.Response(200, b"ready\n")
-            return httpserver.Response(503, b"not ready\n")
-        return httpserver.Response(404, b"not found\n")
+                return httpserver.response(200, b"ready\n")
+            return httpserver.response(503, b"not ready\n")
+        return httpserver.response(404, b"not found\n")
 
     return handle

@@ -2,7 +2,7 @@
 
 - extauthz itself (``extauthz serve``) with RS256 JWT and the load-test Rego policy, on the
   embedded engine or on the OPA REST path;
-- the OPA Data API test double (``extauthz.opa_testserver``) for the REST path. Production
+- the OPA Data API test double (``extauthz.testing.opa_server``) for the REST path. Production
   runs the official OPA image as a sidecar; the OPA binary cannot be installed here;
 - the floor (:mod:`loadtests.floor_authz`): allow-all in bare Python gRPC.
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import pathlib
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extauthz import tokens
+from extauthz import contract, tokens
 from loadtests import procs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ ISSUER = "https://issuer.waypoint.example"
 AUDIENCE = "waypoint-demo"
 KID = "demo-1"
 OPA_NOTE = (
-    "OPA REST path measured against extauthz.opa_testserver (OPA's Data API on the embedded "
+    "OPA REST path measured against extauthz.testing.opa_server (OPA's Data API on the embedded "
     "engine); production runs the official OPA image as a sidecar"
 )
 
@@ -69,10 +70,12 @@ def bench_config(listen: str) -> dict[str, Any]:
     }
 
 
-def use_opa(doc: dict[str, Any], opa_url: str) -> dict[str, Any]:
+def use_opa(doc: contract.ConfigDoc, opa_url: str) -> contract.ConfigDoc:
     """The same config on the OPA REST path (``engine: opa``) at ``opa_url``."""
-    policy = {k: v for k, v in doc.get("policy", {}).items() if k != "modules"}
-    policy.update(engine="opa", opa={"url": opa_url, "timeout_ms": 200})
+    policy = doc.get("policy", {}).copy()
+    policy.pop("modules", None)
+    policy["engine"] = "opa"
+    policy["opa"] = {"url": opa_url, "timeout_ms": 200}
     return {**doc, "policy": policy}
 
 
@@ -88,7 +91,7 @@ def _serving(target: str) -> bool:
 
 
 def start_extauthz(
-    name: str, workdir: pathlib.Path, doc: dict[str, Any], decision_log: bool = True
+    name: str, workdir: pathlib.Path, doc: Mapping[str, object], decision_log: bool = True
 ) -> procs.Child:
     """Run ``extauthz serve`` on config ``doc`` (written under ``workdir/name``) until SERVING.
 
@@ -123,7 +126,7 @@ def start_opa_double(workdir: pathlib.Path, port: int) -> procs.Child:
     argv = [
         procs.PYTHON,
         "-m",
-        "extauthz.opa_testserver",
+        "extauthz.testing.opa_server",
         "--listen",
         f"127.0.0.1:{port}",
         str(POLICY),

@@ -42,8 +42,9 @@ from typing import Any
 
 from extauthz import tokens
 from loadtests import authz, extauthz_bench, hop_envoys, hop_rig, procs, recorder
-from waypoint import names, pipeline, pki
-from waypoint.envoy import secrets
+from waypoint import names, pipeline
+from waypoint.local import ca as dev_ca
+from waypoint.runtime import sds
 
 VARIANTS = ("none", "native", "extauthz")
 VIPS = {"none": "10.96.30.10", "native": "10.96.30.11", "extauthz": "10.96.30.12"}
@@ -186,7 +187,7 @@ class PolicyRig(hop_rig.HopRig):
             super()._waypoint_options(), extauthz_address=f"127.0.0.1:{self.extauthz_port}"
         )
 
-    def _waypoint(self, ca: pki.CertificateAuthority) -> tuple[pathlib.Path, int]:
+    def _waypoint(self, ca: dev_ca.CertificateAuthority) -> tuple[pathlib.Path, int]:
         options = self._waypoint_options()
         objects = world(self.layout.pod, self.token)
         rendered = pipeline.render(objects, hop_rig.NAMESPACE, hop_rig.WAYPOINT, options)
@@ -194,9 +195,11 @@ class PolicyRig(hop_rig.HopRig):
         if problems:
             raise hop_rig.HopRigError(f"the policy world does not translate cleanly: {problems}")
         ident = rendered.waypoint.identity
-        self.waypoint_id = pki.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
+        self.waypoint_id = names.spiffe_id(
+            ident.trust_domain, ident.namespace, ident.service_account
+        )
         ca.issue(self.waypoint_id).write(options.cert_dir)
-        secrets.write_sds_files(options)
+        sds.write_files(options)
         self.rendered = rendered
         return self._dump("waypoint", rendered.bootstrap_yaml), options.hbone_port
 

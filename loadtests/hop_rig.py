@@ -12,7 +12,7 @@ The rig gives the pod a free loopback address (127.0.30.x) and runs:
 - ``server-ztunnel``: the destination side stand-in on ``<pod>:15008`` (another port when
   that one is taken), presenting the pod's SPIFFE ID;
 - ``waypoint``: our waypoint, its bootstrap rendered by :func:`waypoint.pipeline.render`
-  from the world, certificates from :mod:`waypoint.pki` through file SDS, exactly as the
+  from the world, certificates from :mod:`waypoint.local.ca` through file SDS, exactly as the
   local stack runs it.
 
 Every Envoy runs with ``--concurrency`` (default 1) so the machine is not oversubscribed.
@@ -33,10 +33,11 @@ from typing import Any
 import yaml
 
 from loadtests import envoyconf, hop_envoys, procs
-from waypoint import names, pipeline, pki
-from waypoint.envoy import filters, routes, secrets
+from waypoint import names, pipeline
+from waypoint.envoy import filters, routes
 from waypoint.envoy import options as options_mod
-from waypoint.runtime import envoy_process
+from waypoint.local import ca as dev_ca
+from waypoint.runtime import envoy_process, inputs, sds
 
 WORLD = pathlib.Path(__file__).resolve().parent / "hop-world.yaml"
 NAMESPACE, WAYPOINT, SERVICE, SERVICE_PORT = "hop", "waypoint", "backend", 80
@@ -84,7 +85,7 @@ def world_pod_address(objects: list[dict[str, Any]]) -> str:
 
 def load_world(pod_address: str, world: pathlib.Path = WORLD) -> list[dict[str, Any]]:
     """The world's objects with the pod (its Pod and EndpointSlice entries) at ``pod_address``."""
-    objects = pipeline.load_objects([world])
+    objects = inputs.load_objects([world])
     old = world_pod_address(objects)
     moved = []
     for obj in objects:
@@ -179,9 +180,9 @@ class HopRig:
     def write(self) -> dict[str, pathlib.Path]:
         """Issue certificates and write every Envoy config; return them by role."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        ca = pki.CertificateAuthority.create(TRUST_DOMAIN)
-        client = self._issue(ca, "client", pki.spiffe_id(TRUST_DOMAIN, NAMESPACE, CLIENT_ACCOUNT))
-        pod = self._issue(ca, "pod", pki.spiffe_id(TRUST_DOMAIN, NAMESPACE, POD_ACCOUNT))
+        ca = dev_ca.CertificateAuthority.create(TRUST_DOMAIN)
+        client = self._issue(ca, "client", names.spiffe_id(TRUST_DOMAIN, NAMESPACE, CLIENT_ACCOUNT))
+        pod = self._issue(ca, "pod", names.spiffe_id(TRUST_DOMAIN, NAMESPACE, POD_ACCOUNT))
         # The client's tunnel to the waypoint needs the waypoint's port and identity.
         self.configs["waypoint"], waypoint_port = self._waypoint(ca)
         docs = {
@@ -194,7 +195,9 @@ class HopRig:
             self.configs[role] = self._dump(role, yaml.safe_dump(doc, sort_keys=False))
         return {role: self.configs[role] for role in ROLES}
 
-    def _issue(self, ca: pki.CertificateAuthority, name: str, spiffe: str) -> hop_envoys.CertFiles:
+    def _issue(
+        self, ca: dev_ca.CertificateAuthority, name: str, spiffe: str
+    ) -> hop_envoys.CertFiles:
         directory = self.workdir / "certs" / name
         ca.issue(spiffe).write(directory)
         self.ids[name] = spiffe
@@ -229,7 +232,7 @@ class HopRig:
             access_log=self.access_log,
         )
 
-    def _waypoint(self, ca: pki.CertificateAuthority) -> tuple[pathlib.Path, int]:
+    def _waypoint(self, ca: dev_ca.CertificateAuthority) -> tuple[pathlib.Path, int]:
         """Render our waypoint from the world; write its certificates and SDS files."""
         options = self._waypoint_options()
         rendered = pipeline.render(load_world(self.layout.pod), NAMESPACE, WAYPOINT, options)
@@ -237,9 +240,11 @@ class HopRig:
         if problems:
             raise HopRigError(f"{WORLD} does not translate cleanly: {problems}")
         ident = rendered.waypoint.identity
-        self.waypoint_id = pki.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
+        self.waypoint_id = names.spiffe_id(
+            ident.trust_domain, ident.namespace, ident.service_account
+        )
         ca.issue(self.waypoint_id).write(options.cert_dir)
-        secrets.write_sds_files(options)
+        sds.write_files(options)
         self.rendered = rendered
         return self._dump("waypoint", rendered.bootstrap_yaml), options.hbone_port
 
@@ -251,7 +256,7 @@ class HopRig:
                 ("127.0.0.1", self.layout.l4),
                 (self.layout.pod, self.layout.hbone),
                 pod_authority,
-                pki.spiffe_id(TRUST_DOMAIN, NAMESPACE, POD_ACCOUNT),
+                names.spiffe_id(TRUST_DOMAIN, NAMESPACE, POD_ACCOUNT),
             ),
             hop_envoys.Tunnel(
                 "waypoint",

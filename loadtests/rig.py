@@ -26,7 +26,7 @@ from loadtests import authz, envoyconf, procs
 from waypoint import pipeline, policy
 from waypoint.envoy import options as options_mod
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, inputs
 
 REPO = authz.REPO
 WORLD = REPO / "examples" / "local" / "world.yaml"
@@ -99,7 +99,7 @@ class RigError(RuntimeError):
 
 def _objects(with_authz: bool) -> list[Mapping[str, Any]]:
     files = [WORLD, AUTHZ_WORLD] if with_authz else [WORLD]
-    return list(pipeline.load_objects(files))
+    return list(inputs.load_objects(files))
 
 
 class Rig:
@@ -199,7 +199,7 @@ class Rig:
                 extauthz_address=self.extauthz_address,
             )
             rendered = pipeline.render(_objects(True), NAMESPACE, WAYPOINT, options)
-            if not policy.needs_extauthz(rendered.waypoint):
+            if not rendered.waypoint.needs_extauthz:
                 raise RigError(f"{AUTHZ_WORLD} did not attach ext_authz to the waypoint")
             self.authz_rendered, self.authz_options = rendered, options
         return self.authz_rendered

@@ -10,7 +10,7 @@ status (or, on routed paths, whose backend) is not what the scenario expects is 
   Envoy HTTP proxy. FastHttpUser rather than the requests-based HttpUser: it costs several
   times less CPU per request, CPU the system under test needs on a small machine.
 - :class:`HboneUser`: HTTP/1.1 inside HBONE tunnels to a waypoint, with the project's
-  :class:`~waypoint.hbone.client.SyncHboneClient` (mTLS with a SPIFFE identity, HTTP/2
+  :class:`~waypoint.local.hbone.client.SyncHboneClient` (mTLS with a SPIFFE identity, HTTP/2
   CONNECT), one shared outer connection per locust process as ztunnel would pool it.
 - :class:`GrpcUser`: ``envoy.service.auth.v3.Authorization/Check`` straight to extauthz.
 """
@@ -29,10 +29,11 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from locust.contrib import fasthttp
 
 from loadtests import scenarios
-from waypoint import echo, pki
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors as hbone_errors
-from waypoint.hbone import http1, streams
+from waypoint import pki
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors as hbone_errors
+from waypoint.local.hbone import http1, streams
 
 _TIMEOUT = 10.0
 _SPEC: scenarios.RunSpec | None = None

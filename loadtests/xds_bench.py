@@ -31,10 +31,12 @@ from typing import Any
 
 import yaml
 
-from waypoint import echo, pipeline, pki
+from waypoint import pipeline, pki
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
-from waypoint.hbone import client as hbone_client
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
 from waypoint.runtime import collector, envoy_process
 from waypoint.xds import bootstrap, cache, filesource, naming, publish, runner, snapshot
 
@@ -307,7 +309,7 @@ def _free_port() -> int:
 
 
 def bench_edit(services: int, rounds: int, delta: bool, tmp: pathlib.Path) -> list[float]:
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload(NS, "waypoint").write(tmp / "certs")
     opts = publish.xds_options(
         envoy_options.BootstrapOptions(

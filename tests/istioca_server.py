@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import oid
 
-from waypoint import pki
+from waypoint import names
 from waypoint.istioca import ca_pb2, client
+from waypoint.local import ca as dev_ca
 from waypoint.runtime import ports
 
 ISTIOD_DNS = "istiod.istio-system.svc"
@@ -59,7 +60,7 @@ class MeshCa:
 
     def __init__(self, trust_domain: str = "cluster.local") -> None:
         self.trust_domain = trust_domain
-        self.root = pki.CertificateAuthority.create(trust_domain, common_name="test mesh root")
+        self.root = dev_ca.CertificateAuthority.create(trust_domain, common_name="test mesh root")
         self.key = ec.generate_private_key(ec.SECP256R1())
         start = _now() - datetime.timedelta(minutes=5)
         ski = x509.SubjectKeyIdentifier.from_public_key(self.key.public_key())
@@ -245,7 +246,7 @@ class TestCaServer:
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "test CA signs EC keys only")
         assert caller is not None
-        spiffe_id = self.issue_as or pki.spiffe_id(self.mesh.trust_domain, *caller)
+        spiffe_id = self.issue_as or names.spiffe_id(self.mesh.trust_domain, *caller)
         ttl = (
             datetime.timedelta(seconds=request.validity_duration)
             if request.validity_duration > 0

@@ -21,15 +21,16 @@ import yaml
 from loadtests import hop_bench
 from tests import conftest
 from tests import test_envoy_golden as golden_cases
-from waypoint import cli, model, pipeline, pki
+from waypoint import cli, model, pipeline
 from waypoint.commands import args as cli_args
-from waypoint.commands import cluster as cluster_cmd
 from waypoint.commands import serve, up
+from waypoint.controller import main as controller_main
 from waypoint.controller import xds as kxds
-from waypoint.envoy import bootstrap, filters, options, protos, secrets
-from waypoint.hbone import client as hbone_client
+from waypoint.envoy import bootstrap, filters, options, protos
+from waypoint.local import ca as dev_ca
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process
+from waypoint.local.hbone import client as hbone_client
+from waypoint.runtime import envoy_process, inputs, sds
 from waypoint.xds import cache, publish
 
 OFF = options.BootstrapOptions(access_log=False)
@@ -40,7 +41,7 @@ LOGGED_FILTERS = {filters.HCM, filters.TCP_PROXY}
 
 
 def _example_waypoint() -> model.Waypoint:
-    objects = pipeline.load_objects([up.EXAMPLE])
+    objects = inputs.load_objects([up.EXAMPLE])
     return pipeline.render(objects, "demo", "waypoint", options.BootstrapOptions()).waypoint
 
 
@@ -148,10 +149,10 @@ def test_off_changes_nothing_but_the_logs() -> None:
 
 def _write_certs(root: pathlib.Path, opts: options.BootstrapOptions) -> options.BootstrapOptions:
     local = dataclasses.replace(opts, cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    pki.CertificateAuthority.create("cluster.local").issue_workload("ns1", "waypoint").write(
+    dev_ca.CertificateAuthority.create("cluster.local").issue_workload("ns1", "waypoint").write(
         local.cert_dir
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     return local
 
 
@@ -185,8 +186,8 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def test_controller_flag_reaches_the_options_it_serves_over_xds() -> None:
-    assert cluster_cmd.controller_options(_parse("controller")).access_log
-    opts = cluster_cmd.controller_options(_parse("controller", "--access-log", "off"))
+    assert controller_main.options(_parse("controller")).access_log
+    opts = controller_main.options(_parse("controller", "--access-log", "off"))
     assert not opts.access_log
     # What the controller's xDS publisher builds snapshots with.
     publisher = kxds.Publisher(cache.SnapshotCache(), "127.0.0.1:15010", opts)
@@ -212,7 +213,7 @@ def test_hop_bench_flag_defaults_on() -> None:
 
 def _own_world(tmp_path: pathlib.Path) -> list[dict[str, Any]]:
     """The example world on loopback addresses of its own (no clash with other tests)."""
-    return pipeline.load_objects([conftest.own_world(tmp_path, 17)])
+    return inputs.load_objects([conftest.own_world(tmp_path, 17)])
 
 
 def test_local_stack_runs_and_serves_with_the_log_off(tmp_path: pathlib.Path) -> None:

@@ -19,8 +19,7 @@ import yaml
 from tests import conftest
 from tests.fakekube import server, world
 from waypoint import cli, version
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager, reconcile
+from waypoint.controller import apiclient, manager, reconcile
 from waypoint.kube import gateway
 from waypoint.runtime import envoy_process
 
@@ -280,7 +279,7 @@ def test_apply_wait_fails_at_once_on_programmed_false(run: Run, fake: server.Fak
 
 
 def test_apply_wait_ignores_a_stale_programmed(
-    run: Run, fake: server.FakeKube, api: kcluster.Cluster
+    run: Run, fake: server.FakeKube, api: apiclient.Cluster
 ) -> None:
     fake.seed([gateway.generate_gateway("demo")])
     _gateway_status(fake, 1, status="True", reason="Programmed")
@@ -294,7 +293,7 @@ def test_apply_wait_ignores_a_stale_programmed(
     _gateway_status(fake, 1, status="True", reason="Programmed")
     assert run("apply", "-n", "demo", "--min-replicas", "2", "--wait", "--timeout", "5s")[0] == 0
     api.merge_patch(
-        kcluster.GATEWAY,
+        apiclient.GATEWAY,
         "demo",
         "waypoint",
         {"spec": {"infrastructure": {"labels": {"team": "a"}}}},
@@ -359,7 +358,7 @@ def test_status_shows_conditions_addresses_and_what_is_served(
     code, out, _ = run("status", "-n", "demo")
     assert code == 0
     assert "no status yet: is the waypoint controller running?" in out
-    with kcluster.Cluster.connect(kubeconfig) as api:
+    with apiclient.Cluster.connect(kubeconfig) as api:
         reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
         reconciler.reconcile_gateway("demo", "waypoint")
         world.mark_ready(fake, "demo", "waypoint")
@@ -375,7 +374,7 @@ def test_status_shows_conditions_addresses_and_what_is_served(
 
 
 def test_status_says_why_a_scoped_waypoint_serves_nothing(
-    run: Run, fake: server.FakeKube, api: kcluster.Cluster
+    run: Run, fake: server.FakeKube, api: apiclient.Cluster
 ) -> None:
     fake.seed(
         [world.namespace("shop"), world.service("shop", "reviews", "10.96.2.10", "reviews-wp")]
@@ -414,7 +413,7 @@ def test_controller_command_with_leader_election_and_metrics(
     port = conftest.free_port()
     proc = _start_controller(fake, kubeconfig, "--metrics-listen", f"127.0.0.1:{port}")
     try:
-        with kcluster.Cluster.connect(kubeconfig) as api:
+        with apiclient.Cluster.connect(kubeconfig) as api:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
         wait_for(
             lambda: fake.get("apps/v1", "Deployment", "demo", "waypoint") is not None,
@@ -442,7 +441,7 @@ def test_controller_command_serves_xds_and_writes_xds_bootstraps(
     port = conftest.free_port()
     proc = _start_controller(fake, kubeconfig, "--xds-listen", f"127.0.0.1:{port}")
     try:
-        with kcluster.Cluster.connect(kubeconfig) as api:
+        with apiclient.Cluster.connect(kubeconfig) as api:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
         wait_for(
             lambda: fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config") is not None,

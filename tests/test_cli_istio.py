@@ -13,7 +13,7 @@ import yaml
 from tests.fakekube import server
 from tests.test_cli_cluster import Run
 from waypoint import cli
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient
 from waypoint.kube import failclosed
 
 SECURITY = "security.istio.io/v1"
@@ -41,12 +41,12 @@ def test_apply_warns_when_the_namespace_is_not_ambient(run: Run) -> None:
     assert "kubectl label namespace demo istio.io/dataplane-mode=ambient" in err
 
 
-def _ambient(api: kcluster.Cluster) -> None:
+def _ambient(api: apiclient.Cluster) -> None:
     labels = {"istio.io/dataplane-mode": "ambient"}
-    api.merge_patch(kcluster.NAMESPACE, "", "demo", {"metadata": {"labels": labels}})
+    api.merge_patch(apiclient.NAMESPACE, "", "demo", {"metadata": {"labels": labels}})
 
 
-def test_apply_is_quiet_in_an_ambient_namespace(run: Run, api: kcluster.Cluster) -> None:
+def test_apply_is_quiet_in_an_ambient_namespace(run: Run, api: apiclient.Cluster) -> None:
     _ambient(api)
     code, _, err = run("apply", "-n", "demo")
     assert (code, err) == (0, "")
@@ -100,7 +100,7 @@ def test_require_waypoint_refuses_waypoints_it_would_not_fit(run: Run) -> None:
 
 
 def test_apply_require_waypoint_applies_the_policies(
-    run: Run, fake: server.FakeKube, api: kcluster.Cluster
+    run: Run, fake: server.FakeKube, api: apiclient.Cluster
 ) -> None:
     _ambient(api)
     code, out, err = run("apply", "-n", "demo", "--enroll-namespace", "--require-waypoint")
@@ -125,14 +125,14 @@ def test_apply_require_waypoint_waits_before_the_policy(run: Run, fake: server.F
 def test_apply_require_waypoint_needs_istios_crds(
     run: Run, fake: server.FakeKube, monkeypatch: Any
 ) -> None:
-    real = kcluster.Cluster.resource
+    real = apiclient.Cluster.resource
 
-    def without_istio(self: kcluster.Cluster, kind: kcluster.Kind) -> Any:
-        if kind == kcluster.AUTHORIZATION_POLICY:
-            raise kcluster.MissingKind("the cluster does not serve AuthorizationPolicy")
+    def without_istio(self: apiclient.Cluster, kind: apiclient.Kind) -> Any:
+        if kind == apiclient.AUTHORIZATION_POLICY:
+            raise apiclient.MissingKind("the cluster does not serve AuthorizationPolicy")
         return real(self, kind)
 
-    monkeypatch.setattr(kcluster.Cluster, "resource", without_istio)
+    monkeypatch.setattr(apiclient.Cluster, "resource", without_istio)
     code, _, err = run("apply", "-n", "demo", "--require-waypoint")
     assert code == 1
     assert "AuthorizationPolicy" in err

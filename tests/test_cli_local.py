@@ -8,14 +8,17 @@ import pathlib
 import subprocess
 import sys
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from tests import conftest
-from waypoint import cli, pipeline, pki
+from waypoint import cli, pki
 from waypoint.commands import up
+from waypoint.envoy import options
 from waypoint.local import stack as stack_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, inputs
+from waypoint.xds import bootstrap as xds_bootstrap
 
 FREE_PORTS = [
     "--hbone-port", "0", "--admin-port", "0", "--readiness-port", "0",
@@ -120,7 +123,7 @@ def test_up_once_runs_the_demo(tmp_path: pathlib.Path, capsys: pytest.CaptureFix
 
 def test_up_prints_commands_that_run_as_printed(tmp_path: pathlib.Path) -> None:
     """The usage lines `waypoint up` prints run in the Quick-start shell (no venv activated)."""
-    objects = pipeline.load_objects([_own_addresses(tmp_path)])
+    objects = inputs.load_objects([_own_addresses(tmp_path)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         text = io.StringIO()
         up.show(local, text)
@@ -139,7 +142,7 @@ def test_up_prints_commands_that_run_as_printed(tmp_path: pathlib.Path) -> None:
 def test_request_command_through_a_running_waypoint(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    objects = pipeline.load_objects([_own_addresses(tmp_path)])
+    objects = inputs.load_objects([_own_addresses(tmp_path)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         local.identity("demo", "sleep").write(tmp_path / "client")
         hbone = f"127.0.0.1:{local.options.hbone_port}"
@@ -164,8 +167,6 @@ def test_request_command_through_a_running_waypoint(
 
 
 def test_render_kubernetes_objects_validate(capsys: pytest.CaptureFixture[str]) -> None:
-    import kubernetes_validate
-
     assert cli.main(["render", "--kubernetes", "-f", str(up.EXAMPLE / "world.yaml")]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     kinds = [d["kind"] for d in docs]
@@ -181,9 +182,6 @@ def test_render_kubernetes_objects_validate(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_render_xds_bootstrap(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from waypoint.envoy import options
-    from waypoint.xds import bootstrap as xds_bootstrap
-
     args = ["render", "--xds", "127.0.0.1:18000", "--waypoint", "demo/waypoint", "--xds-delta"]
     assert cli.main([*args, "--admin-port", "19999"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests.fakekube import catalog, crschema, server, world
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager, reconcile
+from waypoint import wellknown
+from waypoint.controller import apiclient, manager, reconcile
 from waypoint.kube import constants, gateway
 
 POLICY_API = "policy.waypoint.dev/v1alpha1"
@@ -85,14 +85,14 @@ def rego_config_map(text: str = REGO, name: str = "waypoint-extauthz-policy") ->
 
 
 @pytest.fixture
-def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
+def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[apiclient.Cluster]:
     with world.connect(fake, tmp_path) as connected:
         connected.apply(gateway.generate_gateway("demo"), "waypoint")
         yield connected
 
 
 @pytest.fixture
-def reconciler(api: kcluster.Cluster) -> reconcile.Reconciler:
+def reconciler(api: apiclient.Cluster) -> reconcile.Reconciler:
     return reconcile.Reconciler(
         api, lambda: reconcile.list_world(api), clock=lambda: "2026-01-01T00:00:00Z"
     )
@@ -139,7 +139,7 @@ def _generated(fake: server.FakeKube) -> list[dict[str, Any]]:
     ):
         for obj in fake.objects(api_version, kind):
             labels = obj["metadata"].get("labels") or {}
-            if labels.get(constants.MANAGED_BY_LABEL) == constants.MANAGED_BY_VALUE:
+            if labels.get(wellknown.MANAGED_BY_LABEL) == wellknown.MANAGED_BY_VALUE:
                 found.append(obj)
     return found
 
@@ -158,7 +158,7 @@ def _crd_schema(kind: str) -> dict[str, Any]:
 
 
 def test_policy_adds_sidecar_and_config_then_removal_prunes_them(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     reconciler.reconcile_gateway("demo", "waypoint")
     assert list(_containers(fake)) == ["envoy"]
@@ -210,7 +210,7 @@ def test_policy_adds_sidecar_and_config_then_removal_prunes_them(
     assert reconciler.reconcile_gateway("demo", "waypoint").writes == 0
     assert fake.writes == []
 
-    api.delete(kcluster.EXTAUTHZ_POLICY, "demo", "echo-authz")
+    api.delete(apiclient.EXTAUTHZ_POLICY, "demo", "echo-authz")
     fake.reset_writes()
     reconciler.reconcile_gateway("demo", "waypoint")
     assert ("DELETE", "ConfigMap", "") in _written(fake)
@@ -220,7 +220,7 @@ def test_policy_adds_sidecar_and_config_then_removal_prunes_them(
     # The RequestAuthentication still applies on its own (Envoy's jwt_authn); without it
     # the config is the one before any policy.
     assert _config_hash(fake) != before
-    api.delete(kcluster.REQUEST_AUTHENTICATION, "demo", "corp")
+    api.delete(apiclient.REQUEST_AUTHENTICATION, "demo", "corp")
     reconciler.reconcile_gateway("demo", "waypoint")
     assert _config_hash(fake) == before
     fake.reset_writes()
@@ -228,7 +228,7 @@ def test_policy_adds_sidecar_and_config_then_removal_prunes_them(
 
 
 def test_rego_change_rolls_the_pods(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     fake.seed([rego_config_map(), authz_policy()])
     reconciler.reconcile_gateway("demo", "waypoint")
@@ -242,7 +242,7 @@ def test_rego_change_rolls_the_pods(
 
 
 def test_rego_config_map_named_by_annotation(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     gw = gateway.generate_gateway("demo")
     gw["metadata"].setdefault("annotations", {})["waypoint.dev/extauthz-policy-configmap"] = (
@@ -259,7 +259,7 @@ def test_rego_config_map_named_by_annotation(
 
 
 def test_missing_rego_keeps_the_last_good_objects_and_says_why(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     reconciler.reconcile_gateway("demo", "waypoint")
     fake.seed([authz_policy()])
@@ -284,7 +284,7 @@ def test_missing_rego_keeps_the_last_good_objects_and_says_why(
 
 
 def test_extauthz_setting_false_keeps_the_sidecar_out(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     gw = gateway.generate_gateway("demo")
     gw["metadata"].setdefault("annotations", {})["waypoint.dev/extauthz"] = "false"
@@ -298,7 +298,7 @@ def test_extauthz_setting_false_keeps_the_sidecar_out(
 
 
 def test_policy_status_is_written_once(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     # The CRD's schema accepts it (a real API server stores it); the translator does not.
     bad = traffic_policy()
@@ -353,7 +353,7 @@ def test_policy_status_is_written_once(
 
 
 def test_policy_status_keeps_other_controllers_ancestors(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     fake.seed([authz_policy()])
     theirs = {
@@ -370,7 +370,7 @@ def test_policy_status_keeps_other_controllers_ancestors(
 
 
 def test_controller_follows_policy_and_rego_events(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     labeled = rego_config_map()
     labeled["metadata"]["labels"] = {constants.EXTAUTHZ_POLICY_LABEL: "true"}
@@ -444,7 +444,7 @@ def test_missing_policy_crds_are_logged_not_fatal(
 
 
 def test_opa_url_needs_no_rego_config_map(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     gw = gateway.generate_gateway("demo")
     gw["metadata"].setdefault("annotations", {})["waypoint.dev/extauthz-opa-url"] = (
@@ -471,7 +471,7 @@ def _authorization_policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_authorization_policy_status_names_the_field(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     bad = {"rules": [{"from": [{"source": {"remoteIpBlocks": ["1.2.3.4"]}}]}]}
     fake.seed([_authorization_policy("ok", {"rules": [{}]}), _authorization_policy("bad", bad)])

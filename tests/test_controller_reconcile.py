@@ -10,15 +10,14 @@ import yaml
 
 from tests.fakekube import server, world
 from waypoint import version
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import reconcile
+from waypoint.controller import apiclient, reconcile
 from waypoint.kube import gateway
 
 GW = ("gateway.networking.k8s.io/v1", "Gateway", "demo", "waypoint")
 
 
 @pytest.fixture
-def reconciler(api: kcluster.Cluster) -> reconcile.Reconciler:
+def reconciler(api: apiclient.Cluster) -> reconcile.Reconciler:
     return reconcile.Reconciler(
         api, lambda: reconcile.list_world(api), clock=lambda: "2026-01-01T00:00:00Z"
     )
@@ -33,12 +32,12 @@ def _written(fake: server.FakeKube) -> list[tuple[str, str, str]]:
     return [(w.verb, w.kind, w.subresource) for w in fake.writes]
 
 
-def _apply_gateway(api: kcluster.Cluster, **kwargs: Any) -> None:
+def _apply_gateway(api: apiclient.Cluster, **kwargs: Any) -> None:
     api.apply(gateway.generate_gateway("demo", **kwargs), "waypoint")
 
 
 def test_a_stuck_rollout_is_reported(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api)
     reconciler.reconcile_gateway("demo", "waypoint")
@@ -57,7 +56,7 @@ def test_a_stuck_rollout_is_reported(
 
 
 def test_apply_creates_objects_then_programmed(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api)
     fake.reset_writes()
@@ -101,7 +100,7 @@ def test_apply_creates_objects_then_programmed(
 
 
 def test_second_reconcile_writes_nothing(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api, min_replicas=2)
     reconciler.reconcile_gateway("demo", "waypoint")
@@ -117,7 +116,7 @@ def test_second_reconcile_writes_nothing(
 
 
 def test_a_change_makes_exactly_the_right_update(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api)
     reconciler.reconcile_gateway("demo", "waypoint")
@@ -165,12 +164,12 @@ def test_a_change_makes_exactly_the_right_update(
 
 
 def test_drift_is_repaired(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api)
     reconciler.reconcile_gateway("demo", "waypoint")
     api.merge_patch(
-        kcluster.SERVICE,
+        apiclient.SERVICE,
         "demo",
         "waypoint",
         {"spec": {"ports": [{"name": "x", "port": 1}]}},
@@ -190,7 +189,7 @@ def test_drift_is_repaired(
 
 
 def test_foreign_object_is_left_alone_and_reported(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     foreign = world.service("demo", "waypoint", "10.96.9.9", waypoint=None)
     api.create(foreign)
@@ -209,7 +208,7 @@ def test_foreign_object_is_left_alone_and_reported(
 
 
 def test_invalid_settings_are_reported_on_the_gateway(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     gw = gateway.generate_gateway("demo")
     gw["metadata"]["annotations"] = {"waypoint.dev/max-replicas": "lots"}
@@ -222,7 +221,7 @@ def test_invalid_settings_are_reported_on_the_gateway(
     assert "annotation waypoint.dev/max-replicas='lots'" in accepted["message"]
 
 
-def test_status_conflict_is_retried(api: kcluster.Cluster, fake: server.FakeKube) -> None:
+def test_status_conflict_is_retried(api: apiclient.Cluster, fake: server.FakeKube) -> None:
     _apply_gateway(api)
     touched: list[bool] = []
 
@@ -230,7 +229,7 @@ def test_status_conflict_is_retried(api: kcluster.Cluster, fake: server.FakeKube
         # Someone labels the Gateway after the reconciler read it: its status PUT gets a 409.
         if not touched:
             api.merge_patch(
-                kcluster.GATEWAY,
+                apiclient.GATEWAY,
                 "demo",
                 "waypoint",
                 {"metadata": {"labels": {"team": "a"}}},
@@ -249,7 +248,7 @@ def test_status_conflict_is_retried(api: kcluster.Cluster, fake: server.FakeKube
 
 
 def test_gateway_class_and_route_status(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api)
     reconciler.reconcile_gateway_class("waypoint")
@@ -278,10 +277,10 @@ def test_gateway_class_and_route_status(
 
 
 def test_other_controllers_route_status_is_kept(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     _apply_gateway(api)
-    route = api.get(kcluster.HTTP_ROUTE, "demo", "echo-route")
+    route = api.get(apiclient.HTTP_ROUTE, "demo", "echo-route")
     assert route is not None
     theirs = {
         "parentRef": {"name": "edge", "kind": "Gateway", "group": "gateway.networking.k8s.io"},
@@ -307,7 +306,7 @@ def test_deleted_gateway_is_a_no_op(
 
 
 def test_gateway_class_defaults_apply_to_every_waypoint(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     fake.seed([world.namespace("waypoint-system")])
     api.create(
@@ -331,7 +330,7 @@ def test_gateway_class_defaults_apply_to_every_waypoint(
     hpa = fake.get("autoscaling/v2", "HorizontalPodAutoscaler", "demo", "waypoint")
     assert hpa is not None
     assert hpa["spec"]["maxReplicas"] == 7
-    api.delete(kcluster.CONFIG_MAP, "waypoint-system", "defaults")
+    api.delete(apiclient.CONFIG_MAP, "waypoint-system", "defaults")
     reconciler.reconcile_gateway("demo", "waypoint")
     accepted = _condition(fake.get(*GW), "Accepted")
     assert accepted["status"] == "False"
@@ -342,7 +341,7 @@ def test_gateway_class_defaults_apply_to_every_waypoint(
 
 
 def test_a_revision_manages_only_its_own_waypoints(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     """istio.io/rev splits waypoints between controllers, as istiod revisions split objects."""
     canary = reconcile.Reconciler(api, lambda: reconcile.list_world(api), revision="canary")

@@ -15,8 +15,7 @@ import pytest
 from tests import conftest
 from tests.fakekube import server, world
 from waypoint import pipeline
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import leader, manager, reconcile
+from waypoint.controller import apiclient, leader, manager
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import gateway
 
@@ -48,7 +47,7 @@ def _programmed(fake: server.FakeKube) -> bool:
 
 
 @pytest.fixture
-def informed(api: kcluster.Cluster) -> Iterator[manager.Controller]:
+def informed(api: apiclient.Cluster) -> Iterator[manager.Controller]:
     """A controller whose informers run; the test drives the workers itself."""
     controller = manager.Controller(api, watch_timeout=5)
     controller.start_informers()
@@ -60,7 +59,7 @@ def informed(api: kcluster.Cluster) -> Iterator[manager.Controller]:
         informer.join(10)
 
 
-def test_controller_runs_end_to_end(api: kcluster.Cluster, fake: server.FakeKube) -> None:
+def test_controller_runs_end_to_end(api: apiclient.Cluster, fake: server.FakeKube) -> None:
     controller = manager.Controller(api, watch_timeout=5, resync_period=60)
     stop = threading.Event()
     runner = threading.Thread(target=controller.run, args=(stop,))
@@ -98,7 +97,7 @@ def test_controller_runs_end_to_end(api: kcluster.Cluster, fake: server.FakeKube
 
 
 def test_steady_state_reconciles_write_nothing(
-    informed: manager.Controller, api: kcluster.Cluster, fake: server.FakeKube
+    informed: manager.Controller, api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     api.apply(gateway.generate_gateway("demo"), "waypoint")
     drain(
@@ -118,7 +117,7 @@ def test_steady_state_reconciles_write_nothing(
 
 
 def test_watch_expiry_relists_and_recovers(
-    informed: manager.Controller, api: kcluster.Cluster, fake: server.FakeKube
+    informed: manager.Controller, api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     api.apply(gateway.generate_gateway("demo"), "waypoint")
     drain(
@@ -141,7 +140,7 @@ def test_watch_expiry_relists_and_recovers(
 
 
 def test_dropped_watch_resumes_without_relisting(
-    informed: manager.Controller, api: kcluster.Cluster, fake: server.FakeKube
+    informed: manager.Controller, api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     services = informed.informers["Service"]
     wait_for(lambda: fake.watch_count >= len(informed.informers), "every watch to open")
@@ -153,7 +152,7 @@ def test_dropped_watch_resumes_without_relisting(
 
 
 def test_failed_reconcile_backs_off_and_retries(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     failures = [RuntimeError("renderer exploded")]
 
@@ -165,7 +164,7 @@ def test_failed_reconcile_backs_off_and_retries(
     ) -> pipeline.Rendered:
         if failures:
             raise failures.pop()
-        return reconcile.pipeline_renderer(objs, namespace, name, opts)
+        return pipeline.render(objs, namespace, name, opts)
 
     controller = manager.Controller(api, renderer=flaky)
     controller.start_informers()
@@ -191,7 +190,7 @@ def test_missing_gateway_api_fails_fast(tmp_path: pathlib.Path) -> None:
     with (
         server.FakeKube(gateway_api=False) as bare,
         world.connect(bare, tmp_path) as api,
-        pytest.raises(kcluster.MissingKind, match="kubectl apply --server-side"),
+        pytest.raises(apiclient.MissingKind, match="kubectl apply --server-side"),
     ):
         manager.Controller(api)
 
@@ -204,7 +203,7 @@ class Clock:
         return self.now
 
 
-def test_leader_election_with_lease(api: kcluster.Cluster, fake: server.FakeKube) -> None:
+def test_leader_election_with_lease(api: apiclient.Cluster, fake: server.FakeKube) -> None:
     fake.seed([world.namespace("waypoint-system")])
     clock = Clock()
     first = leader.LeaderElector(
@@ -231,7 +230,7 @@ def test_leader_election_with_lease(api: kcluster.Cluster, fake: server.FakeKube
 
 
 def test_leader_runs_work_and_releases_on_stop(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     fake.seed([world.namespace("waypoint-system")])
     elector = leader.LeaderElector(api, "waypoint-system", "lease", "me", retry_period=0.05)

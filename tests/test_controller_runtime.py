@@ -17,8 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.fakekube import faulty, server, world
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import leader, manager
+from waypoint.controller import apiclient, leader, manager
 from waypoint.kube import gateway
 
 GW_API = "gateway.networking.k8s.io/v1"
@@ -66,9 +65,9 @@ def fake() -> Iterator[faulty.FaultyKube]:
 
 def connect(
     fake: server.FakeKube, tmp_path: pathlib.Path, name: str = "kubeconfig", **timeouts: float
-) -> kcluster.Cluster:
+) -> apiclient.Cluster:
     path = fake.write_kubeconfig(tmp_path / name)
-    return kcluster.Cluster.connect(str(path), timeouts=kcluster.Timeouts(**timeouts))
+    return apiclient.Cluster.connect(str(path), timeouts=apiclient.Timeouts(**timeouts))
 
 
 def start(controller: manager.Controller) -> Callable[[], None]:
@@ -111,7 +110,7 @@ def test_a_hung_get_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Path) -
 
         def get() -> None:
             try:
-                api.get(kcluster.SERVICE, "demo", "echo")
+                api.get(apiclient.SERVICE, "demo", "echo")
             except BaseException as exc:
                 outcome.append(exc)
 
@@ -120,7 +119,7 @@ def test_a_hung_get_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Path) -
         thread.join(PATIENCE)
         assert not thread.is_alive(), "the GET was not bounded by its read timeout"
     assert outcome
-    assert isinstance(outcome[0], kcluster.ClusterError)
+    assert isinstance(outcome[0], apiclient.ClusterError)
 
 
 def test_a_silent_watch_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Path) -> None:
@@ -130,7 +129,7 @@ def test_a_silent_watch_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Pat
 
         def watch() -> None:
             try:
-                list(api.watch(kcluster.SERVICE, "1", 1))
+                list(api.watch(apiclient.SERVICE, "1", 1))
             except BaseException as exc:
                 outcome.append(exc)
 
@@ -139,7 +138,7 @@ def test_a_silent_watch_times_out(fake: faulty.FaultyKube, tmp_path: pathlib.Pat
         thread.join(PATIENCE)
         assert not thread.is_alive(), "the watch outlived its timeoutSeconds and grace"
     assert outcome
-    assert isinstance(outcome[0], kcluster.ClusterError)
+    assert isinstance(outcome[0], apiclient.ClusterError)
 
 
 def test_a_hung_request_delays_only_its_own_gateway(
@@ -242,13 +241,13 @@ def test_a_delayed_renewal_never_makes_two_writers(
             )
 
             def lead(
-                lost: threading.Event, api: kcluster.Cluster = api, me: str = identity
+                lost: threading.Event, api: apiclient.Cluster = api, me: str = identity
             ) -> None:
                 # Write as fast as possible while leading, as a busy controller would.
                 while not lost.is_set():
-                    with contextlib.suppress(kcluster.ClusterError):
+                    with contextlib.suppress(apiclient.ClusterError):
                         api.merge_patch(
-                            kcluster.CONFIG_MAP, "demo", "w", {"data": {"writer": me}}, me
+                            apiclient.CONFIG_MAP, "demo", "w", {"data": {"writer": me}}, me
                         )
                     time.sleep(0.01)
 

@@ -16,8 +16,7 @@ import pytest
 
 from tests.fakekube import server, world
 from waypoint import cli, pipeline
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager, reconcile, trim
+from waypoint.controller import apiclient, manager, reconcile, trim
 from waypoint.kube import gateway
 
 Obj = dict[str, Any]
@@ -105,7 +104,7 @@ def shop(fake: server.FakeKube) -> None:
 
 
 @pytest.fixture
-def informed(api: kcluster.Cluster) -> Iterator[manager.Controller]:
+def informed(api: apiclient.Cluster) -> Iterator[manager.Controller]:
     """A controller whose informers run; the test calls its reconciler itself."""
     controller = manager.Controller(api, watch_timeout=5)
     controller.start_informers()
@@ -125,7 +124,7 @@ def _settle(controller: manager.Controller, fake: server.FakeKube, count: int) -
 
 
 def test_service_account_waypoint_serves_its_workloads_and_the_namespace_one_does_not(
-    api: kcluster.Cluster, fake: server.FakeKube, informed: manager.Controller
+    api: apiclient.Cluster, fake: server.FakeKube, informed: manager.Controller
 ) -> None:
     shop(fake)
     api.apply(gateway.generate_gateway("shop"), "waypoint")
@@ -193,7 +192,7 @@ def test_trimmed_pods_translate_as_the_full_ones() -> None:
 
 
 def test_unknown_service_account_is_reported_on_the_service_and_the_gateway(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     # A Service that names the scoped waypoint, but none of whose Pods is known yet.
     fake.seed(
@@ -227,7 +226,7 @@ def test_unknown_service_account_is_reported_on_the_service_and_the_gateway(
     assert _condition(_gw(fake, "shop", "reviews-wp"), "waypoint.dev/Bound")["status"] == "True"
 
     # The Service stops naming a waypoint: our condition goes, nothing else is written again.
-    api.merge_patch(kcluster.SERVICE, "shop", "reviews", {"metadata": {"labels": None}}, "someone")
+    api.merge_patch(apiclient.SERVICE, "shop", "reviews", {"metadata": {"labels": None}}, "someone")
     reconciler.reconcile_route_status()
     service = fake.get("v1", "Service", "shop", "reviews")
     assert service is not None
@@ -252,7 +251,7 @@ def _quiesce(controller: manager.Controller) -> None:
 
 
 def test_a_pod_getting_its_ip_requeues_its_waypoint(
-    api: kcluster.Cluster, fake: server.FakeKube, informed: manager.Controller
+    api: apiclient.Cluster, fake: server.FakeKube, informed: manager.Controller
 ) -> None:
     fake.seed([world.namespace("shop")])
     api.apply(gateway.generate_gateway("shop", "reviews-wp", "workload", "reviews"), "waypoint")
@@ -321,7 +320,7 @@ def fake() -> Iterator[server.FakeKube]:
 
 
 def test_a_rejected_apply_is_reported_and_the_other_objects_still_apply(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     assert isinstance(fake, RejectingFake)
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
@@ -364,7 +363,7 @@ def test_a_rejected_apply_is_reported_and_the_other_objects_still_apply(
 
 
 def test_apply_wait_fails_when_the_autoscaler_is_rejected(
-    api: kcluster.Cluster,
+    api: apiclient.Cluster,
     fake: server.FakeKube,
     tmp_path: pathlib.Path,
     capsys: pytest.CaptureFixture[str],
@@ -405,18 +404,18 @@ def test_apply_wait_fails_when_the_autoscaler_is_rejected(
 
 
 def test_a_server_error_is_retried_not_reported(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     assert isinstance(fake, RejectingFake)
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     api.apply(gateway.generate_gateway("demo"), "waypoint")
     fake.reject["deployments"] = (500, "InternalError", "etcdserver: request timed out")
-    with pytest.raises(kcluster.ClusterError, match="500 etcdserver"):
+    with pytest.raises(apiclient.ClusterError, match="500 etcdserver"):
         reconciler.reconcile_gateway("demo", "waypoint")
 
 
 def test_every_condition_carries_its_objects_generation(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     api.apply(gateway.generate_gateway("demo"), "waypoint")
@@ -446,7 +445,7 @@ def test_every_condition_carries_its_objects_generation(
 
 
 def test_gateway_class_status_reflects_its_own_parameters_ref(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     fake.seed([world.namespace("waypoint-system")])
@@ -489,7 +488,7 @@ def test_gateway_class_status_reflects_its_own_parameters_ref(
 
 
 def test_a_fixed_parameters_config_map_is_noticed_without_a_resync(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     gw = gateway.generate_gateway("demo")
     gw["spec"]["infrastructure"] = {
@@ -526,7 +525,7 @@ def test_a_fixed_parameters_config_map_is_noticed_without_a_resync(
 
 
 def test_the_class_parameters_config_map_is_watched_too(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     fake.seed([world.namespace("waypoint-system")])
     gateway_class = world.gateway_class()
@@ -576,7 +575,7 @@ def test_the_class_parameters_config_map_is_watched_too(
 
 
 def test_listeners_report_supported_kinds_and_attached_routes(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     api.apply(gateway.generate_gateway("demo"), "waypoint")
@@ -613,7 +612,7 @@ def test_listeners_report_supported_kinds_and_attached_routes(
 
 
 def test_the_foreign_objects_metric_is_kept_per_gateway(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     api.create(world.service("demo", "blocked", "10.96.9.9", waypoint=None))  # in blocked's way
@@ -624,7 +623,7 @@ def test_the_foreign_objects_metric_is_kept_per_gateway(
     foreign = reconciler.metrics.foreign
     assert foreign.labels("demo", "blocked")._value.get() == 1
     assert foreign.labels("demo", "waypoint")._value.get() == 0
-    api.delete(kcluster.GATEWAY, "demo", "blocked")
+    api.delete(apiclient.GATEWAY, "demo", "blocked")
     reconciler.reconcile_gateway("demo", "blocked")
     assert ("demo", "blocked") not in {
         tuple(sample.labels.values()) for sample in foreign.collect()[0].samples
@@ -635,7 +634,7 @@ def test_the_foreign_objects_metric_is_kept_per_gateway(
 
 
 def test_a_labelled_deployment_without_an_owner_is_not_adopted(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     squatter = {
@@ -672,7 +671,7 @@ def test_a_labelled_deployment_without_an_owner_is_not_adopted(
 
 
 def test_an_immutable_change_to_our_deployment_recreates_it(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(api, lambda: reconcile.list_world(api))
     api.apply(gateway.generate_gateway("demo"), "waypoint")
@@ -692,7 +691,7 @@ def test_an_immutable_change_to_our_deployment_recreates_it(
     }
     template_labels = stale["spec"]["template"]["metadata"]["labels"]
     stale["spec"]["template"]["metadata"]["labels"] = {**template_labels, "app": "old-waypoint"}
-    assert api.delete(kcluster.DEPLOYMENT, "demo", "waypoint")
+    assert api.delete(apiclient.DEPLOYMENT, "demo", "waypoint")
     fake.seed([stale])
     fake.reset_writes()
     outcome = reconciler.reconcile_gateway("demo", "waypoint")

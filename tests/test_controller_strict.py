@@ -11,15 +11,14 @@ from collections.abc import Callable
 import pytest
 
 from tests.fakekube import builtin, quantity, server, world
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager, reconcile
+from waypoint.controller import apiclient, manager, reconcile
 from waypoint.kube import gateway
 
 PATIENCE = 20.0  # a deadline for progress on a busy machine, not a speed check
 
 
 @pytest.fixture
-def reconciler(api: kcluster.Cluster) -> reconcile.Reconciler:
+def reconciler(api: apiclient.Cluster) -> reconcile.Reconciler:
     return reconcile.Reconciler(
         api, lambda: reconcile.list_world(api), clock=lambda: "2026-01-01T00:00:00Z"
     )
@@ -32,7 +31,7 @@ def _converge(reconciler: reconcile.Reconciler, fake: server.FakeKube) -> None:
 
 
 def test_steady_state_writes_nothing_against_canonical_storage(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     # Two replicas: the Deployment, the autoscaler and the disruption budget are all generated.
     api.apply(gateway.generate_gateway("demo", min_replicas=2, max_replicas=4), "waypoint")
@@ -50,7 +49,7 @@ def test_steady_state_writes_nothing_against_canonical_storage(
 
 
 def test_every_generated_quantity_is_canonical(
-    api: kcluster.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
+    api: apiclient.Cluster, fake: server.FakeKube, reconciler: reconcile.Reconciler
 ) -> None:
     api.apply(gateway.generate_gateway("demo", min_replicas=2), "waypoint")
     api.apply(
@@ -96,7 +95,7 @@ def _wait(predicate: Callable[[], bool], what: str) -> None:
 
 
 def test_the_controller_converges_through_throttling(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     """429s with Retry-After on the writes it needs: it waits them out and converges."""
     fake.faults.throttle("patch", "deployments", retry_after=1, times=2)

@@ -28,20 +28,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from tests import conftest
 from tests.fakekube import server, world
-from waypoint import model, pki
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import manager
+from waypoint import model, wellknown
+from waypoint.controller import apiclient, manager
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import resources
-from waypoint.kube import constants, gateway
+from waypoint.kube import gateway
+from waypoint.local import ca as dev_ca
 from waypoint.runtime import envoy_process
 from waypoint.xds import cache, naming, runner, snapshot
 
 GW = ("gateway.networking.k8s.io/v1", "Gateway", "demo", "waypoint")
 CONFIG_MAP = ("v1", "ConfigMap", "demo", "waypoint-envoy-config")
 DEPLOYMENT = ("apps/v1", "Deployment", "demo", "waypoint")
-MANAGED_BY, MANAGED = constants.MANAGED_BY_LABEL, constants.MANAGED_BY_VALUE
+MANAGED_BY, MANAGED = wellknown.MANAGED_BY_LABEL, wellknown.MANAGED_BY_VALUE
 PATIENCE = 30.0  # a deadline for progress on a busy 2-core machine, not a speed check
 
 
@@ -95,7 +95,7 @@ def _bad_listener() -> listener_pb2.Listener:
 @pytest.fixture
 def options(tmp_path: pathlib.Path) -> envoy_options.BootstrapOptions:
     cert_dir = tmp_path / "certs"
-    authority = pki.CertificateAuthority.create("cluster.local")
+    authority = dev_ca.CertificateAuthority.create("cluster.local")
     authority.issue_workload("demo", "waypoint").write(cert_dir)
     return envoy_options.BootstrapOptions(
         cert_dir=str(cert_dir),
@@ -149,7 +149,7 @@ def _programmed(fake: server.FakeKube) -> dict[str, Any]:
 
 
 def test_envoy_from_the_generated_config_map_gets_live_config(
-    api: kcluster.Cluster,
+    api: apiclient.Cluster,
     fake: server.FakeKube,
     options: envoy_options.BootstrapOptions,
     envoy: conftest.EnvoyStarter,

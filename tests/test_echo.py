@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from waypoint import echo
-from waypoint.hbone import grpcwire, h2io, loop, streams
+from waypoint.local import echo
+from waypoint.local.hbone import echo_pb2, h2io, loop, streams
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +132,13 @@ def test_h2c_prior_knowledge_on_the_http_port(
 def test_grpc_echo_with_grpcio_client(server: echo.EchoServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_ports[0]}") as channel:
         call = channel.unary_unary("/proto.EchoTestService/Echo", None, None)
-        raw = call(grpcwire.echo_message("hello"), metadata=(("x-md", "m1"),), timeout=10)
+        raw = call(
+            echo_pb2.EchoRequest(message="hello").SerializeToString(),
+            metadata=(("x-md", "m1"),),
+            timeout=10,
+        )
         other = channel.unary_unary("/any.Service/Whatever", None, None)(b"", timeout=10)
-    report = echo.parse_echo(grpcwire.decode_string_field(raw, 1))
+    report = echo.parse_echo(echo_pb2.EchoResponse.FromString(raw).message)
     assert (report.hostname, report.message, report.url, report.proto) == (
         "echo-v2-xyz",
         "hello",
@@ -142,7 +146,10 @@ def test_grpc_echo_with_grpcio_client(server: echo.EchoServer) -> None:
         "GRPC",
     )
     assert report.headers["x-md"] == ["m1"]
-    assert echo.parse_echo(grpcwire.decode_string_field(other, 1)).url == "/any.Service/Whatever"
+    assert (
+        echo.parse_echo(echo_pb2.EchoResponse.FromString(other).message).url
+        == "/any.Service/Whatever"
+    )
 
 
 def test_tcp_echo_prefixes_the_hostname(server: echo.EchoServer) -> None:
@@ -245,7 +252,9 @@ def test_each_grpc_port_reports_itself(runner: loop.LoopThread) -> None:
                 raw = channel.unary_unary("/proto.EchoTestService/Echo", None, None)(
                     b"", timeout=10
                 )
-            assert echo.parse_echo(grpcwire.decode_string_field(raw, 1)).service_port == str(port)
+            assert echo.parse_echo(
+                echo_pb2.EchoResponse.FromString(raw).message
+            ).service_port == str(port)
         assert srv.requests_served == 2
     finally:
         srv.stop_background()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 
 from tests import conftest
@@ -46,8 +48,6 @@ def _direct_response_config(admin_port: int, port: int) -> dict[str, object]:
 
 
 def test_envoy_starts_and_serves(envoy: conftest.EnvoyStarter) -> None:
-    import urllib.request
-
     admin, port = conftest.free_port(), conftest.free_port()
     proc = envoy(_direct_response_config(admin, port), admin)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from tests import golden
-from waypoint import model, pki
+from waypoint import model
 from waypoint.envoy import bootstrap, options, secrets
+from waypoint.local import ca as dev_ca
 from waypoint.model import serde
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 CASES_DIR = pathlib.Path(__file__).parent / "golden" / "envoy"
 CASES = sorted(path.name for path in CASES_DIR.iterdir() if (path / "in.yaml").exists())
@@ -45,10 +46,10 @@ def test_input_round_trips(case: str) -> None:
 def cert_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A real cert dir and its SDS files, to stand in for the goldens' absolute paths."""
     root = tmp_path_factory.mktemp("golden-certs")
-    ca = pki.CertificateAuthority.create("cluster.local")
+    ca = dev_ca.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     local = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     return local.cert_dir, local.sds_dir
 
 

@@ -21,12 +21,14 @@ import pytest
 from cryptography import x509
 
 from tests import conftest
-from waypoint import echo, model, names, pki
-from waypoint.envoy import bootstrap, options, secrets
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors, grpcwire
-from waypoint.hbone import terminator as hbone_terminator
-from waypoint.runtime import envoy_process
+from waypoint import model, names, pki
+from waypoint.envoy import bootstrap, options
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import echo_pb2, errors, grpcwire
+from waypoint.local.hbone import terminator as hbone_terminator
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 ECHO_VIP = "10.96.0.10"
@@ -66,7 +68,7 @@ def _to(cluster: str, weight: int = 1, **kwargs: object) -> model.WeightedBacken
 class World:
     opts: options.BootstrapOptions
     proxy: envoy_process.EnvoyProcess
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     cert_dir: pathlib.Path
     echoes: dict[str, echo.EchoServer]
     terminators: dict[str, hbone_terminator.HboneTerminator]
@@ -226,7 +228,7 @@ def _echoes() -> dict[str, echo.EchoServer]:
 
 
 def _terminators(
-    ca: pki.CertificateAuthority, port: int
+    ca: dev_ca.CertificateAuthority, port: int
 ) -> dict[str, hbone_terminator.HboneTerminator]:
     """The real destination, one outside the trust domain, one with the wrong account."""
     identities = {
@@ -250,7 +252,7 @@ def _ports(echoes: dict[str, echo.EchoServer]) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("envoy-integration")
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     cert_dir = tmp / "certs"
     ca.issue_workload("ns1", "waypoint").write(cert_dir)
     opts = options.BootstrapOptions(
@@ -275,7 +277,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for server in servers:
             server.start_background()
             started.append(server)
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(_waypoint(_ports(echoes)), opts)))
         with envoy_process.running(config, opts.admin_port, tmp / "envoy.log") as proxy:
@@ -380,7 +382,7 @@ def test_hbone_upstream_presents_waypoint_identity(world: World) -> None:
     report = _report(world.get(MESH, "/via-hbone"))
     assert report.hostname == "mesh"
     record = mesh.records[before]
-    assert record.peer_id == pki.spiffe_id(TD, "ns1", "waypoint")
+    assert record.peer_id == names.spiffe_id(TD, "ns1", "waypoint")
     assert record.authority == f"127.0.0.1:{world.echoes['mesh'].http_ports[0]}"
     assert record.status == 200
 
@@ -403,9 +405,13 @@ def test_hbone_upstream_with_the_wrong_service_account_is_refused(world: World) 
 
 def test_grpc_over_http2_destination(world: World) -> None:
     with world.client() as hbone:
-        result = hbone.grpc_unary(GRPC, "/proto.EchoTestService/Echo", grpcwire.echo_message("hi"))
+        result = hbone.grpc_unary(
+            GRPC,
+            "/proto.EchoTestService/Echo",
+            echo_pb2.EchoRequest(message="hi").SerializeToString(),
+        )
     assert result.status == grpcwire.OK, result.details
-    report = echo.parse_echo(grpcwire.decode_string_field(result.message, 1))
+    report = echo.parse_echo(echo_pb2.EchoResponse.FromString(result.message).message)
     assert (report.hostname, report.message) == ("grpc", "hi")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
 import re
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from extauthz import cli, config
+from extauthz import cli, config, contract
 from tests.extauthz import support
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -252,3 +253,39 @@ def test_cli_reports_rego_errors(
     path.write_text(yaml.safe_dump(doc))
     assert cli.main(["check-config", "--config", str(path)]) == 2
     assert f"policy: {bad}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("parsed", "doc"),
+    [
+        (config.Settings, contract.ConfigDoc),
+        (config.JwtConfig, contract.JwtDoc),
+        (config.Provider, contract.ProviderDoc),
+        (config.HeaderSource, contract.HeaderSourceDoc),
+        (config.ClaimToHeader, contract.ClaimToHeaderDoc),
+        (config.PolicyConfig, contract.PolicyDoc),
+        (config.OpaConfig, contract.OpaDoc),
+    ],
+)
+def test_each_parsed_field_is_a_contract_key(parsed: type, doc: type) -> None:
+    """The contract the waypoint writes and the dataclasses extauthz parses into name the
+    same keys, so neither side can grow a key the other does not know."""
+    assert {f.name for f in dataclasses.fields(parsed)} == contract.keys(doc)
+
+
+_PROVIDER = {"name": "a", "issuer": "https://i", "audiences": ["x"], "jwks_uri": "https://i/k"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "where"),
+    [
+        ({"jwt": {"providers": [{"name": "a", "issuer": "https://i"}]}}, "providers[0].audiences"),
+        (
+            {"jwt": {"providers": [{**_PROVIDER, "from_headers": [{"prefix": "Token "}]}]}},
+            "from_headers[0].name",
+        ),
+    ],
+)
+def test_required_keys_come_from_the_contract(doc: dict[str, Any], where: str) -> None:
+    with pytest.raises(config.ConfigError, match=re.escape(where) + ": is required"):
+        config.from_mapping(doc, REPO)

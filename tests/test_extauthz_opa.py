@@ -20,7 +20,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extauthz import opa_testserver
+from extauthz.testing import opa_server
 from tests import conftest
 from tests.extauthz import support
 from tests.test_extauthz_service import check, http_status, serving
@@ -41,8 +41,8 @@ def _opa_settings(tmp_path: pathlib.Path, port: int, timeout_ms: int = 300, **kw
 
 
 @contextlib.asynccontextmanager
-async def opa_server(port: int = 0) -> AsyncIterator[opa_testserver.OpaTestServer]:
-    server = opa_testserver.OpaTestServer([support.POLICY, support.DATA])
+async def running_opa(port: int = 0) -> AsyncIterator[opa_server.OpaTestServer]:
+    server = opa_server.OpaTestServer([support.POLICY, support.DATA])
     await server.start(f"127.0.0.1:{port}")
     try:
         yield server
@@ -61,7 +61,7 @@ def _post(port: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_test_double_speaks_the_data_api() -> None:
-    async with opa_server() as opa:
+    async with running_opa() as opa:
         allow = {
             "input": {
                 "parsed_path": ["public"],
@@ -80,14 +80,14 @@ async def test_test_double_speaks_the_data_api() -> None:
 
 
 async def test_opa_allow_deny_and_undefined(tmp_path: pathlib.Path) -> None:
-    async with opa_server() as opa, serving(_opa_settings(tmp_path, opa.port)) as (_s, channel):
+    async with running_opa() as opa, serving(_opa_settings(tmp_path, opa.port)) as (_s, channel):
         assert http_status(await check(channel, path="/public")) == 200
         assert http_status(await check(channel, path="/public", method="DELETE")) == 403
         token = support.token(support.claims(role="admin"))
         admin = await check(channel, path="/admin", headers={"authorization": f"Bearer {token}"})
         assert http_status(admin) == 200
         assert http_status(await check(channel, path="/data", headers={"x-team": "search"})) == 200
-    async with opa_server() as opa:
+    async with running_opa() as opa:
         settings = _opa_settings(tmp_path, opa.port, decision="envoy/authz/response")
         async with serving(settings) as (_s, channel):
             teapot = await check(channel, path="/teapot")
@@ -101,7 +101,7 @@ async def test_opa_allow_deny_and_undefined(tmp_path: pathlib.Path) -> None:
 async def test_opa_down_slow_or_failing_fails_closed_then_recovers(tmp_path: pathlib.Path) -> None:
     port = conftest.free_port()
     async with (
-        opa_server(port) as opa,
+        running_opa(port) as opa,
         serving(_opa_settings(tmp_path, port, 200)) as (srv, channel),
     ):
         assert http_status(await check(channel, path="/public")) == 200
@@ -118,7 +118,7 @@ async def test_opa_down_slow_or_failing_fails_closed_then_recovers(tmp_path: pat
         assert http_status(await check(channel, path="/public")) == 403
         text = srv.metrics.text().decode()
         assert 'extauthz_policy_errors_total{engine="opa"} 3.0' in text
-        async with opa_server(port):
+        async with running_opa(port):
             assert http_status(await check(channel, path="/public")) == 200
     reasons = [line["result"].get("reason", "") for line in support.decision_lines(tmp_path)]
     assert "did not answer within 200 ms" in reasons[1]
@@ -134,7 +134,7 @@ async def test_not_serving_until_opa_is_reachable(tmp_path: pathlib.Path) -> Non
             await health.Check(request, timeout=5)
         ).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert http_status(await check(channel, path="/public")) == 403
-        async with opa_server(port):
+        async with running_opa(port):
             await srv.wait_ready()
             assert (
                 await health.Check(request, timeout=5)
@@ -161,7 +161,7 @@ async def test_sigterm_drains_in_flight_checks(tmp_path: pathlib.Path) -> None:
         tmp_path,
         policy={"engine": "opa", "opa": {"url": "", "timeout_ms": 10_000}},
     )
-    async with opa_server() as opa:
+    async with running_opa() as opa:
         doc["policy"]["opa"]["url"] = f"http://127.0.0.1:{opa.port}"
         path = support.write_config(tmp_path, doc)
         process = await asyncio.create_subprocess_exec(

@@ -116,7 +116,11 @@ async def test_workers_serve_one_port_and_stop_on_sigterm(tmp_path: pathlib.Path
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # no worker is left holding the port
+        # SO_REUSEADDR lets the bind past connections the workers left in TIME_WAIT (a loaded
+        # machine leaves some), but not past a socket still listening: no worker holds the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
 
 
 @pytest.mark.asyncio

@@ -19,11 +19,11 @@ from kubernetes import client as k8s_client
 from kubernetes.dynamic import exceptions as dyn_errors
 
 from tests.fakekube import catalog, server
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient
 
 Obj = dict[str, Any]
-CRD_KIND = kcluster.Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")
-JOB = kcluster.Kind("batch/v1", "Job")
+CRD_KIND = apiclient.Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+JOB = apiclient.Kind("batch/v1", "Job")
 
 
 def _status(exc: BaseException) -> Obj:
@@ -71,7 +71,7 @@ def _widget_crd(spec_schema: Obj) -> Obj:
 
 
 def test_a_crd_that_breaks_the_rules_is_refused_with_422(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     closed = {
         "type": "object",
@@ -102,7 +102,7 @@ def test_a_crd_that_breaks_the_rules_is_refused_with_422(
     assert fake.writes == []
 
 
-def test_a_crd_update_that_breaks_the_rules_is_refused(api: kcluster.Cluster) -> None:
+def test_a_crd_update_that_breaks_the_rules_is_refused(api: apiclient.Cluster) -> None:
     crds = api.resource(CRD_KIND)
     good = crds.create(
         body=_widget_crd({"type": "object", "properties": {"size": {"type": "integer"}}})
@@ -130,8 +130,8 @@ def _shipped_crds() -> list[Obj]:
 def test_the_shipped_crds_install_and_serve_their_kinds(tmp_path: pathlib.Path) -> None:
     with server.FakeKube(policies=False) as bare:
         bare.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}}])
-        with kcluster.Cluster.connect(str(bare.write_kubeconfig(tmp_path / "kubeconfig"))) as api:
-            assert not api.serves(kcluster.TRAFFIC_POLICY)
+        with apiclient.Cluster.connect(str(bare.write_kubeconfig(tmp_path / "kubeconfig"))) as api:
+            assert not api.serves(apiclient.TRAFFIC_POLICY)
             for crd in _shipped_crds():
                 api.create(crd)
             api.dynamic.resources.invalidate_cache()
@@ -153,10 +153,10 @@ def _traffic_policy(spec: Obj, name: str = "tp") -> Obj:
 
 
 def test_custom_resources_are_validated_against_their_schema(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     bad = _traffic_policy({"loadBalancer": {"type": "Fastest"}, "retry": {"attempts": 500}})
-    status = _fails(api.resource(kcluster.TRAFFIC_POLICY).create, body=bad, namespace="demo")
+    status = _fails(api.resource(apiclient.TRAFFIC_POLICY).create, body=bad, namespace="demo")
     assert status["code"] == 422
     assert {cause["field"]: cause["reason"] for cause in status["details"]["causes"]} == {
         "spec.loadBalancer.type": "FieldValueNotSupported",
@@ -164,18 +164,20 @@ def test_custom_resources_are_validated_against_their_schema(
     }
     assert 'spec.loadBalancer.type: Unsupported value: "Fastest"' in status["message"]
     missing = _traffic_policy({"timeout": {}})
-    status = _fails(api.resource(kcluster.TRAFFIC_POLICY).create, body=missing, namespace="demo")
+    status = _fails(api.resource(apiclient.TRAFFIC_POLICY).create, body=missing, namespace="demo")
     assert [c["message"] for c in status["details"]["causes"]] == ["Required value"]
     assert status["details"]["causes"][0]["field"] == "spec.timeout.request"
     wrong_type = _traffic_policy({"circuitBreaker": {"maxConnections": "lots"}})
-    status = _fails(api.resource(kcluster.TRAFFIC_POLICY).create, body=wrong_type, namespace="demo")
+    status = _fails(
+        api.resource(apiclient.TRAFFIC_POLICY).create, body=wrong_type, namespace="demo"
+    )
     assert "spec.circuitBreaker.maxConnections in body must be of type integer" in status["message"]
     assert fake.objects("policy.waypoint.dev/v1alpha1", "TrafficPolicy") == []
 
 
-def test_cel_rules_are_enforced(api: kcluster.Cluster) -> None:
+def test_cel_rules_are_enforced(api: apiclient.Cluster) -> None:
     hashless = _traffic_policy({"loadBalancer": {"type": "ConsistentHash"}})
-    status = _fails(api.resource(kcluster.TRAFFIC_POLICY).create, body=hashless, namespace="demo")
+    status = _fails(api.resource(apiclient.TRAFFIC_POLICY).create, body=hashless, namespace="demo")
     assert status["message"] == (
         'TrafficPolicy.policy.waypoint.dev "tp" is invalid: spec.loadBalancer: Invalid value: '
         '"object": consistentHash is required for, and only for, type ConsistentHash'
@@ -183,14 +185,14 @@ def test_cel_rules_are_enforced(api: kcluster.Cluster) -> None:
     wrong_group = _traffic_policy({"timeout": {"request": "1s"}})
     wrong_group["spec"]["targetRefs"][0]["group"] = "gateway.networking.k8s.io"
     status = _fails(
-        api.resource(kcluster.TRAFFIC_POLICY).create, body=wrong_group, namespace="demo"
+        api.resource(apiclient.TRAFFIC_POLICY).create, body=wrong_group, namespace="demo"
     )
     assert status["details"]["causes"][0]["field"] == "spec.targetRefs[0]"
     assert 'Service targets have group ""' in status["message"]
 
 
 def test_unknown_fields_are_pruned_with_a_warning_or_refused_when_strict(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     custom = k8s_client.CustomObjectsApi(api.api_client)
     where = ("policy.waypoint.dev", "v1alpha1", "demo", "trafficpolicies")
@@ -217,7 +219,7 @@ def test_unknown_fields_are_pruned_with_a_warning_or_refused_when_strict(
     assert fake.get("policy.waypoint.dev/v1alpha1", "TrafficPolicy", "demo", "strict") is None
 
 
-def test_defaults_are_applied(api: kcluster.Cluster) -> None:
+def test_defaults_are_applied(api: apiclient.Cluster) -> None:
     created = api.create(
         {
             "apiVersion": "policy.waypoint.dev/v1alpha1",
@@ -265,29 +267,29 @@ def _deployment(selector: Obj | None = None, cpu: str = "100m") -> Obj:
     }
 
 
-def test_deployment_selector_is_immutable(api: kcluster.Cluster) -> None:
+def test_deployment_selector_is_immutable(api: apiclient.Cluster) -> None:
     api.apply(_deployment(), "owner")
-    with pytest.raises(kcluster.ClusterError) as caught:
+    with pytest.raises(apiclient.ClusterError) as caught:
         api.apply(_deployment({"app": "web", "tier": "front"}), "owner")
     assert "422" in str(caught.value)
     assert 'Deployment.apps "web" is invalid: spec.selector: Invalid value: ' in str(caught.value)
     assert "field is immutable" in str(caught.value)
     # The same refusal through a PUT.
-    live = api.get(kcluster.DEPLOYMENT, "demo", "web")
+    live = api.get(apiclient.DEPLOYMENT, "demo", "web")
     assert live is not None
     live["spec"]["selector"] = {"matchLabels": {"tier": "front"}}
     with pytest.raises(
-        kcluster.ClusterError, match=r"spec\.selector: Invalid value.*field is immutable"
+        apiclient.ClusterError, match=r"spec\.selector: Invalid value.*field is immutable"
     ):
         api.replace(live)
 
 
-def test_deployment_selector_must_select_the_template(api: kcluster.Cluster) -> None:
-    with pytest.raises(kcluster.ClusterError, match="`selector` does not match template `labels`"):
+def test_deployment_selector_must_select_the_template(api: apiclient.Cluster) -> None:
+    with pytest.raises(apiclient.ClusterError, match="`selector` does not match template `labels`"):
         api.apply(_deployment({"app": "other"}), "owner")
 
 
-def test_service_cluster_ip_may_not_change_once_set(api: kcluster.Cluster) -> None:
+def test_service_cluster_ip_may_not_change_once_set(api: apiclient.Cluster) -> None:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -303,7 +305,7 @@ def test_service_cluster_ip_may_not_change_once_set(api: kcluster.Cluster) -> No
         **updated,
         "spec": {**updated["spec"], "clusterIP": "10.96.9.9", "clusterIPs": ["10.96.9.9"]},
     }
-    with pytest.raises(kcluster.ClusterError) as caught:
+    with pytest.raises(apiclient.ClusterError) as caught:
         api.replace(moved)
     assert (
         'Service "svc" is invalid: spec.clusterIPs[0]: Invalid value: ["10.96.9.9"]: may not change once set'
@@ -311,7 +313,7 @@ def test_service_cluster_ip_may_not_change_once_set(api: kcluster.Cluster) -> No
     )
 
 
-def test_job_template_is_immutable(api: kcluster.Cluster) -> None:
+def test_job_template_is_immutable(api: apiclient.Cluster) -> None:
     job: Obj = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -328,12 +330,12 @@ def test_job_template_is_immutable(api: kcluster.Cluster) -> None:
     api.apply(job, "owner")
     job["spec"]["template"]["spec"]["containers"][0]["image"] = "tool:2"
     with pytest.raises(
-        kcluster.ClusterError, match=r"spec\.template: Invalid value: .*field is immutable"
+        apiclient.ClusterError, match=r"spec\.template: Invalid value: .*field is immutable"
     ):
         api.apply(job, "owner")
 
 
-def test_disruption_budget_selector_is_mutable(api: kcluster.Cluster) -> None:
+def test_disruption_budget_selector_is_mutable(api: apiclient.Cluster) -> None:
     pdb: Obj = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -349,7 +351,7 @@ def test_disruption_budget_selector_is_mutable(api: kcluster.Cluster) -> None:
 
 
 def test_quantities_are_stored_in_canonical_form(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     stored = api.apply(_deployment(cpu="0.5"), "owner")
     resources = stored["spec"]["template"]["spec"]["containers"][0]["resources"]
@@ -374,17 +376,19 @@ def test_quantities_are_stored_in_canonical_form(
     }
     stored = api.apply(hpa, "owner")
     assert stored["spec"]["metrics"][0]["resource"]["target"]["averageValue"] == "1Gi"
-    with pytest.raises(kcluster.ClusterError, match="quantities must match the regular expression"):
+    with pytest.raises(
+        apiclient.ClusterError, match="quantities must match the regular expression"
+    ):
         api.apply(_deployment(cpu="half"), "owner")
 
 
 def test_a_naive_drift_check_reapplies_forever_against_canonical_quantities(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     """Why the controller must send canonical quantities (its own check compares values)."""
     desired = _deployment(cpu="0.5")
     for _ in range(3):
-        live = api.get(kcluster.DEPLOYMENT, "demo", "web")
+        live = api.get(apiclient.DEPLOYMENT, "demo", "web")
         wanted = desired["spec"]["template"]["spec"]["containers"][0]["resources"]
         if live is None or live["spec"]["template"]["spec"]["containers"][0]["resources"] != wanted:
             api.apply(desired, "naive")
@@ -398,7 +402,7 @@ def _containers(obj: Obj) -> dict[str, Obj]:
     return {c["name"]: c for c in obj["spec"]["template"]["spec"]["containers"]}
 
 
-def test_apply_merges_containers_ports_and_env_by_their_keys(api: kcluster.Cluster) -> None:
+def test_apply_merges_containers_ports_and_env_by_their_keys(api: apiclient.Cluster) -> None:
     mine = _deployment()
     mine["spec"]["template"]["spec"]["containers"][0].update(
         env=[{"name": "A", "value": "1"}], ports=[{"containerPort": 8080}]
@@ -442,11 +446,11 @@ def test_apply_merges_containers_ports_and_env_by_their_keys(api: kcluster.Clust
     )
 
 
-def test_apply_conflicts_between_managers_unless_forced(api: kcluster.Cluster) -> None:
+def test_apply_conflicts_between_managers_unless_forced(api: apiclient.Cluster) -> None:
     api.apply(_deployment(), "mine")
     theirs = _deployment()
     theirs["spec"]["template"]["spec"]["containers"][0]["image"] = "web:2"
-    with pytest.raises(kcluster.Conflict) as caught:
+    with pytest.raises(apiclient.Conflict) as caught:
         api.apply(theirs, "theirs", force=False)
     assert (
         'Apply failed with 1 conflict: conflict with "mine": .spec.template.spec.containers[name="app"].image'
@@ -455,11 +459,11 @@ def test_apply_conflicts_between_managers_unless_forced(api: kcluster.Cluster) -
     forced = api.apply(theirs, "theirs", force=True)
     assert _containers(forced)["app"]["image"] == "web:2"
     # The field changed hands: now "mine" conflicts.
-    with pytest.raises(kcluster.Conflict, match='conflict with "theirs"'):
+    with pytest.raises(apiclient.Conflict, match='conflict with "theirs"'):
         api.apply(_deployment(), "mine", force=False)
 
 
-def test_lists_without_map_keys_are_atomic(api: kcluster.Cluster) -> None:
+def test_lists_without_map_keys_are_atomic(api: apiclient.Cluster) -> None:
     hpa: Obj = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -481,11 +485,11 @@ def test_lists_without_map_keys_are_atomic(api: kcluster.Cluster) -> None:
     api.apply(hpa, "mine")
     other = copy.deepcopy(hpa)
     other["spec"]["metrics"][0]["resource"]["name"] = "memory"
-    with pytest.raises(kcluster.Conflict, match=r'conflict with "mine": \.spec\.metrics$'):
+    with pytest.raises(apiclient.Conflict, match=r'conflict with "mine": \.spec\.metrics$'):
         api.apply(other, "theirs", force=False)
 
 
-def test_custom_resource_lists_merge_by_the_crds_map_keys(api: kcluster.Cluster) -> None:
+def test_custom_resource_lists_merge_by_the_crds_map_keys(api: apiclient.Cluster) -> None:
     schema = {
         "type": "object",
         "properties": {
@@ -516,13 +520,13 @@ def test_custom_resource_lists_merge_by_the_crds_map_keys(api: kcluster.Cluster)
     api.apply(widget([{"name": "a", "weight": 1}], ["x"]), "mine")
     merged = api.apply(widget([{"name": "b", "weight": 2}], ["x"]), "theirs", force=False)
     assert merged["spec"]["rules"] == [{"name": "a", "weight": 1}, {"name": "b", "weight": 2}]
-    with pytest.raises(kcluster.Conflict, match=r"\.spec\.tags"):
+    with pytest.raises(apiclient.Conflict, match=r"\.spec\.tags"):
         api.apply(widget([{"name": "b", "weight": 2}], ["y"]), "theirs", force=False)
 
 
-def test_status_conditions_merge_by_type(api: kcluster.Cluster, fake: server.FakeKube) -> None:
+def test_status_conditions_merge_by_type(api: apiclient.Cluster, fake: server.FakeKube) -> None:
     api.apply(_deployment(), "owner")
-    status = api.resource(kcluster.DEPLOYMENT).status
+    status = api.resource(apiclient.DEPLOYMENT).status
 
     def apply_status(manager: str, condition: Obj) -> Obj:
         body = {
@@ -544,10 +548,10 @@ def test_status_conditions_merge_by_type(api: kcluster.Cluster, fake: server.Fak
 # --- resourceVersion, 429 and hangs ------------------------------------------------------
 
 
-def test_stale_resource_version_is_a_409_naming_the_resource(api: kcluster.Cluster) -> None:
+def test_stale_resource_version_is_a_409_naming_the_resource(api: apiclient.Cluster) -> None:
     created = api.apply(_deployment(), "owner")
-    api.merge_patch(kcluster.DEPLOYMENT, "demo", "web", {"spec": {"replicas": 2}})
-    status = _fails(api.resource(kcluster.DEPLOYMENT).replace, body=created, namespace="demo")
+    api.merge_patch(apiclient.DEPLOYMENT, "demo", "web", {"spec": {"replicas": 2}})
+    status = _fails(api.resource(apiclient.DEPLOYMENT).replace, body=created, namespace="demo")
     assert status["code"] == 409
     assert status["reason"] == "Conflict"
     assert status["message"] == (
@@ -568,7 +572,7 @@ def _raw_get(fake: server.FakeKube, path: str) -> tuple[int, dict[str, str], Obj
 
 
 def test_throttled_requests_get_429_with_retry_after(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     fake.faults.throttle("list", "configmaps", retry_after=7)
     code, headers, status = _raw_get(fake, "/api/v1/namespaces/demo/configmaps")
@@ -578,30 +582,32 @@ def test_throttled_requests_get_429_with_retry_after(
     assert _raw_get(fake, "/api/v1/namespaces/demo/configmaps")[0] == 200
     # The real client (urllib3 under it) honours Retry-After: it waits and tries again.
     rule = fake.faults.throttle("list", "configmaps", retry_after=1, times=2)
-    assert api.resource(kcluster.CONFIG_MAP).get(namespace="demo").items == []
+    assert api.resource(apiclient.CONFIG_MAP).get(namespace="demo").items == []
     assert rule.seen == 2
     # Throttling that never ends reaches the caller once the client's retries are spent.
     fake.faults.throttle("get", "configmaps", retry_after=1, times=-1)
     with pytest.raises(dyn_errors.DynamicApiError) as caught:
-        api.resource(kcluster.CONFIG_MAP).get(name="cm", namespace="demo")
+        api.resource(apiclient.CONFIG_MAP).get(name="cm", namespace="demo")
     assert caught.value.status == 429
 
 
 def test_hung_requests_are_held_until_the_client_gives_up(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     rule = fake.faults.hang("get", "services", seconds=2.0, times=-1, namespace="demo")
     with pytest.raises(urllib3.exceptions.HTTPError):
-        api.resource(kcluster.SERVICE).get(name="echo", namespace="demo", _request_timeout=0.2)
+        api.resource(apiclient.SERVICE).get(name="echo", namespace="demo", _request_timeout=0.2)
     assert rule.seen >= 1
     # Other resources are served meanwhile; once cleared, the GET is served at once.
-    assert api.get(kcluster.CONFIG_MAP, "demo", "none") is None
+    assert api.get(apiclient.CONFIG_MAP, "demo", "none") is None
     fake.faults.clear()
-    assert api.resource(kcluster.SERVICE).get(name="echo", namespace="demo").metadata.name == "echo"
+    assert (
+        api.resource(apiclient.SERVICE).get(name="echo", namespace="demo").metadata.name == "echo"
+    )
 
 
 def test_apply_of_a_custom_resource_prunes_before_merging(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     policy = _traffic_policy({"timeout": {"request": "1s"}})
     api.apply(policy, "mine")
@@ -614,7 +620,7 @@ def test_apply_of_a_custom_resource_prunes_before_merging(
 
 
 def test_deleting_a_crd_deletes_its_objects_and_stops_serving_them(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     crd = _widget_crd({"type": "object", "properties": {"size": {"type": "integer"}}})
     api.create(crd)

@@ -16,23 +16,25 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests import conftest
-from waypoint import echo, pki
-from waypoint.hbone import client, errors, grpcwire, h2io, loop, terminator
+from waypoint import names, pki
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client, echo_pb2, errors, grpcwire, h2io, loop, terminator
 
 MiB = 1 << 20
 ECHO_METHOD = "/proto.EchoTestService/Echo"
 
 
 @pytest.fixture(scope="module")
-def ca() -> pki.CertificateAuthority:
-    return pki.CertificateAuthority.create(
+def ca() -> dev_ca.CertificateAuthority:
+    return dev_ca.CertificateAuthority.create(
         "cluster.local", not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
     )
 
 
 @dataclasses.dataclass
 class Stack:
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     backend: echo.EchoServer
     term: terminator.HboneTerminator
     client_id: pki.Identity
@@ -65,7 +67,7 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(ca: pki.CertificateAuthority, **term_kwargs: object) -> AsyncIterator[Stack]:
+async def stack(ca: dev_ca.CertificateAuthority, **term_kwargs: object) -> AsyncIterator[Stack]:
     backend = echo.EchoServer(
         "echo-v1-abc", "apps", http_ports=(0,), grpc_ports=(0,), tcp_ports=(0,)
     )
@@ -80,7 +82,7 @@ async def stack(ca: pki.CertificateAuthority, **term_kwargs: object) -> AsyncIte
 
 
 @pytest.mark.asyncio
-async def test_http1_inside_connect_reaches_echo(ca: pki.CertificateAuthority) -> None:
+async def test_http1_inside_connect_reaches_echo(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s, s.client() as c:
         resp = await c.request(
             s.http, "POST", "/hello?x=1", [("X-Test", "a"), ("X-Test", "b")], b"body"
@@ -102,7 +104,9 @@ async def test_http1_inside_connect_reaches_echo(ca: pki.CertificateAuthority) -
 
 
 @pytest.mark.asyncio
-async def test_host_override_json_format_and_connect_headers(ca: pki.CertificateAuthority) -> None:
+async def test_host_override_json_format_and_connect_headers(
+    ca: dev_ca.CertificateAuthority,
+) -> None:
     async with stack(ca) as s, s.client() as c:
         resp = await c.request(
             s.http,
@@ -118,14 +122,17 @@ async def test_host_override_json_format_and_connect_headers(ca: pki.Certificate
 
 
 @pytest.mark.asyncio
-async def test_grpc_inside_connect(ca: pki.CertificateAuthority) -> None:
+async def test_grpc_inside_connect(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s, s.client() as c:
         status, message, trailers = await c.grpc_unary(
-            s.grpc, ECHO_METHOD, grpcwire.echo_message("ping"), [("x-md", "v1")]
+            s.grpc,
+            ECHO_METHOD,
+            echo_pb2.EchoRequest(message="ping").SerializeToString(),
+            [("x-md", "v1")],
         )
         assert status == grpcwire.OK
         assert ("grpc-status", "0") in trailers
-        report = echo.parse_echo(grpcwire.decode_string_field(message, 1))
+        report = echo.parse_echo(echo_pb2.EchoResponse.FromString(message).message)
         assert (report.hostname, report.message, report.proto) == ("echo-v1-abc", "ping", "GRPC")
         assert report.url == ECHO_METHOD
         assert report.headers["x-md"] == ["v1"]
@@ -133,14 +140,15 @@ async def test_grpc_inside_connect(ca: pki.CertificateAuthority) -> None:
         other = await c.grpc_unary(s.grpc, "/pkg.Other/Call", b"")
         assert other.status == grpcwire.OK
         assert (
-            echo.parse_echo(grpcwire.decode_string_field(other.message, 1)).url == "/pkg.Other/Call"
+            echo.parse_echo(echo_pb2.EchoResponse.FromString(other.message).message).url
+            == "/pkg.Other/Call"
         )
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("window", [None, 65535, 16384])
 async def test_one_mib_both_ways_respects_flow_control(
-    ca: pki.CertificateAuthority, window: int | None
+    ca: dev_ca.CertificateAuthority, window: int | None
 ) -> None:
     payload = bytes(range(251)) * (MiB // 251 + 1)
     payload = payload[:MiB]
@@ -163,7 +171,9 @@ async def test_one_mib_both_ways_respects_flow_control(
 
 
 @pytest.mark.asyncio
-async def test_many_concurrent_streams_share_one_connection(ca: pki.CertificateAuthority) -> None:
+async def test_many_concurrent_streams_share_one_connection(
+    ca: dev_ca.CertificateAuthority,
+) -> None:
     async with stack(ca) as s, s.client() as c:
         responses = await asyncio.gather(*(c.request(s.http, path=f"/r/{i}") for i in range(100)))
         assert [echo.parse_echo(r.body).url for r in responses] == [f"/r/{i}" for i in range(100)]
@@ -178,7 +188,7 @@ async def test_many_concurrent_streams_share_one_connection(ca: pki.CertificateA
 
 
 @pytest.mark.asyncio
-async def test_client_waits_for_the_servers_stream_limit(ca: pki.CertificateAuthority) -> None:
+async def test_client_waits_for_the_servers_stream_limit(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca, max_concurrent_streams=3) as s, s.client() as c:
         conn = await c.connect()
         # Hold three tunnels open: the limit is reached.
@@ -201,7 +211,9 @@ async def test_client_waits_for_the_servers_stream_limit(ca: pki.CertificateAuth
 
 
 @pytest.mark.asyncio
-async def test_tunnel_reset_and_half_close_reach_the_backend(ca: pki.CertificateAuthority) -> None:
+async def test_tunnel_reset_and_half_close_reach_the_backend(
+    ca: dev_ca.CertificateAuthority,
+) -> None:
     closed: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def recorder(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -234,7 +246,7 @@ async def test_tunnel_reset_and_half_close_reach_the_backend(ca: pki.Certificate
 
 
 @pytest.mark.asyncio
-async def test_request_timeout_resets_only_that_tunnel(ca: pki.CertificateAuthority) -> None:
+async def test_request_timeout_resets_only_that_tunnel(ca: dev_ca.CertificateAuthority) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # never answers
         writer.close()
@@ -255,7 +267,7 @@ async def test_request_timeout_resets_only_that_tunnel(ca: pki.CertificateAuthor
 
 
 @pytest.mark.asyncio
-async def test_client_requires_alpn_h2(ca: pki.CertificateAuthority) -> None:
+async def test_client_requires_alpn_h2(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s:
         no_alpn = s.client_id.ssl_context(server=False, alpn=())
         async with client.HboneClient(s.term.address, no_alpn) as c:
@@ -264,7 +276,7 @@ async def test_client_requires_alpn_h2(ca: pki.CertificateAuthority) -> None:
 
 
 @pytest.mark.asyncio
-async def test_unreachable_target_gets_503(ca: pki.CertificateAuthority) -> None:
+async def test_unreachable_target_gets_503(ca: dev_ca.CertificateAuthority) -> None:
     dead = f"127.0.0.1:{conftest.free_port()}"
     async with stack(ca) as s, s.client() as c:
         with pytest.raises(errors.TunnelRejected) as info:
@@ -278,7 +290,7 @@ async def test_unreachable_target_gets_503(ca: pki.CertificateAuthority) -> None
 
 
 @pytest.mark.asyncio
-async def test_bad_authority_and_non_connect_are_refused(ca: pki.CertificateAuthority) -> None:
+async def test_bad_authority_and_non_connect_are_refused(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s, s.client() as c:
         with pytest.raises(errors.TunnelRejected) as info:
             await c.open_tunnel("no-port-here")
@@ -292,7 +304,7 @@ async def test_bad_authority_and_non_connect_are_refused(ca: pki.CertificateAuth
 
 
 @pytest.mark.asyncio
-async def test_target_override_redirects_an_authority(ca: pki.CertificateAuthority) -> None:
+async def test_target_override_redirects_an_authority(ca: dev_ca.CertificateAuthority) -> None:
     backend = echo.EchoServer("redirected", "apps", bind="127.0.0.2", http_ports=(0,))
     async with backend:
         override = {"10.96.0.10:80": ("127.0.0.2", backend.http_ports[0])}
@@ -304,7 +316,7 @@ async def test_target_override_redirects_an_authority(ca: pki.CertificateAuthori
 
 
 @pytest.mark.asyncio
-async def test_client_without_certificate_is_rejected(ca: pki.CertificateAuthority) -> None:
+async def test_client_without_certificate_is_rejected(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s:
         anonymous = client.HboneClient(
             s.term.address, pki.trusting_context(ca.root_pem), connect_timeout=5.0
@@ -315,8 +327,10 @@ async def test_client_without_certificate_is_rejected(ca: pki.CertificateAuthori
 
 
 @pytest.mark.asyncio
-async def test_client_from_another_ca_is_rejected(ca: pki.CertificateAuthority) -> None:
-    stranger = pki.CertificateAuthority.create("cluster.local").issue_workload("apps", "waypoint")
+async def test_client_from_another_ca_is_rejected(ca: dev_ca.CertificateAuthority) -> None:
+    stranger = dev_ca.CertificateAuthority.create("cluster.local").issue_workload(
+        "apps", "waypoint"
+    )
     async with stack(ca) as s, s.client(stranger.with_root(ca.certificate)) as c:
         with pytest.raises(errors.HboneConnectionError, match=r"(?i)unknown ca|certificate"):
             await c.request(s.http)
@@ -324,9 +338,9 @@ async def test_client_from_another_ca_is_rejected(ca: pki.CertificateAuthority) 
 
 
 @pytest.mark.asyncio
-async def test_expired_client_certificate_is_rejected(ca: pki.CertificateAuthority) -> None:
+async def test_expired_client_certificate_is_rejected(ca: dev_ca.CertificateAuthority) -> None:
     old = ca.issue(
-        pki.spiffe_id("cluster.local", "apps", "waypoint"),
+        names.spiffe_id("cluster.local", "apps", "waypoint"),
         not_after=datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1),
     )
     async with stack(ca) as s, s.client(old) as c:
@@ -335,8 +349,8 @@ async def test_expired_client_certificate_is_rejected(ca: pki.CertificateAuthori
 
 
 @pytest.mark.asyncio
-async def test_wrong_trust_domain_is_rejected(ca: pki.CertificateAuthority) -> None:
-    foreign = ca.issue(pki.spiffe_id("evil.example", "apps", "waypoint"))
+async def test_wrong_trust_domain_is_rejected(ca: dev_ca.CertificateAuthority) -> None:
+    foreign = ca.issue(names.spiffe_id("evil.example", "apps", "waypoint"))
     async with stack(ca) as s, s.client(foreign) as c:
         with pytest.raises(
             errors.HboneConnectionError, match=r"outside trust domain cluster.local"
@@ -347,7 +361,7 @@ async def test_wrong_trust_domain_is_rejected(ca: pki.CertificateAuthority) -> N
 
 
 @pytest.mark.asyncio
-async def test_client_checks_the_server_identity(ca: pki.CertificateAuthority) -> None:
+async def test_client_checks_the_server_identity(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s:
         ctx = s.client_id.ssl_context(server=False)
         wrong = client.HboneClient(
@@ -361,7 +375,7 @@ async def test_client_checks_the_server_identity(ca: pki.CertificateAuthority) -
 
 
 @pytest.mark.asyncio
-async def test_client_redials_after_the_server_goes_away(ca: pki.CertificateAuthority) -> None:
+async def test_client_redials_after_the_server_goes_away(ca: dev_ca.CertificateAuthority) -> None:
     async with stack(ca) as s, s.client() as c:
         assert (await c.request(s.http)).status == 200
         host, port = s.term.address
@@ -374,7 +388,7 @@ async def test_client_redials_after_the_server_goes_away(ca: pki.CertificateAuth
         assert c.connections_made == 2
 
 
-def test_sync_client_from_plain_threads(ca: pki.CertificateAuthority) -> None:
+def test_sync_client_from_plain_threads(ca: dev_ca.CertificateAuthority) -> None:
     runner = loop.LoopThread("test-hbone")
     backend = echo.EchoServer(
         "sync-echo", "apps", http_ports=(0,), grpc_ports=(0,)
@@ -406,7 +420,9 @@ def test_sync_client_from_plain_threads(ca: pki.CertificateAuthority) -> None:
         assert failures == []
         assert sorted(results) == sorted(f"/u{i}/{j}" for i in range(4) for j in range(5))
         grpc_result = sync.grpc_unary(
-            f"127.0.0.1:{backend.grpc_ports[0]}", ECHO_METHOD, grpcwire.echo_message("x")
+            f"127.0.0.1:{backend.grpc_ports[0]}",
+            ECHO_METHOD,
+            echo_pb2.EchoRequest(message="x").SerializeToString(),
         )
         assert grpc_result.status == grpcwire.OK
         with sync.open_tunnel(f"127.0.0.1:{backend.http_ports[0]}") as tunnel:
@@ -426,9 +442,10 @@ GEVENT_SCRIPT = """
 from gevent import monkey
 monkey.patch_all()
 import sys, gevent
-from waypoint import echo, pki
-from waypoint.hbone import client, terminator
-ca = pki.CertificateAuthority.create()
+from waypoint.local.hbone import client, terminator
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+ca = dev_ca.CertificateAuthority.create()
 backend = echo.EchoServer("gevent-echo", "apps", http_ports=(0,)).start_background()
 term = terminator.HboneTerminator(ca.issue_workload("istio-system", "ztunnel").ssl_context(server=True))
 term.start_background()
@@ -645,7 +662,7 @@ def _hbone_envoy_config(
 
 
 def test_client_through_real_envoy_hbone(
-    ca: pki.CertificateAuthority, envoy: conftest.EnvoyStarter, tmp_path: pathlib.Path
+    ca: dev_ca.CertificateAuthority, envoy: conftest.EnvoyStarter, tmp_path: pathlib.Path
 ) -> None:
     cert_dir = ca.issue_workload("apps", "waypoint").write(tmp_path / "certs")
     backend = echo.EchoServer(
@@ -678,11 +695,13 @@ def test_client_through_real_envoy_hbone(
             assert sync.peer_id == "spiffe://cluster.local/ns/apps/sa/waypoint"
 
             result = sync.grpc_unary(
-                "10.96.0.11:7070", ECHO_METHOD, grpcwire.echo_message("via envoy")
+                "10.96.0.11:7070",
+                ECHO_METHOD,
+                echo_pb2.EchoRequest(message="via envoy").SerializeToString(),
             )
             assert result.status == grpcwire.OK
             assert (
-                echo.parse_echo(grpcwire.decode_string_field(result.message, 1)).message
+                echo.parse_echo(echo_pb2.EchoResponse.FromString(result.message).message).message
                 == "via envoy"
             )
 
@@ -691,7 +710,7 @@ def test_client_through_real_envoy_hbone(
             assert info.value.status == 404
             assert sync.client.connections_made == 1
 
-        foreign = ca.issue(pki.spiffe_id("evil.example", "apps", "sleep"))
+        foreign = ca.issue(names.spiffe_id("evil.example", "apps", "sleep"))
         with (
             client.SyncHboneClient(
                 ("127.0.0.1", hbone_port), foreign.ssl_context(server=False)

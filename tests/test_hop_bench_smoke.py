@@ -19,7 +19,7 @@ import pytest
 from loadtests import extauthz_bench, hop_bench, hop_envoys, hop_rig, procs
 from waypoint import pipeline
 from waypoint.envoy import options as options_mod
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, inputs
 
 
 def test_every_generated_config_passes_envoy_validate(tmp_path: pathlib.Path) -> None:
@@ -44,7 +44,7 @@ def test_world_moves_the_pod_and_the_waypoint_follows() -> None:
     ]
     assert endpoints == [("127.0.30.77", hop_rig.POD_PORT, True)]
     # The file itself is untouched: the move is on a copy.
-    assert hop_rig.world_pod_address(pipeline.load_objects([hop_rig.WORLD])) == "127.0.30.1"
+    assert hop_rig.world_pod_address(inputs.load_objects([hop_rig.WORLD])) == "127.0.30.1"
 
 
 def test_stand_ins_reject_empty_or_duplicate_input(tmp_path: pathlib.Path) -> None:

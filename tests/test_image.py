@@ -41,12 +41,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests import podman
 from tests.fakekube import server, world
 from tests.fakekube import tls as fake_tls
-from waypoint import pki, version
+from waypoint import pki, version, wellknown
 from waypoint.envoy import options as envoy_options
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors as hbone_errors
 from waypoint.kube import constants, render, settings
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors as hbone_errors
 from waypoint.runtime import ports
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(1500)]
@@ -461,5 +461,5 @@ def test_controller_runs_in_cluster_from_the_image(
     assert apply.returncode == 0, output
     namespace = fake.get("v1", "Namespace", "", NS)
     assert namespace is not None
-    assert namespace["metadata"]["labels"][constants.USE_WAYPOINT] == GATEWAY
+    assert namespace["metadata"]["labels"][wellknown.USE_WAYPOINT] == GATEWAY
     assert _http_ok(f"http://127.0.0.1:{metrics}/metrics")

@@ -18,12 +18,13 @@ from cryptography import x509
 
 from tests import conftest, istioca_server
 from tests import test_istioca as support
-from waypoint import echo, model, names, pki
-from waypoint.envoy import bootstrap, options, secrets
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import terminator as hbone_terminator
+from waypoint import model, names, pki
+from waypoint.envoy import bootstrap, options
 from waypoint.istioca import agent, client
-from waypoint.runtime import envoy_process
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import terminator as hbone_terminator
+from waypoint.runtime import envoy_process, sds
 
 PLAIN = names.authority("10.96.0.10", 80)
 MESH = names.authority("10.96.0.11", 80)
@@ -67,7 +68,7 @@ def _waypoint(plain_port: int, mesh_port: int) -> model.Waypoint:
 
 def _mesh_identity(mesh: istioca_server.MeshCa, namespace: str, account: str) -> pki.Identity:
     """A workload of the same mesh (the waypoint's peers need certificates from its root)."""
-    spiffe_id = pki.spiffe_id(support.TD, namespace, account)
+    spiffe_id = names.spiffe_id(support.TD, namespace, account)
     key, _csr = client.new_key_and_csr(spiffe_id)
     leaf = mesh.sign(key.public_key(), spiffe_id, datetime.timedelta(hours=1))
     return pki.Identity(spiffe_id, leaf, key, (mesh.intermediate,), mesh.root.certificate)
@@ -129,7 +130,7 @@ def test_envoy_presents_the_istio_ca_certificate_and_its_renewal(
                 readiness_port=conftest.free_port(),
                 stats_port=conftest.free_port(),
             )
-            secrets.write_sds_files(opts)
+            sds.write_files(opts)
             waypoint = _waypoint(plain.http_ports[0], workload.http_ports[0])
             text = bootstrap.to_yaml(bootstrap.build(waypoint, opts))
             envoy_process.validate_text(text)

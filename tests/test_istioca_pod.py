@@ -17,7 +17,7 @@ from typing import Any
 from tests import conftest, istioca_server
 from tests import test_istioca_envoy as envoy_test
 from tests.fakekube import world
-from waypoint import pki
+from waypoint import names, pki
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import gateway, render
 from waypoint.runtime import envoy_process
@@ -82,7 +82,7 @@ def test_rendered_istio_pod_gets_its_certificate_and_serves_it(tmp_path: pathlib
     pod = by_kind["Deployment"]["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     sidecar = next(c for c in pod["containers"] if c["name"] == "istio-certs")
-    expected_id = pki.spiffe_id("cluster.local", "demo", pod["serviceAccountName"])
+    expected_id = names.spiffe_id("cluster.local", "demo", pod["serviceAccountName"])
 
     mesh = istioca_server.MeshCa("cluster.local")
     # What the kubelet mounts: the projected token and the istio-ca-root-cert ConfigMap.

@@ -22,9 +22,8 @@ from tests import conftest
 from tests.fakekube import catalog as fake_catalog
 from tests.fakekube import gateway_api_schema, world
 from waypoint import cli, version
-from waypoint.commands import cluster as cluster_commands
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import reconcile, xds
+from waypoint.controller import apiclient, reconcile, xds
+from waypoint.controller import main as controller_main
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 
@@ -140,10 +139,10 @@ def test_one_image_entry_names_the_controller_and_its_waypoints(tmp_path: pathli
         assert container["image"] in ("mirror/waypoint-mesh:9.9.9", "waypoint-mesh:0.1.0")
     # The controller puts its --image into every container it generates.
     args = cli.build_parser().parse_args(["controller", "--image=mirror/waypoint-mesh:9.9.9"])
-    defaults = cluster_commands.controller_defaults(args)
+    defaults = controller_main.defaults(args)
     assert defaults.envoy_image == defaults.extauthz_image == "mirror/waypoint-mesh:9.9.9"
     args = cli.build_parser().parse_args(["controller", "--extauthz-image=other:1"])
-    defaults = cluster_commands.controller_defaults(args)
+    defaults = controller_main.defaults(args)
     assert (defaults.envoy_image, defaults.extauthz_image) == (version.default_image(), "other:1")
 
 
@@ -182,20 +181,20 @@ def _allowed(role: dict[str, Any], group: str, resource: str) -> set[str]:
 def test_rbac_covers_what_the_controller_reads_and_writes() -> None:
     (role,) = [d for d in build("base") if d["kind"] == "ClusterRole"]
     plural = {(r.group, r.kind): r.plural for r in fake_catalog.all_resources()}
-    for kind in (*reconcile.WORLD_KINDS, kcluster.GATEWAY_CLASS):
+    for kind in (*reconcile.WORLD_KINDS, apiclient.GATEWAY_CLASS):
         resource = plural[(kind.group, kind.kind)]
         assert {"get", "list", "watch"} <= _allowed(role, kind.group, resource), kind
     for kind in reconcile.STATUS_KINDS.values():
         resource = plural[(kind.group, kind.kind)] + "/status"
         assert "update" in _allowed(role, kind.group, resource), kind
     # Policies are the user's: the controller only reads them and writes their status.
-    for kind in kcluster.POLICY_KINDS:
+    for kind in apiclient.POLICY_KINDS:
         assert _allowed(role, kind.group, plural[(kind.group, kind.kind)]) == {
             "get",
             "list",
             "watch",
         }
-    for kind in kcluster.GENERATED_KINDS:
+    for kind in apiclient.GENERATED_KINDS:
         assert {"create", "patch"} <= _allowed(role, kind.group, plural[(kind.group, kind.kind)])
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from waypoint import names, wellknown
 from waypoint.envoy import options as envoy_options
 from waypoint.istioca import client
-from waypoint.kube import constants, gateway, merge, names, objects, settings
+from waypoint.kube import constants, gateway, merge, objects, settings
 
 K8S_VERSION = "1.32.0"
 OPTIONS = envoy_options.BootstrapOptions()
@@ -59,8 +60,8 @@ def test_every_object_is_labeled_and_owned() -> None:
     for obj in _desired(_gateway(min_replicas=2)).values():
         meta = obj["metadata"]
         assert meta["namespace"] == "demo"
-        assert meta["labels"][constants.MANAGED_BY_LABEL] == "waypoint-controller"
-        assert meta["labels"][constants.GATEWAY_NAME_LABEL] == "waypoint"
+        assert meta["labels"][wellknown.MANAGED_BY_LABEL] == "waypoint-controller"
+        assert meta["labels"][wellknown.GATEWAY_NAME_LABEL] == "waypoint"
         (owner,) = meta["ownerReferences"]
         assert owner["kind"] == "Gateway"
         assert owner["controller"] is True
@@ -264,7 +265,7 @@ def test_istio_style_overlay_from_config_map() -> None:
     assert envoy["resources"]["requests"] == {"cpu": "500m", "memory": "128Mi"}
     assert objs["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 12
     assert (
-        objs["Deployment"]["metadata"]["labels"][constants.MANAGED_BY_LABEL]
+        objs["Deployment"]["metadata"]["labels"][wellknown.MANAGED_BY_LABEL]
         == "waypoint-controller"
     )
 

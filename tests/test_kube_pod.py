@@ -12,9 +12,9 @@ from typing import Any
 
 from tests import conftest
 from tests.fakekube import world
-from waypoint import pki
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import gateway, render
+from waypoint.local import ca as dev_ca
 from waypoint.runtime import envoy_process
 
 
@@ -55,7 +55,7 @@ def test_generated_pod_layout_starts_a_ready_envoy(tmp_path: pathlib.Path) -> No
         if "configMap" in volume:
             _mount(volume, config_map, target)
     # The certificate volume (csi-driver-spiffe in a cluster) holds the pod's SVID.
-    authority = pki.CertificateAuthority.create("cluster.local")
+    authority = dev_ca.CertificateAuthority.create("cluster.local")
     authority.issue_workload("demo", "waypoint").write(paths["spiffe-credentials"])
 
     config_arg = envoy["args"][envoy["args"].index("-c") + 1]

@@ -13,9 +13,8 @@ import yaml
 
 from tests import test_kube_manifests
 from tests.fakekube import server, world
-from waypoint import cli
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import reconcile
+from waypoint import cli, wellknown
+from waypoint.controller import apiclient, reconcile
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, gateway, objects, render, settings
 from waypoint.runtime import envoy_process
@@ -26,7 +25,7 @@ OPTIONS = envoy_options.BootstrapOptions()
 def _sandwiched(annotation: str | None = "PROXY/15088") -> dict[str, Any]:
     gw = gateway.generate_gateway("demo")
     if annotation is not None:
-        gw["metadata"]["annotations"] = {constants.INBOUND_BINDING_ANNOTATION: annotation}
+        gw["metadata"]["annotations"] = {wellknown.INBOUND_BINDING_ANNOTATION: annotation}
     return gw
 
 
@@ -52,7 +51,7 @@ def test_the_service_exposes_the_proxy_port() -> None:
 def test_the_pod_holds_no_certificate_and_is_in_ambient_mode() -> None:
     objs = _render()
     template = objs["Deployment"]["spec"]["template"]
-    assert template["metadata"]["labels"][constants.DATAPLANE_MODE_LABEL] == "ambient"
+    assert template["metadata"]["labels"][wellknown.DATAPLANE_MODE_LABEL] == "ambient"
     pod = template["spec"]
     assert objects.CERT_VOLUME not in {v["name"] for v in pod["volumes"]}
     assert "sds" not in {v["name"] for v in pod["volumes"]}
@@ -68,11 +67,11 @@ def test_the_pod_holds_no_certificate_and_is_in_ambient_mode() -> None:
 
 def test_the_gateway_class_annotation_is_enough() -> None:
     gateway_class = {
-        "apiVersion": constants.GATEWAY_API_VERSION,
+        "apiVersion": wellknown.GATEWAY_API_VERSION,
         "kind": "GatewayClass",
         "metadata": {
-            "name": constants.GATEWAY_CLASS,
-            "annotations": {constants.INBOUND_BINDING_ANNOTATION: "PROXY/15088"},
+            "name": wellknown.GATEWAY_CLASS,
+            "annotations": {wellknown.INBOUND_BINDING_ANNOTATION: "PROXY/15088"},
         },
         "spec": {"controllerName": constants.CONTROLLER_NAME},
     }
@@ -92,7 +91,7 @@ def test_the_kgateway_listener_renders() -> None:
 def test_an_hbone_waypoint_is_unchanged() -> None:
     objs = _render(gw=_sandwiched(None))
     template = objs["Deployment"]["spec"]["template"]
-    assert template["metadata"]["labels"][constants.DATAPLANE_MODE_LABEL] == "none"
+    assert template["metadata"]["labels"][wellknown.DATAPLANE_MODE_LABEL] == "none"
     assert objects.CERT_VOLUME in {v["name"] for v in template["spec"]["volumes"]}
     assert "proxy" not in {p["name"] for p in objs["Service"]["spec"]["ports"]}
 
@@ -106,7 +105,7 @@ def test_sandwiched_objects_validate_against_kubernetes_schemas() -> None:
 
 
 def test_the_controller_reads_the_gateway_class_annotation(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     reconciler = reconcile.Reconciler(
         api, lambda: reconcile.list_world(api), clock=lambda: "2026-01-01T00:00:00Z"
@@ -117,9 +116,9 @@ def test_the_controller_reads_the_gateway_class_annotation(
     assert service is not None
     assert "proxy" not in {p["name"] for p in service["spec"]["ports"]}
 
-    annotations = {constants.INBOUND_BINDING_ANNOTATION: "PROXY/15088"}
+    annotations = {wellknown.INBOUND_BINDING_ANNOTATION: "PROXY/15088"}
     api.merge_patch(
-        kcluster.GATEWAY_CLASS, "", "waypoint", {"metadata": {"annotations": annotations}}
+        apiclient.GATEWAY_CLASS, "", "waypoint", {"metadata": {"annotations": annotations}}
     )
     reconciler.reconcile_gateway("demo", "waypoint")
     service = fake.get("v1", "Service", "demo", "waypoint")
@@ -138,8 +137,8 @@ def test_the_istio_overlay_makes_sandwiched_waypoints() -> None:
     docs = test_kube_manifests.build("overlays/istio")
     (gateway_class,) = [d for d in docs if d["kind"] == "GatewayClass"]
     meta = gateway_class["metadata"]
-    assert meta["annotations"][constants.INBOUND_BINDING_ANNOTATION] == "PROXY/15088"
-    assert meta["labels"][constants.WAYPOINT_FOR] == "service"
+    assert meta["annotations"][wellknown.INBOUND_BINDING_ANNOTATION] == "PROXY/15088"
+    assert meta["labels"][wellknown.WAYPOINT_FOR] == "service"
     ref = settings.class_parameters_ref(gateway_class)
     (defaults,) = [
         d
@@ -151,7 +150,7 @@ def test_the_istio_overlay_makes_sandwiched_waypoints() -> None:
     ports = generated["Service"]["spec"]["ports"]
     assert ("proxy", 15088) in [(p["name"], p["port"]) for p in ports]
     template = generated["Deployment"]["spec"]["template"]
-    assert template["metadata"]["labels"][constants.DATAPLANE_MODE_LABEL] == "ambient"
+    assert template["metadata"]["labels"][wellknown.DATAPLANE_MODE_LABEL] == "ambient"
     for obj in generated.values():
         kubernetes_validate.validate(obj, "1.32.0", strict=True)
 

@@ -17,10 +17,11 @@ import pytest
 
 from loadtests import procs
 from tests import conftest
-from waypoint import echo, model, pipeline, pki
-from waypoint.hbone import errors, grpcwire
+from waypoint import model, names, pipeline
+from waypoint.local import echo, workloads
 from waypoint.local import stack as stack_mod
-from waypoint.local import workloads
+from waypoint.local.hbone import echo_pb2, errors, grpcwire
+from waypoint.runtime import inputs
 
 NS = "shop"
 NET = "127.0.31"  # the module's stack; start/stop tests use their own NET beside it
@@ -150,7 +151,7 @@ def test_plan_derives_pods_ports_protocols_and_mesh_membership() -> None:
 
 
 def test_plan_of_the_repo_example_world() -> None:
-    objects = pipeline.load_objects([conftest.REPO / "examples" / "local" / "world.yaml"])
+    objects = inputs.load_objects([conftest.REPO / "examples" / "local" / "world.yaml"])
     plan = workloads.plan(objects)
     assert [(w.address, w.name, w.service_account, w.mesh) for w in plan] == [
         ("127.0.10.1", "echo-v1-5d8f7c9b4-x2k7q", "echo", True),
@@ -210,7 +211,7 @@ def test_waypoint_reaches_a_mesh_pod_through_its_own_terminator(
     assert (report.hostname, report.namespace, report.url) == (WEB_POD, NS, "/hello")
     record = terminator.records[before]
     assert (record.peer_id, record.authority) == (stack.waypoint_id, f"{WEB_IP}:{HTTP_PORT}")
-    assert stack.backends[WEB_IP].spiffe_id == pki.spiffe_id("cluster.local", NS, "web")
+    assert stack.backends[WEB_IP].spiffe_id == names.spiffe_id("cluster.local", NS, "web")
 
 
 def test_waypoint_reaches_an_opted_out_pod_in_plain(stack: stack_mod.LocalStack) -> None:
@@ -224,10 +225,10 @@ def test_grpc_and_tcp_ports_of_a_mesh_pod(stack: stack_mod.LocalStack) -> None:
         result = hbone.grpc_unary(
             stack.authority(NS, "web", 7070),
             "/proto.EchoTestService/Echo",
-            grpcwire.echo_message("hi"),
+            echo_pb2.EchoRequest(message="hi").SerializeToString(),
         )
         assert result.status == grpcwire.OK, result.details
-        report = echo.parse_echo(grpcwire.decode_string_field(result.message, 1))
+        report = echo.parse_echo(echo_pb2.EchoResponse.FromString(result.message).message)
         assert (report.hostname, report.message) == (WEB_POD, "hi")
         with hbone.open_tunnel(stack.authority(NS, "web", 9090)) as tunnel:
             tunnel.send(b"ping")
@@ -236,7 +237,7 @@ def test_grpc_and_tcp_ports_of_a_mesh_pod(stack: stack_mod.LocalStack) -> None:
 
 
 def test_the_waypoint_presents_its_gateway_identity(stack: stack_mod.LocalStack) -> None:
-    assert stack.waypoint_id == pki.spiffe_id("cluster.local", NS, "waypoint")
+    assert stack.waypoint_id == names.spiffe_id("cluster.local", NS, "waypoint")
     with stack.client() as hbone:
         hbone.connect()
         assert hbone.peer_id == stack.waypoint_id

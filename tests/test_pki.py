@@ -1,4 +1,5 @@
-"""Dev PKI: SPIFFE IDs, CA and leaf certificates, cert-dir files and TLS contexts."""
+"""SPIFFE IDs (``waypoint.names``), the dev CA (``waypoint.local.ca``), and the runtime
+half (``waypoint.pki``): leaf certificates, cert-dir files and TLS contexts."""
 
 from __future__ import annotations
 
@@ -7,25 +8,28 @@ import ipaddress
 import os
 import pathlib
 import ssl
+import subprocess
+import sys
 
 import pytest
 from cryptography import x509
 from cryptography.x509 import oid
 
-from waypoint import pki
+from waypoint import names, pki
+from waypoint.local import ca as dev_ca
 
 NOW = datetime.datetime.now(datetime.UTC)
 
 
 @pytest.fixture(scope="module")
-def ca() -> pki.CertificateAuthority:
-    return pki.CertificateAuthority.create("cluster.local")
+def ca() -> dev_ca.CertificateAuthority:
+    return dev_ca.CertificateAuthority.create("cluster.local")
 
 
 def test_spiffe_id_round_trip() -> None:
-    value = pki.spiffe_id("cluster.local", "bookinfo", "reviews")
+    value = names.spiffe_id("cluster.local", "bookinfo", "reviews")
     assert value == "spiffe://cluster.local/ns/bookinfo/sa/reviews"
-    assert pki.parse_spiffe_id(value) == ("cluster.local", "bookinfo", "reviews")
+    assert names.parse_spiffe_id(value) == ("cluster.local", "bookinfo", "reviews")
 
 
 @pytest.mark.parametrize(
@@ -40,17 +44,30 @@ def test_spiffe_id_round_trip() -> None:
 )
 def test_parse_spiffe_id_rejects_malformed(bad: str) -> None:
     with pytest.raises(ValueError, match="SPIFFE"):
-        pki.parse_spiffe_id(bad)
+        names.parse_spiffe_id(bad)
 
 
 def test_spiffe_id_rejects_bad_segments() -> None:
     with pytest.raises(ValueError, match="namespace 'a/b'"):
-        pki.spiffe_id("cluster.local", "a/b", "sa")
+        names.spiffe_id("cluster.local", "a/b", "sa")
     with pytest.raises(ValueError, match="trust domain"):
-        pki.CertificateAuthority.create("UPPER CASE")
+        dev_ca.CertificateAuthority.create("UPPER CASE")
 
 
-def test_root_is_a_self_signed_ca(ca: pki.CertificateAuthority) -> None:
+def test_translating_loads_no_tls_library() -> None:
+    # SPIFFE IDs are plain strings: the pure translation must not pay for cryptography or ssl.
+    probe = (
+        "import sys, waypoint.translate; "
+        "print(sorted(m for m in ('cryptography', 'ssl', 'waypoint.pki', 'waypoint.local')"
+        " if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_root_is_a_self_signed_ca(ca: dev_ca.CertificateAuthority) -> None:
     cert = ca.certificate
     assert cert.subject == cert.issuer
     cert.verify_directly_issued_by(cert)
@@ -61,7 +78,7 @@ def test_root_is_a_self_signed_ca(ca: pki.CertificateAuthority) -> None:
     assert usage.key_cert_sign
 
 
-def test_leaf_carries_the_spiffe_id_and_usages(ca: pki.CertificateAuthority) -> None:
+def test_leaf_carries_the_spiffe_id_and_usages(ca: dev_ca.CertificateAuthority) -> None:
     ident = ca.issue_workload(
         "default", "sleep", dns_names=["sleep.default"], ip_addresses=["127.0.0.9"]
     )
@@ -81,7 +98,7 @@ def test_leaf_carries_the_spiffe_id_and_usages(ca: pki.CertificateAuthority) -> 
     assert pki.spiffe_id_of(cert) == ident.spiffe_id
 
 
-def test_chain_validates_against_root(ca: pki.CertificateAuthority) -> None:
+def test_chain_validates_against_root(ca: dev_ca.CertificateAuthority) -> None:
     ident = ca.issue_workload("default", "sleep")
     assert (
         pki.verify(ident.certificate, ca.certificate)
@@ -90,17 +107,17 @@ def test_chain_validates_against_root(ca: pki.CertificateAuthority) -> None:
     assert ident.verify() == ident.spiffe_id
 
 
-def test_chain_from_another_ca_does_not_validate(ca: pki.CertificateAuthority) -> None:
-    other = pki.CertificateAuthority.create("cluster.local")
+def test_chain_from_another_ca_does_not_validate(ca: dev_ca.CertificateAuthority) -> None:
+    other = dev_ca.CertificateAuthority.create("cluster.local")
     stranger = other.issue_workload("default", "sleep")
     with pytest.raises(pki.VerificationError, match="does not verify"):
         pki.verify(stranger.certificate, ca.certificate)
 
 
 def test_expired_leaf_fails_verification() -> None:
-    ca = pki.CertificateAuthority.create(not_before=NOW - datetime.timedelta(days=1))
+    ca = dev_ca.CertificateAuthority.create(not_before=NOW - datetime.timedelta(days=1))
     expired = ca.issue(
-        pki.spiffe_id("cluster.local", "default", "old"),
+        names.spiffe_id("cluster.local", "default", "old"),
         not_after=NOW - datetime.timedelta(hours=1),
     )
     assert expired.certificate.not_valid_after_utc < NOW
@@ -110,15 +127,15 @@ def test_expired_leaf_fails_verification() -> None:
     assert expired.verify(at=NOW - datetime.timedelta(hours=1, minutes=30))
 
 
-def test_other_trust_domains_are_easy_to_make(ca: pki.CertificateAuthority) -> None:
-    foreign = ca.issue(pki.spiffe_id("evil.example", "default", "sleep"))
-    assert pki.trust_domain_of(foreign.verify()) == "evil.example"
-    other = pki.CertificateAuthority.create("other.local").issue_workload("ns", "sa")
+def test_other_trust_domains_are_easy_to_make(ca: dev_ca.CertificateAuthority) -> None:
+    foreign = ca.issue(names.spiffe_id("evil.example", "default", "sleep"))
+    assert names.trust_domain_of(foreign.verify()) == "evil.example"
+    other = dev_ca.CertificateAuthority.create("other.local").issue_workload("ns", "sa")
     assert other.spiffe_id == "spiffe://other.local/ns/ns/sa/sa"
 
 
 def test_write_lays_out_a_kubernetes_style_cert_dir(
-    ca: pki.CertificateAuthority, tmp_path: pathlib.Path
+    ca: dev_ca.CertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
     ident = ca.issue_workload("default", "waypoint")
     ident.write(tmp_path)
@@ -136,7 +153,7 @@ def test_write_lays_out_a_kubernetes_style_cert_dir(
 
 
 def test_rotation_swaps_data_dir_and_removes_the_old_one(
-    ca: pki.CertificateAuthority, tmp_path: pathlib.Path
+    ca: dev_ca.CertificateAuthority, tmp_path: pathlib.Path
 ) -> None:
     ca.issue_workload("default", "waypoint").write(tmp_path)
     first = os.readlink(tmp_path / "..data")
@@ -172,7 +189,7 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> ssl.SS
     raise AssertionError("handshake did not finish")
 
 
-def test_ssl_contexts_do_mutual_tls_13_with_h2(ca: pki.CertificateAuthority) -> None:
+def test_ssl_contexts_do_mutual_tls_13_with_h2(ca: dev_ca.CertificateAuthority) -> None:
     server_id, client_id = (
         ca.issue_workload("istio-system", "ztunnel"),
         ca.issue_workload("ns", "app"),
@@ -183,13 +200,13 @@ def test_ssl_contexts_do_mutual_tls_13_with_h2(ca: pki.CertificateAuthority) -> 
     assert pki.peer_spiffe_id(server) == client_id.spiffe_id
 
 
-def test_handshake_rejects_expired_and_foreign_clients(ca: pki.CertificateAuthority) -> None:
+def test_handshake_rejects_expired_and_foreign_clients(ca: dev_ca.CertificateAuthority) -> None:
     server_ctx = ca.issue_workload("istio-system", "ztunnel").ssl_context(server=True)
     expired = ca.issue(
-        pki.spiffe_id("cluster.local", "ns", "old"), not_after=NOW - datetime.timedelta(hours=1)
+        names.spiffe_id("cluster.local", "ns", "old"), not_after=NOW - datetime.timedelta(hours=1)
     )
     foreign = (
-        pki.CertificateAuthority.create().issue_workload("ns", "app").with_root(ca.certificate)
+        dev_ca.CertificateAuthority.create().issue_workload("ns", "app").with_root(ca.certificate)
     )
     for client in (expired, foreign):
         with pytest.raises(ssl.SSLError):

@@ -24,16 +24,18 @@ import yaml
 
 from tests import conftest
 from tests.extauthz import support
-from waypoint import echo, model, names, pki, policy, translate
-from waypoint.envoy import bootstrap, options, secrets
-from waypoint.hbone import client as hbone_client
-from waypoint.runtime import envoy_process
+from waypoint import model, names, policy, translate, wellknown
+from waypoint.envoy import bootstrap, options
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 VIP = "10.96.2.10"
 ORDERS = names.authority(VIP, 80)
-CLIENT_ID = pki.spiffe_id(TD, "client", "sleep")
-ORDERS_ID = pki.spiffe_id(TD, "ns1", "orders")
+CLIENT_ID = names.spiffe_id(TD, "client", "sleep")
+ORDERS_ID = names.spiffe_id(TD, "ns1", "orders")
 
 REGO = """
 package envoy.authz
@@ -85,7 +87,7 @@ def _authz(name: str, section: str | None, decision: str, **spec: Any) -> dict[s
     if section is not None:
         target["sectionName"] = section
     return {
-        "apiVersion": policy.API_VERSION,
+        "apiVersion": wellknown.POLICY_API_VERSION,
         "kind": "ExtAuthzPolicy",
         "metadata": {"name": name, "namespace": "ns1"},
         "spec": {"targetRefs": [target], "decision": decision, "timeout": "2s", **spec},
@@ -182,7 +184,7 @@ spec:
 class World:
     opts: options.BootstrapOptions
     proxy: envoy_process.EnvoyProcess
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     translation: model.Translation
 
     def request(self, path: str, namespace: str = "client", **kw: Any) -> hbone_client.Response:
@@ -214,7 +216,7 @@ def _wait_ready(metrics_port: int, process: subprocess.Popen[bytes]) -> None:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("policy-authz")
     grpc_port, metrics_port = conftest.free_port(), conftest.free_port()
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
     opts = options.BootstrapOptions(
         trust_domain=TD,
@@ -234,7 +236,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         translation = translate.translate(_objects(backend.http_ports[0]), TD)
         waypoint = translation.waypoint("ns1", "waypoint")
         assert waypoint is not None
-        assert policy.needs_extauthz(waypoint)
+        assert waypoint.needs_extauthz
         rego = tmp / "policy.rego"
         rego.write_text(REGO)
         config = policy.extauthz_config(
@@ -251,7 +253,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             stderr=subprocess.STDOUT,
         )
         _wait_ready(metrics_port, process)
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         envoy_config = tmp / "envoy.yaml"
         envoy_config.write_text(bootstrap.to_yaml(bootstrap.build(waypoint, opts)))
         with envoy_process.running(envoy_config, opts.admin_port, tmp / "envoy.log") as proxy:
@@ -323,7 +325,7 @@ def test_a_client_cannot_spoof_its_principal(world: World) -> None:
     forged = [("x-waypoint-source-principal", CLIENT_ID)]
     assert world.request("/mesh", namespace="other", headers=forged).status == 403
     report = _echo(world.request("/who", namespace="other", headers=forged))
-    assert report.header("x-seen-source") == pki.spiffe_id(TD, "other", "sleep")
+    assert report.header("x-seen-source") == names.spiffe_id(TD, "other", "sleep")
 
 
 def test_routes_without_a_policy_skip_extauthz(world: World) -> None:

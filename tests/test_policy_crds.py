@@ -14,14 +14,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import regorus
 import yaml
 
 from tests.fakekube import cel, crdrules, crschema
-
-# The translate package first: waypoint.policy.parse and waypoint.translate import each other,
-# and only this order loads when this module is the first to import either.
 from waypoint import translate
-from waypoint.policy import parse
+from waypoint.translate import policyspecs
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CRDS = REPO / "manifests" / "base" / "crds"
@@ -108,11 +106,11 @@ def test_documented_and_golden_examples_pass_the_schema_and_the_translator() -> 
     for doc in examples:
         assert _errors(doc) == [], doc["metadata"]["name"]
         # Raises translate.fields.Bad if the translator disagrees.
-        parse.read(translate.policies.policy_object(doc))
+        policyspecs.read(translate.policies.policy_object(doc))
     istio = [d for d in _doc_examples() if d.get("kind") == "RequestAuthentication"]
     assert istio
     for doc in istio:
-        parse.read(translate.policies.policy_object(doc))
+        policyspecs.read(translate.policies.policy_object(doc))
 
 
 def _base(kind: str, **spec: Any) -> dict[str, Any]:
@@ -160,7 +158,7 @@ BAD = [
 def test_schema_and_translator_both_reject(doc: dict[str, Any]) -> None:
     assert _errors(doc), "the CRD schema accepted it"
     with pytest.raises(translate.fields.Bad):
-        parse.read(translate.policies.policy_object(doc))
+        policyspecs.read(translate.policies.policy_object(doc))
 
 
 def test_missing_target_refs_is_rejected_by_both() -> None:
@@ -168,12 +166,10 @@ def test_missing_target_refs_is_rejected_by_both() -> None:
     del doc["spec"]["targetRefs"]
     assert _errors(doc)
     with pytest.raises(translate.fields.Bad, match=r"spec\.targetRefs"):
-        parse.read(translate.policies.policy_object(doc))
+        policyspecs.read(translate.policies.policy_object(doc))
 
 
 def test_documented_rego_compiles() -> None:
-    import regorus
-
     blocks = re.findall(r"```rego\n(.*?)```", DOCS.read_text(), re.S)
     assert blocks
     for i, block in enumerate(blocks):

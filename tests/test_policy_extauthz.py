@@ -12,7 +12,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from extauthz import input as policy_input
 from tests.extauthz import support
 from tests.test_extauthz_service import Stub, check, headers_of, serving
-from waypoint.envoy import policies
+from waypoint.envoy import ext_authz, source_principal
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,10 +66,10 @@ def _code(response: external_auth_pb2.CheckResponse) -> int:
 
 
 async def test_extension_keys_match_the_envoy_side() -> None:
-    assert policy_input.DECISION_KEY == policies.CTX_DECISION
-    assert policy_input.JWT_KEY == policies.CTX_JWT
-    assert policy_input.DESTINATION_PRINCIPAL_KEY == policies.CTX_DESTINATION_PRINCIPAL
-    assert policy_input.SOURCE_PRINCIPAL_HEADER_KEY == policies.CTX_SOURCE_PRINCIPAL_HEADER
+    assert policy_input.DECISION_KEY == ext_authz.CTX_DECISION
+    assert policy_input.JWT_KEY == ext_authz.CTX_JWT
+    assert policy_input.DESTINATION_PRINCIPAL_KEY == ext_authz.CTX_DESTINATION_PRINCIPAL
+    assert policy_input.SOURCE_PRINCIPAL_HEADER_KEY == ext_authz.CTX_SOURCE_PRINCIPAL_HEADER
 
 
 async def test_the_route_picks_the_decision(tmp_path: pathlib.Path) -> None:
@@ -77,31 +77,31 @@ async def test_the_route_picks_the_decision(tmp_path: pathlib.Path) -> None:
         # Without an extension: the configured decision (waypoint/first).
         assert _code(await check(channel, path="/one")) == 200
         assert _code(await check(channel, path="/two")) == 403
-        second = {policies.CTX_DECISION: "waypoint/second"}
+        second = {ext_authz.CTX_DECISION: "waypoint/second"}
         assert _code(await _check(channel, _request("/two", second))) == 200
         assert _code(await _check(channel, _request("/one", second))) == 403
-        broken = {policies.CTX_DECISION: "not a path"}
+        broken = {ext_authz.CTX_DECISION: "not a path"}
         assert _code(await _check(channel, _request("/one", broken))) == 403
 
 
 async def test_a_required_token_is_401_when_missing(tmp_path: pathlib.Path) -> None:
-    required = {policies.CTX_JWT: "required"}
+    required = {ext_authz.CTX_JWT: "required"}
     async with serving(_settings(tmp_path)) as (_srv, channel):
         assert _code(await _check(channel, _request("/one", required))) == 401
         token = {"authorization": "Bearer " + support.token(support.claims())}
         ok = _request("/one", required, headers=token)
         assert _code(await _check(channel, ok)) == 200
-        optional = {policies.CTX_JWT: "optional"}
+        optional = {ext_authz.CTX_JWT: "optional"}
         assert _code(await _check(channel, _request("/one", optional))) == 200
 
 
 async def test_principals_from_extensions_and_the_vouched_header(tmp_path: pathlib.Path) -> None:
-    echo = {policies.CTX_DECISION: "waypoint/echo"}
-    header = policies.SOURCE_PRINCIPAL_HEADER
+    echo = {ext_authz.CTX_DECISION: "waypoint/echo"}
+    header = source_principal.HEADER
     vouched = {
         **echo,
-        policies.CTX_SOURCE_PRINCIPAL_HEADER: header,
-        policies.CTX_DESTINATION_PRINCIPAL: support.ORDERS,
+        ext_authz.CTX_SOURCE_PRINCIPAL_HEADER: header,
+        ext_authz.CTX_DESTINATION_PRINCIPAL: support.ORDERS,
     }
     async with serving(_settings(tmp_path)) as (_srv, channel):
         got = await _check(channel, _request("/x", vouched, headers={header: support.FRONTEND}))

@@ -13,9 +13,8 @@ import yaml
 
 from waypoint import model, translate
 from waypoint.commands import explain
-from waypoint.envoy import bootstrap, options, protos, rbac
-from waypoint.policy import authorization, parse
-from waypoint.translate import fields
+from waypoint.envoy import bootstrap, custom, options, protos, rbac, source_principal
+from waypoint.translate import authorization, fields, policyspecs
 from waypoint.translate import policies as attach
 
 TD = "cluster.local"
@@ -33,7 +32,7 @@ def _raw(spec: dict[str, Any], namespace: str = "ns1", **meta: Any) -> dict[str,
 
 
 def _read(spec: dict[str, Any], **meta: Any) -> model.AuthorizationPolicy:
-    found = parse.read(attach.policy_object(_raw(spec, **meta))).body
+    found = policyspecs.read(attach.policy_object(_raw(spec, **meta))).body
     assert isinstance(found, model.AuthorizationPolicy)
     return found
 
@@ -124,18 +123,18 @@ def test_targets() -> None:
     }
     raw = _raw({"targetRefs": [gateway_class]})
     with pytest.raises(fields.Bad, match=r"spec.targetRefs\[0\].*root namespace"):
-        parse.read(attach.policy_object(raw))
-    parse.read(attach.policy_object(_raw({"targetRefs": [gateway_class]}, "istio-system")))
+        policyspecs.read(attach.policy_object(raw))
+    policyspecs.read(attach.policy_object(_raw({"targetRefs": [gateway_class]}, "istio-system")))
     with_section = {**SERVICE, "sectionName": "http"}
     with pytest.raises(fields.Bad, match=r"spec.targetRefs\[0\].sectionName"):
-        parse.read(attach.policy_object(_raw({"targetRefs": [with_section]})))
+        policyspecs.read(attach.policy_object(_raw({"targetRefs": [with_section]})))
     route = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}
     with pytest.raises(fields.Bad, match=r"spec.targetRefs\[0\]"):
-        parse.read(attach.policy_object(_raw({"targetRefs": [route]})))
+        policyspecs.read(attach.policy_object(_raw({"targetRefs": [route]})))
     no_targets = _raw({})
     del no_targets["spec"]["targetRefs"]
     with pytest.raises(fields.Bad, match=r"spec\.targetRefs is required"):
-        parse.read(attach.policy_object(no_targets))
+        policyspecs.read(attach.policy_object(no_targets))
 
 
 def test_empty_spec_and_empty_rule_differ() -> None:
@@ -302,13 +301,14 @@ def test_request_principals_split_at_the_last_slash() -> None:
 
 
 def test_custom_marks_matches_and_enables_ext_authz_on_them() -> None:
-    custom = _read(
+    policy = _read(
         {"action": "CUSTOM", "provider": {"name": authorization.EXTAUTHZ_PROVIDER}, "rules": [{}]}
     )
-    destination = model.Destination(**{**_destination().__dict__, "authorization": (custom,)})
-    shadow, check = rbac.custom_filters(destination)
+    destination = model.Destination(**{**_destination().__dict__, "authorization": (policy,)})
+    header, shadow, check = custom.http_filters(destination, ())
+    assert header.name == source_principal.HEADER_MUTATION
     assert shadow.name == "envoy.filters.http.rbac.custom"
-    assert check.name == rbac.CUSTOM_EXT_AUTHZ
+    assert check.name == custom.EXT_AUTHZ
     config = protos.to_dict(check)["typed_config"]
     assert config["filter_enabled_metadata"]["path"] == [
         {"key": "ext_authz_shadow_effective_policy_id"}

@@ -26,12 +26,14 @@ import pytest
 
 from tests import conftest
 from tests.extauthz import support
-from waypoint import echo, model, names, pki, simulate, translate
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint import model, names, simulate, translate
+from waypoint.envoy import bootstrap, options
 from waypoint.envoy import resources as envoy_resources
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors as hbone_errors
-from waypoint.runtime import envoy_process
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors as hbone_errors
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 GW = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}
@@ -893,7 +895,7 @@ def _token_headers(case: Case) -> tuple[list[tuple[str, str]], str]:
 class World:
     opts: options.BootstrapOptions
     proxy: envoy_process.EnvoyProcess
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     translation: model.Translation
     log: pathlib.Path
     clients: dict[str, hbone_client.SyncHboneClient] = dataclasses.field(default_factory=dict)
@@ -931,7 +933,7 @@ def _running(
     tmp: pathlib.Path, objects: Callable[[int, int], list[dict[str, Any]]]
 ) -> Iterator[World]:
     """A waypoint Envoy for ``objects(http_port, tcp_port)`` in front of one echo backend."""
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
     opts = options.BootstrapOptions(
         trust_domain=TD,
@@ -949,7 +951,7 @@ def _running(
         translation = translate.translate(objects(backend.http_ports[0], backend.tcp_ports[0]), TD)
         waypoint = translation.waypoint("ns1", "waypoint")
         assert waypoint is not None
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(waypoint, opts)))
         # Access log lines are read back: flush them promptly rather than every 10 s.
@@ -1025,7 +1027,7 @@ def _predict(
         method=case.method,
         path=path,
         headers=tuple(headers),
-        source_principal=pki.spiffe_id(TD, namespace, account),
+        source_principal=names.spiffe_id(TD, namespace, account),
         host=case.host,
         source_address="127.0.0.1",
     )
@@ -1047,7 +1049,7 @@ def test_tcp_destination(tcp_world: World, identity: str, allowed: bool, rule: s
     namespace, account = identity.split("/")
     request = simulate.Request(
         authority=names.authority(DB_VIP, 5432),
-        source_principal=pki.spiffe_id(TD, namespace, account),
+        source_principal=names.spiffe_id(TD, namespace, account),
         source_address="127.0.0.1",
     )
     traced = simulate.trace(envoy_resources.build(tcp_world.waypoint, tcp_world.opts), request)
@@ -1060,7 +1062,7 @@ def test_a_waypoint_wide_deny_with_http_fields_denies_all_tcp(world: World) -> N
     assert _tcp_echo(world, "client/sleep") is False
     request = simulate.Request(
         authority=names.authority(DB_VIP, 5432),
-        source_principal=pki.spiffe_id(TD, "client", "sleep"),
+        source_principal=names.spiffe_id(TD, "client", "sleep"),
     )
     traced = simulate.trace(envoy_resources.build(world.waypoint, world.opts), request)
     assert traced.status == 403

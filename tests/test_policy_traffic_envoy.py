@@ -21,10 +21,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests import conftest
-from waypoint import echo, model, names, pki
-from waypoint.envoy import bootstrap, filters, options, secrets
-from waypoint.hbone import client as hbone_client
-from waypoint.runtime import envoy_process
+from waypoint import model, names
+from waypoint.envoy import bootstrap, filters, options
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
+from waypoint.runtime import envoy_process, sds
 
 TD = "cluster.local"
 VIP = "10.96.1.10"
@@ -144,7 +146,7 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 class World:
     opts: options.BootstrapOptions
     proxy: envoy_process.EnvoyProcess
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
     echoes: dict[str, echo.EchoServer]
     failing: http.server.ThreadingHTTPServer
 
@@ -172,7 +174,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("policy-traffic")
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
     opts = options.BootstrapOptions(
         trust_domain=TD,
@@ -199,7 +201,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             started.append(server)
         ports = {name: server.http_ports[0] for name, server in echoes.items()}
         ports["failing"] = failing.server_address[1]
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
         config = tmp / "envoy.yaml"
         config.write_text(bootstrap.to_yaml(bootstrap.build(_waypoint(ports), opts)))
         envoy_process.validate(config)

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from extauthz import config as extauthz_config
 from tests import golden
-from waypoint import model, policy, translate
-from waypoint.envoy import bootstrap, options, secrets
+from waypoint import model, policy, translate, wellknown
+from waypoint.envoy import bootstrap, options
 from waypoint.model import serde
-from waypoint.runtime import envoy_process
+from waypoint.runtime import envoy_process, sds
 
 CASES = pathlib.Path(__file__).parent / "golden" / "policy"
 NAMES = sorted(p.name for p in CASES.iterdir() if p.is_dir())
@@ -64,7 +65,7 @@ def test_golden_envoy_and_validate(case: str, tmp_path: pathlib.Path) -> None:
     local = options.BootstrapOptions(
         cert_dir=str(tmp_path / "certs"), sds_dir=str(tmp_path / "sds")
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     # Only whole paths: the system CA bundle (/etc/ssl/certs/...) must stay as it is.
     text = re.sub(rf"(?<![\w/]){re.escape(OPTS.sds_dir)}", local.sds_dir, text)
     text = re.sub(rf"(?<![\w/]){re.escape(OPTS.cert_dir)}(?![\w-])", local.cert_dir, text)
@@ -89,7 +90,7 @@ def test_route_rule_beats_route_and_decisions_differ() -> None:
     assert (write.authz.decision, write.authz.jwt_required) == ("envoy/authz/orders_write", True)
     assert write.authz.failure_mode is model.FailureMode.OPEN
     assert orders.principal == "spiffe://cluster.local/ns/ns1/sa/orders"
-    assert policy.needs_extauthz(wp)
+    assert wp.needs_extauthz
 
 
 def test_service_port_target_applies_only_to_that_port() -> None:
@@ -106,7 +107,7 @@ def test_service_port_target_applies_only_to_that_port() -> None:
 
 def test_no_policy_means_no_extauthz() -> None:
     wp = _waypoint(translate.translate(list(yaml.safe_load_all((CASES / "base.yaml").read_text()))))
-    assert not policy.needs_extauthz(wp)
+    assert not wp.needs_extauthz
     text = bootstrap.to_yaml(bootstrap.build(wp, OPTS))
     assert "ext_authz" not in text
     assert "extauthz" not in text
@@ -124,8 +125,6 @@ def test_extauthz_config_renders_providers() -> None:
 
 
 def test_extauthz_config_is_accepted_by_extauthz(tmp_path: pathlib.Path) -> None:
-    from extauthz import config as extauthz_config
-
     rego = tmp_path / "policy.rego"
     rego.write_text("package envoy.authz\n\ndefault allow := false\n")
     rendered = policy.extauthz_config(_waypoint(_translate("ext-authz")), modules=(str(rego),))
@@ -206,7 +205,7 @@ def test_grpcroute_rule_target() -> None:
     )
     world.append(
         {
-            "apiVersion": policy.API_VERSION,
+            "apiVersion": wellknown.POLICY_API_VERSION,
             "kind": "TrafficPolicy",
             "metadata": {"name": "rpc", "namespace": "rpc"},
             "spec": {

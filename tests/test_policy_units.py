@@ -3,31 +3,43 @@ carry what the policy says, tracing and the extauthz cluster validate in a real 
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
 import pytest
 import yaml
+from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 
-from waypoint import model, names, policy
-from waypoint.envoy import bootstrap, options, policies, protos, secrets
-from waypoint.policy import parse
-from waypoint.runtime import envoy_process
-from waypoint.translate import fields
+from waypoint import model, names, policy, wellknown
+from waypoint.envoy import (
+    bootstrap,
+    ext_authz,
+    fault,
+    options,
+    policies,
+    protos,
+    source_principal,
+    tracing,
+)
+from waypoint.runtime import envoy_process, sds
+from waypoint.translate import fields, policyspecs
 from waypoint.translate import policies as attach
 
 TD = "cluster.local"
 
 
-def _read(kind: str, spec: dict[str, Any], group: str = parse.GROUP) -> parse.Policy:
-    version = "v1" if group == parse.ISTIO_SECURITY else "v1alpha1"
+def _read(
+    kind: str, spec: dict[str, Any], group: str = wellknown.POLICY_API_GROUP
+) -> policyspecs.Policy:
+    version = "v1" if group == wellknown.ISTIO_SECURITY_API_GROUP else "v1alpha1"
     raw = {
         "apiVersion": f"{group}/{version}",
         "kind": kind,
         "metadata": {"name": "p", "namespace": "ns1"},
         "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "s"}], **spec},
     }
-    return parse.read(attach.policy_object(raw))
+    return policyspecs.read(attach.policy_object(raw))
 
 
 @pytest.mark.parametrize(
@@ -77,31 +89,33 @@ def test_request_authentication_rules() -> None:
             },
         ]
     }
-    got = _read("RequestAuthentication", spec, parse.ISTIO_SECURITY).body
+    got = _read("RequestAuthentication", spec, wellknown.ISTIO_SECURITY_API_GROUP).body
     assert isinstance(got, tuple)
     assert [p.name for p in got] == ["ns1.p.0", "ns1.p.1"]
     assert got[1].payload_header == "x-payload"
     with pytest.raises(fields.Bad, match="exactly one of jwksUri and jwks"):
         _read(
-            "RequestAuthentication", {"jwtRules": [{"issuer": "https://i"}]}, parse.ISTIO_SECURITY
+            "RequestAuthentication",
+            {"jwtRules": [{"issuer": "https://i"}]},
+            wellknown.ISTIO_SECURITY_API_GROUP,
         )
     route_target = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r"}
     with pytest.raises(fields.Bad, match="targetRefs"):
         _read(
             "RequestAuthentication",
             {"targetRefs": [route_target], "jwtRules": spec["jwtRules"]},
-            parse.ISTIO_SECURITY,
+            wellknown.ISTIO_SECURITY_API_GROUP,
         )
 
 
 def test_retry_defaults_and_codes_imply_retriable_status_codes() -> None:
     body = _read("TrafficPolicy", {"retry": {"codes": [503, 502]}}).body
-    assert isinstance(body, parse.Traffic)
+    assert isinstance(body, policyspecs.Traffic)
     assert body.retry is not None
     assert body.retry.retry_on == ("retriable-status-codes",)
     assert body.retry.codes == (502, 503)
     plain = _read("TrafficPolicy", {"retry": {"attempts": 3}}).body
-    assert isinstance(plain, parse.Traffic)
+    assert isinstance(plain, policyspecs.Traffic)
     assert plain.retry is not None
     assert plain.retry.retry_on == ("connect-failure", "refused-stream", "reset")
 
@@ -159,7 +173,7 @@ def _validate(
     local = options.BootstrapOptions(
         **{**opts.__dict__, "cert_dir": str(tmp / "certs"), "sds_dir": str(tmp / "sds")}
     )
-    secrets.write_sds_files(local)
+    sds.write_files(local)
     text = bootstrap.to_yaml(bootstrap.build(waypoint, local))
     envoy_process.validate_text(text)
     data: dict[str, Any] = yaml.safe_load(text)
@@ -175,14 +189,14 @@ def test_otel_tracing_and_unix_extauthz_validate(tmp_path: pathlib.Path) -> None
     )
     config = _validate(_waypoint(model.RoutePolicy(authz=authz)), opts, tmp_path)
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
-    assert clusters[policies.OTEL_CLUSTER]["type"] == "STRICT_DNS"
-    pipe = clusters[policies.EXTAUTHZ_CLUSTER]["load_assignment"]["endpoints"][0]
+    assert clusters[tracing.OTEL_CLUSTER]["type"] == "STRICT_DNS"
+    pipe = clusters[ext_authz.EXTAUTHZ_CLUSTER]["load_assignment"]["endpoints"][0]
     assert pipe["lb_endpoints"][0]["endpoint"]["address"] == {
         "pipe": {"path": "/var/run/extauthz/grpc.sock"}
     }
     text = yaml.safe_dump(config)
-    assert policies.OPENTELEMETRY in text
-    assert policies.EXT_AUTHZ_OPEN in text
+    assert tracing.OPENTELEMETRY in text
+    assert ext_authz.EXT_AUTHZ_OPEN in text
 
 
 def test_route_carries_its_check_settings_and_hash_policy() -> None:
@@ -197,19 +211,19 @@ def test_route_carries_its_check_settings_and_hash_policy() -> None:
     )
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == [
-        policies.HEADER_MUTATION,
-        policies.EXT_AUTHZ,
+        source_principal.HEADER_MUTATION,
+        ext_authz.EXT_AUTHZ,
         "envoy.filters.http.router",
     ]
     route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
-    per_route = route["typed_per_filter_config"][policies.EXT_AUTHZ]["config"]
+    per_route = route["typed_per_filter_config"][ext_authz.EXT_AUTHZ]["config"]
     settings = per_route["check_settings"]
     assert settings["context_extensions"] == {
         "decision": "envoy/authz/orders",
         "jwt": "required",
         "policy": "ns1/p",
         "destination_principal": "spiffe://cluster.local/ns/ns1/sa/s",
-        "source_principal_header": policies.SOURCE_PRINCIPAL_HEADER,
+        "source_principal_header": source_principal.HEADER,
     }
     assert settings["grpc_service"]["timeout"] == "0.300s"
     assert route["route"]["hash_policy"] == [{"cookie": {"name": "session", "ttl": "60s"}}]
@@ -217,18 +231,75 @@ def test_route_carries_its_check_settings_and_hash_policy() -> None:
 
 def test_needs_extauthz_and_config() -> None:
     plain = _waypoint(model.RoutePolicy(rate_limit=model.LocalRateLimit(1, 1.0)))
-    assert not policy.needs_extauthz(plain)
+    assert not plain.needs_extauthz
     assert policy.extauthz_config(plain, metrics_listen=None) == {
         "listen": "127.0.0.1:9191",
         "jwt": {"providers": [], "trust_envoy_metadata": True},
         "policy": {"engine": "embedded", "modules": ["/etc/extauthz/policies/policy.rego"]},
     }
     authz = model.ExtAuthz("ns1/p", "envoy/authz/allow")
-    assert policy.needs_extauthz(_waypoint(model.RoutePolicy(authz=authz)))
+    assert _waypoint(model.RoutePolicy(authz=authz)).needs_extauthz
 
 
 def test_protos_round_trip_of_fault_percentages() -> None:
-    fault = policies.fault(model.FaultInjection(delay=0.1, delay_percent=12.5, abort_status=503))
-    data = protos.to_dict(fault)
+    injected = fault.config(model.FaultInjection(delay=0.1, delay_percent=12.5, abort_status=503))
+    data = protos.to_dict(injected)
     assert data["delay"]["percentage"] == {"numerator": 125000, "denominator": "MILLION"}
     assert data["abort"]["http_status"] == 503
+
+
+def _everything(custom: bool) -> model.Destination:
+    """A destination where every policy adds its filters: the HCM's full order."""
+    closed = model.ExtAuthz("ns1/a", "envoy/authz/a")
+    opened = model.ExtAuthz("ns1/b", "envoy/authz/b", failure_mode=model.FailureMode.OPEN)
+    first = model.RoutePolicy(
+        authz=closed, fault=model.FaultInjection(abort_status=503), sources=("ns1/a",)
+    )
+    second = model.RoutePolicy(authz=opened, rate_limit=model.LocalRateLimit(5, 1.0))
+    base = _destination(first)
+    routes = (base.routes[0], dataclasses.replace(base.routes[0], name="second", policy=second))
+    actions = [model.AuthzAction.ALLOW, model.AuthzAction.DENY]
+    if custom:
+        actions.append(model.AuthzAction.CUSTOM)
+    authorization = tuple(model.AuthorizationPolicy("ns1", a.value, a) for a in actions)
+    return dataclasses.replace(
+        base, routes=routes, authorization=authorization, jwt_providers=("ns1.ra.0",)
+    )
+
+
+@pytest.mark.parametrize("custom", [True, False])
+def test_hcm_filter_order(custom: bool) -> None:
+    """jwt_authn, CUSTOM, Istio's RBAC, then the per-route filters; one header_mutation,
+    before the first filter that calls extauthz."""
+    provider = model.JwtProvider("ns1.ra.0", "https://issuer", jwks_uri="https://issuer/jwks")
+    got = [f.name for f in policies.http_filters(_everything(custom), (provider,))]
+    calls_first = [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.rbac.custom",
+        "envoy.filters.http.ext_authz.custom",
+    ]
+    assert got == [
+        "envoy.filters.http.jwt_authn",
+        *(calls_first if custom else []),
+        "envoy.filters.http.rbac.deny",
+        "envoy.filters.http.rbac.allow",
+        "envoy.filters.http.fault",
+        *([] if custom else ["envoy.filters.http.header_mutation"]),
+        "envoy.filters.http.ext_authz",
+        "envoy.filters.http.ext_authz.fail_open",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_each_route_enables_only_its_own_filters() -> None:
+    destination = _everything(custom=False)
+    enabled = []
+    for r in destination.routes:
+        out = rc_pb2.Route(name=r.name)
+        policies.apply_route(out, r.policy, destination)
+        enabled.append(sorted(out.typed_per_filter_config))
+    assert enabled == [
+        ["envoy.filters.http.ext_authz", "envoy.filters.http.fault"],
+        ["envoy.filters.http.ext_authz.fail_open", "envoy.filters.http.local_ratelimit"],
+    ]

@@ -12,14 +12,15 @@ import pytest
 import yaml
 
 from tests import conftest
-from waypoint import cli, pipeline
+from waypoint import cli
 from waypoint.commands import up
 from waypoint.local import stack as stack_mod
+from waypoint.runtime import inputs
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack_mod.LocalStack]:
-    objects = pipeline.load_objects([conftest.own_world(tmp_path_factory.mktemp("proxy"), 15)])
+    objects = inputs.load_objects([conftest.own_world(tmp_path_factory.mktemp("proxy"), 15)])
     with stack_mod.LocalStack(objects, "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]) as local:
         yield local
 

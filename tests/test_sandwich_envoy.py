@@ -26,14 +26,15 @@ import yaml
 
 from tests import conftest, ztunnel_standin
 from tests.test_policy_authz_envoy import _wait_ready
-from waypoint import echo, model, pki, policy, simulate, translate
+from waypoint import model, names, policy, simulate, translate, wellknown
 from waypoint.envoy import bootstrap, options
+from waypoint.local import echo
 from waypoint.runtime import envoy_process
 
 TD = "cluster.local"
 VIP = "10.96.2.10"
-CLIENT_ID = pki.spiffe_id(TD, "client", "sleep")
-OTHER_ID = pki.spiffe_id(TD, "other", "sleep")
+CLIENT_ID = names.spiffe_id(TD, "client", "sleep")
+OTHER_ID = names.spiffe_id(TD, "other", "sleep")
 CLIENT_ADDRESS = ("10.244.1.7", 40312)
 
 REGO = """
@@ -117,7 +118,7 @@ spec:
 """
     policies = [
         {
-            "apiVersion": policy.API_VERSION,
+            "apiVersion": wellknown.POLICY_API_VERSION,
             "kind": "ExtAuthzPolicy",
             "metadata": {"name": name, "namespace": "ns1"},
             "spec": {

@@ -16,11 +16,11 @@ import yaml
 from loadtests import schema_bench
 from tests import conftest, schemagen
 from tests.fakekube import server
-from waypoint import pipeline, schema, translate
-from waypoint.controller import cluster as kcluster
-from waypoint.controller import reconcile
+from waypoint import schema, translate
+from waypoint.controller import apiclient, reconcile
 from waypoint.controller import status as kstatus
 from waypoint.kube import gateway
+from waypoint.runtime import inputs
 from waypoint.schema import core
 from waypoint.translate import schemacheck
 
@@ -194,7 +194,7 @@ def test_every_world_here_is_clean(path: pathlib.Path) -> None:
 
 
 def _example_with(route: dict[str, Any]) -> list[dict[str, Any]]:
-    objects = pipeline.load_objects([REPO / "examples" / "local" / "world.yaml"])
+    objects = inputs.load_objects([REPO / "examples" / "local" / "world.yaml"])
     return [*objects, route]
 
 
@@ -270,7 +270,7 @@ def test_render_of_the_clean_example_is_quiet_even_strict(tmp_path: pathlib.Path
 
 
 def test_controller_writes_schema_problems_on_route_parents(
-    api: kcluster.Cluster, fake: server.FakeKube
+    api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     """What the controller sees is what it reports: here a route as an informer could hold it
     (a real API server prunes unknown fields first, so this shows up for values only)."""

@@ -19,8 +19,9 @@ from envoy.config.route.v3 import route_components_pb2 as rc_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from tests import conftest
-from waypoint import names, pipeline, pki, simulate
+from waypoint import names, pipeline, simulate
 from waypoint.envoy import bootstrap, options, resources
+from waypoint.runtime import inputs
 from waypoint.simulate import matching, rewriting
 
 OPTIONS = options.BootstrapOptions()
@@ -183,7 +184,7 @@ def _resources(objects: Sequence[dict[str, Any]], namespace: str) -> resources.R
 
 @pytest.fixture(scope="module")
 def example() -> resources.Resources:
-    return _resources(pipeline.load_objects([EXAMPLE]), "demo")
+    return _resources(inputs.load_objects([EXAMPLE]), "demo")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,7 @@ def shop() -> resources.Resources:
 
 
 def _who(namespace: str, account: str = "client") -> str:
-    return pki.spiffe_id(OPTIONS.trust_domain, namespace, account)
+    return names.spiffe_id(OPTIONS.trust_domain, namespace, account)
 
 
 def _route(trace: simulate.Trace) -> tuple[str, str]:
@@ -266,7 +267,7 @@ def test_example_redirect_location(example: resources.Resources) -> None:
 
 
 def test_bootstrap_and_resources_trace_alike(example: resources.Resources) -> None:
-    rendered = pipeline.render(pipeline.load_objects([EXAMPLE]), "demo", "waypoint", OPTIONS)
+    rendered = pipeline.render(inputs.load_objects([EXAMPLE]), "demo", "waypoint", OPTIONS)
     boot = bootstrap.build(rendered.waypoint, OPTIONS)
     for request in (
         simulate.Request(ECHO, path="/api/x"),

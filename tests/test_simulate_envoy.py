@@ -25,10 +25,11 @@ import pytest
 from tests import conftest
 from tests.conformance import replay
 from tests.conformance import world as world_mod
-from waypoint import names, pipeline, pki, simulate
+from waypoint import names, simulate
 from waypoint.envoy import resources
-from waypoint.hbone import errors
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import errors
+from waypoint.runtime import inputs
 
 GAMMA = conftest.SHARED / "conformance" / "gamma"
 CASES = GAMMA / "cases.json"
@@ -82,7 +83,7 @@ def _world(files: list[str]) -> world_mod.World:
     manifests = GAMMA / "manifests"
     paths = [manifests / "base.yaml", *(manifests / f for f in files)]
     # Pods of their own: the conformance replay may hold 127.0.20.x in the same session.
-    return world_mod.build(pipeline.load_objects(paths), ipaddress.IPv4Address("127.0.21.1"))
+    return world_mod.build(inputs.load_objects(paths), ipaddress.IPv4Address("127.0.21.1"))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def _simulated(stack: stack_mod.LocalStack, case: Case, where: replay.Target) ->
     request = case["request"]
     headers = [(k, v) for k, v in (request.get("headers") or {}).items() if k.lower() != "host"]
     host = next((v for k, v in (request.get("headers") or {}).items() if k.lower() == "host"), None)
-    principal = pki.spiffe_id(stack.trust_domain, where.client_namespace, "default")
+    principal = names.spiffe_id(stack.trust_domain, where.client_namespace, "default")
     if request["protocol"] == "grpc":
         headers += [("content-type", "application/grpc"), ("te", "trailers")]
         return simulate.Request(

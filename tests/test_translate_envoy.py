@@ -8,9 +8,10 @@ import pathlib
 import pytest
 import yaml
 
-from waypoint import pki, translate
-from waypoint.envoy import bootstrap, options, secrets
-from waypoint.runtime import envoy_process
+from waypoint import translate
+from waypoint.envoy import bootstrap, options
+from waypoint.local import ca as dev_ca
+from waypoint.runtime import envoy_process, sds
 
 CASES = pathlib.Path(__file__).parent / "golden" / "translate"
 CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "in.yaml").exists())
@@ -19,10 +20,10 @@ CASE_NAMES = sorted(p.name for p in CASES.iterdir() if (p / "in.yaml").exists())
 @pytest.fixture(scope="module")
 def local_options(tmp_path_factory: pytest.TempPathFactory) -> options.BootstrapOptions:
     root = tmp_path_factory.mktemp("translate-certs")
-    ca = pki.CertificateAuthority.create("cluster.local")
+    ca = dev_ca.CertificateAuthority.create("cluster.local")
     ca.issue_workload("ns1", "waypoint").write(root / "certs")
     opts = options.BootstrapOptions(cert_dir=str(root / "certs"), sds_dir=str(root / "sds"))
-    secrets.write_sds_files(opts)
+    sds.write_files(opts)
     return opts
 
 

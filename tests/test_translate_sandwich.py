@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from waypoint import model, translate
+from waypoint import model, translate, wellknown
 from waypoint.kube import constants
 
-BINDING = constants.INBOUND_BINDING_ANNOTATION
+BINDING = wellknown.INBOUND_BINDING_ANNOTATION
 
 
 def _gateway(
@@ -24,7 +24,7 @@ def _gateway(
     if labels:
         meta["labels"] = labels
     return {
-        "apiVersion": constants.GATEWAY_API_VERSION,
+        "apiVersion": wellknown.GATEWAY_API_VERSION,
         "kind": "Gateway",
         "metadata": meta,
         "spec": {
@@ -41,7 +41,7 @@ def _class(
     if labels:
         meta["labels"] = labels
     return {
-        "apiVersion": constants.GATEWAY_API_VERSION,
+        "apiVersion": wellknown.GATEWAY_API_VERSION,
         "kind": "GatewayClass",
         "metadata": meta,
         "spec": {"controllerName": constants.CONTROLLER_NAME},
@@ -90,7 +90,7 @@ def test_another_class_annotation_is_not_read() -> None:
 
 
 def test_the_kgateway_listener_binds_proxy_and_says_istiod_needs_the_annotation() -> None:
-    listener = {"name": "proxy", "port": 15088, "protocol": constants.PROXY_PROTOCOL}
+    listener = {"name": "proxy", "port": 15088, "protocol": wellknown.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway(listener=listener))
     assert waypoint is not None
     assert waypoint.proxy_port == 15088
@@ -98,7 +98,7 @@ def test_the_kgateway_listener_binds_proxy_and_says_istiod_needs_the_annotation(
 
 
 def test_the_kgateway_listener_agrees_with_the_annotation() -> None:
-    listener = {"name": "proxy", "port": 15088, "protocol": constants.PROXY_PROTOCOL}
+    listener = {"name": "proxy", "port": 15088, "protocol": wellknown.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway({BINDING: "PROXY/15088"}, listener))
     assert waypoint is not None
     assert waypoint.proxy_port == 15088
@@ -106,11 +106,11 @@ def test_the_kgateway_listener_agrees_with_the_annotation() -> None:
 
 
 def test_the_gateway_class_label_gives_the_traffic_type() -> None:
-    all_traffic = _class(labels={constants.WAYPOINT_FOR: "all"})
+    all_traffic = _class(labels={wellknown.WAYPOINT_FOR: "all"})
     waypoint, _ = _translate(_gateway(), all_traffic)
     assert waypoint is not None
     assert waypoint.traffic_type is model.TrafficType.ALL
-    labels = {constants.WAYPOINT_FOR: "workload"}
+    labels = {wellknown.WAYPOINT_FOR: "workload"}
     waypoint, _ = _translate(_gateway(labels=labels), all_traffic)
     assert waypoint is not None
     assert waypoint.traffic_type is model.TrafficType.WORKLOAD
@@ -140,7 +140,7 @@ def test_bad_annotations_are_refused_with_a_reason(value: str, reason: str, word
 
 
 def test_a_listener_port_that_disagrees_with_the_annotation_is_refused() -> None:
-    listener = {"name": "proxy", "port": 15089, "protocol": constants.PROXY_PROTOCOL}
+    listener = {"name": "proxy", "port": 15089, "protocol": wellknown.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway({BINDING: "PROXY/15088"}, listener))
     assert waypoint is None
     assert accepted.reason == "ListenersNotValid"
@@ -149,7 +149,7 @@ def test_a_listener_port_that_disagrees_with_the_annotation_is_refused() -> None
 
 @pytest.mark.parametrize("port", [None, "15088", 0, 70000, True, 15008, 15090])
 def test_a_proxy_listener_needs_a_port(port: object) -> None:
-    listener = {"name": "proxy", "port": port, "protocol": constants.PROXY_PROTOCOL}
+    listener = {"name": "proxy", "port": port, "protocol": wellknown.PROXY_PROTOCOL}
     waypoint, accepted = _translate(_gateway(listener=listener))
     assert waypoint is None
     assert accepted.reason == "ListenersNotValid"
@@ -159,7 +159,7 @@ def test_a_proxy_listener_takes_no_tls() -> None:
     listener = {
         "name": "proxy",
         "port": 15088,
-        "protocol": constants.PROXY_PROTOCOL,
+        "protocol": wellknown.PROXY_PROTOCOL,
         "tls": {"mode": "Terminate"},
     }
     waypoint, accepted = _translate(_gateway(listener=listener))

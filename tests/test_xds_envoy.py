@@ -13,7 +13,7 @@ import pytest
 
 from tests import conftest
 from tests import test_xds_support as support
-from waypoint import echo
+from waypoint.local import echo
 from waypoint.xds import cache, naming, runner, snapshot
 
 KEY = naming.WaypointKey("apps", "waypoint")

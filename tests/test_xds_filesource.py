@@ -21,9 +21,10 @@ import pytest
 
 from tests import conftest
 from tests import test_xds_support as support
-from waypoint import echo, pki
 from waypoint.envoy import options as envoy_options
-from waypoint.hbone import client as hbone_client
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo
+from waypoint.local.hbone import client as hbone_client
 from waypoint.xds import bootstrap, cache, filesource, naming, publish, runner
 
 TD = "cluster.local"
@@ -81,7 +82,7 @@ spec:
 class Setup:
     directory: pathlib.Path
     opts: envoy_options.BootstrapOptions
-    ca: pki.CertificateAuthority
+    ca: dev_ca.CertificateAuthority
 
     def write_route(self, backend: str) -> None:
         # Write then rename, as editors and kubectl-style tools do, so a reader never sees half.
@@ -104,7 +105,7 @@ class Setup:
 
 @pytest.fixture
 def setup(tmp_path: pathlib.Path) -> Iterator[Setup]:
-    ca = pki.CertificateAuthority.create(TD)
+    ca = dev_ca.CertificateAuthority.create(TD)
     cert_dir = tmp_path / "certs"
     ca.issue_workload("demo", "waypoint").write(cert_dir)
     opts = envoy_options.BootstrapOptions(

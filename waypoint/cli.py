@@ -3,23 +3,47 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from waypoint import version
+from waypoint.commands import (
+    apply,
+    certs,
+    controller,
+    delete,
+    explain,
+    generate,
+    istiocerts,
+    proxyconfig,
+    render,
+    request,
+    serve,
+    status,
+    up,
+)
 
-# Each module defines register(subparsers) and sets args.func(args) -> int on its parsers.
-COMMAND_MODULES: tuple[str, ...] = (
-    "waypoint.commands.render",
-    "waypoint.commands.cluster",
-    "waypoint.commands.serve",
-    "waypoint.commands.up",
-    "waypoint.commands.request",
-    "waypoint.commands.explain",
-    "waypoint.commands.certs",
-    "waypoint.commands.proxyconfig",
-    "waypoint.commands.istiocerts",
+# ``list`` is the subcommand's name; the alias keeps the builtin usable here.
+from waypoint.commands import list as list_cmd
+
+# Each module defines register(subparsers) and sets args.func(args) -> int on its parsers; the
+# help lists the subcommands in this order.
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    render,
+    apply,
+    generate,
+    delete,
+    list_cmd,
+    status,
+    controller,
+    serve,
+    up,
+    request,
+    explain,
+    certs,
+    proxyconfig,
+    istiocerts,
 )
 
 
@@ -31,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {version.package_version()}"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

@@ -1,24 +1,18 @@
-"""The pure pipeline end to end: YAML files → Kubernetes objects → IR → Envoy bootstrap.
+"""The pure pipeline end to end: Kubernetes objects → IR → Envoy bootstrap.
 
-Only file reading happens here; everything after ``load_objects`` is pure, so the CLI, the
-controller and the xDS file source all render the same config from the same objects.
+The CLI, the controller and the xDS file source all render through here, so they render the
+same config from the same objects. Reading the objects from files is theirs
+(``waypoint.runtime.inputs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import yaml
 
 from waypoint import model, translate
 from waypoint.envoy import bootstrap, options
-
-
-class InputError(ValueError):
-    """An input file could not be read as Kubernetes objects."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,37 +23,6 @@ class Rendered:
     waypoint: model.Waypoint
     bootstrap: dict[str, Any]
     bootstrap_yaml: str
-
-
-def _documents(text: str, source: str) -> Iterable[dict[str, Any]]:
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise InputError(f"{source}: not valid YAML: {exc}") from exc
-    for index, doc in enumerate(docs):
-        if doc is None:
-            continue
-        if not isinstance(doc, dict) or "kind" not in doc:
-            raise InputError(f"{source}: document {index} is not a Kubernetes object")
-        if doc["kind"] == "List" or str(doc["kind"]).endswith("List"):
-            yield from (item for item in doc.get("items") or [] if isinstance(item, dict))
-        else:
-            yield doc
-
-
-def load_objects(paths: Sequence[str | pathlib.Path]) -> list[dict[str, Any]]:
-    """Read multi-document YAML files (or directories of them) into a list of objects."""
-    objects: list[dict[str, Any]] = []
-    for path in paths:
-        target = pathlib.Path(path)
-        files = sorted(target.rglob("*.y*ml")) if target.is_dir() else [target]
-        for file in files:
-            try:
-                text = file.read_text()
-            except OSError as exc:
-                raise InputError(f"{file}: {exc.strerror or exc}") from exc
-            objects.extend(_documents(text, str(file)))
-    return objects
 
 
 def translate_objects(
@@ -91,9 +54,7 @@ def render_translation(
     opts: options.BootstrapOptions,
 ) -> Rendered:
     """The static Envoy bootstrap of one waypoint of an existing translation."""
-    waypoint = translation.waypoint(namespace, name)
-    if waypoint is None:
-        raise WaypointNotFound(_not_found_message(translation, namespace, name))
+    waypoint = accepted_waypoint(translation, namespace, name)
     message = bootstrap.build(waypoint, opts)
     return Rendered(
         translation=translation,
@@ -103,13 +64,20 @@ def render_translation(
     )
 
 
-def _not_found_message(translation: model.Translation, namespace: str, name: str) -> str:
+def accepted_waypoint(translation: model.Translation, namespace: str, name: str) -> model.Waypoint:
+    """Waypoint ``namespace/name`` of ``translation``; if there is none, WaypointNotFound says
+    why in the words of the Gateway's conditions (every renderer reports it this way)."""
+    waypoint = translation.waypoint(namespace, name)
+    if waypoint is None:
+        raise WaypointNotFound(_rejection(translation, namespace, name))
+    return waypoint
+
+
+def _rejection(translation: model.Translation, namespace: str, name: str) -> str:
     for status in translation.statuses:
         ref = status.ref
         if (ref.kind, ref.namespace, ref.name) == ("Gateway", namespace, name):
-            reasons = "; ".join(
-                f"{c.reason}: {c.message}" for c in status.conditions if not c.status
-            )
+            reasons = "; ".join(f"{c.reason}: {c.message}" for c in status.failed)
             return f"Gateway {namespace}/{name} is not an accepted waypoint: {reasons}"
     known = ", ".join(f"{w.namespace}/{w.name}" for w in translation.waypoints) or "none"
     return f"no waypoint Gateway {namespace}/{name} in the input (waypoints found: {known})"

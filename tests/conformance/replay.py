@@ -21,10 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tests.conformance import world as world_mod
-from waypoint import echo, names
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors, grpcwire
+from waypoint import names
+from waypoint.local import echo
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import echo_pb2, errors, grpcwire
 
 Case = Mapping[str, Any]
 CONSECUTIVE_PASSES = 3  # upstream: a case passes once it passed 3 times in a row
@@ -120,7 +121,10 @@ def send(client: hbone_client.SyncHboneClient, case: Case, where: Target) -> Obs
     try:
         if request["protocol"] == "grpc":
             result = client.grpc_unary(
-                where.authority, GRPC_METHOD, grpcwire.echo_message(""), headers
+                where.authority,
+                GRPC_METHOD,
+                echo_pb2.EchoRequest(message="").SerializeToString(),
+                headers,
             )
             return _grpc_observed(result)
         response = client.request(
@@ -148,7 +152,7 @@ def _http_observed(response: hbone_client.Response) -> Observed:
 def _grpc_observed(result: hbone_client.GrpcResult) -> Observed:
     if result.status != grpcwire.OK:
         return Observed(0, tuple(result.trailers), error=f"gRPC status {result.status}")
-    text = grpcwire.decode_string_field(result.message, 1)
+    text = echo_pb2.EchoResponse.FromString(result.message).message
     return Observed(200, tuple(result.trailers), echo.parse_echo(text))
 
 
@@ -317,7 +321,10 @@ async def _one_hostname(
             if request["protocol"] == "grpc":
                 observed = _grpc_observed(
                     await client.grpc_unary(
-                        where.authority, GRPC_METHOD, grpcwire.echo_message(""), headers
+                        where.authority,
+                        GRPC_METHOD,
+                        echo_pb2.EchoRequest(message="").SerializeToString(),
+                        headers,
                     )
                 )
             else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conformance import replay
-from waypoint import echo
+from waypoint.local import echo
 
 
 def _report(hostname: str = "echo-v1-abc12-x9z", **headers: list[str]) -> echo.EchoReport:

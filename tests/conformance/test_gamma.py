@@ -19,8 +19,8 @@ import pytest
 from tests import conftest
 from tests.conformance import replay
 from tests.conformance import world as world_mod
-from waypoint import pipeline
 from waypoint.local import stack as stack_mod
+from waypoint.runtime import inputs
 
 MANIFESTS = conftest.GAMMA / "manifests"
 CASES = conftest.GAMMA / "cases.json"
@@ -78,7 +78,7 @@ def _params() -> list[Any]:
 
 def _objects(files: list[str]) -> list[dict[str, Any]]:
     paths: list[str | pathlib.Path] = [MANIFESTS / "base.yaml", *(MANIFESTS / f for f in files)]
-    return pipeline.load_objects(paths)
+    return inputs.load_objects(paths)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakekube import server, world
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def fake() -> Iterator[server.FakeKube]:
 
 
 @pytest.fixture
-def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[kcluster.Cluster]:
+def api(fake: server.FakeKube, tmp_path: pathlib.Path) -> Iterator[apiclient.Cluster]:
     """The project's cluster client, connected to ``fake`` through a kubeconfig."""
     with world.connect(fake, tmp_path) as connected:
         yield connected

@@ -7,7 +7,7 @@ import pathlib
 from typing import Any
 
 from tests.fakekube import server
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient
 
 Obj = dict[str, Any]
 GW_API = "gateway.networking.k8s.io/v1"
@@ -85,8 +85,8 @@ def mesh(ns: str = "demo") -> list[Obj]:
     ]
 
 
-def connect(fake: server.FakeKube, tmp_path: pathlib.Path) -> kcluster.Cluster:
-    return kcluster.Cluster.connect(str(fake.write_kubeconfig(tmp_path / "kubeconfig")))
+def connect(fake: server.FakeKube, tmp_path: pathlib.Path) -> apiclient.Cluster:
+    return apiclient.Cluster.connect(str(fake.write_kubeconfig(tmp_path / "kubeconfig")))
 
 
 def mark_ready(fake: server.FakeKube, ns: str, name: str, replicas: int = 1) -> None:

@@ -17,8 +17,8 @@ import pathlib
 import sys
 from typing import Any
 
-from waypoint import pki
 from waypoint.commands import args as cli_args
+from waypoint.local import ca as dev_ca
 
 CA_DIR = "ca"
 CLIENTS_DIR = "clients"
@@ -48,18 +48,18 @@ def client_dir(directory: pathlib.Path, namespace: str, service_account: str) ->
     return directory / CLIENTS_DIR / f"{namespace}.{service_account}"
 
 
-def _authority(directory: pathlib.Path, trust_domain: str) -> pki.CertificateAuthority:
+def _authority(directory: pathlib.Path, trust_domain: str) -> dev_ca.CertificateAuthority:
     """The CA in ``directory/ca`` when there is one for ``trust_domain``, else a new one."""
     ca_dir = directory / CA_DIR
-    if (ca_dir / pki.CA_CERT_FILE).exists():
-        ca = pki.CertificateAuthority.load(ca_dir)
+    if (ca_dir / dev_ca.CA_CERT_FILE).exists():
+        ca = dev_ca.CertificateAuthority.load(ca_dir)
         if ca.trust_domain != trust_domain:
             raise ValueError(
                 f"{ca_dir} holds a CA for trust domain {ca.trust_domain!r}, not {trust_domain!r}; "
                 "choose another --dir"
             )
         return ca
-    ca = pki.CertificateAuthority.create(trust_domain)
+    ca = dev_ca.CertificateAuthority.create(trust_domain)
     ca.save(ca_dir)
     return ca
 

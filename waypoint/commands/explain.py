@@ -17,17 +17,17 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from waypoint import model, names, pipeline, pki, simulate
+from waypoint import model, names, pipeline, simulate, wellknown
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
+from waypoint.envoy import ext_authz, resources
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import policies, resources
-from waypoint.kube import constants
+from waypoint.runtime import inputs
 from waypoint.simulate import authz as authz_sim
 from waypoint.translate import status as status_mod
 
 Obj = Mapping[str, Any]
-USE_WAYPOINT = constants.USE_WAYPOINT
+USE_WAYPOINT = wellknown.USE_WAYPOINT
 
 
 class ExplainError(ValueError):
@@ -75,9 +75,9 @@ class Target:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        objects = pipeline.load_objects(args.filename)
+        objects = inputs.load_objects(args.filename)
         headers = cli_args.parse_headers(args.header)
-    except (pipeline.InputError, ValueError) as exc:
+    except (inputs.InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     namespace, name = args.waypoint
@@ -274,7 +274,7 @@ def build_request(
         method=method.upper(),
         path=target.path,
         headers=tuple((k, v) for k, v in headers if k.lower() != "host"),
-        source_principal=pki.spiffe_id(trust_domain, *source) if source else None,
+        source_principal=names.spiffe_id(trust_domain, *source) if source else None,
         host=host,
     )
 
@@ -359,7 +359,7 @@ def _result(trace: simulate.Trace) -> str:
         return f"result: Envoy answers {trace.status}"
     clusters = " or ".join(trace.clusters)
     by_weight = " (by weight)" if len(trace.clusters) > 1 else ""
-    if trace.action is not None and policies.EXT_AUTHZ in trace.action.policies:
+    if trace.action is not None and ext_authz.EXT_AUTHZ in trace.action.policies:
         # The check is not simulated: extauthz answers 401/403 itself when it denies.
         return (
             f"result: ext_authz decides first (not simulated); if it allows, forwarded to "

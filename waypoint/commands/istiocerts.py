@@ -18,7 +18,7 @@ from typing import Any
 
 import prometheus_client
 
-from waypoint import pki
+from waypoint import names
 from waypoint.commands import args as cli_args
 from waypoint.envoy import options as envoy_options
 from waypoint.istioca import agent, client
@@ -112,7 +112,7 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> agent.AgentConfig:
-    spiffe_id = pki.spiffe_id(args.trust_domain, args.namespace, args.service_account)
+    spiffe_id = names.spiffe_id(args.trust_domain, args.namespace, args.service_account)
     ca = client.CaConfig(
         address=args.ca_address,
         root_cert_path=args.root_cert,

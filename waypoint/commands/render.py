@@ -15,6 +15,7 @@ from waypoint.commands import report
 from waypoint.envoy import options, secrets
 from waypoint.kube import gateway
 from waypoint.kube import render as kube_render
+from waypoint.runtime import inputs, sds
 from waypoint.xds import bootstrap as xds_bootstrap
 
 
@@ -134,7 +135,7 @@ def _write_sds_files(args: argparse.Namespace, opts: options.BootstrapOptions) -
         )
         return True
     try:
-        secrets.write_sds_files(opts)
+        sds.write_files(opts)
     except OSError as exc:
         print(
             f"error: cannot write the SDS files ({exc}); choose a directory with --sds-dir",
@@ -164,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: -f FILE is required (or --xds ADDR with --waypoint)", file=sys.stderr)
         return 2
     try:
-        objects = pipeline.load_objects(args.filename)
-    except pipeline.InputError as exc:
+        objects = inputs.load_objects(args.filename)
+    except inputs.InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.kubernetes:

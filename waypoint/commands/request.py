@@ -15,11 +15,12 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from waypoint import names, pipeline, pki
+from waypoint import names, pki
 from waypoint.commands import args as cli_args
 from waypoint.commands import explain, up
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors
+from waypoint.runtime import inputs
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +61,7 @@ def _split_url(url: str, world: Sequence[str] | None) -> tuple[str, str, str]:
     try:
         ipaddress.ip_address(parsed.hostname)
     except ValueError:
-        objects = pipeline.load_objects(world or [str(up.EXAMPLE)])
+        objects = inputs.load_objects(world or [str(up.EXAMPLE)])
         target = explain.resolve(objects, url)
         return target.authority, target.host, target.path
     return names.authority(parsed.hostname, port), parsed.netloc, path
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         headers = cli_args.parse_headers(args.header)
         waypoint_host, waypoint_port = names.parse_authority(args.waypoint)
         identity = pki.load_identity(args.cert_dir)
-    except (ValueError, OSError, pipeline.InputError, explain.ExplainError) as exc:
+    except (ValueError, OSError, inputs.InputError, explain.ExplainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     client = hbone_client.SyncHboneClient(

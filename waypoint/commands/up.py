@@ -18,13 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from extauthz import demo
-from waypoint import echo, pipeline
+from waypoint import pipeline
 from waypoint.commands import args as cli_args
 from waypoint.commands import report
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import errors
-from waypoint.local import sidecar
+from waypoint.local import echo, sidecar
 from waypoint.local import stack as stack_mod
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import errors
+from waypoint.runtime import inputs
 
 # Package data, so `pip install` and `waypoint up` work from any directory.
 EXAMPLE = pathlib.Path(stack_mod.__file__).resolve().parent / "example"
@@ -107,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     files = args.filename or [str(EXAMPLE)]
     namespace, _, name = args.waypoint.partition("/")
     try:
-        objects = pipeline.load_objects(files)
-    except pipeline.InputError as exc:
+        objects = inputs.load_objects(files)
+    except inputs.InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ports = stack_mod.Ports(

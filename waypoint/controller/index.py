@@ -24,8 +24,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint import model
-from waypoint.kube import constants, gateway
+from waypoint import model, wellknown
+from waypoint.kube import gateway
 
 Obj = Mapping[str, Any]
 GatewayKey = tuple[str, str]
@@ -121,10 +121,10 @@ def _own_namespace(obj: Obj) -> str:
 
 
 def _label_targets(labels: Mapping[str, str], own_namespace: str) -> set[GatewayKey]:
-    name = labels.get(constants.USE_WAYPOINT)
+    name = labels.get(wellknown.USE_WAYPOINT)
     if not name or name == "none":
         return set()
-    return {(labels.get(constants.USE_WAYPOINT_NAMESPACE) or own_namespace, name)}
+    return {(labels.get(wellknown.USE_WAYPOINT_NAMESPACE) or own_namespace, name)}
 
 
 def _referenced_namespaces(spec: Any) -> set[str]:

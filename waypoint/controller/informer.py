@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient
 from waypoint.controller import metrics as kmetrics
 
 LOG = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def object_key(obj: Obj) -> Key:
 class Informer:
     def __init__(
         self,
-        cluster: kcluster.Cluster,
-        kind: kcluster.Kind,
+        cluster: apiclient.Cluster,
+        kind: apiclient.Kind,
         on_change: Handler,
         metrics: kmetrics.Metrics,
         label_selector: str | None = None,
@@ -111,11 +111,11 @@ class Informer:
                 self._watch_once()
                 failures = 0
                 self.metrics.watch_restarts.labels(self.kind.kind, "timeout").inc()
-            except kcluster.Gone:
+            except apiclient.Gone:
                 LOG.info("watch %s expired; relisting", self.kind)
                 self.metrics.watch_restarts.labels(self.kind.kind, "expired").inc()
                 need_list = True
-            except (kcluster.MissingKind, kcluster.Forbidden) as exc:
+            except (apiclient.MissingKind, apiclient.Forbidden) as exc:
                 if not self.optional:
                     failures = self._back_off(failures, exc)
                     continue
@@ -223,14 +223,14 @@ class CacheReader:
     to find what to prune, which must be ours anyway) answers None without asking.
     """
 
-    def __init__(self, cluster: kcluster.Cluster) -> None:
+    def __init__(self, cluster: apiclient.Cluster) -> None:
         self.cluster = cluster
-        self._informers: dict[kcluster.Kind, list[tuple[Informer, bool]]] = {}
+        self._informers: dict[apiclient.Kind, list[tuple[Informer, bool]]] = {}
 
     def add(self, informer: Informer, complete: bool) -> None:
         self._informers.setdefault(informer.kind, []).append((informer, complete))
 
-    def get(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+    def get(self, kind: apiclient.Kind, namespace: str, name: str) -> Obj | None:
         informers = [(i, c) for i, c in self._informers.get(kind, []) if i.ready]
         for informer, complete in informers:
             found = informer.cached(namespace, name)
@@ -238,7 +238,7 @@ class CacheReader:
                 return found
         return self.cluster.get(kind, namespace, name)
 
-    def owned(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+    def owned(self, kind: apiclient.Kind, namespace: str, name: str) -> Obj | None:
         informers = [i for i, _ in self._informers.get(kind, []) if i.ready]
         if not informers:
             return self.cluster.get(kind, namespace, name)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from waypoint.controller import cluster as kcluster
+from waypoint.controller import apiclient
 
 LOG = logging.getLogger(__name__)
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -43,7 +43,7 @@ def _format(moment: float) -> str:
 class LeaderElector:
     def __init__(
         self,
-        cluster: kcluster.Cluster,
+        cluster: apiclient.Cluster,
         namespace: str,
         name: str,
         identity: str,
@@ -78,7 +78,7 @@ class LeaderElector:
         now = self.monotonic()
         wall = self.clock()
         try:
-            lease = self.cluster.get(kcluster.LEASE, self.namespace, self.name, timeout=timeout)
+            lease = self.cluster.get(apiclient.LEASE, self.namespace, self.name, timeout=timeout)
             if lease is None:
                 created = self.cluster.create(self._lease(wall, wall, 0), timeout=timeout)
                 self._observe(created.get("spec") or {}, now)
@@ -101,7 +101,7 @@ class LeaderElector:
             written = self.cluster.replace(updated, timeout=timeout)
             self._observe(written.get("spec") or {}, now)
             return True
-        except kcluster.Conflict:
+        except apiclient.Conflict:
             return False  # someone else wrote the Lease first
 
     def _observe(self, spec: dict[str, Any], now: float) -> None:
@@ -116,7 +116,7 @@ class LeaderElector:
 
     def _lease(self, acquired: float | None, renewed: float, transitions: int) -> dict[str, Any]:
         return {
-            "apiVersion": kcluster.LEASE.api_version,
+            "apiVersion": apiclient.LEASE.api_version,
             "kind": "Lease",
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": {
@@ -131,11 +131,11 @@ class LeaderElector:
     def release(self) -> None:
         """Give the Lease up at shutdown so a successor need not wait for it to expire."""
         try:
-            lease = self.cluster.get(kcluster.LEASE, self.namespace, self.name)
+            lease = self.cluster.get(apiclient.LEASE, self.namespace, self.name)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
                 self.cluster.replace(lease)
-        except kcluster.ClusterError as exc:
+        except apiclient.ClusterError as exc:
             LOG.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)
         self.is_leader = False
 
@@ -147,10 +147,10 @@ class LeaderElector:
             renewed = self._renewed_at
         return renewed is not None and self.monotonic() < renewed + self.renew_deadline
 
-    def fence(self, kind: kcluster.Kind) -> None:
+    def fence(self, kind: apiclient.Kind) -> None:
         """The cluster's write fence: only the Lease may be written while not ``leading``."""
-        if kind != kcluster.LEASE and not self.leading():
-            raise kcluster.Fenced(
+        if kind != apiclient.LEASE and not self.leading():
+            raise apiclient.Fenced(
                 f"not writing {kind}: this replica does not hold Lease {self.namespace}/{self.name}"
             )
 
@@ -211,6 +211,6 @@ class LeaderElector:
     def _attempt(self, timeout: float | None) -> bool:
         try:
             return self.try_acquire_or_renew(timeout)
-        except kcluster.ClusterError as exc:
+        except apiclient.ClusterError as exc:
             LOG.warning("leader election: %s", exc)
             return False

@@ -26,12 +26,12 @@ import threading
 from collections.abc import Hashable
 from typing import Any
 
-from waypoint.controller import cluster as kcluster
+from waypoint import wellknown
+from waypoint.controller import apiclient, reconcile, status, trim
 from waypoint.controller import index as kindex
 from waypoint.controller import informer as kinformer
 from waypoint.controller import metrics as kmetrics
 from waypoint.controller import queue as kqueue
-from waypoint.controller import reconcile, status, trim
 from waypoint.controller import world as kworld
 from waypoint.controller import xds as kxds
 from waypoint.envoy import options as envoy_options
@@ -41,20 +41,20 @@ from waypoint.translate import index as translate_index
 LOG = logging.getLogger(__name__)
 Obj = dict[str, Any]
 ROUTES_KEY = ("routes", "", "")
-MANAGED_SELECTOR = f"{constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE}"
+MANAGED_SELECTOR = f"{wellknown.MANAGED_BY_LABEL}={wellknown.MANAGED_BY_VALUE}"
 REGO_INFORMER = "ConfigMap/extauthz-policy"  # the users' labeled Rego ConfigMaps
 PARAMETERS_INFORMER = "ConfigMap/parameters"  # every ConfigMap, trimmed to its identity
 DEFAULT_WORKERS = 4
 # Inputs the controller works without: a cluster may lack their CRDs, or deny reading them.
-OPTIONAL_KINDS = (*kcluster.POLICY_KINDS, kcluster.GRPC_ROUTE)
+OPTIONAL_KINDS = (*apiclient.POLICY_KINDS, apiclient.GRPC_ROUTE)
 # What the controller generates and reads back from label-selected caches (Services are
 # watched in full as translation input).
 OWNED_KINDS = (
-    kcluster.DEPLOYMENT,
-    kcluster.SERVICE_ACCOUNT,
-    kcluster.CONFIG_MAP,
-    kcluster.AUTOSCALER,
-    kcluster.DISRUPTION_BUDGET,
+    apiclient.DEPLOYMENT,
+    apiclient.SERVICE_ACCOUNT,
+    apiclient.CONFIG_MAP,
+    apiclient.AUTOSCALER,
+    apiclient.DISRUPTION_BUDGET,
 )
 OPTIONAL_CONDITION = "OptionalKindsAvailable"
 
@@ -62,7 +62,7 @@ OPTIONAL_CONDITION = "OptionalKindsAvailable"
 class Controller:
     def __init__(
         self,
-        cluster: kcluster.Cluster,
+        cluster: apiclient.Cluster,
         renderer: reconcile.Renderer | None = None,
         translator: reconcile.Translator | None = None,
         options: envoy_options.BootstrapOptions | None = None,
@@ -92,8 +92,8 @@ class Controller:
         self.resync_period = resync_period
         self.workers = max(1, workers)
         # Without Gateways there is nothing to do: fail early, with install instructions.
-        cluster.resource(kcluster.GATEWAY)
-        cluster.resource(kcluster.GATEWAY_CLASS)
+        cluster.resource(apiclient.GATEWAY)
+        cluster.resource(apiclient.GATEWAY_CLASS)
         self.reader = kinformer.CacheReader(cluster)
         self.informers: dict[str, kinformer.Informer] = {}
         self._world_kinds: list[str] = []
@@ -116,7 +116,7 @@ class Controller:
                     kind, kind.kind, self._on_owned_change, MANAGED_SELECTOR, watch_timeout
                 )
         self._inform(
-            kcluster.CONFIG_MAP,
+            apiclient.CONFIG_MAP,
             REGO_INFORMER,
             self._on_rego_change,
             constants.EXTAUTHZ_POLICY_LABEL,
@@ -127,7 +127,7 @@ class Controller:
         # Trimmed, they cannot answer reads: the CacheReader does not use them.
         self.informers[PARAMETERS_INFORMER] = kinformer.Informer(
             cluster,
-            kcluster.CONFIG_MAP,
+            apiclient.CONFIG_MAP,
             self._on_parameters_change,
             self.metrics,
             None,
@@ -153,7 +153,7 @@ class Controller:
 
     def _inform(
         self,
-        kind: kcluster.Kind,
+        kind: apiclient.Kind,
         key: str,
         handler: kinformer.Handler,
         selector: str | None,
@@ -276,7 +276,7 @@ class Controller:
     def _on_owned_change(self, before: Obj | None, after: Obj | None) -> None:
         obj = after or before or {}
         labels = (obj.get("metadata") or {}).get("labels") or {}
-        name = labels.get(constants.GATEWAY_NAME_LABEL)
+        name = labels.get(wellknown.GATEWAY_NAME_LABEL)
         namespace = (obj.get("metadata") or {}).get("namespace") or ""
         if name:
             self.queue.add(("gateway", namespace, name))
@@ -401,7 +401,7 @@ def _significant(before: Obj | None, after: Obj | None) -> bool:
     input (it is mostly our own writes), except a Pod's: its IPs and phase."""
     if before is None or after is None:
         return True
-    if after.get("kind") == kcluster.POD.kind:
+    if after.get("kind") == apiclient.POD.kind:
         # Trimmed to what translation reads (status included): anything but the version.
         return _without_version(before) != _without_version(after)
     return _without_status(before) != _without_status(after)
@@ -420,7 +420,7 @@ def _generated(obj: Obj | None) -> bool:
 
 
 # Kinds whose cached objects are trimmed to what translation reads (trim.py).
-TRANSFORMS: dict[kcluster.Kind, kinformer.Transform] = {kcluster.POD: trim.pod}
+TRANSFORMS: dict[apiclient.Kind, kinformer.Transform] = {apiclient.POD: trim.pod}
 
 
 def _without_version(obj: Obj) -> Obj:

@@ -23,17 +23,13 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from waypoint import model
-from waypoint.controller import cluster as kcluster
+from waypoint import model, names, pipeline, wellknown
+from waypoint.controller import apiclient, serving, status
 from waypoint.controller import metrics as kmetrics
-from waypoint.controller import serving, status
 from waypoint.envoy import options as envoy_options
-from waypoint.kube import constants, gateway, names, render, settings
-
-if TYPE_CHECKING:
-    from waypoint import pipeline
+from waypoint.kube import constants, gateway, render, settings
 
 LOG = logging.getLogger(__name__)
 APPLIED_HASH = "waypoint.dev/applied-hash"
@@ -51,9 +47,9 @@ Translator = Callable[[Sequence[Mapping[str, Any]], str], model.Translation]
 class Reader(Protocol):
     """Where reconciles read objects: the cluster itself, or the controller's informer caches."""
 
-    def get(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None: ...
+    def get(self, kind: apiclient.Kind, namespace: str, name: str) -> Obj | None: ...
 
-    def owned(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+    def owned(self, kind: apiclient.Kind, namespace: str, name: str) -> Obj | None:
         """The object if it may be ours (it carries our managed-by label), else None."""
         ...
 
@@ -61,40 +57,14 @@ class Reader(Protocol):
 class LiveReader:
     """Every read is a GET."""
 
-    def __init__(self, cluster: kcluster.Cluster) -> None:
+    def __init__(self, cluster: apiclient.Cluster) -> None:
         self.cluster = cluster
 
-    def get(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+    def get(self, kind: apiclient.Kind, namespace: str, name: str) -> Obj | None:
         return self.cluster.get(kind, namespace, name)
 
-    def owned(self, kind: kcluster.Kind, namespace: str, name: str) -> Obj | None:
+    def owned(self, kind: apiclient.Kind, namespace: str, name: str) -> Obj | None:
         return self.cluster.get(kind, namespace, name)
-
-
-class RenderRejected(ValueError):
-    """The translator did not accept the Gateway as a waypoint; the message says why."""
-
-
-def pipeline_renderer(
-    objects: Sequence[Mapping[str, Any]],
-    namespace: str,
-    name: str,
-    options: envoy_options.BootstrapOptions,
-) -> pipeline.Rendered:
-    from waypoint import pipeline
-
-    try:
-        return pipeline.render(objects, namespace, name, options)
-    except pipeline.WaypointNotFound as exc:
-        raise RenderRejected(str(exc)) from exc
-
-
-def pipeline_translator(
-    objects: Sequence[Mapping[str, Any]], trust_domain: str
-) -> model.Translation:
-    from waypoint import pipeline
-
-    return pipeline.translate_objects(objects, trust_domain)
 
 
 @dataclasses.dataclass
@@ -140,7 +110,7 @@ def immutable_changes(live: Mapping[str, Any], desired: Mapping[str, Any]) -> li
     return changed
 
 
-def rejected_by_api(exc: kcluster.ClusterError) -> bool:
+def rejected_by_api(exc: apiclient.ClusterError) -> bool:
     """The server refused the request itself (validation, admission, quota, RBAC): retrying
     the same body cannot help. Conflicts, throttling and transport errors are retried."""
     return 400 <= exc.status < 500 and exc.status not in (408, 409, 410, 429)
@@ -179,10 +149,10 @@ def ownership_problem(live: Mapping[str, Any], gw: Mapping[str, Any]) -> str | N
     meta = live.get("metadata") or {}
     where = f"{live.get('kind')} {meta.get('namespace')}/{meta.get('name')}"
     labels = meta.get("labels") or {}
-    if labels.get(constants.MANAGED_BY_LABEL) != constants.MANAGED_BY_VALUE:
+    if labels.get(wellknown.MANAGED_BY_LABEL) != wellknown.MANAGED_BY_VALUE:
         return (
-            f"{where} exists and is not managed by {constants.MANAGED_BY_VALUE} "
-            f"(no {constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE} label); left alone"
+            f"{where} exists and is not managed by {wellknown.MANAGED_BY_VALUE} "
+            f"(no {wellknown.MANAGED_BY_LABEL}={wellknown.MANAGED_BY_VALUE} label); left alone"
         )
     uid = (gw.get("metadata") or {}).get("uid")
     owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("controller")]
@@ -192,7 +162,7 @@ def ownership_problem(live: Mapping[str, Any], gw: Mapping[str, Any]) -> str | N
         return f"{where} belongs to another owner ({owners[0].get('kind')} {owners[0].get('name')}); left alone"
     namespace, name = gateway.key(gw)
     return (
-        f"{where} has the {constants.MANAGED_BY_LABEL}={constants.MANAGED_BY_VALUE} label but "
+        f"{where} has the {wellknown.MANAGED_BY_LABEL}={wellknown.MANAGED_BY_VALUE} label but "
         f"no controller ownerReference to Gateway {namespace}/{name}; not adopted, left alone"
     )
 
@@ -206,10 +176,10 @@ class Reconciler:
 
     def __init__(
         self,
-        cluster: kcluster.Cluster,
+        cluster: apiclient.Cluster,
         world: World,
-        renderer: Renderer = pipeline_renderer,
-        translator: Translator = pipeline_translator,
+        renderer: Renderer = pipeline.render,
+        translator: Translator = pipeline.translate_objects,
         options: envoy_options.BootstrapOptions | None = None,
         defaults: settings.Settings | None = None,
         metrics: kmetrics.Metrics | None = None,
@@ -239,7 +209,7 @@ class Reconciler:
 
     def reconcile_gateway(self, namespace: str, name: str) -> Outcome:
         outcome = Outcome()
-        gw = self.cluster.get(kcluster.GATEWAY, namespace, name)
+        gw = self.cluster.get(apiclient.GATEWAY, namespace, name)
         if gw is None or not gateway.is_waypoint(gw) or not gateway.managed_by(gw, self.revision):
             self.metrics.forget_gateway(namespace, name)
             # Deleted (the garbage collector removes what it owned), or another revision's.
@@ -253,7 +223,7 @@ class Reconciler:
             plan = render.gateway_plan(
                 gw, conf, self.world(), self.options, self.renderer, self._config_map
             )
-        except (RenderRejected, ValueError) as exc:
+        except (pipeline.WaypointNotFound, ValueError) as exc:
             # The last applied objects stay: a bad input never takes a running waypoint down.
             reason = "InvalidParameters" if isinstance(exc, settings.SettingsError) else "Invalid"
             accepted = status.Verdict("Accepted", False, reason, str(exc))
@@ -287,7 +257,7 @@ class Reconciler:
             ref = settings.parameters_ref(gw)
             config_map = None
             if ref:
-                config_map = self.reader.get(kcluster.CONFIG_MAP, namespace, ref)
+                config_map = self.reader.get(apiclient.CONFIG_MAP, namespace, ref)
                 if config_map is None:
                     problems.append(
                         f"Gateway {namespace}/{name}: parametersRef ConfigMap {namespace}/{ref} not found"
@@ -300,17 +270,17 @@ class Reconciler:
             return None
 
     def _config_map(self, namespace: str, name: str) -> Obj | None:
-        return self.reader.get(kcluster.CONFIG_MAP, namespace, name)
+        return self.reader.get(apiclient.CONFIG_MAP, namespace, name)
 
     def _class_config_map(self, problems: list[str]) -> Obj | None:
         """The class-wide defaults ConfigMap named by the GatewayClass's parametersRef."""
-        gateway_class = self.reader.get(kcluster.GATEWAY_CLASS, "", constants.GATEWAY_CLASS)
+        gateway_class = self.reader.get(apiclient.GATEWAY_CLASS, "", wellknown.GATEWAY_CLASS)
         ref = settings.class_parameters_ref(gateway_class) if gateway_class else None
         if ref is None:
             return None
-        found = self.reader.get(kcluster.CONFIG_MAP, *ref)
+        found = self.reader.get(apiclient.CONFIG_MAP, *ref)
         if found is None:
-            problems.append(_class_config_missing(constants.GATEWAY_CLASS, ref))
+            problems.append(_class_config_missing(wellknown.GATEWAY_CLASS, ref))
         return found
 
     def class_parameters_problem(self, gateway_class: Obj) -> str | None:
@@ -321,7 +291,7 @@ class Reconciler:
             ref = settings.class_parameters_ref(gateway_class)
             if ref is None:
                 return None
-            found = self.reader.get(kcluster.CONFIG_MAP, *ref)
+            found = self.reader.get(apiclient.CONFIG_MAP, *ref)
             if found is None:
                 return _class_config_missing(name, ref)
             settings.check_class_config(gateway_class, found, self.defaults)
@@ -333,7 +303,7 @@ class Reconciler:
         live_by_kind: dict[str, Obj] = {}
         for obj in desired:
             wanted = stamp(obj)
-            kind = kcluster.kind_of(obj)
+            kind = apiclient.kind_of(obj)
             namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
             live = self.reader.get(kind, namespace, name)
             if live is not None:
@@ -348,7 +318,7 @@ class Reconciler:
                 live = self._recreate_if_immutable(live, wanted, outcome)
             try:
                 live_by_kind[obj["kind"]] = self.cluster.apply(wanted)
-            except kcluster.ClusterError as exc:
+            except apiclient.ClusterError as exc:
                 if not rejected_by_api(exc):
                     raise
                 # Report it and go on: the Gateway's other objects still apply.
@@ -370,7 +340,7 @@ class Reconciler:
         meta = wanted["metadata"]
         where = f"{wanted['kind']} {meta['namespace']}/{meta['name']}"
         LOG.warning("%s: %s cannot change in place; recreating it", where, ", ".join(changed))
-        self.cluster.delete(kcluster.kind_of(wanted), meta["namespace"], meta["name"])
+        self.cluster.delete(apiclient.kind_of(wanted), meta["namespace"], meta["name"])
         self._wrote(outcome, "delete", str(wanted["kind"]))
         outcome.recreated.append(f"{where} ({', '.join(changed)})")
         return None
@@ -382,9 +352,9 @@ class Reconciler:
         wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in desired}
         object_names = names.names_for(namespace, name)
         for kind, object_name in (
-            (kcluster.AUTOSCALER, object_names.autoscaler),
-            (kcluster.DISRUPTION_BUDGET, object_names.disruption_budget),
-            (kcluster.CONFIG_MAP, object_names.extauthz_config_map),
+            (apiclient.AUTOSCALER, object_names.autoscaler),
+            (apiclient.DISRUPTION_BUDGET, object_names.disruption_budget),
+            (apiclient.CONFIG_MAP, object_names.extauthz_config_map),
         ):
             if (kind.kind, object_name) in wanted:
                 continue
@@ -451,16 +421,16 @@ class Reconciler:
                 self.cluster.replace_status({**current, "status": wanted})
                 self._wrote(outcome, "update-status", str(obj.get("kind")))
                 return
-            except kcluster.Conflict:
+            except apiclient.Conflict:
                 self.metrics.conflicts.inc()
                 meta = current["metadata"]
                 fresh = self.cluster.get(
-                    kcluster.kind_of(current), meta.get("namespace", ""), meta["name"]
+                    apiclient.kind_of(current), meta.get("namespace", ""), meta["name"]
                 )
                 if fresh is None:
                     return
                 current = fresh
-        raise kcluster.Conflict(
+        raise apiclient.Conflict(
             f"status of {obj.get('kind')} {obj['metadata'].get('name')}: still conflicting after "
             f"{STATUS_RETRIES} attempts"
         )
@@ -473,7 +443,7 @@ class Reconciler:
 
     def reconcile_gateway_class(self, name: str) -> Outcome:
         outcome = Outcome()
-        found = self.reader.get(kcluster.GATEWAY_CLASS, "", name)
+        found = self.reader.get(apiclient.GATEWAY_CLASS, "", name)
         if (
             found is None
             or (found.get("spec") or {}).get("controllerName") != constants.CONTROLLER_NAME
@@ -535,7 +505,7 @@ class Reconciler:
             self._update_status(obj, compute, outcome)
 
     def _status_of(
-        self, kind: kcluster.Kind, verdict: model.ResourceStatus
+        self, kind: apiclient.Kind, verdict: model.ResourceStatus
     ) -> Callable[[Obj], Obj]:
         if kind in ROUTE_KINDS:
 
@@ -547,7 +517,7 @@ class Reconciler:
 
         # Istio's RequestAuthentication and AuthorizationPolicy: istiod owns their top-level
         # conditions.
-        own_conditions = kind.group == constants.POLICY_API_VERSION.split("/")[0]
+        own_conditions = kind.group == wellknown.POLICY_API_VERSION.split("/")[0]
 
         def policy(current: Obj) -> Obj:
             return status.policy_status(current, verdict, self.clock(), own_conditions)
@@ -555,11 +525,11 @@ class Reconciler:
         return policy
 
 
-ROUTE_KINDS = (kcluster.HTTP_ROUTE, kcluster.GRPC_ROUTE)
+ROUTE_KINDS = (apiclient.HTTP_ROUTE, apiclient.GRPC_ROUTE)
 # (group, kind) of a translation verdict → the kind whose status the controller writes.
 STATUS_KINDS = {
     (kind.group, kind.kind): kind
-    for kind in (*ROUTE_KINDS, *kcluster.POLICY_KINDS, kcluster.SERVICE)
+    for kind in (*ROUTE_KINDS, *apiclient.POLICY_KINDS, apiclient.SERVICE)
 }
 
 
@@ -585,7 +555,7 @@ def waiting_for(gw: Obj, conf: settings.Settings) -> str:
     return (
         f"waiting for a ready replica of Deployment {namespace}/{deployment}; its pods need "
         f"{', '.join(needs)} (kubectl -n {namespace} describe pods -l "
-        f"{constants.GATEWAY_NAME_LABEL}={name})"
+        f"{wellknown.GATEWAY_NAME_LABEL}={name})"
     )
 
 
@@ -601,7 +571,7 @@ def _not_programmed(reason: str, message: str) -> status.Verdict:
     return status.Verdict("Programmed", False, reason, message)
 
 
-def list_world(cluster: kcluster.Cluster) -> list[Obj]:
+def list_world(cluster: apiclient.Cluster) -> list[Obj]:
     """Everything translation reads, listed from the API (the controller uses its caches)."""
     world: list[Obj] = []
     for kind in WORLD_KINDS:
@@ -611,14 +581,14 @@ def list_world(cluster: kcluster.Cluster) -> list[Obj]:
 
 
 WORLD_KINDS = (
-    kcluster.NAMESPACE,
+    apiclient.NAMESPACE,
     # Its annotations and labels are inputs too (Istio's inbound binding, waypoint-for).
-    kcluster.GATEWAY_CLASS,
-    kcluster.SERVICE,
-    kcluster.ENDPOINT_SLICE,
-    kcluster.POD,
-    kcluster.GATEWAY,
-    kcluster.HTTP_ROUTE,
-    kcluster.GRPC_ROUTE,
-    *kcluster.POLICY_KINDS,
+    apiclient.GATEWAY_CLASS,
+    apiclient.SERVICE,
+    apiclient.ENDPOINT_SLICE,
+    apiclient.POD,
+    apiclient.GATEWAY,
+    apiclient.HTTP_ROUTE,
+    apiclient.GRPC_ROUTE,
+    *apiclient.POLICY_KINDS,
 )

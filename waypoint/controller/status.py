@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from waypoint import model
+from waypoint import model, wellknown
 from waypoint.kube import constants
 from waypoint.translate import schemacheck
 
@@ -77,11 +77,11 @@ def gateway_class_status(
 
 # Route kinds a listener of each protocol can take here; routes reach a waypoint through the
 # Services it serves (GAMMA), and only HTTPRoute and GRPCRoute are translated.
-ROUTE_GROUP = constants.GATEWAY_API_GROUP
+ROUTE_GROUP = wellknown.GATEWAY_API_GROUP
 HTTP_KINDS = ("HTTPRoute", "GRPCRoute")
 SUPPORTED_KINDS = {
-    constants.HBONE_PROTOCOL: HTTP_KINDS,
-    constants.PROXY_PROTOCOL: HTTP_KINDS,  # behind ztunnel's sandwich: the same routes
+    wellknown.HBONE_PROTOCOL: HTTP_KINDS,
+    wellknown.PROXY_PROTOCOL: HTTP_KINDS,  # behind ztunnel's sandwich: the same routes
     "HTTP": HTTP_KINDS,
     "HTTPS": HTTP_KINDS,
 }
@@ -165,7 +165,7 @@ def gateway_status(
             Verdict("Programmed", programmed.status, programmed.reason, programmed.message),
             resolved,
         ]
-        front = listener.get("protocol") in (constants.HBONE_PROTOCOL, constants.PROXY_PROTOCOL)
+        front = listener.get("protocol") in (wellknown.HBONE_PROTOCOL, wellknown.PROXY_PROTOCOL)
         listeners.append(
             {
                 "name": name,

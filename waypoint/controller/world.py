@@ -18,7 +18,6 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from waypoint import model, pipeline
-from waypoint.controller import reconcile
 from waypoint.envoy import options as envoy_options
 from waypoint.runtime import collector
 
@@ -85,10 +84,7 @@ class Translations:
             rendered = self._rendered.get(key) if translation is self._value else None
         if rendered is not None:
             return rendered
-        try:
-            full = pipeline.render_translation(translation, namespace, name, opts)
-        except pipeline.WaypointNotFound as exc:
-            raise reconcile.RenderRejected(str(exc)) from exc
+        full = pipeline.render_translation(translation, namespace, name, opts)
         # Kept as YAML only: the reconcile reads the YAML and the waypoint, and the bootstrap
         # as a dict is most of the memory (24 of 29 MiB at 200 waypoints, measured).
         rendered = dataclasses.replace(full, bootstrap={})

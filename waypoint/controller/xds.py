@@ -24,7 +24,6 @@ from typing import Any
 import yaml
 
 from waypoint import model, pipeline
-from waypoint.controller import reconcile
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants
 from waypoint.xds import bootstrap, cache, naming
@@ -81,9 +80,7 @@ class Publisher:
     ) -> pipeline.Rendered:
         """A ``reconcile.Renderer``: the waypoint's IR and its xDS bootstrap (not its config)."""
         translation = self.translate(objects, opts.trust_domain)
-        waypoint = translation.waypoint(namespace, name)
-        if waypoint is None:
-            raise reconcile.RenderRejected(_rejection(translation, namespace, name))
+        waypoint = pipeline.accepted_waypoint(translation, namespace, name)
         boot = bootstrap.build(self.xds_address, namespace, name, opts, delta=self.delta)
         return pipeline.Rendered(
             translation=translation,
@@ -144,18 +141,3 @@ class Publisher:
                 self.publish(world())
             except Exception:  # one bad pass must not end live config for every waypoint
                 LOG.exception("xds: publishing failed; retrying on the next change")
-
-
-def _rejection(translation: model.Translation, namespace: str, name: str) -> str:
-    """Why translation did not accept Gateway ``namespace/name``, in its conditions' words."""
-    for verdict in translation.statuses:
-        if (verdict.ref.kind, verdict.ref.namespace, verdict.ref.name) == (
-            "Gateway",
-            namespace,
-            name,
-        ):
-            reasons = "; ".join(
-                f"{c.reason}: {c.message}" for c in verdict.conditions if not c.status
-            )
-            return f"Gateway {namespace}/{name} is not an accepted waypoint: {reasons}"
-    return f"Gateway {namespace}/{name} is not an accepted waypoint"

@@ -1,7 +1,7 @@
 """The static bootstrap: every resource of ``resources.build`` in one ``envoy -c`` file.
 
 Certificates come from the two SDS files of ``waypoint.envoy.secrets`` (write them with
-``secrets.write_sds_files`` beside the bootstrap); everything else is inline.
+``waypoint.runtime.sds.write_files`` beside the bootstrap); everything else is inline.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 
-from waypoint import model, names, pki
+from waypoint import model, names
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import policies, protos, routes, secrets
+from waypoint.envoy import policies, protos, routes, secrets, traffic
 
 ADMIN = "admin"  # loops readiness and Prometheus requests back into Envoy's own admin
 ORIGINAL_DST_METADATA = "envoy.filters.listener.original_dst"
@@ -180,7 +180,7 @@ def upstream(
         )
     if cluster.protocol is model.Protocol.HTTP2:
         _http2(out, options)
-    policies.apply_cluster(out, cluster.policy)
+    traffic.apply_cluster(out, cluster.policy)
     return out
 
 
@@ -230,7 +230,7 @@ def connect_originate(
     if target.identity is None:
         san = secrets.trust_domain_matcher(options.trust_domain)
     else:
-        san = secrets.exact_matcher(pki.spiffe_id(options.trust_domain, *target.identity))
+        san = secrets.exact_matcher(names.spiffe_id(options.trust_domain, *target.identity))
     out = cluster_pb2.Cluster(
         name=target.name,
         type=cluster_pb2.Cluster.ORIGINAL_DST,

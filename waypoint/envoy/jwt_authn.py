@@ -98,12 +98,19 @@ def _provider(provider: model.JwtProvider) -> jwt_pb2.JwtProvider:
     return out
 
 
+def providers_for(
+    destination: model.Destination, providers: Sequence[model.JwtProvider]
+) -> list[model.JwtProvider]:
+    """The providers that verify tokens at ``destination``: when any, jwt_authn runs there."""
+    return [p for p in providers if p.name in destination.jwt_providers]
+
+
 def http_filter(
     destination: model.Destination, providers: Sequence[model.JwtProvider]
 ) -> hcm_pb2.HttpFilter | None:
     """The jwt_authn filter of one destination, or None when no RequestAuthentication
     names it."""
-    chosen = [p for p in providers if p.name in destination.jwt_providers]
+    chosen = providers_for(destination, providers)
     if not chosen:
         return None
     any_of = [jwt_pb2.JwtRequirement(provider_name=p.name) for p in chosen]
@@ -123,7 +130,32 @@ def http_filter(
     return hcm_pb2.HttpFilter(name=FILTER, typed_config=protos.pack(config))
 
 
+# --- the hook (waypoint.envoy.policies.Hook) -------------------------------------------------
+
+
+def http_filters(
+    destination: model.Destination, providers: Sequence[model.JwtProvider]
+) -> list[hcm_pb2.HttpFilter]:
+    """Authentication first, for every request: a bad token is a 401 before anything else."""
+    verifier = http_filter(destination, providers)
+    return [] if verifier is None else [verifier]
+
+
+def patch_route(
+    _out: rc_pb2.Route, _policy: model.RoutePolicy | None, _destination: model.Destination
+) -> None:
+    """Nothing per route: the filter's one rule covers every path."""
+
+
 def clusters(
+    waypoint: model.Waypoint, options: options_mod.BootstrapOptions
+) -> list[cluster_pb2.Cluster]:
+    """The JWKS clusters of the providers some destination uses."""
+    used = {name for d in waypoint.destinations for name in d.jwt_providers}
+    return jwks_clusters([p for p in waypoint.jwt_providers if p.name in used], options)
+
+
+def jwks_clusters(
     providers: Iterable[model.JwtProvider], options: options_mod.BootstrapOptions
 ) -> list[cluster_pb2.Cluster]:
     """One cluster per JWKS host the providers fetch from."""

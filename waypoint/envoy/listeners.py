@@ -13,7 +13,17 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 
 from waypoint import model, names
-from waypoint.envoy import clusters, filters, policies, protos, rbac, routes, secrets
+from waypoint.envoy import (
+    clusters,
+    filters,
+    policies,
+    protos,
+    rbac,
+    routes,
+    secrets,
+    tracing,
+    traffic,
+)
 from waypoint.envoy import options as options_mod
 
 READINESS_PATH = "/healthz/ready"
@@ -25,7 +35,7 @@ def build(
     waypoint: model.Waypoint, options: options_mod.BootstrapOptions
 ) -> list[listener_pb2.Listener]:
     out = [front(waypoint, options)]
-    lbs = policies.load_balancers(waypoint)
+    lbs = traffic.load_balancers(waypoint)
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"  # the tracing service name
     if waypoint.proxy_port is None:  # the sandwich serves destinations in its own chains
@@ -71,7 +81,7 @@ def proxy_terminate(
         stat_prefix=names.PROXY_TERMINATE,
     )
     out.listener_filters.append(filters.proxy_protocol())
-    lbs = policies.load_balancers(waypoint)
+    lbs = traffic.load_balancers(waypoint)
     td = waypoint.identity.trust_domain
     service = f"{waypoint.name}.{waypoint.namespace}"
     # Without an address a chain would match the port on every address: leave it out.
@@ -178,7 +188,7 @@ def _terminal_filter(
         authz_log=bool(destination.authorization),
     )
     # Spans and request ids belong to the requests inside a tunnel, not to the tunnel.
-    policies.tracing(hcm, options, service)
+    tracing.patch_hcm(hcm, options, service)
     return filters.hcm_filter(hcm)
 
 

@@ -32,7 +32,7 @@ class BootstrapOptions:
     max_concurrent_streams: int = 1024
     # Where the two file-based SDS resources live (see waypoint.envoy.secrets); "" means
     # "<cert_dir>-sds". They must exist before Envoy starts: write them with
-    # waypoint.envoy.secrets.write_sds_files.
+    # waypoint.runtime.sds.write_files.
     sds_dir: str = ""
     keepalive_interval_seconds: float = 30.0
     keepalive_timeout_seconds: float = 10.0

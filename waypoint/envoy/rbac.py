@@ -19,8 +19,8 @@ Where a waypoint differs from a sidecar:
 - Request principals and claims come from ``jwt_authn``'s verified payload in dynamic
   metadata (istiod's "extended JWT" form).
 
-CUSTOM policies: a shadow RBAC filter marks the requests they match, and an ext_authz filter
-enabled by that mark asks the extauthz sidecar, before DENY and ALLOW.
+CUSTOM policies are ``waypoint.envoy.custom``'s, built on ``rules`` here; their filters come
+before these.
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc_pb2
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -48,15 +47,14 @@ from envoy.type.matcher.v3 import (
     string_pb2,
     value_pb2,
 )
-from envoy.type.v3 import http_status_pb2
 from xds.core.v3 import cidr_pb2
 
 from waypoint import model
 from waypoint.envoy import filters, jwt_authn, protos
+from waypoint.envoy import options as options_mod
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 NETWORK_RBAC = "envoy.filters.network.rbac"
-CUSTOM_EXT_AUTHZ = "envoy.filters.http.ext_authz.custom"
 URI_TEMPLATE = "envoy.path.match.uri_template.uri_template_matcher"
 # Per action: the filter name, RBAC action, and stat prefixes of enforced and dry-run rules.
 # Envoy writes the matched policy to dynamic metadata (namespace envoy.filters.http.rbac)
@@ -76,10 +74,8 @@ _ACTIONS = {
         "dry_run_allow_",
     ),
 }
-CUSTOM_PREFIX = "ext_authz_"
 CUSTOM_POLICY_PREFIX = "istio-ext-authz-"
 _MATCH_ANY = "^.+$"
-EXTAUTHZ_CLUSTER = "extauthz"  # the same cluster as ExtAuthzPolicy's (waypoint.envoy.policies)
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -393,12 +389,13 @@ _MATCH_NEVER = rbac_pb2.Policy(
 )
 
 
-def _rules(
+def rules(
     policies: Sequence[model.AuthorizationPolicy],
     action: rbac_pb2.RBAC.Action.ValueType,
     destination: model.Destination,
     tcp: bool,
 ) -> rbac_pb2.RBAC:
+    """The RBAC rules of ``policies`` at this destination: one RBAC policy per rule."""
     out = rbac_pb2.RBAC(action=action)
     for policy in policies:
         if not policy.rules:
@@ -420,8 +417,13 @@ def _split(
 # --- filters ---------------------------------------------------------------------------------
 
 
-def http_filters(destination: model.Destination) -> list[hcm_pb2.HttpFilter]:
-    """The AUDIT, DENY and ALLOW RBAC filters, in that order (CUSTOM's come before)."""
+def http_filters(
+    destination: model.Destination, _providers: Sequence[model.JwtProvider]
+) -> list[hcm_pb2.HttpFilter]:
+    """The AUDIT, DENY and ALLOW RBAC filters, in that order (CUSTOM's come before).
+
+    With ``patch_route`` and ``clusters``, the hook of ``waypoint.envoy.policies``.
+    """
     out: list[hcm_pb2.HttpFilter] = []
     for action, (name, rbac_action, prefix, shadow_prefix) in _ACTIONS.items():
         enforced, dry = _split(destination, action)
@@ -429,12 +431,25 @@ def http_filters(destination: model.Destination) -> list[hcm_pb2.HttpFilter]:
             continue
         config = http_rbac_pb2.RBAC(rules_stat_prefix=prefix)
         if enforced:
-            config.rules.CopyFrom(_rules(enforced, rbac_action, destination, tcp=False))
+            config.rules.CopyFrom(rules(enforced, rbac_action, destination, tcp=False))
         if dry:
-            config.shadow_rules.CopyFrom(_rules(dry, rbac_action, destination, tcp=False))
+            config.shadow_rules.CopyFrom(rules(dry, rbac_action, destination, tcp=False))
             config.shadow_rules_stat_prefix = shadow_prefix
         out.append(hcm_pb2.HttpFilter(name=name, typed_config=protos.pack(config)))
     return out
+
+
+def patch_route(
+    _out: rc_pb2.Route, _policy: model.RoutePolicy | None, _destination: model.Destination
+) -> None:
+    """Nothing per route: the rules match on the request itself."""
+
+
+def clusters(
+    _waypoint: model.Waypoint, _options: options_mod.BootstrapOptions
+) -> list[cluster_pb2.Cluster]:
+    """None: RBAC decides inside Envoy."""
+    return []
 
 
 def network_filters(
@@ -448,51 +463,15 @@ def network_filters(
             continue
         config = net_rbac_pb2.RBAC(stat_prefix=f"{filters.stat_prefix(listener)}.{prefix}")
         if enforced:
-            config.rules.CopyFrom(_rules(enforced, rbac_action, destination, tcp=True))
+            config.rules.CopyFrom(rules(enforced, rbac_action, destination, tcp=True))
         if dry:
-            config.shadow_rules.CopyFrom(_rules(dry, rbac_action, destination, tcp=True))
+            config.shadow_rules.CopyFrom(rules(dry, rbac_action, destination, tcp=True))
             config.shadow_rules_stat_prefix = shadow_prefix
         network_name = NETWORK_RBAC + name[len(HTTP_RBAC) :]
         out.append(
             listener_components_pb2.Filter(name=network_name, typed_config=protos.pack(config))
         )
     return out
-
-
-def custom_filters(destination: model.Destination) -> list[hcm_pb2.HttpFilter]:
-    """Istio's CUSTOM: mark matching requests in shadow mode; ext_authz checks only those."""
-    custom = [p for p in destination.authorization if p.action is model.AuthzAction.CUSTOM]
-    if not custom:
-        return []
-    shadow = http_rbac_pb2.RBAC(
-        shadow_rules=_rules(custom, rbac_pb2.RBAC.DENY, destination, tcp=False),
-        shadow_rules_stat_prefix=CUSTOM_PREFIX,
-    )
-    enabled_when = metadata_pb2.MetadataMatcher(
-        filter=HTTP_RBAC,
-        path=[
-            metadata_pb2.MetadataMatcher.PathSegment(
-                key=CUSTOM_PREFIX + "shadow_effective_policy_id"
-            )
-        ],
-        value=value_pb2.ValueMatcher(
-            string_match=string_pb2.StringMatcher(prefix=CUSTOM_POLICY_PREFIX)
-        ),
-    )
-    check = ext_authz_pb2.ExtAuthz(
-        grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTAUTHZ_CLUSTER),
-            timeout=protos.duration(0.2),
-        ),
-        transport_api_version=config_source_pb2.V3,
-        status_on_error=http_status_pb2.HttpStatus(code=http_status_pb2.ServiceUnavailable),
-        filter_enabled_metadata=enabled_when,
-        metadata_context_namespaces=[jwt_authn.FILTER],
-    )
-    return [
-        hcm_pb2.HttpFilter(name=HTTP_RBAC + ".custom", typed_config=protos.pack(shadow)),
-        hcm_pb2.HttpFilter(name=CUSTOM_EXT_AUTHZ, typed_config=protos.pack(check)),
-    ]
 
 
 def uses_source_address(waypoint: model.Waypoint) -> bool:

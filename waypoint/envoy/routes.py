@@ -16,7 +16,7 @@ from envoy.type.matcher.v3 import filter_state_pb2, regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
 from waypoint import model, names
-from waypoint.envoy import filters, policies, protos
+from waypoint.envoy import filters, policies, protos, traffic
 
 # A weighted-cluster name no cluster ever has: an unresolved backendRef's share of traffic
 # goes there and gets cluster_not_found_response_code (500), as the Gateway API requires.
@@ -136,7 +136,7 @@ def default_route(
 ) -> rc_pb2.Route:
     """Everything to the destination's own endpoints (a Service with no route attached)."""
     action = rc_pb2.RouteAction(cluster=destination.default_cluster, timeout=protos.duration(0))
-    policies.apply_hashing(action, [destination.default_cluster], lbs or {})
+    traffic.apply_hashing(action, [destination.default_cluster], lbs or {})
     name = names.default_route_name(host_ref(destination), destination.port)
     out = rc_pb2.Route(
         name=name,
@@ -174,7 +174,7 @@ def route(
     else:
         _forward(out, r)
         clusters = [b.cluster for b in r.backends if b.cluster]
-        policies.apply_hashing(out.route, clusters, lbs or {})
+        traffic.apply_hashing(out.route, clusters, lbs or {})
     policies.apply_route(out, r.policy, destination)
     return out
 

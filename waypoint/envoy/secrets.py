@@ -3,8 +3,9 @@
 Measured with Envoy 1.40: static bootstrap ``secrets`` never reload, even with
 ``watched_directory``; a secret delivered by SDS from a file (``path_config_source``) does
 reload when its ``watched_directory`` sees the ``..data`` swap. So the listeners and clusters
-reference two SDS files, written by :func:`write_sds_files` into :func:`sds_dir`, which point
-at the PEM files of ``cert_dir``. The bootstrap itself stays a plain ``envoy -c`` file.
+reference two SDS files (:func:`sds_files`, which ``waypoint.runtime.sds`` writes into
+:func:`sds_dir`), which point at the PEM files of ``cert_dir``. The bootstrap itself stays a
+plain ``envoy -c`` file.
 With ``options.sds_over_ads`` the same two secrets come over ADS instead (an xDS server
 serves :func:`secrets`); Envoy still reads the PEM files and, by its docs, watches them
 (rotation measured here only for the file-based path).
@@ -12,7 +13,6 @@ serves :func:`secrets`); Envoy still reads the PEM files and, by its docs, watch
 
 from __future__ import annotations
 
-import pathlib
 import posixpath
 
 import yaml
@@ -73,20 +73,6 @@ def sds_files(options: options_mod.BootstrapOptions) -> dict[str, str]:
         data = protos.to_dict(protos.pack(secret))
         files[_SDS_FILES[secret.name]] = yaml.safe_dump({"resources": [data]}, sort_keys=False)
     return dict(sorted(files.items()))
-
-
-def write_sds_files(options: options_mod.BootstrapOptions) -> list[pathlib.Path]:
-    """Write :func:`sds_files` into :func:`sds_dir` (atomically, one file at a time)."""
-    directory = pathlib.Path(sds_dir(options))
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in sds_files(options).items():
-        target = directory / name
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(target)
-        written.append(target)
-    return written
 
 
 def sds_config(

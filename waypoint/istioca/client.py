@@ -86,12 +86,8 @@ class Issued:
 
     def files(self) -> dict[str, bytes]:
         """The cert-dir files Envoy's file SDS reads (see waypoint.envoy.secrets)."""
-        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain)
-        key = self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        chain = b"".join(pki.certificate_pem(c) for c in self.chain)
+        key = pki.private_key_pem(self.key)
         return {pki.CERT_CHAIN_FILE: chain, pki.KEY_FILE: key, pki.ROOT_CERT_FILE: self.roots_pem}
 
 

@@ -1,45 +1,16 @@
-"""Names the waypoint controller shares with users, Istio tooling and the Gateway API."""
+"""Names that only the generated Kubernetes objects and the controller use.
+
+The names translation reads too (API groups, the GatewayClass, Istio's labels and
+annotations, the HBONE and PROXY ports) are in ``waypoint.wellknown``.
+"""
 
 from __future__ import annotations
 
-GATEWAY_API_GROUP = "gateway.networking.k8s.io"
-GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
-
-# Policy attachment (docs/policies.md): our own kinds, and Istio's RequestAuthentication and
-# AuthorizationPolicy.
-POLICY_API_VERSION = "policy.waypoint.dev/v1alpha1"
-ISTIO_SECURITY_API_VERSION = "security.istio.io/v1"
-
-GATEWAY_CLASS = "waypoint"
 CONTROLLER_NAME = "waypoint.dev/controller"
 FIELD_MANAGER = "waypoint-controller"
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY_VALUE = "waypoint-controller"
-GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-# ztunnel must not redirect the waypoint's own traffic back into itself (Istio does the same).
-DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
-
-# Binding, exactly as Istio users know it.
-USE_WAYPOINT = "istio.io/use-waypoint"
-USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
-WAYPOINT_FOR = "istio.io/waypoint-for"
-FOR_SERVICE_ACCOUNT = "istio.io/for-service-account"
-
-LISTENER_NAME = "mesh"
-HBONE_PROTOCOL = "HBONE"
-HBONE_PORT = 15008
-
-# Istio's "sandwich": ztunnel terminates HBONE and hands each connection to the waypoint in
-# plain TCP behind a PROXY v2 header. istiod reads the binding from this annotation on the
-# Gateway, else on its GatewayClass (``PROXY/<port>``); kgateway's form is a listener with
-# this protocol (docs/istio.md has the sources).
-INBOUND_BINDING_ANNOTATION = "ambient.istio.io/waypoint-inbound-binding"
-PROXY_PROTOCOL = "istio.io/PROXY"
-PROXY_PORT = 15088
-DATAPLANE_MODE_AMBIENT = "ambient"
 
 # Tuning annotations on the Gateway (they win over the parametersRef ConfigMap).
 ANNOTATION_PREFIX = "waypoint.dev/"

@@ -1,13 +1,13 @@
 """The extauthz sidecar of a waypoint: whether it runs, its generated config, and the user's Rego.
 
-The sidecar exists only when some ExtAuthzPolicy reaches the waypoint
-(``waypoint.policy.needs_extauthz``). Its config (JWT providers, listen addresses, module
-paths) is generated into ``<gateway>-extauthz``; the Rego is the user's, kept in a ConfigMap
-named by the ``extauthzPolicyConfigMap`` setting (default ``<gateway>-extauthz-policy``) whose
-``*.rego`` (and ``*.json`` data) keys become the modules. extauthz loads modules once, so the
-digest of that ConfigMap goes into the pod's config hash: a Rego change rolls the pods. With
-the ``extauthzOpaURL`` setting (the OPA overlay) extauthz asks that OPA instead, and no Rego
-ConfigMap is mounted.
+The sidecar exists only when some ExtAuthzPolicy or CUSTOM AuthorizationPolicy reaches the
+waypoint (``model.Waypoint.needs_extauthz``). Its config (JWT providers, listen addresses,
+module paths) is generated into ``<gateway>-extauthz``; the Rego is the user's, kept in a
+ConfigMap named by the ``extauthzPolicyConfigMap`` setting (default
+``<gateway>-extauthz-policy``) whose ``*.rego`` (and ``*.json`` data) keys become the modules.
+extauthz loads modules once, so the digest of that ConfigMap goes into the pod's config hash: a
+Rego change rolls the pods. With the ``extauthzOpaURL`` setting (the OPA overlay) extauthz
+asks that OPA instead, and no Rego ConfigMap is mounted.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from typing import Any
 
 import yaml
 
-from waypoint import model, policy
-from waypoint.kube import constants, gateway, names, settings
+from extauthz import contract
+from waypoint import model, names, policy
+from waypoint.kube import constants, gateway, settings
 
 MODULE_SUFFIXES = (".rego", ".json")
 
@@ -45,7 +46,7 @@ def policy_config_map_name(gw: Mapping[str, Any], conf: settings.Settings) -> st
 
 def wanted(conf: settings.Settings, waypoint: model.Waypoint) -> bool:
     """The controller runs the sidecar: a policy needs it and the setting does not forbid it."""
-    return conf.extauthz and policy.needs_extauthz(waypoint)
+    return conf.extauthz and waypoint.needs_extauthz
 
 
 def plan(
@@ -91,7 +92,7 @@ def plan(
     )
 
 
-def _config(waypoint: model.Waypoint, modules: tuple[str, ...]) -> dict[str, Any]:
+def _config(waypoint: model.Waypoint, modules: tuple[str, ...]) -> contract.ConfigDoc:
     return policy.extauthz_config(
         waypoint,
         listen=constants.EXTAUTHZ_LISTEN,

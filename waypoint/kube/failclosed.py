@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from waypoint.kube import constants, names
+from waypoint import names, wellknown
 
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
 REQUIRE_SUFFIX = "-require-waypoint"
@@ -48,12 +48,12 @@ def policies(namespace: str, name: str, trust_domain: str) -> list[dict[str, Any
     so that there is never a moment when it is refused its clients)."""
     object_names = names.names_for(namespace, name)
     labels = {
-        constants.MANAGED_BY_LABEL: "waypoint",
-        constants.GATEWAY_NAME_LABEL: name,
+        wellknown.MANAGED_BY_LABEL: "waypoint",
+        wellknown.GATEWAY_NAME_LABEL: name,
     }
     waypoint = principal(trust_domain, namespace, object_names.service_account)
     inbound = {
-        "apiVersion": constants.ISTIO_SECURITY_API_VERSION,
+        "apiVersion": wellknown.ISTIO_SECURITY_API_VERSION,
         "kind": AUTHORIZATION_POLICY,
         "metadata": {
             "name": name + WAYPOINT_INBOUND_SUFFIX,
@@ -61,13 +61,13 @@ def policies(namespace: str, name: str, trust_domain: str) -> list[dict[str, Any
             "labels": labels,
         },
         "spec": {
-            "selector": {"matchLabels": {constants.GATEWAY_NAME_LABEL: name}},
+            "selector": {"matchLabels": {wellknown.GATEWAY_NAME_LABEL: name}},
             "action": "ALLOW",
             "rules": [{}],
         },
     }
     require = {
-        "apiVersion": constants.ISTIO_SECURITY_API_VERSION,
+        "apiVersion": wellknown.ISTIO_SECURITY_API_VERSION,
         "kind": AUTHORIZATION_POLICY,
         "metadata": {"name": name + REQUIRE_SUFFIX, "namespace": namespace, "labels": labels},
         "spec": {

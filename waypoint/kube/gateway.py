@@ -7,7 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint.kube import constants, names
+from waypoint import names, wellknown
+from waypoint.kube import constants
 
 TRAFFIC_TYPES = ("service", "workload", "all", "none")
 
@@ -32,7 +33,7 @@ def generate_gateway(
         raise ValueError(f"--max-replicas {max_replicas} is below --min-replicas {min_replicas}")
     annotations: dict[str, str] = {}
     if service_account:
-        annotations[constants.FOR_SERVICE_ACCOUNT] = service_account
+        annotations[wellknown.FOR_SERVICE_ACCOUNT] = service_account
     if min_replicas is not None:
         annotations["waypoint.dev/min-replicas"] = str(min_replicas)
     if max_replicas is not None:
@@ -40,23 +41,23 @@ def generate_gateway(
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
-        "labels": {constants.WAYPOINT_FOR: traffic_type},
+        "labels": {wellknown.WAYPOINT_FOR: traffic_type},
     }
     if revision:
         metadata["labels"][constants.REVISION] = revision
     if annotations:
         metadata["annotations"] = annotations
     return {
-        "apiVersion": constants.GATEWAY_API_VERSION,
+        "apiVersion": wellknown.GATEWAY_API_VERSION,
         "kind": "Gateway",
         "metadata": metadata,
         "spec": {
-            "gatewayClassName": constants.GATEWAY_CLASS,
+            "gatewayClassName": wellknown.GATEWAY_CLASS,
             "listeners": [
                 {
-                    "name": constants.LISTENER_NAME,
-                    "port": constants.HBONE_PORT,
-                    "protocol": constants.HBONE_PROTOCOL,
+                    "name": wellknown.LISTENER_NAME,
+                    "port": wellknown.HBONE_PORT,
+                    "protocol": wellknown.HBONE_PROTOCOL,
                 }
             ],
         },
@@ -80,8 +81,8 @@ def is_waypoint(obj: Mapping[str, Any]) -> bool:
     """A Gateway of our class."""
     return (
         obj.get("kind") == "Gateway"
-        and str(obj.get("apiVersion", "")).startswith(constants.GATEWAY_API_GROUP + "/")
-        and (obj.get("spec") or {}).get("gatewayClassName") == constants.GATEWAY_CLASS
+        and str(obj.get("apiVersion", "")).startswith(wellknown.GATEWAY_API_GROUP + "/")
+        and (obj.get("spec") or {}).get("gatewayClassName") == wellknown.GATEWAY_CLASS
     )
 
 
@@ -92,12 +93,12 @@ def key(obj: Mapping[str, Any]) -> tuple[str, str]:
 
 def traffic_type(gateway: Mapping[str, Any]) -> str:
     labels = (gateway.get("metadata") or {}).get("labels") or {}
-    return str(labels.get(constants.WAYPOINT_FOR, "service"))
+    return str(labels.get(wellknown.WAYPOINT_FOR, "service"))
 
 
 def service_account(gateway: Mapping[str, Any]) -> str | None:
     annotations = (gateway.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(constants.FOR_SERVICE_ACCOUNT)
+    value = annotations.get(wellknown.FOR_SERVICE_ACCOUNT)
     return str(value) if value else None
 
 
@@ -115,11 +116,11 @@ def observed_marker(gateway: Mapping[str, Any]) -> str:
 def _front_listener(listener: Any) -> bool:
     if not isinstance(listener, Mapping):
         return False
-    if listener.get("protocol") == constants.PROXY_PROTOCOL:
+    if listener.get("protocol") == wellknown.PROXY_PROTOCOL:
         return True
     return (
-        listener.get("protocol") == constants.HBONE_PROTOCOL
-        and listener.get("port") == constants.HBONE_PORT
+        listener.get("protocol") == wellknown.HBONE_PROTOCOL
+        and listener.get("port") == wellknown.HBONE_PORT
     )
 
 
@@ -135,12 +136,12 @@ def problems(gateway: Mapping[str, Any]) -> list[str]:
     if not any(_front_listener(listener) for listener in listeners):
         found.append(
             f"Gateway {namespace}/{name}: needs a listener with protocol "
-            f"{constants.HBONE_PROTOCOL} on port {constants.HBONE_PORT}, or one with protocol "
-            f"{constants.PROXY_PROTOCOL} (behind ztunnel's sandwich)"
+            f"{wellknown.HBONE_PROTOCOL} on port {wellknown.HBONE_PORT}, or one with protocol "
+            f"{wellknown.PROXY_PROTOCOL} (behind ztunnel's sandwich)"
         )
     if traffic_type(gateway) not in TRAFFIC_TYPES:
         found.append(
-            f"Gateway {namespace}/{name}: label {constants.WAYPOINT_FOR}="
+            f"Gateway {namespace}/{name}: label {wellknown.WAYPOINT_FOR}="
             f"{traffic_type(gateway)!r} is not one of {', '.join(TRAFFIC_TYPES)}"
         )
     return found

@@ -18,9 +18,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from waypoint import names, wellknown
 from waypoint.envoy import options as envoy_options
 from waypoint.envoy import secrets
-from waypoint.kube import constants, extauthz, gateway, merge, names, settings
+from waypoint.kube import constants, extauthz, gateway, merge, settings
 
 Obj = dict[str, Any]
 
@@ -109,14 +110,14 @@ class _Base:
         self.extra_annotations: dict[str, str] = dict(infra.get("annotations") or {})
 
     def selector(self) -> dict[str, str]:
-        return {constants.GATEWAY_NAME_LABEL: self.name}
+        return {wellknown.GATEWAY_NAME_LABEL: self.name}
 
     def labels(self) -> dict[str, str]:
         # Ours last: infrastructure.labels may add, never take over the managed-by label.
         return {
             **self.extra_labels,
-            constants.MANAGED_BY_LABEL: constants.MANAGED_BY_VALUE,
-            constants.GATEWAY_NAME_LABEL: self.name,
+            wellknown.MANAGED_BY_LABEL: wellknown.MANAGED_BY_VALUE,
+            wellknown.GATEWAY_NAME_LABEL: self.name,
             constants.NAME_LABEL: self.name,
             constants.COMPONENT_LABEL: "waypoint",
         }
@@ -130,7 +131,7 @@ class _Base:
         if uid:
             meta["ownerReferences"] = [
                 {
-                    "apiVersion": constants.GATEWAY_API_VERSION,
+                    "apiVersion": wellknown.GATEWAY_API_VERSION,
                     "kind": "Gateway",
                     "name": self.name,
                     "uid": uid,
@@ -343,7 +344,7 @@ def _pod_template(
     pod_spec["volumes"] = volumes
     return {
         "metadata": {
-            "labels": {**base.labels(), constants.DATAPLANE_MODE_LABEL: _dataplane_mode(base)},
+            "labels": {**base.labels(), wellknown.DATAPLANE_MODE_LABEL: _dataplane_mode(base)},
             "annotations": {
                 **base.extra_annotations,
                 constants.CONFIG_HASH_ANNOTATION: config_hash(pod_inputs(files, sidecar)),
@@ -358,7 +359,7 @@ def _pod_template(
 
 def _dataplane_mode(base: _Base) -> str:
     """Out of the mesh when we terminate HBONE ourselves; in it behind the sandwich."""
-    return "none" if base.proxy_port is None else constants.DATAPLANE_MODE_AMBIENT
+    return "none" if base.proxy_port is None else wellknown.DATAPLANE_MODE_AMBIENT
 
 
 def _config_volume(name: str, base: _Base, keys: list[str]) -> Obj:

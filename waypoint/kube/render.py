@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from waypoint import pipeline, wellknown
 from waypoint.envoy import options as envoy_options
 from waypoint.kube import constants, extauthz, gateway, objects, settings
 
-if TYPE_CHECKING:
-    from waypoint import pipeline
-
 # Objects + waypoint key + options → the waypoint's bootstrap and IR (``pipeline.render``).
 Renderer = Callable[
-    [Sequence[Mapping[str, Any]], str, str, envoy_options.BootstrapOptions], "pipeline.Rendered"
+    [Sequence[Mapping[str, Any]], str, str, envoy_options.BootstrapOptions], pipeline.Rendered
 ]
 # (namespace, name) → a ConfigMap, or None when there is none.
 ConfigMapLookup = Callable[[str, str], Mapping[str, Any] | None]
@@ -29,17 +27,6 @@ def waypoint_options(
         node_id=base.node_id or f"waypoint~{namespace}~{name}",
         cluster=base.cluster or f"{namespace}/{name}",
     )
-
-
-def pipeline_bootstrap(
-    objs: Sequence[Mapping[str, Any]],
-    namespace: str,
-    name: str,
-    opts: envoy_options.BootstrapOptions,
-) -> pipeline.Rendered:
-    from waypoint import pipeline
-
-    return pipeline.render(objs, namespace, name, opts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +77,7 @@ def gateway_objects(
 def render_kubernetes(
     objs: Sequence[Mapping[str, Any]],
     options: envoy_options.BootstrapOptions,
-    renderer: Renderer = pipeline_bootstrap,
+    renderer: Renderer = pipeline.render,
     defaults: settings.Settings | None = None,
 ) -> list[dict[str, Any]]:
     """The generated objects of every waypoint Gateway in ``objs``, Gateways sorted by key.
@@ -128,13 +115,13 @@ def _class_config_map(
     objs: Sequence[Mapping[str, Any]], config_maps: Mapping[tuple[str, str], Mapping[str, Any]]
 ) -> Mapping[str, Any] | None:
     for obj in objs:
-        if obj.get("kind") == "GatewayClass" and gateway.key(obj)[1] == constants.GATEWAY_CLASS:
+        if obj.get("kind") == "GatewayClass" and gateway.key(obj)[1] == wellknown.GATEWAY_CLASS:
             ref = settings.class_parameters_ref(obj)
             if ref is None:
                 return None
             if ref not in config_maps:
                 raise ValueError(
-                    f"GatewayClass {constants.GATEWAY_CLASS}: parametersRef ConfigMap "
+                    f"GatewayClass {wellknown.GATEWAY_CLASS}: parametersRef ConfigMap "
                     f"{ref[0]}/{ref[1]} is not in the input"
                 )
             return config_maps[ref]

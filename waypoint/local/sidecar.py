@@ -22,14 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extauthz import config as extauthz_config
-from extauthz import workers
+from extauthz import contract, workers
 from waypoint import model, policy
 from waypoint.runtime import envoy_process
 
@@ -107,7 +106,7 @@ class ExtAuthzSidecar:
         self.decision_log = decision_log
         self._config_path = decision_log.with_name("extauthz.yaml")
         self._modules = tuple(str(pathlib.Path(m).absolute()) for m in rego_modules)
-        self._config: dict[str, Any] | None = None
+        self._config: contract.ConfigDoc | None = None
         self._child: _Supervised | None = None
 
     @property
@@ -126,7 +125,7 @@ class ExtAuthzSidecar:
 
     def apply(self, waypoint: model.Waypoint) -> None:
         """Start, restart or stop extauthz so it serves what ``waypoint`` needs."""
-        if not policy.needs_extauthz(waypoint):
+        if not waypoint.needs_extauthz:
             self.stop()
             self._config = None
             return

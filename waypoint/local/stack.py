@@ -3,7 +3,7 @@
 ``LocalStack`` does what a cluster, ztunnel and the waypoint controller would do for a list of
 Kubernetes objects:
 
-- a dev CA issues every identity (``waypoint.pki``): the waypoint's, each mesh pod's, clients';
+- a dev CA issues every identity (``waypoint.local.ca``): the waypoint's, each mesh pod's, clients';
 - every endpoint address of the EndpointSlices gets an echo backend reporting its pod name and
   namespace, on the ports and protocols the slices name (``waypoint.local.workloads``);
 - every mesh (ambient) pod also gets a destination-side HBONE terminator on
@@ -28,14 +28,14 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from waypoint import echo, model, names, pipeline, pki
+from waypoint import model, names, pipeline, pki
 from waypoint.envoy import options as options_mod
-from waypoint.envoy import secrets
-from waypoint.hbone import client as hbone_client
-from waypoint.hbone import loop
-from waypoint.hbone import terminator as hbone_terminator
-from waypoint.local import sidecar, workloads
-from waypoint.runtime import envoy_process, ports
+from waypoint.local import ca as dev_ca
+from waypoint.local import echo, sidecar, workloads
+from waypoint.local.hbone import client as hbone_client
+from waypoint.local.hbone import loop
+from waypoint.local.hbone import terminator as hbone_terminator
+from waypoint.runtime import envoy_process, ports, sds
 
 DEFAULT_TIMEOUT = 10.0
 _PORT_ATTEMPTS = 5
@@ -102,7 +102,7 @@ class LocalStack:
         self._identities: dict[tuple[str, str], pki.Identity] = {}
         self._backends: dict[str, Backend] = {}
         self._generation = 0
-        self._ca: pki.CertificateAuthority | None = None
+        self._ca: dev_ca.CertificateAuthority | None = None
         self._runner: loop.LoopThread | None = None
         self._workdir: pathlib.Path | None = None
         self._options: options_mod.BootstrapOptions | None = None
@@ -121,7 +121,7 @@ class LocalStack:
             raise StackError("LocalStack is already started")
         try:
             self._workdir = self._make_workdir()
-            self._ca = pki.CertificateAuthority.create(self.trust_domain)
+            self._ca = dev_ca.CertificateAuthority.create(self.trust_domain)
             self._runner = loop.LoopThread("local-stack")
             plan = workloads.plan(self._objects)
             self._options = self._bootstrap_options(self._start_backends(plan))
@@ -130,7 +130,7 @@ class LocalStack:
                 self._rego_modules,
                 self._workdir / "extauthz-decisions.log",
             )
-            self._apply(self._render(self._objects))
+            self._apply(pipeline.render(self._objects, self.namespace, self.name, self.options))
         except BaseException:
             self.stop()
             raise
@@ -174,7 +174,7 @@ class LocalStack:
         """
         if self._runner is None:
             raise StackError("LocalStack is not started")
-        rendered = self._render(objects)
+        rendered = pipeline.render(objects, self.namespace, self.name, self.options)
         self._objects = tuple(objects)
         self._sync_backends(workloads.plan(self._objects))
         self._apply(rendered)
@@ -222,7 +222,7 @@ class LocalStack:
         return self._proxy
 
     @property
-    def ca(self) -> pki.CertificateAuthority:
+    def ca(self) -> dev_ca.CertificateAuthority:
         if self._ca is None:
             raise StackError("LocalStack is not started")
         return self._ca
@@ -375,16 +375,15 @@ class LocalStack:
             access_log=self._access_log,
         )
 
-    def _render(self, objects: Sequence[Mapping[str, Any]]) -> pipeline.Rendered:
-        return pipeline.render(objects, self.namespace, self.name, self.options)
-
     def _apply(self, rendered: pipeline.Rendered) -> None:
         """Make Envoy run ``rendered``: write certs if the identity changed, then restart."""
         identity = rendered.waypoint.identity
-        spiffe = pki.spiffe_id(identity.trust_domain, identity.namespace, identity.service_account)
+        spiffe = names.spiffe_id(
+            identity.trust_domain, identity.namespace, identity.service_account
+        )
         if spiffe != self._waypoint_id:
             self.ca.issue(spiffe).write(self.options.cert_dir)
-            secrets.write_sds_files(self.options)
+            sds.write_files(self.options)
             self._waypoint_id = spiffe
         same = (
             self._rendered is not None and self._rendered.bootstrap_yaml == rendered.bootstrap_yaml

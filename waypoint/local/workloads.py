@@ -14,8 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from waypoint import model
-from waypoint.kube import constants
+from waypoint import model, wellknown
 from waypoint.translate import services
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -111,10 +110,10 @@ def _address(text: Any, where: str) -> str:
 
 def _in_mesh(pod: Mapping[str, Any] | None, namespace: Mapping[str, Any] | None) -> bool:
     """Istio's rule: a pod label (ambient or none) wins over its namespace's label."""
-    mode = _labels(pod).get(constants.DATAPLANE_MODE_LABEL)
+    mode = _labels(pod).get(wellknown.DATAPLANE_MODE_LABEL)
     if mode in (AMBIENT, "none"):
         return mode == AMBIENT
-    return _labels(namespace).get(constants.DATAPLANE_MODE_LABEL) == AMBIENT
+    return _labels(namespace).get(wellknown.DATAPLANE_MODE_LABEL) == AMBIENT
 
 
 def _service_account(pod: Mapping[str, Any] | None) -> str:

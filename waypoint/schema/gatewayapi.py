@@ -15,9 +15,10 @@ fields, types, enums, maxItems/minItems.
 
 from __future__ import annotations
 
+from waypoint import wellknown
 from waypoint.schema import meta, nodes
 
-GROUP = "gateway.networking.k8s.io"
+GROUP = wellknown.GATEWAY_API_GROUP
 
 STR, INT, BOOL = nodes.STR, nodes.INT, nodes.BOOL
 arr, obj, enum, extend = nodes.arr, nodes.obj, nodes.enum, nodes.extend

@@ -13,9 +13,10 @@ schema. Kept: fields, required fields, types, enums.
 
 from __future__ import annotations
 
+from waypoint import wellknown
 from waypoint.schema import meta, nodes
 
-GROUP = "security.istio.io"
+GROUP = wellknown.ISTIO_SECURITY_API_GROUP
 
 STR, BOOL = nodes.STR, nodes.BOOL
 arr, obj, enum = nodes.arr, nodes.obj, nodes.enum

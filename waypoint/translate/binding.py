@@ -53,8 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from waypoint import model
-from waypoint.kube import constants
+from waypoint import model, wellknown
 from waypoint.translate import gateways, index, services, status
 
 NONE = "none"
@@ -93,10 +92,10 @@ def _traffic(spec: gateways.WaypointSpec) -> str:
 def _label_target(
     labels: dict[str, str], own_namespace: str, via: str, explicit: bool
 ) -> Target | None:
-    name = labels.get(constants.USE_WAYPOINT) or None
+    name = labels.get(wellknown.USE_WAYPOINT) or None
     if name is None or name == NONE:
         return None
-    namespace = labels.get(constants.USE_WAYPOINT_NAMESPACE) or own_namespace
+    namespace = labels.get(wellknown.USE_WAYPOINT_NAMESPACE) or own_namespace
     return Target(namespace, name, via, explicit)
 
 
@@ -177,10 +176,10 @@ class Binder:
     # --- services ---------------------------------------------------------------------
 
     def _service_target(self, svc: services.ServiceInfo) -> Target | None:
-        if constants.GATEWAY_NAME_LABEL in svc.obj.labels:
+        if wellknown.GATEWAY_NAME_LABEL in svc.obj.labels:
             return None  # a gateway's own Service: capturing it would loop the waypoint
         labels = dict(svc.obj.labels)
-        if labels.get(constants.USE_WAYPOINT):
+        if labels.get(wellknown.USE_WAYPOINT):
             return _label_target(
                 labels, svc.namespace, f"Service {svc.namespace}/{svc.name} label", True
             )
@@ -224,7 +223,7 @@ class Binder:
             return (
                 status.R_WAYPOINT_WRONG_TRAFFIC,
                 f"takes {_traffic(spec)}, not service traffic "
-                f"({constants.WAYPOINT_FOR}={spec.traffic_type.value})",
+                f"({wellknown.WAYPOINT_FOR}={spec.traffic_type.value})",
             )
         if spec.service_account is None:
             return None
@@ -265,7 +264,7 @@ class Binder:
 
     def _workload_target(self, pod: services.PodInfo) -> Target | None:
         labels = dict(pod.labels)
-        if labels.get(constants.USE_WAYPOINT):
+        if labels.get(wellknown.USE_WAYPOINT):
             return _label_target(
                 labels, pod.namespace, f"Pod {pod.namespace}/{pod.name} label", True
             )
@@ -285,7 +284,7 @@ class Binder:
         return target
 
     def _workload(self, pod: services.PodInfo) -> gateways.WaypointSpec | None:
-        if constants.GATEWAY_NAME_LABEL in pod.labels:
+        if wellknown.GATEWAY_NAME_LABEL in pod.labels:
             return None  # a gateway's own pod never sends its traffic through a waypoint
         target = self._workload_target(pod)
         if target is None:
@@ -308,7 +307,7 @@ class Binder:
             return (
                 status.R_WAYPOINT_WRONG_TRAFFIC,
                 f"takes {_traffic(spec)}, not workload traffic "
-                f"({constants.WAYPOINT_FOR}={spec.traffic_type.value})",
+                f"({wellknown.WAYPOINT_FOR}={spec.traffic_type.value})",
             )
         if spec.service_account is not None and pod.service_account != spec.service_account:
             return (

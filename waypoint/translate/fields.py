@@ -8,6 +8,7 @@ malformed object never costs another object its config.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
@@ -99,3 +100,17 @@ def string_map(value: Any, path: str) -> dict[str, str]:
             raise Bad(f"{path}.{key} must be a string")
         result[key] = str(item).lower() if isinstance(item, bool) else str(item)
     return result
+
+
+def timestamp(value: Any) -> datetime.datetime | None:
+    """A ``metadata.creationTimestamp`` as an aware datetime (UTC when it names no zone), or
+    None when it is missing or unreadable: it only orders objects, so it never fails one."""
+    if isinstance(value, datetime.datetime):  # YAML may already have parsed it
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)

@@ -14,9 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint import model
-from waypoint.kube import constants
-from waypoint.kube import names as kube_names
+from waypoint import model, names, wellknown
 from waypoint.translate import fields, inbound, index, status
 
 _SA_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -90,7 +88,7 @@ def waypoints(idx: index.Index, book: status.Book) -> dict[tuple[str, str], Wayp
     found: dict[tuple[str, str], WaypointSpec] = {}
     for key, obj in idx.gateways.items():
         spec = obj.field("spec")
-        if not isinstance(spec, Mapping) or spec.get("gatewayClassName") != constants.GATEWAY_CLASS:
+        if not isinstance(spec, Mapping) or spec.get("gatewayClassName") != wellknown.GATEWAY_CLASS:
             continue
         try:
             found[key] = _read(obj, spec, idx)
@@ -111,8 +109,8 @@ def rejection(idx: index.Index, key: tuple[str, str]) -> str:
     if obj is None:
         return f"no Gateway {key[0]}/{key[1]}"
     spec = obj.field("spec")
-    if not isinstance(spec, Mapping) or spec.get("gatewayClassName") != constants.GATEWAY_CLASS:
-        return f"Gateway {key[0]}/{key[1]} is not of class {constants.GATEWAY_CLASS}"
+    if not isinstance(spec, Mapping) or spec.get("gatewayClassName") != wellknown.GATEWAY_CLASS:
+        return f"Gateway {key[0]}/{key[1]} is not of class {wellknown.GATEWAY_CLASS}"
     return f"Gateway {key[0]}/{key[1]} is not an accepted waypoint (see its status)"
 
 
@@ -128,8 +126,8 @@ def _binding_message(binding: inbound.Binding) -> str:
 
 def _read(obj: index.Obj, spec: Mapping[str, Any], idx: index.Index) -> WaypointSpec:
     try:
-        kube_names.names_for(obj.namespace, obj.name)
-    except kube_names.InvalidName as exc:
+        names.names_for(obj.namespace, obj.name)
+    except names.InvalidName as exc:
         raise _bad(str(exc), status.R_INVALID) from None
     listener = _mesh_listener(spec)
     allowed = _allowed(listener)
@@ -151,19 +149,19 @@ def _mesh_listener(spec: Mapping[str, Any]) -> Mapping[str, Any]:
         raise _bad(str(exc), status.R_LISTENERS_NOT_VALID) from None
     if len(listeners) != 1:
         raise _bad(
-            f"spec.listeners must hold exactly one listener ({constants.LISTENER_NAME}, port "
-            f"{constants.HBONE_PORT}, protocol {constants.HBONE_PROTOCOL}), not {len(listeners)}",
+            f"spec.listeners must hold exactly one listener ({wellknown.LISTENER_NAME}, port "
+            f"{wellknown.HBONE_PORT}, protocol {wellknown.HBONE_PROTOCOL}), not {len(listeners)}",
             status.R_LISTENERS_NOT_VALID,
         )
     listener = listeners[0]
     if not isinstance(listener, Mapping):
         raise _bad("spec.listeners[0] must be a mapping", status.R_LISTENERS_NOT_VALID)
-    if listener.get("protocol") == constants.PROXY_PROTOCOL:
+    if listener.get("protocol") == wellknown.PROXY_PROTOCOL:
         return _proxy_listener(listener)
     expected: tuple[tuple[str, object], ...] = (
-        ("name", constants.LISTENER_NAME),
-        ("port", constants.HBONE_PORT),
-        ("protocol", constants.HBONE_PROTOCOL),
+        ("name", wellknown.LISTENER_NAME),
+        ("port", wellknown.HBONE_PORT),
+        ("protocol", wellknown.HBONE_PROTOCOL),
     )
     for field, want in expected:
         if listener.get(field) != want:
@@ -190,7 +188,7 @@ def _proxy_listener(listener: Mapping[str, Any]) -> Mapping[str, Any]:
     inbound.free_port(port, "spec.listeners[0].port", status.R_LISTENERS_NOT_VALID)
     if listener.get("tls") is not None or listener.get("hostname") is not None:
         raise _bad(
-            f"spec.listeners[0]: a {constants.PROXY_PROTOCOL} listener takes no tls or hostname",
+            f"spec.listeners[0]: a {wellknown.PROXY_PROTOCOL} listener takes no tls or hostname",
             status.R_LISTENERS_NOT_VALID,
         )
     return listener
@@ -245,28 +243,28 @@ def _expression(item: Any, path: str) -> Expression:
 
 def _traffic_type(obj: index.Obj, idx: index.Index) -> model.TrafficType:
     """The Gateway's label, else its GatewayClass's, else service (as istiod reads it)."""
-    gateway_class = idx.gateway_classes.get(constants.GATEWAY_CLASS)
+    gateway_class = idx.gateway_classes.get(wellknown.GATEWAY_CLASS)
     default = model.TrafficType.SERVICE.value
     if gateway_class is not None:
-        default = gateway_class.labels.get(constants.WAYPOINT_FOR, default)
-    value = obj.labels.get(constants.WAYPOINT_FOR, default)
+        default = gateway_class.labels.get(wellknown.WAYPOINT_FOR, default)
+    value = obj.labels.get(wellknown.WAYPOINT_FOR, default)
     try:
         return model.TrafficType(value)
     except ValueError:
         allowed = ", ".join(t.value for t in model.TrafficType)
         raise _bad(
-            f"label {constants.WAYPOINT_FOR}={value!r} must be one of {allowed}",
+            f"label {wellknown.WAYPOINT_FOR}={value!r} must be one of {allowed}",
             status.R_INVALID_PARAMETERS,
         ) from None
 
 
 def _scope(obj: index.Obj) -> str | None:
-    value = obj.annotations.get(constants.FOR_SERVICE_ACCOUNT)
+    value = obj.annotations.get(wellknown.FOR_SERVICE_ACCOUNT)
     if value is None:
         return None
     if len(value) > 253 or not _SA_NAME.match(value):
         raise _bad(
-            f"annotation {constants.FOR_SERVICE_ACCOUNT}={value!r} is not a ServiceAccount name",
+            f"annotation {wellknown.FOR_SERVICE_ACCOUNT}={value!r} is not a ServiceAccount name",
             status.R_INVALID_PARAMETERS,
         )
     return value

@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint.kube import constants
+from waypoint import wellknown
 from waypoint.translate import fields, index, status
 
 
@@ -36,7 +36,7 @@ class Binding:
 HBONE = Binding(None)
 # HBONE (which the Service keeps for ztunnel), readiness and Prometheus stats: the ports of the
 # generated Service, which a PROXY port must not collide with.
-TAKEN_PORTS = (constants.HBONE_PORT, 15021, 15090)
+TAKEN_PORTS = (wellknown.HBONE_PORT, 15021, 15090)
 
 
 def _bad(message: str, reason: str = status.R_INVALID_PARAMETERS) -> fields.Bad:
@@ -45,20 +45,20 @@ def _bad(message: str, reason: str = status.R_INVALID_PARAMETERS) -> fields.Bad:
 
 def annotation(obj: index.Obj, idx: index.Index) -> tuple[str, str] | None:
     """(value, where it came from): the Gateway's annotation, else its GatewayClass's."""
-    value = obj.annotations.get(constants.INBOUND_BINDING_ANNOTATION)
+    value = obj.annotations.get(wellknown.INBOUND_BINDING_ANNOTATION)
     if value is not None:
         return value, "Gateway"
-    gateway_class = idx.gateway_classes.get(constants.GATEWAY_CLASS)
+    gateway_class = idx.gateway_classes.get(wellknown.GATEWAY_CLASS)
     if gateway_class is not None:
-        value = gateway_class.annotations.get(constants.INBOUND_BINDING_ANNOTATION)
+        value = gateway_class.annotations.get(wellknown.INBOUND_BINDING_ANNOTATION)
         if value is not None:
-            return value, f"GatewayClass {constants.GATEWAY_CLASS}"
+            return value, f"GatewayClass {wellknown.GATEWAY_CLASS}"
     return None
 
 
 def parse(value: str, where: str) -> int | None:
     """The PROXY port of an annotation value; None for ``NONE``."""
-    name = f"{where} annotation {constants.INBOUND_BINDING_ANNOTATION}={value!r}"
+    name = f"{where} annotation {wellknown.INBOUND_BINDING_ANNOTATION}={value!r}"
     protocol, _, port_text = value.partition("/")
     if protocol == "NONE" and not port_text:
         return None
@@ -66,7 +66,7 @@ def parse(value: str, where: str) -> int | None:
         raise _bad(f"{name}: the protocol must be PROXY or NONE")
     if not port_text:
         raise _bad(
-            f"{name}: give the port (PROXY/{constants.PROXY_PORT}); without one ztunnel sends "
+            f"{name}: give the port (PROXY/{wellknown.PROXY_PORT}); without one ztunnel sends "
             "to the Service's own port on the waypoint pod, which the waypoint does not serve"
         )
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
@@ -85,20 +85,20 @@ def binding(obj: index.Obj, idx: index.Index, listener: Mapping[str, Any]) -> Bi
     """The Gateway's binding, from its annotation (or its class's) and its one listener."""
     found = annotation(obj, idx)
     annotated = parse(*found) if found else None
-    if listener.get("protocol") != constants.PROXY_PROTOCOL:
+    if listener.get("protocol") != wellknown.PROXY_PROTOCOL:
         return Binding(annotated)
     port = int(listener["port"])  # checked by gateways._proxy_listener
     if found is None:
         note = (
             f"; istiod sends PROXY only when the Gateway or GatewayClass "
-            f"{constants.GATEWAY_CLASS} has the annotation "
-            f"{constants.INBOUND_BINDING_ANNOTATION}: PROXY/{port}"
+            f"{wellknown.GATEWAY_CLASS} has the annotation "
+            f"{wellknown.INBOUND_BINDING_ANNOTATION}: PROXY/{port}"
         )
         return Binding(port, note)
     if annotated != port:
         raise _bad(
             f"spec.listeners[0].port {port} differs from the {found[1]} annotation "
-            f"{constants.INBOUND_BINDING_ANNOTATION}={found[0]!r}",
+            f"{wellknown.INBOUND_BINDING_ANNOTATION}={found[0]!r}",
             status.R_LISTENERS_NOT_VALID,
         )
     return Binding(annotated)

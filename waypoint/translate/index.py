@@ -15,25 +15,24 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from waypoint import model
-from waypoint.kube import constants
+from waypoint import model, wellknown
 from waypoint.translate import fields, status
 
-CORE = ""
-DISCOVERY = "discovery.k8s.io"
-GATEWAY = "gateway.networking.k8s.io"
 NAME_LABEL = "kubernetes.io/metadata.name"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 NAMESPACED = {
-    (CORE, "Service"),
-    (CORE, "Pod"),
-    (DISCOVERY, "EndpointSlice"),
-    (GATEWAY, "Gateway"),
-    (GATEWAY, "HTTPRoute"),
-    (GATEWAY, "GRPCRoute"),
+    (wellknown.CORE_GROUP, "Service"),
+    (wellknown.CORE_GROUP, "Pod"),
+    (wellknown.DISCOVERY_GROUP, "EndpointSlice"),
+    (wellknown.GATEWAY_API_GROUP, "Gateway"),
+    (wellknown.GATEWAY_API_GROUP, "HTTPRoute"),
+    (wellknown.GATEWAY_API_GROUP, "GRPCRoute"),
 }
-KINDS = NAMESPACED | {(CORE, "Namespace"), (GATEWAY, "GatewayClass")}
+KINDS = NAMESPACED | {
+    (wellknown.CORE_GROUP, "Namespace"),
+    (wellknown.GATEWAY_API_GROUP, "GatewayClass"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,19 +62,7 @@ class Obj:
 
 def group_of(api_version: Any) -> str:
     text = str(api_version or "")
-    return text.rpartition("/")[0] if "/" in text else CORE
-
-
-def _timestamp(value: Any) -> datetime.datetime | None:
-    if isinstance(value, datetime.datetime):  # YAML may already have parsed it
-        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+    return text.rpartition("/")[0] if "/" in text else wellknown.CORE_GROUP
 
 
 def _plain(value: Any) -> Any:
@@ -113,18 +100,24 @@ class Index:
         def kind(group: str, name: str) -> dict[tuple[str, str], Obj]:
             return dict(sorted(found[(group, name)].items()))
 
-        self.namespaces = {key[1]: obj for key, obj in kind(CORE, "Namespace").items()}
+        self.namespaces = {
+            key[1]: obj for key, obj in kind(wellknown.CORE_GROUP, "Namespace").items()
+        }
         # A waypoint's own Service (the controller generates it) is not a destination: as
         # istiod leaves out gateway.istio.io/managed Services, a waypoint never serves itself.
         self.services = {
-            key: obj for key, obj in kind(CORE, "Service").items() if not generated(obj.labels)
+            key: obj
+            for key, obj in kind(wellknown.CORE_GROUP, "Service").items()
+            if not generated(obj.labels)
         }
-        self.pods = kind(CORE, "Pod")
-        self.slices = kind(DISCOVERY, "EndpointSlice")
-        self.gateway_classes = {key[1]: obj for key, obj in kind(GATEWAY, "GatewayClass").items()}
-        self.gateways = kind(GATEWAY, "Gateway")
-        self.http_routes = kind(GATEWAY, "HTTPRoute")
-        self.grpc_routes = kind(GATEWAY, "GRPCRoute")
+        self.pods = kind(wellknown.CORE_GROUP, "Pod")
+        self.slices = kind(wellknown.DISCOVERY_GROUP, "EndpointSlice")
+        self.gateway_classes = {
+            key[1]: obj for key, obj in kind(wellknown.GATEWAY_API_GROUP, "GatewayClass").items()
+        }
+        self.gateways = kind(wellknown.GATEWAY_API_GROUP, "Gateway")
+        self.http_routes = kind(wellknown.GATEWAY_API_GROUP, "HTTPRoute")
+        self.grpc_routes = kind(wellknown.GATEWAY_API_GROUP, "GRPCRoute")
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         """A namespace's labels, with the one Kubernetes always sets (selectors may use it)."""
@@ -163,11 +156,11 @@ def _read(raw: Any, unreadable: list[tuple[str, model.ObjectRef, model.Condition
         name=ref.name,
         labels=labels,
         annotations=annotations,
-        created=_timestamp(meta.get("creationTimestamp")),
+        created=fields.timestamp(meta.get("creationTimestamp")),
         raw=raw,
     )
 
 
 def generated(labels: Mapping[str, str]) -> bool:
     """Labels of an object the controller generated for a waypoint (never an input)."""
-    return labels.get(constants.MANAGED_BY_LABEL) == constants.MANAGED_BY_VALUE
+    return labels.get(wellknown.MANAGED_BY_LABEL) == wellknown.MANAGED_BY_VALUE

@@ -15,14 +15,11 @@ PolicyAncestorStatus. An invalid policy is left out; nothing else changes.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from waypoint import model, names, pki
-from waypoint.kube import constants
-from waypoint.policy import parse
-from waypoint.translate import binding, fields, gateways, index, services, status
+from waypoint import model, names, wellknown
+from waypoint.translate import binding, fields, gateways, index, policyspecs, services, status
 
 R_TARGET_NOT_FOUND = "TargetNotFound"
 
@@ -43,8 +40,7 @@ class _Use:
 # (kind, namespace, name) of the place a target names -> its (position, policy, target), so that
 # finding the policies of a route or cluster never scans every policy (quadratic otherwise).
 Place = tuple[str, str, str]
-# Quoted: waypoint.policy.parse imports this package, so its names may not exist yet here.
-Candidates = dict[Place, list[tuple[int, "parse.Policy", "parse.Target"]]]
+Candidates = dict[Place, list[tuple[int, policyspecs.Policy, policyspecs.Target]]]
 
 
 @dataclasses.dataclass
@@ -56,8 +52,10 @@ class Context:
     specs: Mapping[tuple[str, str], gateways.WaypointSpec]
     bound: binding.Bindings
     trust_domain: str
-    policies: list[parse.Policy] = dataclasses.field(default_factory=list)
-    uses: dict[tuple[model.ObjectRef, parse.Target], _Use] = dataclasses.field(default_factory=dict)
+    policies: list[policyspecs.Policy] = dataclasses.field(default_factory=list)
+    uses: dict[tuple[model.ObjectRef, policyspecs.Target], _Use] = dataclasses.field(
+        default_factory=dict
+    )
     mirror_problems: dict[model.ObjectRef, str] = dataclasses.field(default_factory=dict)
     authz: Candidates = dataclasses.field(default_factory=dict)
     route_traffic: Candidates = dataclasses.field(default_factory=dict)
@@ -65,23 +63,11 @@ class Context:
     authn: Candidates = dataclasses.field(default_factory=dict)
     authorization: Candidates = dataclasses.field(default_factory=dict)
 
-    def use(self, policy: parse.Policy, target: parse.Target) -> _Use:
+    def use(self, policy: policyspecs.Policy, target: policyspecs.Target) -> _Use:
         return self.uses.setdefault((policy.ref, target), _Use())
 
 
 # --- reading --------------------------------------------------------------------------------
-
-
-def _timestamp(value: Any) -> datetime.datetime | None:
-    if isinstance(value, datetime.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def policy_object(raw: Mapping[str, Any]) -> index.Obj:
@@ -96,21 +82,21 @@ def policy_object(raw: Mapping[str, Any]) -> index.Obj:
         name=str(meta.get("name") or ""),
         labels={},
         annotations={},
-        created=_timestamp(meta.get("creationTimestamp")),
+        created=fields.timestamp(meta.get("creationTimestamp")),
         raw=raw,
     )
 
 
-def read(objects: Iterable[Mapping[str, Any]], book: status.Book) -> list[parse.Policy]:
+def read(objects: Iterable[Mapping[str, Any]], book: status.Book) -> list[policyspecs.Policy]:
     """Every valid policy, sorted by kind, namespace and name; invalid ones get a status."""
-    found: dict[tuple[str, str, str], parse.Policy] = {}
+    found: dict[tuple[str, str, str], policyspecs.Policy] = {}
     for raw in objects:
-        if not parse.is_policy(raw):
+        if not policyspecs.is_policy(raw):
             continue
         obj = policy_object(raw)
         try:
             fields.nonempty(obj.name, "metadata.name")
-            policy = parse.read(obj)
+            policy = policyspecs.read(obj)
         except fields.Bad as exc:
             book.add(obj.ref, status.fail(status.ACCEPTED, status.R_INVALID, str(exc)))
             continue
@@ -140,7 +126,7 @@ def _port_name(ctx: Context, destination: model.Destination) -> str | None:
 
 
 def _level(
-    target: parse.Target,
+    target: policyspecs.Target,
     namespace: str,
     waypoint: model.Waypoint,
     service: tuple[str, str, str | None] | None,
@@ -148,10 +134,10 @@ def _level(
 ) -> int | None:
     """How specifically ``target`` (in ``namespace``) names this place; None if it does not."""
     kind = (target.group, target.kind)
-    if kind == parse.GATEWAY_KIND:
+    if kind == policyspecs.GATEWAY_KIND:
         hit = (namespace, target.name) == (waypoint.namespace, waypoint.name)
         return GATEWAY if hit and target.section is None else None
-    if kind == parse.SERVICE_KIND:
+    if kind == policyspecs.SERVICE_KIND:
         if service is None or (namespace, target.name) != service[:2]:
             return None
         if target.section is None:
@@ -164,7 +150,7 @@ def _level(
     return ROUTE_RULE if target.section == route[3] else None
 
 
-def _candidates(policies: Iterable[parse.Policy]) -> Candidates:
+def _candidates(policies: Iterable[policyspecs.Policy]) -> Candidates:
     found: Candidates = {}
     position = 0
     for policy in policies:
@@ -180,17 +166,17 @@ def _near(
     waypoint: model.Waypoint,
     service: tuple[str, str, str | None] | None,
     route: tuple[str, str, str, str] | None,
-) -> list[tuple[int, parse.Policy, parse.Target]]:
+) -> list[tuple[int, policyspecs.Policy, policyspecs.Target]]:
     """The targets that may name this place, in policy then target order."""
-    places = [(parse.GATEWAY_KIND[1], waypoint.namespace, waypoint.name)]
+    places = [(policyspecs.GATEWAY_KIND[1], waypoint.namespace, waypoint.name)]
     if service is not None:
-        places.append((parse.SERVICE_KIND[1], service[0], service[1]))
+        places.append((policyspecs.SERVICE_KIND[1], service[0], service[1]))
     if route is not None:
         places.append(route[:3])
     return sorted((c for place in places for c in candidates.get(place, ())), key=_position)
 
 
-def _position(candidate: tuple[int, parse.Policy, parse.Target]) -> int:
+def _position(candidate: tuple[int, policyspecs.Policy, policyspecs.Target]) -> int:
     return candidate[0]
 
 
@@ -200,9 +186,9 @@ def _winner(
     waypoint: model.Waypoint,
     service: tuple[str, str, str | None] | None,
     route: tuple[str, str, str, str] | None,
-) -> parse.Policy | None:
+) -> policyspecs.Policy | None:
     """The most specific, then oldest, policy naming this place; records every target hit."""
-    ranked: list[tuple[int, parse.Policy, parse.Target]] = []
+    ranked: list[tuple[int, policyspecs.Policy, policyspecs.Target]] = []
     for _at, policy, target in _near(candidates, waypoint, service, route):
         level = _level(target, policy.ref.namespace, waypoint, service, route)
         if level is not None:
@@ -225,14 +211,14 @@ def _winner(
 # --- applying -------------------------------------------------------------------------------
 
 
-def _authz(policies: Sequence[parse.Policy]) -> list[parse.Policy]:
+def _authz(policies: Sequence[policyspecs.Policy]) -> list[policyspecs.Policy]:
     return [p for p in policies if isinstance(p.body, model.ExtAuthz)]
 
 
-def _traffic(policies: Sequence[parse.Policy], route_part: bool) -> list[parse.Policy]:
+def _traffic(policies: Sequence[policyspecs.Policy], route_part: bool) -> list[policyspecs.Policy]:
     found = []
     for p in policies:
-        if isinstance(p.body, parse.Traffic):
+        if isinstance(p.body, policyspecs.Traffic):
             wanted = p.body.has_route_part if route_part else p.body.cluster is not None
             if wanted:
                 found.append(p)
@@ -248,7 +234,10 @@ class _RouteResult:
 
 
 def _mirror_cluster(
-    ctx: Context, policy: parse.Policy, mirror: parse.MirrorRef, extra: dict[str, model.Cluster]
+    ctx: Context,
+    policy: policyspecs.Policy,
+    mirror: policyspecs.MirrorRef,
+    extra: dict[str, model.Cluster],
 ) -> model.Mirror | None:
     svc = ctx.world.services.get((policy.ref.namespace, mirror.name))
     port = svc.port(mirror.port) if svc else None
@@ -277,7 +266,7 @@ def _route_result(
     rate_limit = fault = None
     sources = [p.source for p in (authz, traffic) if p is not None]
     if traffic is not None:
-        assert isinstance(traffic.body, parse.Traffic)
+        assert isinstance(traffic.body, policyspecs.Traffic)
         body = traffic.body
         rate_limit, fault = body.rate_limit, body.fault
         timeouts = timeouts or body.timeouts  # the HTTPRoute's own setting wins
@@ -302,11 +291,11 @@ def _principal(ctx: Context, waypoint: model.Waypoint, destination: model.Destin
         accounts = {pod.service_account} if pod and pod.service_account else set()
     if len(accounts) == 1:
         try:
-            return pki.spiffe_id(ctx.trust_domain, destination.namespace, accounts.pop())
+            return names.spiffe_id(ctx.trust_domain, destination.namespace, accounts.pop())
         except ValueError:
             pass  # a service account name no SPIFFE ID can carry: vouch for ourselves
     ident = waypoint.identity
-    return pki.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
+    return names.spiffe_id(ident.trust_domain, ident.namespace, ident.service_account)
 
 
 def _destination(
@@ -352,20 +341,20 @@ def _cluster(ctx: Context, waypoint: model.Waypoint, cluster: model.Cluster) -> 
     winner = _winner(ctx, ctx.cluster_traffic, waypoint, service, None)
     if winner is None:
         return cluster
-    assert isinstance(winner.body, parse.Traffic)
+    assert isinstance(winner.body, policyspecs.Traffic)
     assert winner.body.cluster is not None
     return dataclasses.replace(
         cluster, policy=dataclasses.replace(winner.body.cluster, sources=(winner.source,))
     )
 
 
-def _authn_place(policy: parse.Policy, target: parse.Target) -> Place:
+def _authn_place(policy: policyspecs.Policy, target: policyspecs.Target) -> Place:
     """A Gateway target names the waypoint; any other names what it serves, by name."""
-    kind = "Gateway" if (target.group, target.kind) == parse.GATEWAY_KIND else ""
+    kind = "Gateway" if (target.group, target.kind) == policyspecs.GATEWAY_KIND else ""
     return (kind, policy.ref.namespace, target.name)
 
 
-def _authn(policies: Sequence[parse.Policy]) -> Candidates:
+def _authn(policies: Sequence[policyspecs.Policy]) -> Candidates:
     found: Candidates = {}
     position = 0
     for policy in policies:
@@ -378,7 +367,7 @@ def _authn(policies: Sequence[parse.Policy]) -> Candidates:
     return found
 
 
-def _authorization(policies: Sequence[parse.Policy]) -> Candidates:
+def _authorization(policies: Sequence[policyspecs.Policy]) -> Candidates:
     """AuthorizationPolicies by the place they name: a Gateway, a Service or a GatewayClass."""
     found: Candidates = {}
     position = 0
@@ -402,7 +391,7 @@ def _authorization_for(
     (Istio combines them by action), so none overrides another."""
     places = [
         ("Gateway", waypoint.namespace, waypoint.name),
-        ("GatewayClass", "", constants.GATEWAY_CLASS),
+        ("GatewayClass", "", wellknown.GATEWAY_CLASS),
     ]
     if destination.kind is model.DestinationKind.SERVICE:
         places.append(("Service", destination.namespace, destination.name))
@@ -475,16 +464,16 @@ def apply(ctx: Context, waypoint: model.Waypoint) -> model.Waypoint:
 # --- status ---------------------------------------------------------------------------------
 
 
-def _missing_reason(ctx: Context, policy: parse.Policy, target: parse.Target) -> str:
+def _missing_reason(ctx: Context, policy: policyspecs.Policy, target: policyspecs.Target) -> str:
     ns = policy.ref.namespace
     kind = (target.group, target.kind)
-    if kind == parse.GATEWAY_CLASS_KIND:
-        return f"GatewayClass {target.name} is not this controller's ({constants.GATEWAY_CLASS})"
-    if kind == parse.GATEWAY_KIND:
+    if kind == policyspecs.GATEWAY_CLASS_KIND:
+        return f"GatewayClass {target.name} is not this controller's ({wellknown.GATEWAY_CLASS})"
+    if kind == policyspecs.GATEWAY_KIND:
         if (ns, target.name) not in ctx.specs:
             return f"Gateway {ns}/{target.name} is not an accepted waypoint"
         return f"waypoint {ns}/{target.name} has sectionName {target.section!r}: not supported"
-    if kind == parse.SERVICE_KIND:
+    if kind == policyspecs.SERVICE_KIND:
         svc = ctx.world.services.get((ns, target.name))
         if svc is None:
             return f"Service {ns}/{target.name} not found"
@@ -502,12 +491,16 @@ def _missing_reason(ctx: Context, policy: parse.Policy, target: parse.Target) ->
     return f"{target.kind} {ns}/{target.name} is not attached to a waypoint's HTTP port"
 
 
-def _note(policy: parse.Policy) -> str:
+def _note(policy: policyspecs.Policy) -> str:
     """What an accepted policy's user should still know."""
     if isinstance(policy.body, tuple):
         return "tokens are verified by Envoy (jwt_authn) on every HTTP route of the targets"
-    on_routes = any((t.group, t.kind) in parse.ROUTE_KINDS for t in policy.targets)
-    if isinstance(policy.body, parse.Traffic) and policy.body.cluster is not None and on_routes:
+    on_routes = any((t.group, t.kind) in policyspecs.ROUTE_KINDS for t in policy.targets)
+    if (
+        isinstance(policy.body, policyspecs.Traffic)
+        and policy.body.cluster is not None
+        and on_routes
+    ):
         return (
             "loadBalancer, circuitBreaker and outlierDetection apply through Service and "
             "Gateway targets only; ignored for route targets"

@@ -21,8 +21,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint import model, names
-from waypoint.kube import constants
+from waypoint import model, names, wellknown
 from waypoint.translate import binding, fields, index, matches, rules, services, status
 
 _OLDEST = datetime.datetime.min.replace(tzinfo=datetime.UTC)
@@ -104,7 +103,7 @@ class Attacher:
             path = f"spec.parentRefs[{i}]"
             item = fields.mapping(raw, path, required=True)
             group = fields.opt_string(item.get("group"), f"{path}.group")
-            group = index.GATEWAY if group is None else group
+            group = wellknown.GATEWAY_API_GROUP if group is None else group
             kind = fields.opt_string(item.get("kind"), f"{path}.kind") or "Gateway"
             name = fields.nonempty(item.get("name"), f"{path}.name")
             namespace = (
@@ -112,14 +111,16 @@ class Attacher:
             )
             port = fields.opt_integer(item.get("port"), f"{path}.port", 1, 65535)
             section = fields.opt_string(item.get("sectionName"), f"{path}.sectionName")
-            if group in (index.CORE, "core") and kind == "Service":
-                ref = model.ObjectRef(index.CORE, "Service", namespace, name)
+            if group in (wellknown.CORE_GROUP, "core") and kind == "Service":
+                ref = model.ObjectRef(wellknown.CORE_GROUP, "Service", namespace, name)
             elif kind == "Service":  # a likely slip: the group defaults to the Gateway API's
                 ref = model.ObjectRef(group, "Service", namespace, name)
             elif (
-                group == index.GATEWAY and kind == "Gateway" and self._is_waypoint(namespace, name)
+                group == wellknown.GATEWAY_API_GROUP
+                and kind == "Gateway"
+                and self._is_waypoint(namespace, name)
             ):
-                ref = model.ObjectRef(index.GATEWAY, "Gateway", namespace, name)
+                ref = model.ObjectRef(wellknown.GATEWAY_API_GROUP, "Gateway", namespace, name)
             else:
                 continue  # another controller's parent
             key = status.ParentKey(ref, port, section)
@@ -129,7 +130,7 @@ class Attacher:
     def _is_waypoint(self, namespace: str, name: str) -> bool:
         obj = self.idx.gateways.get((namespace, name))
         spec = obj.field("spec") if obj else None
-        return isinstance(spec, Mapping) and spec.get("gatewayClassName") == constants.GATEWAY_CLASS
+        return isinstance(spec, Mapping) and spec.get("gatewayClassName") == wellknown.GATEWAY_CLASS
 
     def _rules(
         self, kind: str, obj: index.Obj, raw_rules: Any
@@ -192,11 +193,11 @@ class Attacher:
                 f"waypoint Gateway {where} is not a route parent here: attach routes to the "
                 "Services the waypoint serves (GAMMA)",
             )
-        if ref.group != index.CORE:
+        if ref.group != wellknown.CORE_GROUP:
             return rules.Problem(
                 status.R_NO_MATCHING_PARENT,
                 f"parentRef to Service {where} has group {ref.group!r}: a Service parent needs "
-                f'group "" (the core group), and an omitted group means {index.GATEWAY}',
+                f'group "" (the core group), and an omitted group means {wellknown.GATEWAY_API_GROUP}',
             )
         svc = self.world.services.get((ref.namespace, ref.name))
         if svc is None:

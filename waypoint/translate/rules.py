@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from waypoint import model
-from waypoint.translate import fields, filters, index, matches, services, status
+from waypoint import model, wellknown
+from waypoint.translate import fields, filters, matches, services, status
 
 HTTP_FILTERS = (
     "RequestHeaderModifier",
@@ -61,10 +61,10 @@ def resolve_backend(
     ctx: Context, raw: Any, path: str
 ) -> tuple[model.Cluster | None, Problem | None]:
     item = fields.mapping(raw, path, required=True)
-    group = fields.opt_string(item.get("group"), f"{path}.group") or index.CORE
+    group = fields.opt_string(item.get("group"), f"{path}.group") or wellknown.CORE_GROUP
     kind = fields.opt_string(item.get("kind"), f"{path}.kind") or "Service"
     name = fields.nonempty(item.get("name"), f"{path}.name")
-    if group not in (index.CORE, "core") or kind != "Service":
+    if group not in (wellknown.CORE_GROUP, "core") or kind != "Service":
         return None, Problem(
             status.R_INVALID_KIND,
             f"{path} refers to kind {kind} of group {group!r}; only core Services are supported",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from waypoint import model, schema
+from waypoint import model, schema, wellknown
 from waypoint.translate import fields, index, status
 
 SCHEMA_VALID = "waypoint.dev/SchemaValid"
@@ -24,8 +24,11 @@ R_UNKNOWN_FIELD = "UnknownField"
 R_INVALID = status.R_INVALID
 # A world with one badly broken object should still give a readable status.
 MAX_PROBLEMS = 10
-_CLUSTER_SCOPED = {(index.GATEWAY, "GatewayClass"), (index.CORE, "Namespace")}
-_ROUTES = {(index.GATEWAY, "HTTPRoute"), (index.GATEWAY, "GRPCRoute")}
+_CLUSTER_SCOPED = {
+    (wellknown.GATEWAY_API_GROUP, "GatewayClass"),
+    (wellknown.CORE_GROUP, "Namespace"),
+}
+_ROUTES = {(wellknown.GATEWAY_API_GROUP, "HTTPRoute"), (wellknown.GATEWAY_API_GROUP, "GRPCRoute")}
 
 
 def _ref(raw: Mapping[str, Any]) -> model.ObjectRef:

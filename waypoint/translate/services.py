@@ -17,8 +17,7 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint import model, names
-from waypoint.kube import constants
+from waypoint import model, names, wellknown
 from waypoint.translate import fields, index, status
 
 AMBIENT = "ambient"
@@ -166,7 +165,7 @@ class World:
                     if ep.pod is not None and ep.pod not in pods:
                         seen.setdefault(ep.pod, set()).add(ep.address)
         for (namespace, name), addresses in sorted(seen.items()):
-            ref = model.ObjectRef(index.CORE, "Pod", namespace, name)
+            ref = model.ObjectRef(wellknown.CORE_GROUP, "Pod", namespace, name)
             pods[(namespace, name)] = PodInfo(
                 namespace, name, {}, None, tuple(sorted(addresses)), (), False, ref
             )
@@ -187,10 +186,10 @@ class World:
     # --- mesh membership -------------------------------------------------------------
 
     def in_mesh(self, namespace: str, pod: PodInfo | None) -> bool:
-        mode = pod.labels.get(constants.DATAPLANE_MODE_LABEL) if pod else None
+        mode = pod.labels.get(wellknown.DATAPLANE_MODE_LABEL) if pod else None
         if mode in (AMBIENT, "none"):
             return mode == AMBIENT
-        return self.index.namespace_labels(namespace).get(constants.DATAPLANE_MODE_LABEL) == AMBIENT
+        return self.index.namespace_labels(namespace).get(wellknown.DATAPLANE_MODE_LABEL) == AMBIENT
 
     # --- service pods ----------------------------------------------------------------
 

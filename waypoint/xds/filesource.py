@@ -23,7 +23,7 @@ from typing import Any
 
 from waypoint import model, pipeline
 from waypoint.envoy import options as envoy_options
-from waypoint.runtime import collector
+from waypoint.runtime import collector, inputs
 from waypoint.xds import cache, naming, publish
 
 LOG = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ class FileSource:
             if cached is not None and cached[0] == fingerprint:
                 continue
             try:
-                loaded = pipeline.load_objects([path])
-            except pipeline.InputError as exc:
+                loaded = inputs.load_objects([path])
+            except inputs.InputError as exc:
                 kept = " (keeping its last good objects)" if cached is not None else ""
                 problems.append(Problem(str(path), f"{exc}{kept}"))
                 continue
@@ -196,7 +196,7 @@ class FileSource:
 def _rejections(translation: model.Translation) -> list[Problem]:
     problems: list[Problem] = []
     for status in translation.statuses:
-        failed = [c for c in status.conditions if not c.status]
-        failed += [c for p in status.parents for c in p.conditions if not c.status]
-        problems += [Problem(str(status.ref), f"{c.type}={c.reason}: {c.message}") for c in failed]
+        problems += [
+            Problem(str(status.ref), f"{c.type}={c.reason}: {c.message}") for c in status.failed
+        ]
     return problems

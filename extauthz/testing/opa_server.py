@@ -11,7 +11,7 @@ that path uses:
 
 Knobs for failure tests: ``delay`` (seconds before answering a data query) and
 ``fail_status`` (answer every data query with that HTTP status). Run it standalone with
-``python -m extauthz.opa_testserver --listen 127.0.0.1:8181 policy.rego [data.json]``.
+``python -m extauthz.testing.opa_server --listen 127.0.0.1:8181 policy.rego [data.json]``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pathlib
 from collections.abc import Sequence
 
 import regorus
+from aiohttp import web
 
 from extauthz import httpserver, policy
 
@@ -52,39 +53,39 @@ class OpaTestServer:
         """Free the regorus engine on this thread (it must not be freed on another)."""
         self._engine = None
 
-    async def _handle(self, request: httpserver.Request) -> httpserver.Response:
-        path = request.path.partition("?")[0]
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = httpserver.path(request)
         if path == "/health" and request.method == "GET":
-            return httpserver.Response(200, b"{}", _JSON)
+            return httpserver.response(200, b"{}", _JSON)
         if not path.startswith("/v1/data"):
-            return httpserver.Response(404, b'{"code":"not_found"}', _JSON)
+            return httpserver.response(404, b'{"code":"not_found"}', _JSON)
         if request.method != "POST":
-            return httpserver.Response(405, b'{"code":"method_not_allowed"}', _JSON)
+            return httpserver.response(405, b'{"code":"method_not_allowed"}', _JSON)
         self.queries += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_status is not None:
-            return httpserver.Response(self.fail_status, b'{"code":"internal_error"}', _JSON)
-        return self._query(path[len("/v1/data") :], request.body)
+            return httpserver.response(self.fail_status, b'{"code":"internal_error"}', _JSON)
+        return self._query(path[len("/v1/data") :], await request.read())
 
-    def _query(self, doc_path: str, body: bytes) -> httpserver.Response:
+    def _query(self, doc_path: str, body: bytes) -> web.Response:
         try:
             payload = json.loads(body) if body else {}
         except ValueError:
-            return httpserver.Response(400, b'{"code":"invalid_parameter"}', _JSON)
+            return httpserver.response(400, b'{"code":"invalid_parameter"}', _JSON)
         segments = [s for s in doc_path.split("/") if s]
         query = "data" + "".join(f'["{s}"]' for s in segments)
         if self._engine is None:
-            return httpserver.Response(503, b'{"code":"closed"}', _JSON)
+            return httpserver.response(503, b'{"code":"closed"}', _JSON)
         try:
             self._engine.set_input_json(json.dumps(payload.get("input", {})))
             rows = self._engine.eval_query(query)
         except RuntimeError as exc:
             error = {"code": "internal_error", "message": policy.rust_error(exc)}
-            return httpserver.Response(500, json.dumps(error).encode(), _JSON)
+            return httpserver.response(500, json.dumps(error).encode(), _JSON)
         value = policy.query_value(rows)
         answer = {} if value is None else {"result": value}
-        return httpserver.Response(200, json.dumps(answer).encode(), _JSON)
+        return httpserver.response(200, json.dumps(answer).encode(), _JSON)
 
 
 async def _main(listen: str, modules: list[pathlib.Path]) -> None:

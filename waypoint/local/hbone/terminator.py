@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 import h2.errors
 
-from waypoint import pki
-from waypoint.hbone import errors, h2io, loop, streams
+from waypoint import names, pki
+from waypoint.local.hbone import errors, h2io, loop, streams
 
 Headers = list[tuple[str, str]]
 
@@ -165,7 +165,7 @@ class HboneTerminator(loop.BackgroundService):
         except pki.VerificationError as exc:
             return "", str(exc)
         if self.allowed_trust_domain is not None:
-            domain = pki.trust_domain_of(peer)
+            domain = names.trust_domain_of(peer)
             if domain != self.allowed_trust_domain:
                 return peer, f"peer {peer} is outside trust domain {self.allowed_trust_domain}"
         return peer, ""

@@ -16,31 +16,28 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from waypoint import model
-from waypoint.policy import authorization
-from waypoint.translate import fields, filters, index
+from waypoint import model, wellknown
+from waypoint.translate import authorization, fields, filters, index
 
-GROUP = "policy.waypoint.dev"
-ISTIO_SECURITY = "security.istio.io"
 EXT_AUTHZ = "ExtAuthzPolicy"
 TRAFFIC = "TrafficPolicy"
 REQUEST_AUTHN = "RequestAuthentication"
 AUTHZ_POLICY = "AuthorizationPolicy"
 KINDS = {
-    (GROUP, EXT_AUTHZ),
-    (GROUP, TRAFFIC),
-    (ISTIO_SECURITY, REQUEST_AUTHN),
-    (ISTIO_SECURITY, AUTHZ_POLICY),
+    (wellknown.POLICY_API_GROUP, EXT_AUTHZ),
+    (wellknown.POLICY_API_GROUP, TRAFFIC),
+    (wellknown.ISTIO_SECURITY_API_GROUP, REQUEST_AUTHN),
+    (wellknown.ISTIO_SECURITY_API_GROUP, AUTHZ_POLICY),
 }
 
-GATEWAY_KIND = (index.GATEWAY, "Gateway")
-SERVICE_KIND = (index.CORE, "Service")
-HTTP_ROUTE_KIND = (index.GATEWAY, "HTTPRoute")
-GRPC_ROUTE_KIND = (index.GATEWAY, "GRPCRoute")
+GATEWAY_KIND = (wellknown.GATEWAY_API_GROUP, "Gateway")
+SERVICE_KIND = (wellknown.CORE_GROUP, "Service")
+HTTP_ROUTE_KIND = (wellknown.GATEWAY_API_GROUP, "HTTPRoute")
+GRPC_ROUTE_KIND = (wellknown.GATEWAY_API_GROUP, "GRPCRoute")
 ROUTE_KINDS = (HTTP_ROUTE_KIND, GRPC_ROUTE_KIND)
 ALL_TARGETS = (GATEWAY_KIND, SERVICE_KIND, *ROUTE_KINDS)
 AUTHN_TARGETS = (GATEWAY_KIND, SERVICE_KIND)
-GATEWAY_CLASS_KIND = (index.GATEWAY, "GatewayClass")
+GATEWAY_CLASS_KIND = (wellknown.GATEWAY_API_GROUP, "GatewayClass")
 AUTHZ_TARGETS = (GATEWAY_KIND, SERVICE_KIND, GATEWAY_CLASS_KIND)
 
 _DECISION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$")

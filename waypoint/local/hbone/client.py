@@ -1,7 +1,7 @@
 """HBONE client: CONNECT tunnels over one shared mTLS HTTP/2 connection.
 
 ``HboneClient`` is the asyncio API; ``SyncHboneClient`` wraps it for threads (load-test
-users, sync tests) by running it on a :class:`~waypoint.hbone.loop.LoopThread`. Like
+users, sync tests) by running it on a :class:`~waypoint.local.hbone.loop.LoopThread`. Like
 ztunnel, each tunnel is one CONNECT stream; many tunnels share one outer connection,
 which is re-established on the next call after it dies.
 """
@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 
-from waypoint import pki
-from waypoint.hbone import errors, grpcwire, h2io, http1, loop, streams
+from waypoint import names, pki
+from waypoint.local.hbone import errors, grpcwire, h2io, http1, loop, streams
 
 Headers = list[tuple[str, str]]
 Response = http1.Response
@@ -147,7 +147,7 @@ class HboneClient:
             )
         if (
             self.expected_trust_domain is not None
-            and pki.trust_domain_of(peer) != self.expected_trust_domain
+            and names.trust_domain_of(peer) != self.expected_trust_domain
         ):
             raise errors.HboneConnectionError(
                 f"{where}: server identity {peer!r} is outside trust domain {self.expected_trust_domain!r}"
@@ -157,7 +157,7 @@ class HboneClient:
     async def open_tunnel(self, authority: str, headers: Iterable[tuple[str, str]] = ()) -> Tunnel:
         """CONNECT to ``authority`` ("host:port"); return the tunnel once 200 arrives.
 
-        Raises :class:`~waypoint.hbone.errors.TunnelRejected` (with ``.status``) otherwise.
+        Raises :class:`~waypoint.local.hbone.errors.TunnelRejected` (with ``.status``) otherwise.
         """
         if not authority or any(c in authority for c in " /\r\n"):
             raise ValueError(f"bad CONNECT authority {authority!r}: expected host:port")
@@ -331,7 +331,7 @@ class SyncHboneClient:
     """Blocking HBONE client usable from any plain thread.
 
     The asyncio client runs on ``runner`` (default: the process-wide
-    :func:`waypoint.hbone.loop.shared` loop), so many sync clients cost no extra threads.
+    :func:`waypoint.local.hbone.loop.shared` loop), so many sync clients cost no extra threads.
     """
 
     def __init__(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from typing import Protocol
 
-from waypoint.hbone import errors
+from waypoint.local.hbone import errors
 
 READ_SIZE = 65536
 
@@ -163,10 +163,12 @@ class BufferedReader:
         return self._take(min(max_bytes, len(self._buffer)))
 
     async def read_until_eof(self, limit: int | None = None) -> bytes:
-        while await self._fill():
+        while True:
+            # Checked before each read too: what is already buffered counts.
             if limit is not None and len(self._buffer) > limit:
                 raise errors.ProtocolViolation(f"body longer than {limit} bytes")
-        return self._take(len(self._buffer))
+            if not await self._fill():
+                return self._take(len(self._buffer))
 
     def _take(self, size: int) -> bytes:
         out = bytes(self._buffer[:size])

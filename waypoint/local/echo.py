@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from waypoint.hbone import errors, grpcwire, h2io, http1, loop, streams
+from waypoint.local.hbone import echo_pb2, errors, h2io, http1, loop, streams
 
 Headers = list[tuple[str, str]]
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -368,14 +368,17 @@ class EchoServer(loop.BackgroundService):
         self, port: int, method: str, request: bytes, context: grpc.ServicerContext
     ) -> bytes:
         """Answer any unary method with an EchoResponse carrying the echo text."""
-        message = grpcwire.decode_string_field(request, 1)
+        message = echo_pb2.EchoRequest.FromString(request).message
         metadata = [(key, _text(value)) for key, value in context.invocation_metadata()]
         peer = context.peer()
         ip = peer.split(":", 1)[1].rsplit(":", 1)[0] if ":" in peer else peer
         authority = h2io.header(metadata, ":authority") or ""
         seen = _Seen(port, authority, method, "POST", "GRPC", ip, metadata, message)
         self._count_request()
-        return grpcwire.echo_message(format_text(_fields(self, seen)))
+        reply: bytes = echo_pb2.EchoResponse(
+            message=format_text(_fields(self, seen))
+        ).SerializeToString()
+        return reply
 
 
 if TYPE_CHECKING:

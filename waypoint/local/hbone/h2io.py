@@ -1,7 +1,7 @@
 """An asyncio HTTP/2 engine on top of the ``h2`` state machine, for both peers.
 
 One :class:`H2Connection` multiplexes many :class:`Stream` objects over a
-:class:`~waypoint.hbone.streams.ByteStream` (a TLS socket, or a CONNECT tunnel for h2c
+:class:`~waypoint.local.hbone.streams.ByteStream` (a TLS socket, or a CONNECT tunnel for h2c
 inside HBONE). Flow control is honoured both ways: received bytes are acknowledged only
 when the application reads them, and writes wait for the peer's window. All frames are
 produced synchronously and appended to the transport in call order, so concurrent
@@ -23,7 +23,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from waypoint.hbone import errors, streams
+from waypoint.local.hbone import errors, streams
 
 Headers = list[tuple[str, str]]
 RequestHandler = Callable[["Stream"], Awaitable[None]]
@@ -38,7 +38,7 @@ class Stream:
     """One HTTP/2 stream: headers, a readable body, a writable body, trailers.
 
     A CONNECT tunnel is a Stream whose response was 200; it is then a plain
-    :class:`~waypoint.hbone.streams.ByteStream`.
+    :class:`~waypoint.local.hbone.streams.ByteStream`.
     """
 
     def __init__(self, conn: H2Connection, stream_id: int) -> None:
