@@ -111,7 +111,8 @@ class ExtAuthzSidecar:
 
     @property
     def running(self) -> bool:
-        return self._child is not None
+        """Whether extauthz is kept running (False too once its child kept dying)."""
+        return self._child is not None and self._child.gave_up is None
 
     @property
     def restarts(self) -> int:
