@@ -128,6 +128,13 @@ class Limits:
     max_buffered_request_bytes: int = 32 * 1024 * 1024
     max_metadata_bytes: int = 64 * 1024
     max_header_block_bytes: int = 256 * 1024
+    # The control-frame and reset budgets above are kept per peer address, shared by its
+    # connections, in a table of this many peers; 0 keeps them per connection instead.
+    peer_table_size: int = 4096
+    # A peer cut off for abuse has its new connections closed at accept for this long,
+    # doubling per repeat up to the maximum (resets: never doubled); 0 turns it off.
+    peer_penalty_seconds: float = 1.0
+    peer_penalty_max_seconds: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +216,8 @@ def _limits(raw: object) -> Limits:
     limits = Limits(**values)
     if limits.max_header_block_bytes < limits.max_metadata_bytes:
         raise ConfigError("limits.max_header_block_bytes: must be >= limits.max_metadata_bytes")
+    if limits.peer_penalty_max_seconds < limits.peer_penalty_seconds:
+        raise ConfigError("limits.peer_penalty_max_seconds: must be >= limits.peer_penalty_seconds")
     return limits
 
 
@@ -225,6 +234,9 @@ _LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "max_buffered_request_bytes": (64 * 1024, 2**40),
     "max_metadata_bytes": (1024, 16 * 1024 * 1024),
     "max_header_block_bytes": (1024, 16 * 1024 * 1024),
+    "peer_table_size": (0, 10_000_000),
+    "peer_penalty_seconds": (0, 0),
+    "peer_penalty_max_seconds": (0, 0),
 }
 
 

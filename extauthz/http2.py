@@ -17,6 +17,9 @@ Errors follow RFC 9113 5.4: a ``ProtocolError`` leaves ``receive`` (the caller s
 Hostile peers: frames that cost work but move no request forward (SETTINGS, PING,
 PRIORITY, empty DATA and CONTINUATION, unknown types) draw on a token bucket, and so do
 the peer's RST_STREAMs (the "rapid reset" attack); an empty bucket is ENHANCE_YOUR_CALM.
+The buckets may be shared by several connections (``Buckets``: the gRPC server gives all
+connections of one peer address the same pair), and a ``ProtocolError`` says which kind
+of abuse ended the connection, so the server can keep that peer out for a while.
 A SETTINGS frame carries a bounded number of entries (CVE-2020-11080, as nghttp2). DATA
 counts against the receive windows until the handler says it is ``consumed``, so a peer
 can make the server hold at most one connection window of unread request bytes.
@@ -94,7 +97,7 @@ class Budget:
     max_header_block: int = 256 * 1024  # compressed or decoded; above it: connection error
 
 
-class _Bucket:
+class Bucket:
     """A token bucket: ``take`` is False once ``burst`` tokens are spent faster than ``rate``."""
 
     __slots__ = ("_burst", "_clock", "_last", "_rate", "_tokens")
@@ -117,12 +120,39 @@ class _Bucket:
         return True
 
 
-class ProtocolError(Exception):
-    """A connection error (RFC 9113 5.4.1): send GOAWAY with ``code`` and close."""
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """The control-frame and reset buckets a connection draws on, its own or its peer's."""
 
-    def __init__(self, code: int, message: str) -> None:
+    control: Bucket
+    resets: Bucket
+
+    @classmethod
+    def fresh(cls, budget: Budget, clock: Clock) -> Buckets:
+        return cls(
+            Bucket(budget.control_rate, budget.control_burst, clock),
+            Bucket(budget.reset_rate, budget.reset_burst, clock),
+        )
+
+
+# What kind of abuse a connection error answers (``ProtocolError.abuse``).
+CONTROL_ABUSE = "control"  # frames that cost work and move nothing forward; oversized blocks
+RESET_ABUSE = "reset"  # streams reset faster than the reset budget
+
+
+class ProtocolError(Exception):
+    """A connection error (RFC 9113 5.4.1): send GOAWAY with ``code`` and close.
+
+    ``abuse`` is set when the peer ran over a budget: every ENHANCE_YOUR_CALM is
+    ``CONTROL_ABUSE`` unless raised as ``RESET_ABUSE``; other codes are no abuse ("").
+    """
+
+    def __init__(self, code: int, message: str, abuse: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        if abuse is None:
+            abuse = CONTROL_ABUSE if code == ENHANCE_YOUR_CALM else ""
+        self.abuse = abuse
 
 
 class Handler(Protocol):
@@ -141,6 +171,8 @@ class Handler(Protocol):
     # A new stream whose header list is over ``max_header_list``: the handler answers it
     # (gRPC: RESOURCE_EXHAUSTED) instead of the whole connection paying for one call.
     def on_oversized(self, stream_id: int, end_stream: bool) -> None: ...
+
+    def on_reset_sent(self, stream_id: int, code: int) -> None: ...  # our RST_STREAM
 
 
 @dataclasses.dataclass
@@ -219,6 +251,7 @@ class Connection:
         max_header_list: int = 64 * 1024,
         budget: Budget = Budget(),
         clock: Clock = time.monotonic,
+        buckets: Buckets | None = None,
     ) -> None:
         self.out = bytearray()
         self._handler = handler
@@ -227,8 +260,10 @@ class Connection:
         self._max_header_list = max_header_list
         self._budget = budget
         self._max_block = max(budget.max_header_block, max_header_list)
-        self._control = _Bucket(budget.control_rate, budget.control_burst, clock)
-        self._resets = _Bucket(budget.reset_rate, budget.reset_burst, clock)
+        # Shared with the peer's other connections when given, else this connection's own.
+        buckets = buckets or Buckets.fresh(budget, clock)
+        self._control = buckets.control
+        self._resets = buckets.resets
         # Decoding stops (a connection error) only at the hard cap: a block between the two
         # limits must still be decoded, or the HPACK table would fall out of step.
         self._decoder = hpack.Decoder(max_header_list_size=self._max_block)
@@ -330,6 +365,7 @@ class Connection:
         self.out += frame_header(4, RST_STREAM, 0, stream_id) + _U32.pack(code)
         self._streams.pop(stream_id, None)
         self._remember_closed(stream_id, reset=True)
+        self._handler.on_reset_sent(stream_id, code)
 
     def goaway(self, code: int = NO_ERROR, last_stream_id: int | None = None) -> None:
         last = self._highest if last_stream_id is None else last_stream_id
@@ -617,7 +653,7 @@ class Connection:
         # Every reset counts, answered or not: a call answered in the turn that read it is
         # already done when its RST_STREAM is read, and costs the same as one that is not.
         if not self._resets.take():
-            raise ProtocolError(ENHANCE_YOUR_CALM, "too many streams reset")
+            raise ProtocolError(ENHANCE_YOUR_CALM, "too many streams reset", RESET_ABUSE)
         if self._streams.pop(stream_id, None) is not None:
             self._remember_closed(stream_id, reset=True)
             self._handler.on_reset(stream_id)

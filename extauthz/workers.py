@@ -9,7 +9,8 @@ the death is logged; the restarted worker is told how many restarts its slot has
 exports it as ``extauthz_worker_restarts``. A worker that keeps dying within seconds of
 starting (a port taken, a broken policy file) is not hidden behind endless restarts:
 after five such deaths in a row the pool stops with its exit code, so a process manager
-sees the failure.
+sees the failure. The same supervision (``Pool``) keeps ``waypoint up``'s extauthz
+sidecar running as a child process.
 
 A unix socket or port 0 cannot be shared this way and is refused. Worker ``i`` serves
 its metrics and probes on the metrics port plus ``i``, so each worker's counters stay
@@ -32,7 +33,7 @@ from extauthz import config
 
 log = logging.getLogger(__name__)
 
-_POLL_SECONDS = 0.2
+POLL_SECONDS = 0.2
 _FIRST_BACKOFF_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 30.0
 _STABLE_SECONDS = 10.0  # a worker that lived this long died of something new
@@ -97,6 +98,71 @@ class _Slot:
     due: float = 0.0
 
 
+class Pool:
+    """Child processes, each restarted with backoff when it dies; ``tend`` does the rounds.
+
+    ``supervise`` drives one for ``extauthz serve --workers``; ``waypoint up`` drives one
+    from a thread to keep its extauthz sidecar running (``waypoint/local/sidecar.py``).
+    """
+
+    def __init__(
+        self, spawn: Spawn, count: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._spawn = spawn
+        self._clock = clock
+        now = clock()
+        self._slots = [_Slot(i, spawn(i, 0), now) for i in range(count)]
+
+    @property
+    def restarts(self) -> int:
+        """How many times a child was restarted, over all slots."""
+        return sum(slot.restarts for slot in self._slots)
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Each slot's running child (None while it waits for its restart)."""
+        return [None if slot.child is None else slot.child.pid for slot in self._slots]
+
+    def tend(self) -> int | None:
+        """Restart the dead when due; an exit code once one keeps dying (the pool stopped)."""
+        for slot in self._slots:
+            failed = _tend(slot, self._spawn, self._clock())
+            if failed is not None:
+                self.stop()
+                return failed
+        return None
+
+    def signal(self, signum: int) -> None:
+        """Forward ``signum`` to every running child."""
+        for slot in self._slots:
+            if slot.child is not None and slot.child.poll() is None:
+                slot.child.send_signal(signum)
+
+    def wait(self) -> int:
+        """Wait for every child to exit; the highest exit code."""
+        codes = [slot.child.wait() for slot in self._slots if slot.child is not None]
+        return max((abs(code) for code in codes), default=0)
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every child (they drain), wait up to ``grace`` seconds, then SIGKILL."""
+        self.signal(signal.SIGTERM)
+        for slot in self._slots:
+            if slot.child is not None:
+                try:
+                    slot.child.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    slot.child.kill()
+                    slot.child.wait()
+            slot.child = None
+
+    def kill(self) -> None:
+        """SIGKILL whatever still runs."""
+        for slot in self._slots:
+            if slot.child is not None and slot.child.poll() is None:
+                slot.child.kill()
+                slot.child.wait()
+
+
 def supervise(
     spawn: Spawn,
     count: int,
@@ -105,44 +171,25 @@ def supervise(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Run ``count`` workers until a signal; restart the ones that die; return the exit code."""
-    now = clock()
-    slots = [_Slot(i, spawn(i, 0), now) for i in range(count)]
+    pool = Pool(spawn, count, clock=clock)
     stopping: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
-        for slot in slots:
-            if slot.child is not None and slot.child.poll() is None:
-                slot.child.send_signal(signum)
+        pool.signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return _run(slots, spawn, lambda: bool(stopping), clock, sleep)
+        while not stopping:
+            failed = pool.tend()
+            if failed is not None:
+                return failed
+            sleep(POLL_SECONDS)
+        return pool.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for slot in slots:
-            if slot.child is not None and slot.child.poll() is None:
-                slot.child.kill()
-                slot.child.wait()
-
-
-def _run(
-    slots: list[_Slot],
-    spawn: Spawn,
-    stopping: Callable[[], bool],
-    clock: Callable[[], float],
-    sleep: Callable[[float], None],
-) -> int:
-    while True:
-        if stopping():
-            return _wait_all(slots)
-        for slot in slots:
-            failed = _tend(slot, spawn, clock())
-            if failed is not None:
-                _stop_all(slots)
-                return failed
-        sleep(_POLL_SECONDS)
+        pool.kill()
 
 
 def _tend(slot: _Slot, spawn: Spawn, now: float) -> int | None:
@@ -177,17 +224,3 @@ def _tend(slot: _Slot, spawn: Spawn, now: float) -> int | None:
         delay,
     )
     return None
-
-
-def _wait_all(slots: list[_Slot]) -> int:
-    codes = [slot.child.wait() for slot in slots if slot.child is not None]
-    return max((abs(code) for code in codes), default=0)
-
-
-def _stop_all(slots: list[_Slot]) -> None:
-    for slot in slots:
-        if slot.child is not None and slot.child.poll() is None:
-            slot.child.terminate()
-    for slot in slots:
-        if slot.child is not None:
-            slot.child.wait()

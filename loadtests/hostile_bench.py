@@ -7,7 +7,12 @@ channel and records each latency; a call over 1 s counts as an error. Per attack
 shows the legit p50/p99 and errors, the server's CPU and its peak RSS, and how often the
 attacker was cut off (its connection closed, GOAWAY or not).
 
-Attacks (all on 127.0.0.1, each bounded by ``--duration``):
+The attacker's sockets are bound to 127.0.0.2 while the legit client connects from
+127.0.0.1 (Linux routes all of 127/8 to loopback), so extauthz sees two peers, as it would
+an attacker on another host; its per-peer budgets and penalty box apply to the attacker
+alone. Traffic stays on loopback.
+
+Attacks (each bounded by ``--duration``):
 
 - ``control``: the attacker's PING flood sent to a socket that discards it, not to extauthz:
   what the attacker process alone costs the legit client on a machine this size;
@@ -55,6 +60,7 @@ from waypoint.runtime import ports
 
 CHECK_PATH = b"/envoy.service.auth.v3.Authorization/Check"
 LEGIT_TIMEOUT = 1.0
+ATTACKER_ADDRESS = "127.0.0.2"  # a second loopback peer; the legit client is 127.0.0.1
 _HEADERS = [
     (b":method", b"POST"),
     (b":scheme", b"http"),
@@ -101,28 +107,37 @@ class _Peer:
         self.encoder = hpack.Encoder()
         self.next_stream = 1
 
-    def connect(self, handshake: bool = True) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+    def connect(self) -> None:
+        """A new connection and handshake; a refusal (reset at once) counts as a cut-off."""
+        self.encoder, self.next_stream = hpack.Encoder(), 1
+        try:
+            sock = _attacker_socket(self.port)
+        except OSError:
+            self._cut_off()
+            return
+        self.sock = sock
         threading.Thread(target=_drain, args=(sock,), daemon=True).start()
-        if handshake:
-            sock.sendall(http2.PREFACE + _frame(http2.SETTINGS, 0, 0))
-        self.sock, self.encoder, self.next_stream = sock, hpack.Encoder(), 1
-        return sock
+        self.send(http2.PREFACE + _frame(http2.SETTINGS, 0, 0))
 
     def send(self, data: bytes) -> bool:
         """Send, or reconnect (and count the cut-off) when the server has closed us."""
         if self.sock is None:
             self.connect()
-        assert self.sock is not None
+            if self.sock is None:
+                return False
         try:
             self.sock.sendall(data)
             return True
         except OSError:
-            self.cutoffs += 1
+            self._cut_off()
+            return False
+
+    def _cut_off(self) -> None:
+        self.cutoffs += 1
+        if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
-            self.sock = None
-            return False
+        self.sock = None
 
     def stream(self) -> int:
         stream_id = self.next_stream
@@ -133,6 +148,12 @@ class _Peer:
         block = self.encoder.encode([*_HEADERS, *extra])
         flags = http2.END_HEADERS | (http2.END_STREAM if end else 0)
         return _frame(http2.HEADERS, flags, stream_id, block)
+
+
+def _attacker_socket(port: int) -> socket.socket:
+    return socket.create_connection(
+        ("127.0.0.1", port), timeout=2, source_address=(ATTACKER_ADDRESS, 0)
+    )
 
 
 def _drain(sock: socket.socket) -> None:
@@ -224,7 +245,7 @@ def attack_idle(port: int, deadline: float, _message: bytes, connections: int = 
         if time.monotonic() >= deadline:
             break
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=2)
+            sock = _attacker_socket(port)
             if i % 2:
                 sock.sendall(http2.PREFACE + _frame(http2.SETTINGS, 0, 0))
             else:
@@ -368,6 +389,9 @@ def run_phase(
         attacker.join(args.duration + 10)
         if attacker.is_alive():
             attacker.kill()
+        elif attacker.exitcode:
+            # A crashed attacker would pass for an attack the server shrugged off.
+            raise RuntimeError(f"the {attack} attacker failed (exit code {attacker.exitcode})")
     stop.set()
     legit.join(10)
     after = server.usage()

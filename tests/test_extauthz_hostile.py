@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import pathlib
 import socket
 import struct
@@ -22,7 +23,7 @@ import hpack
 import pytest
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped,unused-ignore]
 
-from extauthz import config, h2grpc, http2, jwt, metrics, policy, service
+from extauthz import config, h2grpc, http2, jwt, listen, metrics, peers, policy, service
 from tests.extauthz import support
 from tests.test_extauthz_http2 import REQUEST, Recorder, frames, headers_frame, raw, resets
 
@@ -212,10 +213,33 @@ async def echo(request: Any) -> Any:
     return Text(value=request.value)
 
 
+class _Unserializable:
+    def SerializeToString(self) -> bytes:  # protobuf's name
+        raise RuntimeError("a bug in the answer")
+
+
+async def late_bug(_request: Any) -> Any:
+    await asyncio.sleep(0.01)  # the answer comes from the call's done callback
+    return _Unserializable()
+
+
+RAN: list[str] = []  # what the Busy method was called with, in order
+
+
+async def busy(request: Any) -> Any:
+    RAN.append(request.value)
+    time.sleep(0.002)  # a Check's worth of CPU, and more
+    return request
+
+
 @contextlib.asynccontextmanager
 async def serving(**limits: Any) -> AsyncIterator[tuple[h2grpc.Server, int]]:
     server = h2grpc.Server(
-        [h2grpc.Method("/t.T/Echo", Text.FromString, unary=echo)],
+        [
+            h2grpc.Method("/t.T/Echo", Text.FromString, unary=echo),
+            h2grpc.Method("/t.T/LateBug", Text.FromString, unary=late_bug),
+            h2grpc.Method("/t.T/Busy", Text.FromString, unary=busy),
+        ],
         limits=config.Limits(**limits),
     )
     port = await server.add_address("127.0.0.1:0")
@@ -410,3 +434,369 @@ def test_bytes_that_are_not_a_check_request_get_the_400_deny(tmp_path: pathlib.P
     answer = checker.unparsable("cannot parse the request: DecodeError")
     assert answer.denied_response.status.code == 400
     assert stats.by_outcome["malformed"]._value.get() == 1
+
+
+# -- per-peer budgets and the penalty box ------------------------------------------------
+
+
+def test_abuse_is_named_on_the_connection_error() -> None:
+    conn, _, _ = connection(budget=http2.Budget(control_burst=5, reset_burst=1))
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(FLOODS["PING"] * 6)
+    assert info.value.abuse == http2.CONTROL_ABUSE
+    conn, _, _ = connection(budget=http2.Budget(reset_burst=1))
+    wire = b""
+    for stream_id in (1, 3):
+        wire += headers_frame(stream_id, REQUEST, flags=0x4)
+        wire += raw(http2.RST_STREAM, 0, stream_id, struct.pack(">L", http2.CANCEL))
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(wire)
+    assert info.value.abuse == http2.RESET_ABUSE
+    conn, _, _ = connection()
+    with pytest.raises(http2.ProtocolError) as info:
+        conn.receive(raw(http2.PUSH_PROMISE, 0, 1, b"\0\0\0\2"))
+    assert info.value.abuse == ""  # a protocol error, not abuse
+
+
+def test_connections_given_the_same_buckets_share_one_budget() -> None:
+    clock = FakeClock()
+    budget = http2.Budget(control_rate=1, control_burst=10)
+    shared = http2.Buckets.fresh(budget, clock)
+    first, second = (
+        http2.Connection(Recorder(), budget=budget, clock=clock, buckets=shared) for _ in range(2)
+    )
+    for conn in (first, second):
+        conn.receive(http2.PREFACE + raw(http2.SETTINGS, 0, 0))
+    first.receive(FLOODS["PING"] * 6)
+    second.receive(FLOODS["PING"] * 4)
+    with pytest.raises(http2.ProtocolError):
+        second.receive(FLOODS["PING"])  # the eleventh of the pair
+
+
+@pytest.mark.parametrize(
+    ("peername", "key"),
+    [
+        (("10.1.2.3", 5000), "10.1.2.3"),
+        (("2001:db8:1:2:3:4:5:6", 5000, 0, 0), "2001:db8:1:2::/64"),
+        (("2001:db8:1:2:ffff::1", 5001, 0, 0), "2001:db8:1:2::/64"),
+        (("::ffff:10.1.2.3", 5000, 0, 0), "10.1.2.3"),
+        (("fe80::1%eth0", 5000, 0, 2), "fe80::/64"),
+        ("", peers.UNIX_PEER),
+        (None, peers.UNIX_PEER),
+    ],
+)
+def test_a_peer_is_its_address_not_its_port(peername: Any, key: str) -> None:
+    assert peers.peer_key(peername) == key
+
+
+def table(size: int = 16, penalty: float = 1.0, penalty_max: float = 30.0) -> peers.Peers:
+    return peers.Peers(http2.Budget(), size, penalty, penalty_max, FakeClock())
+
+
+def test_the_peer_table_is_bounded_and_forgets_the_least_recently_seen() -> None:
+    peer_table = table(size=3)
+    first = peer_table.get("10.0.0.1")
+    for n in range(2, 6):
+        peer_table.get(f"10.0.0.{n}")
+    assert len(peer_table) == 3
+    assert peer_table.get("10.0.0.1") is not first  # evicted: a fresh entry
+    recent = peer_table.get("10.0.0.9")
+    peer_table.get("10.0.0.10")
+    peer_table.get("10.0.0.9")  # seen again: the next eviction takes another
+    peer_table.get("10.0.0.11")
+    assert peer_table.get("10.0.0.9") is recent
+
+
+def test_control_abuse_penalties_double_up_to_the_maximum_then_decay() -> None:
+    peer_table = table(penalty=1.0, penalty_max=30.0)
+    clock = peer_table._clock
+    assert isinstance(clock, FakeClock)
+    seen = []
+    for _ in range(7):
+        seconds = peer_table.penalize("10.0.0.2", http2.CONTROL_ABUSE)
+        seen.append(seconds)
+        assert peer_table.penalized(peer_table.get("10.0.0.2"))
+        clock.now += seconds - 0.01
+        assert peer_table.penalized(peer_table.get("10.0.0.2"))
+        clock.now += 0.02  # expired: it may connect, and abuses again at once
+        assert not peer_table.penalized(peer_table.get("10.0.0.2"))
+    assert seen == [1, 2, 4, 8, 16, 30, 30]
+    clock.now += 60  # two maximum periods of good behaviour forgive two doublings
+    assert peer_table.penalize("10.0.0.2", http2.CONTROL_ABUSE) == 16
+    assert not peer_table.penalized(peer_table.get("10.0.0.3"))  # another peer is not
+
+
+def test_reset_abuse_gets_only_the_short_penalty() -> None:
+    peer_table = table(penalty=1.0, penalty_max=30.0)
+    clock = peer_table._clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(5):
+        assert peer_table.penalize("127.0.0.1", http2.RESET_ABUSE) == 1.0
+        clock.now += 1.5
+    # Resets never build up strikes: a later control flood starts from the first penalty.
+    assert peer_table.penalize("127.0.0.1", http2.CONTROL_ABUSE) == 1.0
+
+
+def test_a_penalty_of_zero_turns_the_box_off() -> None:
+    peer_table = table(penalty=0)
+    assert peer_table.penalize("10.0.0.2", http2.CONTROL_ABUSE) == 0
+    assert not peer_table.penalized(peer_table.get("10.0.0.2"))
+
+
+def test_penalty_limits_are_validated(tmp_path: pathlib.Path) -> None:
+    def limits(**given: Any) -> config.Limits:
+        doc = {**support.base_config(tmp_path), "limits": given}
+        return config.from_mapping(doc, tmp_path).limits
+
+    assert (limits().peer_table_size, limits().peer_penalty_seconds) == (4096, 1.0)
+    assert limits(peer_penalty_seconds=0).peer_penalty_seconds == 0  # the box off
+    with pytest.raises(config.ConfigError, match=r"limits\.peer_penalty_max_seconds: must be >="):
+        limits(peer_penalty_seconds=5, peer_penalty_max_seconds=1)
+    with pytest.raises(config.ConfigError, match=r"limits\.peer_table_size: must be an integer"):
+        limits(peer_table_size=-1)
+
+
+ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to loopback: a second peer
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send what the server may already have refused to read."""
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
+
+
+def ping_acks(wire: bytes) -> int:
+    return sum(1 for k, f, _s, _p in frames(wire) if k == http2.PING and f & http2.ACK)
+
+
+async def echo_call(port: int, text: str) -> str:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/t.T/Echo", Text.SerializeToString, Text.FromString)
+        return str((await call(Text(value=text), timeout=5)).value)
+
+
+def one_call(port: int, source: str) -> dict[int, bytes]:
+    """One Echo call on a raw connection from ``source``; the statuses it got."""
+    sock = connect(port, source)
+    goaway = raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 1, 0))
+    send_quietly(sock, client_wire(_call(1, hpack.Encoder(), "again"), goaway))
+    got = read_all(sock)
+    sock.close()
+    return _statuses(got)
+
+
+@pytest.mark.asyncio
+async def test_a_reconnecting_flooder_is_penalised_while_another_peer_is_served() -> None:
+    async with serving(control_frame_burst=50, peer_penalty_seconds=1.0) as (server, port):
+        bystander, legit = connect(port, ATTACKER), connect(port)
+        for sock in (bystander, legit):
+            sock.sendall(client_wire())
+        await asyncio.sleep(0.1)
+        flooder = connect(port, ATTACKER)
+        send_quietly(flooder, client_wire(FLOODS["PING"] * 200))
+        assert goaway_code(await asyncio.to_thread(read_all, flooder)) == http2.ENHANCE_YOUR_CALM
+        cut_at = time.monotonic()
+        assert server.events["peer_penalty_started"] == 1
+        # The flooder's other connection is closed with it; the other peer's is not.
+        assert goaway_code(await asyncio.to_thread(read_all, bystander)) == http2.ENHANCE_YOUR_CALM
+        assert server.events["peer_penalty_closed"] == 1
+        legit.sendall(_call(1, hpack.Encoder(), "same connection"))
+        legit.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 1, 0)))
+        assert _statuses(await asyncio.to_thread(read_all, legit)) == {1: b"0"}
+        # Its reconnects are closed at accept: not even our SETTINGS comes back.
+        for _ in range(3):
+            again = connect(port, ATTACKER)
+            send_quietly(again, client_wire(FLOODS["PING"]))
+            assert await asyncio.to_thread(read_all, again) == b""
+            again.close()
+        assert server.events["peer_penalized"] == 3
+        # The well-behaved peer at 127.0.0.1 is served throughout, on new connections too.
+        assert await echo_call(port, "legit") == "legit"
+        assert time.monotonic() - cut_at < 1.0, "the checks above ran past the penalty"
+        # Once the penalty is over, the attacker's address is served again.
+        await asyncio.sleep(1.0 - (time.monotonic() - cut_at) + 0.1)
+        assert await asyncio.to_thread(one_call, port, ATTACKER) == {1: b"0"}
+        assert server.events["peer_penalized"] == 3
+        for sock in (flooder, bystander, legit):
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_s_connections_share_its_control_budget() -> None:
+    async with serving(control_frame_burst=50) as (server, port):
+        first = connect(port, ATTACKER)
+        first.sendall(client_wire(FLOODS["PING"] * 30))
+        second = connect(port, ATTACKER)
+        second.sendall(client_wire(FLOODS["PING"] * 30))  # 60 for the peer: over 50
+        other = connect(port)
+        other.sendall(client_wire(FLOODS["PING"] * 30))  # 30 for 127.0.0.1: fine
+        other.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 0, 0)))
+        codes = []
+        for sock in (first, second):
+            sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 0, 0)))
+            codes.append(goaway_code(await asyncio.to_thread(read_all, sock)))
+        assert http2.ENHANCE_YOUR_CALM in codes
+        got = await asyncio.to_thread(read_all, other)
+        assert ping_acks(got) == 30
+        assert goaway_code(got) == http2.NO_ERROR
+        assert server.events["goaway_enhance_your_calm"] == 1
+        for sock in (first, second, other):
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_rapid_reset_from_a_peer_is_penalised_briefly() -> None:
+    async with serving(reset_burst=20, peer_penalty_seconds=0.5) as (server, port):
+        established = connect(port, ATTACKER)  # Envoy's other connection, say
+        established.sendall(client_wire())
+        await asyncio.sleep(0.1)
+        encoder = hpack.Encoder()
+        wire = b""
+        for stream_id in range(1, 61, 2):
+            wire += _call(stream_id, encoder, "r")
+            wire += raw(http2.RST_STREAM, 0, stream_id, struct.pack(">L", http2.CANCEL))
+        attacker = connect(port, ATTACKER)
+        send_quietly(attacker, client_wire(wire))
+        assert goaway_code(await asyncio.to_thread(read_all, attacker)) == http2.ENHANCE_YOUR_CALM
+        assert server.events["peer_penalty_started"] == 1
+        assert await asyncio.to_thread(one_call, port, ATTACKER) == {}
+        assert server.events["peer_penalized"] == 1
+        assert await echo_call(port, "legit") == "legit"
+        # A reset penalty leaves the peer's established connections serving.
+        established.sendall(_call(1, hpack.Encoder(), "still here"))
+        established.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 1, 0)))
+        assert _statuses(await asyncio.to_thread(read_all, established)) == {1: b"0"}
+        assert server.events["peer_penalty_closed"] == 0
+        await asyncio.sleep(0.6)
+        assert await asyncio.to_thread(one_call, port, ATTACKER) == {1: b"0"}
+        attacker.close()
+        established.close()
+
+
+@pytest.mark.asyncio
+async def test_without_the_peer_table_each_connection_has_its_own_budget() -> None:
+    async with serving(control_frame_burst=50, peer_table_size=0) as (server, port):
+        for _ in range(2):  # a reconnect gets a fresh budget and is not refused
+            sock = connect(port, ATTACKER)
+            sock.sendall(client_wire(FLOODS["PING"] * 40))
+            sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 0, 0)))
+            got = await asyncio.to_thread(read_all, sock)
+            assert (ping_acks(got), goaway_code(got)) == (40, http2.NO_ERROR)
+            sock.close()
+        flooder = connect(port, ATTACKER)
+        send_quietly(flooder, client_wire(FLOODS["PING"] * 60))
+        assert goaway_code(await asyncio.to_thread(read_all, flooder)) == http2.ENHANCE_YOUR_CALM
+        assert await asyncio.to_thread(one_call, port, ATTACKER) == {1: b"0"}
+        assert server.events["peer_penalized"] == 0
+        flooder.close()
+
+
+# -- every callback is guarded; our own resets are counted ---------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_bug_in_a_call_s_done_callback_ends_in_goaway_internal_error() -> None:
+    async with serving() as (server, port):
+        headers = [(n, b"/t.T/LateBug" if n == b":path" else v) for n, v in REQUEST_ECHO]
+        body = bytes(h2grpc.frame(Text(value="x")))
+        request = raw(http2.HEADERS, http2.END_HEADERS, 1, hpack.Encoder().encode(headers))
+        request += raw(http2.DATA, http2.END_STREAM, 1, body)
+        sock = connect(port)
+        sock.sendall(client_wire(request))
+        got = await asyncio.to_thread(read_all, sock)
+        assert goaway_code(got) == http2.INTERNAL_ERROR
+        assert server.events["goaway_internal_error"] == 1
+        assert not server.connections
+        assert await echo_call(port, "still serving") == "still serving"
+        sock.close()
+
+
+@pytest.mark.asyncio
+async def test_the_resets_we_send_are_counted() -> None:
+    async with serving() as (server, port):
+        bad = [*REQUEST_ECHO, (b"content-length", b"x")]
+        sock = connect(port)
+        sock.sendall(client_wire(headers_frame(1, bad, flags=0x4)))
+        sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", 1, 0)))
+        got = await asyncio.to_thread(read_all, sock)
+        assert resets_in(got) == [(1, http2.PROTOCOL_ERROR)]
+        assert server.events["rst_stream_protocol_error"] == 1
+        sock.close()
+
+
+def resets_in(wire: bytes) -> list[tuple[int, int]]:
+    return [(s, struct.unpack(">L", p)[0]) for k, _, s, p in frames(wire) if k == http2.RST_STREAM]
+
+
+class _OutOfFiles(socket.socket):
+    """A listening socket whose accept fails with EMFILE until told otherwise."""
+
+    failing = True
+    calls = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        type(self).calls += 1
+        if type(self).failing:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+@pytest.mark.asyncio
+async def test_out_of_descriptors_the_acceptor_pauses_instead_of_spinning() -> None:
+    sock = _OutOfFiles(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    accepted: list[Any] = []
+    acceptor = listen.Acceptor(sock, lambda conn, address: accepted.append(conn))
+    client = socket.create_connection(("127.0.0.1", acceptor.port))
+    try:
+        await asyncio.sleep(0.3)
+        assert _OutOfFiles.calls == 1  # paused, not retried every turn
+        _OutOfFiles.failing = False
+        await asyncio.sleep(1.2)
+        assert len(accepted) == 1
+    finally:
+        acceptor.close()
+        client.close()
+        for conn in accepted:
+            conn.close()
+
+
+def _busy_call(stream_id: int, encoder: hpack.Encoder, text: str) -> bytes:
+    headers = [(n, b"/t.T/Busy" if n == b":path" else v) for n, v in REQUEST_ECHO]
+    return raw(http2.HEADERS, http2.END_HEADERS, stream_id, encoder.encode(headers)) + raw(
+        http2.DATA, http2.END_STREAM, stream_id, bytes(h2grpc.frame(Text(value=text)))
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_calls_on_one_connection_lets_another_connection_in() -> None:
+    RAN.clear()
+    async with serving() as (_server, port):
+        encoder = hpack.Encoder()
+        burst = b"".join(_busy_call(s, encoder, "burst") for s in range(1, 241, 2))
+        assert len(burst) < 16 * 1024  # one read's worth: only the call quota splits it
+        hog, other = connect(port, ATTACKER), connect(port)
+        other.sendall(client_wire())
+        await asyncio.sleep(0.1)
+
+        def send() -> None:  # from a thread: the loop is busy with the burst meanwhile
+            hog.sendall(client_wire(burst))
+            time.sleep(0.005)  # the first turn of the burst is running
+            other.sendall(_busy_call(1, hpack.Encoder(), "other"))
+
+        await asyncio.to_thread(send)
+        for sock, last in ((hog, 239), (other, 1)):
+            sock.sendall(raw(http2.GOAWAY, 0, 0, struct.pack(">LL", last, 0)))
+        answered = [await asyncio.to_thread(read_all, sock) for sock in (hog, other)]
+        assert len(_statuses(answered[0])) == 120
+        assert _statuses(answered[1]) == {1: b"0"}
+        # 120 calls of 2 ms in one read: without a per-turn quota the other connection's
+        # call would wait for all of them; with 8 a turn it waits for a turn or two (the
+        # bound leaves room for a slow machine).
+        assert RAN.index("other") < 60, RAN.index("other")
+        hog.close()
+        other.close()

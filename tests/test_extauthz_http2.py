@@ -34,6 +34,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.sent_resets: list[tuple[int, int]] = []
 
     def on_headers(self, stream_id: int, headers: http2.Headers, end_stream: bool) -> None:
         self.events.append(("headers", stream_id, list(headers), end_stream))
@@ -52,6 +53,9 @@ class Recorder:
 
     def on_oversized(self, stream_id: int, end_stream: bool) -> None:
         self.events.append(("oversized", stream_id, end_stream))
+
+    def on_reset_sent(self, stream_id: int, code: int) -> None:
+        self.sent_resets.append((stream_id, code))
 
 
 def raw(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:

@@ -157,7 +157,7 @@ class FakeChild:
     def poll(self) -> int | None:
         return self.code
 
-    def wait(self) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         self.code = 0 if self.code is None else self.code
         return self.code
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from typing import Any
 
 import pytest
@@ -46,3 +49,32 @@ def test_sidecar_follows_the_policies() -> None:
 def test_a_policy_without_rego_modules_is_a_clear_error() -> None:
     with pytest.raises(sidecar.SidecarError, match="ExtAuthzPolicy"):
         stack_mod.LocalStack(_world(True), "demo", "waypoint").start()
+
+
+def test_a_killed_sidecar_is_restarted_and_checks_succeed_again() -> None:
+    with stack_mod.LocalStack(
+        _world(True), "demo", "waypoint", rego_modules=[up.EXAMPLE_REGO]
+    ) as local:
+        authority = local.authority("demo", "echo-v1", 80)
+        client = local.client("demo", "sleep")
+        admin = {"authorization": f"Bearer {up.demo_token('admin')}"}
+        try:
+            assert client.request(authority, "GET", "/admin", admin.items()).status == 200
+            assert local._sidecar is not None
+            first = local._sidecar.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            statuses = []
+            while time.monotonic() < deadline:
+                status = client.request(authority, "GET", "/admin", admin.items()).status
+                statuses.append(status)
+                if status == 200 and local._sidecar.pid not in (None, first):
+                    break
+                time.sleep(0.1)
+            assert statuses[-1] == 200, statuses
+            assert local._sidecar.pid not in (None, first)
+            assert local._sidecar.restarts == 1
+            assert local.extauthz_running
+        finally:
+            client.close()

@@ -126,7 +126,6 @@ class LocalStack:
             plan = workloads.plan(self._objects)
             self._options = self._bootstrap_options(self._start_backends(plan))
             self._sidecar = sidecar.ExtAuthzSidecar(
-                self._runner,
                 self._options.extauthz_address,
                 self._rego_modules,
                 self._workdir / "extauthz-decisions.log",
