@@ -637,3 +637,43 @@ def test_deleting_a_crd_deletes_its_objects_and_stops_serving_them(
     assert (code, status["reason"]) == (404, "NotFound")
     api.create(crd)  # served again, and empty
     assert fake.get("example.dev/v1", "Widget", "demo", "w") is None
+
+
+def _raw_post(fake: server.FakeKube, path: str, body: bytes, content_type: str) -> tuple[int, Obj]:
+    request = urllib.request.Request(
+        fake.url + path,
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {server.TOKEN}", "Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "as-json"}}', "json"),
+        (b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: as-yaml\n", "yaml"),
+    ],
+)
+def test_bodies_are_taken_as_json_or_yaml(
+    fake: server.FakeKube, body: bytes, content_type: str
+) -> None:
+    """The API server decodes JSON and YAML bodies; the fake reads JSON first, YAML else."""
+    code, created = _raw_post(
+        fake, "/api/v1/namespaces/demo/configmaps", body, f"application/{content_type}"
+    )
+    assert code == 201, created
+    assert created["metadata"]["name"] == f"as-{content_type}"
+
+
+def test_a_body_that_is_neither_json_nor_yaml_is_a_400(fake: server.FakeKube) -> None:
+    code, status = _raw_post(
+        fake, "/api/v1/namespaces/demo/configmaps", b"{unclosed: [", "application/json"
+    )
+    assert code == 400
+    assert status["reason"] == "BadRequest"
