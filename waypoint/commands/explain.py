@@ -257,7 +257,7 @@ def route_notes(translation: model.Translation, service: tuple[str, str] | None)
                 continue
             for cond in parent.conditions:
                 if not cond.status:
-                    out.append(f"{status.ref}: {cond.type}={cond.reason}: {cond.message}")
+                    out.append(report.describe(status.ref, cond))
     return out
 
 

@@ -18,7 +18,12 @@ def lines(ref: model.ObjectRef, cond: model.Condition) -> list[str]:
     if cond.type == schemacheck.SCHEMA_VALID:
         where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
         return [f"warning: {ref.kind} {where}: {m}" for m in cond.message.split("; ")]
-    return [f"warning: {ref}: {cond.type}={cond.reason}: {cond.message}"]
+    return [f"warning: {describe(ref, cond)}"]
+
+
+def describe(ref: model.ObjectRef, cond: model.Condition) -> str:
+    """One False condition of one object, as every command prints it."""
+    return f"{ref}: {cond.type}={cond.reason}: {cond.message}"
 
 
 def failed(status: model.ResourceStatus) -> list[model.Condition]:
