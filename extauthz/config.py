@@ -135,6 +135,9 @@ class Limits:
     # doubling per repeat up to the maximum (resets: never doubled); 0 turns it off.
     peer_penalty_seconds: float = 1.0
     peer_penalty_max_seconds: float = 30.0
+    # Connections one peer may hold open at once (needs the peer table); 0: no cap beyond
+    # max_connections. Envoy holds a handful (one per worker thread and cluster).
+    max_connections_per_peer: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +240,7 @@ _LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "peer_table_size": (0, 10_000_000),
     "peer_penalty_seconds": (0, 0),
     "peer_penalty_max_seconds": (0, 0),
+    "max_connections_per_peer": (0, 1_000_000),
 }
 
 

@@ -244,10 +244,15 @@ class _Connection(asyncio.Protocol):
     """One HTTP/2 connection: frames from the socket through ``http2``, calls dispatched."""
 
     def __init__(
-        self, server: Server, peer: str = "", buckets: http2.Buckets | None = None
+        self,
+        server: Server,
+        peer: str = "",
+        buckets: http2.Buckets | None = None,
+        slot: peers.Slot | None = None,
     ) -> None:
         self._server = server
         self._peer = peer  # its key in server.peers
+        self._slot = slot  # its place in the peer's count of open connections
         self._h2 = http2.Connection(
             self,
             max_streams=server.max_streams,
@@ -296,6 +301,8 @@ class _Connection(asyncio.Protocol):
     @_guarded
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        if self._slot is not None:
+            self._slot.release()
         for timer in self._timers:
             timer.cancel()
         for stream in self._streams.values():
@@ -841,8 +848,9 @@ class Server:
         return acceptors[0].port
 
     def _accepted(self, sock: socket.socket, address: Any) -> None:
-        """A new connection: refused at once if its peer is penalised, else served."""
-        key, buckets = "", None
+        """A new connection: refused at once if its peer is penalised or holds its share of
+        connections already, else served."""
+        key, buckets, slot = "", None, None
         if self.peers is not None:
             key = peers.peer_key(address)
             peer = self.peers.get(key)
@@ -850,18 +858,27 @@ class Server:
                 self.count("peer_penalized")
                 listen.refuse(sock)
                 return
-            buckets = peer.buckets
+            cap = self.limits.max_connections_per_peer
+            if cap and peer.open >= cap:
+                self.count("peer_connections_refused")
+                listen.refuse(sock)
+                return
+            buckets, slot = peer.buckets, peers.Slot(peer)
         loop = asyncio.get_running_loop()
-        made = loop.connect_accepted_socket(lambda: _Connection(self, key, buckets), sock)
+        made = loop.connect_accepted_socket(lambda: _Connection(self, key, buckets, slot), sock)
         task = loop.create_task(made)
         self._starting.add(task)
-        task.add_done_callback(self._started)
+        task.add_done_callback(functools.partial(self._started, slot))
 
-    def _started(self, task: asyncio.Task[Any]) -> None:
+    def _started(self, slot: peers.Slot | None, task: asyncio.Task[Any]) -> None:
         self._starting.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The client left before its transport was made: nothing to serve.
-            log.info("h2grpc: a connection ended as it was accepted: %s", task.exception())
+        if task.cancelled() or task.exception() is not None:
+            # The client left before its transport was made: nothing to serve, and no
+            # connection_lost will give its slot back.
+            if slot is not None:
+                slot.release()
+            if not task.cancelled():
+                log.info("h2grpc: a connection ended as it was accepted: %s", task.exception())
 
     def count(self, event: str) -> None:
         """A defence acted, or a connection ended in error: counted here and reported."""

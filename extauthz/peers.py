@@ -12,6 +12,9 @@ forgiven for each ``penalty_max`` seconds the peer then behaves. A peer cut off 
 resetting too many streams gets only the first, short penalty, never doubled: Envoy
 resets the checks its own timeout gave up on, and a slow policy must not lock it out.
 
+Each peer may also hold at most so many connections open at once, so that one host cannot
+take every connection slot of the process.
+
 A peer is an IPv4 address, or an IPv6 /64 (one host usually owns a whole /64, so keying
 by the full address would hand it 2**64 fresh budgets); an IPv4-mapped IPv6 address is
 its IPv4 address. Every unix-socket client is one peer.
@@ -53,6 +56,26 @@ class Peer:
     buckets: http2.Buckets
     strikes: int = 0  # control-abuse cut-offs not yet forgiven
     until: float = 0.0  # new connections are refused before this time
+    open: int = 0  # connections of this peer open now (see Slot)
+
+
+class Slot:
+    """One open connection counted against its peer's ``open``; released exactly once.
+
+    The connection holds the Peer itself, not its key: if the table evicts the peer while
+    its connections are open, they still release what they took. (A peer evicted and seen
+    again starts from 0 open: only a client cycling through more addresses than the table
+    holds gets around the cap, and then each address is a peer of its own anyway.)
+    """
+
+    def __init__(self, peer: Peer) -> None:
+        self._peer: Peer | None = peer
+        peer.open += 1
+
+    def release(self) -> None:
+        if self._peer is not None:
+            self._peer.open -= 1
+            self._peer = None
 
 
 class Peers:

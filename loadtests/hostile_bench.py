@@ -7,10 +7,12 @@ channel and records each latency; a call over 1 s counts as an error. Per attack
 shows the legit p50/p99 and errors, the server's CPU and its peak RSS, and how often the
 attacker was cut off (its connection closed, GOAWAY or not).
 
-The attacker's sockets are bound to 127.0.0.2 while the legit client connects from
-127.0.0.1 (Linux routes all of 127/8 to loopback), so extauthz sees two peers, as it would
-an attacker on another host; its per-peer budgets and penalty box apply to the attacker
-alone. Traffic stays on loopback.
+The attacker's sockets are bound to an address of its own (127.0.0.2 for the first attack,
+127.0.0.3 for the next, ...) while the legit client connects from 127.0.0.1 (Linux routes
+all of 127/8 to loopback), so extauthz sees two peers, as it would an attacker on another
+host; its per-peer budgets and penalty box apply to the attacker alone. Each attack is a new
+attacker: a penalty earned by one attack must not keep the next one's connections out, or
+that row would measure the penalty box instead of its attack. Traffic stays on loopback.
 
 Attacks (each bounded by ``--duration``):
 
@@ -60,7 +62,9 @@ from waypoint.runtime import ports
 
 CHECK_PATH = b"/envoy.service.auth.v3.Authorization/Check"
 LEGIT_TIMEOUT = 1.0
-ATTACKER_ADDRESS = "127.0.0.2"  # a second loopback peer; the legit client is 127.0.0.1
+# The attacker's source address, set in the attacker's own process (``_attacker``): a
+# loopback address of its own per attack; the legit client is 127.0.0.1.
+ATTACKER_ADDRESS = "127.0.0.2"
 _HEADERS = [
     (b":method", b"POST"),
     (b":scheme", b"http"),
@@ -317,7 +321,14 @@ ATTACKS: dict[str, Callable[..., int]] = {
 }
 
 
+def attacker_address(name: str) -> str:
+    """The source address of the attack ``name``: one per attack, none of them 127.0.0.1."""
+    return f"127.0.0.{2 + list(ATTACKS).index(name)}"
+
+
 def _attacker(name: str, port: int, seconds: float, message: bytes, result: Any) -> None:
+    global ATTACKER_ADDRESS  # this process is the attacker's alone (spawned per attack)
+    ATTACKER_ADDRESS = attacker_address(name)
     result.value = ATTACKS[name](port, time.monotonic() + seconds, message)
 
 

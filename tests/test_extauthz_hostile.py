@@ -554,6 +554,10 @@ def test_penalty_limits_are_validated(tmp_path: pathlib.Path) -> None:
         limits(peer_penalty_seconds=5, peer_penalty_max_seconds=1)
     with pytest.raises(config.ConfigError, match=r"limits\.peer_table_size: must be an integer"):
         limits(peer_table_size=-1)
+    assert limits().max_connections_per_peer == 256
+    assert limits(max_connections_per_peer=0).max_connections_per_peer == 0  # no share cap
+    with pytest.raises(config.ConfigError, match=r"limits\.max_connections_per_peer"):
+        limits(max_connections_per_peer=-1)
 
 
 ATTACKER = "127.0.0.2"  # Linux routes all of 127/8 to loopback: a second peer
@@ -645,6 +649,30 @@ async def test_a_peer_s_connections_share_its_control_budget() -> None:
         assert goaway_code(got) == http2.NO_ERROR
         assert server.events["goaway_enhance_your_calm"] == 1
         for sock in (first, second, other):
+            sock.close()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_holds_at_most_its_share_of_connections() -> None:
+    async with serving(max_connections_per_peer=3) as (server, port):
+        held = [connect(port, ATTACKER) for _ in range(3)]
+        for sock in held:
+            sock.sendall(client_wire())
+        await asyncio.sleep(0.1)
+        # A fourth from the same address is closed at accept: not even our SETTINGS.
+        fourth = connect(port, ATTACKER)
+        send_quietly(fourth, client_wire())
+        assert await asyncio.to_thread(read_all, fourth) == b""
+        fourth.close()
+        assert server.events["peer_connections_refused"] == 1
+        # Another peer is served meanwhile.
+        assert await echo_call(port, "legit") == "legit"
+        # A connection that closes gives its place back.
+        held.pop().close()
+        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(one_call, port, ATTACKER) == {1: b"0"}
+        assert server.events["peer_connections_refused"] == 1
+        for sock in held:
             sock.close()
 
 
