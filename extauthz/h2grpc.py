@@ -253,6 +253,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._peer = peer  # its key in server.peers
         self._slot = slot  # its place in the peer's count of open connections
+        self._withheld = 0  # bytes thrown away under memory pressure, window not yet given
         self._h2 = http2.Connection(
             self,
             max_streams=server.max_streams,
@@ -262,6 +263,7 @@ class _Connection(asyncio.Protocol):
             clock=server.clock,
             buckets=buckets,
         )
+        self._h2.on_discarded = functools.partial(self._drop, 0)
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._outbound: dict[int, _Outbound] = {}
@@ -301,6 +303,7 @@ class _Connection(asyncio.Protocol):
     @_guarded
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
+        self._server.withholding.discard(self)
         if self._slot is not None:
             self._slot.release()
         for timer in self._timers:
@@ -310,6 +313,7 @@ class _Connection(asyncio.Protocol):
             _stop_clock(stream)
         self._streams.clear()
         self._server.idle_changed()
+        self._server.relieve()
 
     @_guarded
     def data_received(self, data: bytes) -> None:
@@ -458,7 +462,7 @@ class _Connection(asyncio.Protocol):
     def on_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
-            self._h2.consumed(stream_id, len(data))  # a call already answered: dropped
+            self._drop(stream_id, len(data))  # a call already answered
             return
         if data:
             stream.buffer += data
@@ -469,6 +473,10 @@ class _Connection(asyncio.Protocol):
             if server.held > server.max_held_bytes and not end_stream:
                 limit = server.max_held_bytes
                 server.count("buffered_bytes_exhausted")
+                dropped = len(stream.buffer)
+                stream.buffer.clear()
+                server.held -= dropped
+                self._drop(stream_id, dropped)
                 self._finish(stream, RESOURCE_EXHAUSTED, f"over {limit} bytes of requests held")
                 return
             self._take_messages(stream)
@@ -510,6 +518,33 @@ class _Connection(asyncio.Protocol):
         del stream.buffer[:count]
         self._server.held -= count
         self._h2.consumed(stream.stream_id, count)
+        self._server.relieve()
+
+    def _drop(self, stream_id: int, count: int) -> None:
+        """Request bytes read and thrown away: of a call already answered, or refused.
+
+        Under memory pressure (over half of ``max_buffered_request_bytes`` held), they do
+        not reopen the connection's window: a client that keeps sending bodies we refuse
+        (the memory attack) stalls on its own flow control instead of making us parse them
+        at full speed. The window reopens once the pressure is over (``Server.relieve``).
+        A client whose requests fit one frame (Envoy's checks) never gets here.
+        """
+        server = self._server
+        if count <= 0:
+            return
+        if server.held > server.max_held_bytes // 2:
+            self._withheld += count
+            server.withholding.add(self)
+            return
+        self._h2.consumed(stream_id, count)
+
+    @_guarded  # called from another connection's callback: a bug here ends only this one
+    def give_back(self) -> None:
+        """The pressure is over: the window withheld from this connection reopens."""
+        count, self._withheld = self._withheld, 0
+        if count and self._transport is not None and not self._transport.is_closing():
+            self._h2.consumed(0, count)
+            self._flush()
 
     def _take_messages(self, stream: _Stream) -> None:
         method = stream.method
@@ -803,6 +838,7 @@ class Server:
         self.max_message_bytes = max_message_bytes
         self.max_held_bytes = limits.max_buffered_request_bytes  # for the whole process
         self.held = 0  # request bytes buffered in unfinished calls, all connections
+        self.withholding: set[_Connection] = set()  # connections owed window (``_drop``)
         # A whole message and its prefix must fit one window: windows are granted back only
         # as calls take their bytes, and a unary call takes its message only once complete.
         self.window = max(_MIN_WINDOW, max_message_bytes + 5 + http2.FRAME_SIZE)
@@ -901,6 +937,13 @@ class Server:
             # resets: Envoy's other connections keep serving while one of them waits.
             for connection in [c for c in self.connections if c.peer == peer]:
                 connection.cut_off()
+
+    def relieve(self) -> None:
+        """Once at most half the held-bytes cap is held, give back every withheld window."""
+        if self.withholding and self.held <= self.max_held_bytes // 2:
+            waiting, self.withholding = self.withholding, set()
+            for connection in waiting:
+                connection.give_back()
 
     def idle_changed(self) -> None:
         if not any(c.busy for c in self.connections):

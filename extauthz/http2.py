@@ -136,7 +136,8 @@ class Buckets:
 
 
 # What kind of abuse a connection error answers (``ProtocolError.abuse``).
-CONTROL_ABUSE = "control"  # frames that cost work and move nothing forward; oversized blocks
+# frames that cost work and move nothing forward; oversized blocks; DATA beyond the window
+CONTROL_ABUSE = "control"
 RESET_ABUSE = "reset"  # streams reset faster than the reset budget
 
 
@@ -144,7 +145,8 @@ class ProtocolError(Exception):
     """A connection error (RFC 9113 5.4.1): send GOAWAY with ``code`` and close.
 
     ``abuse`` is set when the peer ran over a budget: every ENHANCE_YOUR_CALM is
-    ``CONTROL_ABUSE`` unless raised as ``RESET_ABUSE``; other codes are no abuse ("").
+    ``CONTROL_ABUSE`` unless raised as ``RESET_ABUSE``; so is DATA beyond the connection
+    window (FLOW_CONTROL_ERROR); other codes are no abuse ("").
     """
 
     def __init__(self, code: int, message: str, abuse: str | None = None) -> None:
@@ -280,6 +282,10 @@ class Connection:
         self._connection_window = max(window, DEFAULT_WINDOW)
         self._recv_window = self._connection_window
         self._unacknowledged = 0  # connection-level bytes consumed but not yet re-granted
+        # DATA of a stream already gone is thrown away here, never reaching the handler; by
+        # default its window is granted back at once. A server under memory pressure may
+        # replace this to hold that window back (extauthz.h2grpc does).
+        self.on_discarded: Callable[[int], None] = self._release
         self._empty_frames = 0  # consecutive DATA frames without data or END_STREAM
         self._peer_window = DEFAULT_WINDOW
         self._peer_frame = FRAME_SIZE
@@ -478,7 +484,7 @@ class Connection:
         try:
             if stream is None:
                 self._late_frame(stream_id, "DATA")
-                self._release(len(payload))
+                self.on_discarded(len(payload))
                 return
             if not stream.remote_open:
                 raise _StreamError(STREAM_CLOSED)
@@ -516,7 +522,11 @@ class Connection:
         """Account a DATA frame against the connection window (granted back on ``consumed``)."""
         self._recv_window -= length
         if self._recv_window < 0:
-            raise ProtocolError(FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+            # No conforming client gets here (Envoy never does): one that keeps sending
+            # after we stopped granting window is flooding us, and is treated as such.
+            raise ProtocolError(
+                FLOW_CONTROL_ERROR, "DATA beyond the connection window", CONTROL_ABUSE
+            )
 
     def _count_body(self, stream: _Stream, length: int, end: bool) -> None:
         if stream.content_length is None:

@@ -828,3 +828,60 @@ async def test_a_burst_of_calls_on_one_connection_lets_another_connection_in() -
         assert RAN.index("other") < 60, RAN.index("other")
         hog.close()
         other.close()
+
+
+def read_for(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sends within ``seconds`` (the connection stays open)."""
+    sock.settimeout(seconds)
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def body_frames(stream_id: int, body: bytes) -> bytes:
+    """``body`` as DATA frames of at most 16 KiB, the stream left open."""
+    return b"".join(
+        raw(http2.DATA, 0, stream_id, body[at : at + 16_384]) for at in range(0, len(body), 16_384)
+    )
+
+
+def connection_window_updates(wire: bytes) -> int:
+    return sum(
+        struct.unpack(">L", p)[0] & 0x7FFFFFFF
+        for k, _f, s, p in frames(wire)
+        if k == http2.WINDOW_UPDATE and s == 0
+    )
+
+
+@pytest.mark.asyncio
+async def test_under_memory_pressure_refused_bodies_do_not_reopen_the_window() -> None:
+    async with serving(max_buffered_request_bytes=64 * 1024) as (server, port):
+        encoder = hpack.Encoder()
+        hog = socket.create_connection(("127.0.0.1", port))
+        wire = raw(http2.HEADERS, http2.END_HEADERS, 1, encoder.encode(REQUEST_ECHO))
+        wire += body_frames(1, b"\0\0\x10\0\0" + b"h" * 40_000)  # unfinished
+        hog.sendall(client_wire(wire))
+        await asyncio.sleep(0.2)
+        assert server.held > 32 * 1024  # over half the cap: memory pressure
+        sender = socket.create_connection(("127.0.0.1", port))
+        encoder = hpack.Encoder()
+        wire = raw(http2.HEADERS, http2.END_HEADERS, 1, encoder.encode(REQUEST_ECHO))
+        wire += body_frames(1, b"\0\0\x10\0\0" + b"s" * 30_000)  # over the cap: refused
+        sender.sendall(client_wire(wire))
+        got = await asyncio.to_thread(read_for, sender, 0.3)  # the handshake and the answer
+        assert _statuses(got) == {1: str(h2grpc.RESOURCE_EXHAUSTED).encode()}
+        assert server.events["buffered_bytes_exhausted"] == 1
+        # The client goes on sending the refused call's body: 3 MiB, past the half window
+        # after which a WINDOW_UPDATE would come back were the bytes consumed.
+        chunk = raw(http2.DATA, 0, 1, b"s" * 16_384)
+        await asyncio.to_thread(sender.sendall, chunk * 192)
+        got = await asyncio.to_thread(read_for, sender, 0.5)
+        assert connection_window_updates(got) == 0
+        # The hog gives up its call: the pressure is over and the window comes back.
+        hog.sendall(raw(http2.RST_STREAM, 0, 1, struct.pack(">L", http2.CANCEL)))
+        got = await asyncio.to_thread(read_for, sender, 0.5)
+        assert connection_window_updates(got) >= 192 * 16_384
+        for sock in (hog, sender):
+            sock.close()
