@@ -11,6 +11,7 @@ waypoint generates and parses, and pure strings, so callers need no TLS library 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 
 CLUSTER_DOMAIN = "cluster.local"
@@ -217,6 +218,15 @@ def gateway_of(kind: str, name: str) -> str:
     ):
         return name
     raise ValueError(f"the controller generates no {kind}")
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address literal (IPv6 with or without brackets), not a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def authority(address: str, port: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import json
 import sys
 import urllib.parse
@@ -129,14 +128,6 @@ def _cluster_ips(service: Obj) -> list[str]:
     return [ip for ip in ips if ip != "None"]
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _service_name(host: str, default_ns: str | None) -> tuple[str, str]:
     for suffix in (f".svc.{names.CLUSTER_DOMAIN}", ".svc"):
         if host.endswith(suffix):
@@ -164,7 +155,7 @@ def resolve(objects: Sequence[Obj], url: str, default_ns: str | None = None) -> 
     path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
     host = parsed.hostname
     services = _services(objects)
-    if _is_ip(host):
+    if names.is_ip(host):
         owner = next((key for key, svc in services.items() if host in _cluster_ips(svc)), None)
         return Target(names.authority(host, port), parsed.netloc, path, owner)
     key = _service_name(host, default_ns)

@@ -6,13 +6,12 @@ and speaks HTTP/2.
 
 from __future__ import annotations
 
-import ipaddress
-
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from waypoint import names
 from waypoint.envoy import options as options_mod
 from waypoint.envoy import protos
 
@@ -21,7 +20,7 @@ def build(name: str, target: str, options: options_mod.BootstrapOptions) -> clus
     """An HTTP/2 (gRPC) cluster for a sidecar or collector at ``host:port`` or ``unix:/path``."""
     endpoint = endpoint_components_pb2.Endpoint(address=_address(target))
     host = target.rpartition(":")[0]
-    dns = not target.startswith("unix:") and not _is_ip(host)
+    dns = not target.startswith("unix:") and not names.is_ip(host)
     out = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STRICT_DNS if dns else cluster_pb2.Cluster.STATIC,
@@ -47,11 +46,3 @@ def _address(target: str) -> address_pb2.Address:
     return address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=host.strip("[]"), port_value=int(port))
     )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

@@ -49,7 +49,7 @@ from envoy.type.matcher.v3 import (
 )
 from xds.core.v3 import cidr_pb2
 
-from waypoint import model
+from waypoint import model, names
 from waypoint.envoy import filters, jwt_authn, protos
 from waypoint.envoy import options as options_mod
 
@@ -285,15 +285,7 @@ def _static(decided: bool) -> rbac_pb2.Permission:
 
 def _destination_ip(value: str, destination: model.Destination) -> bool:
     network = ipaddress.ip_network(value, strict=False)
-    return any(ipaddress.ip_address(a) in network for a in destination.addresses if _is_ip(a))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    return any(ipaddress.ip_address(a) in network for a in destination.addresses if names.is_ip(a))
 
 
 def _permission_values(
