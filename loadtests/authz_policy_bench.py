@@ -42,9 +42,7 @@ from typing import Any
 
 from extauthz import tokens
 from loadtests import authz, extauthz_bench, hop_envoys, hop_rig, procs, recorder
-from waypoint import names, pipeline
-from waypoint.local import ca as dev_ca
-from waypoint.runtime import sds
+from waypoint import names
 
 VARIANTS = ("none", "native", "extauthz")
 VIPS = {"none": "10.96.30.10", "native": "10.96.30.11", "extauthz": "10.96.30.12"}
@@ -187,21 +185,8 @@ class PolicyRig(hop_rig.HopRig):
             super()._waypoint_options(), extauthz_address=f"127.0.0.1:{self.extauthz_port}"
         )
 
-    def _waypoint(self, ca: dev_ca.CertificateAuthority) -> tuple[pathlib.Path, int]:
-        options = self._waypoint_options()
-        objects = world(self.layout.pod, self.token)
-        rendered = pipeline.render(objects, hop_rig.NAMESPACE, hop_rig.WAYPOINT, options)
-        problems = [s for s in rendered.translation.statuses if not s.ok]
-        if problems:
-            raise hop_rig.HopRigError(f"the policy world does not translate cleanly: {problems}")
-        ident = rendered.waypoint.identity
-        self.waypoint_id = names.spiffe_id(
-            ident.trust_domain, ident.namespace, ident.service_account
-        )
-        ca.issue(self.waypoint_id).write(options.cert_dir)
-        sds.write_files(options)
-        self.rendered = rendered
-        return self._dump("waypoint", rendered.bootstrap_yaml), options.hbone_port
+    def _world(self) -> tuple[str, list[dict[str, Any]]]:
+        return "the policy world", world(self.layout.pod, self.token)
 
     def _client(self, certs: hop_envoys.CertFiles, waypoint_port: int) -> dict[str, Any]:
         tunnels = [

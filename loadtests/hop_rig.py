@@ -232,13 +232,18 @@ class HopRig:
             access_log=self.access_log,
         )
 
+    def _world(self) -> tuple[str, list[dict[str, Any]]]:
+        """The waypoint's world: what to call it in an error, and its objects."""
+        return str(WORLD), load_world(self.layout.pod)
+
     def _waypoint(self, ca: dev_ca.CertificateAuthority) -> tuple[pathlib.Path, int]:
         """Render our waypoint from the world; write its certificates and SDS files."""
         options = self._waypoint_options()
-        rendered = pipeline.render(load_world(self.layout.pod), NAMESPACE, WAYPOINT, options)
+        label, objects = self._world()
+        rendered = pipeline.render(objects, NAMESPACE, WAYPOINT, options)
         problems = [s for s in rendered.translation.statuses if not s.ok]
         if problems:
-            raise HopRigError(f"{WORLD} does not translate cleanly: {problems}")
+            raise HopRigError(f"{label} does not translate cleanly: {problems}")
         ident = rendered.waypoint.identity
         self.waypoint_id = names.spiffe_id(
             ident.trust_domain, ident.namespace, ident.service_account
