@@ -13,6 +13,7 @@ import yaml
 
 from tests import golden
 from waypoint.commands import up
+from waypoint.envoy import options as envoy_options
 from waypoint.runtime import envoy_process, ports
 
 pytest_plugins = ["tests.fakekube.fixtures"]
@@ -63,6 +64,18 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 
 def free_port() -> int:
     return ports.free_port()
+
+
+def loopback_options(**fields: Any) -> envoy_options.BootstrapOptions:
+    """Bootstrap options for a test Envoy on loopback: admin, readiness and stats each on a
+    free port; ``fields`` set the rest (trust domain, cert dir, listener ports...)."""
+    defaults: dict[str, Any] = {
+        "bind": "127.0.0.1",
+        "admin_port": free_port(),
+        "readiness_port": free_port(),
+        "stats_port": free_port(),
+    }
+    return envoy_options.BootstrapOptions(**{**defaults, **fields})
 
 
 @pytest.fixture

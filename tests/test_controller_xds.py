@@ -97,13 +97,9 @@ def options(tmp_path: pathlib.Path) -> envoy_options.BootstrapOptions:
     cert_dir = tmp_path / "certs"
     authority = dev_ca.CertificateAuthority.create("cluster.local")
     authority.issue_workload("demo", "waypoint").write(cert_dir)
-    return envoy_options.BootstrapOptions(
+    return conftest.loopback_options(
         cert_dir=str(cert_dir),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
     )
 
 

@@ -255,16 +255,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ca = dev_ca.CertificateAuthority.create(TD)
     cert_dir = tmp / "certs"
     ca.issue_workload("ns1", "waypoint").write(cert_dir)
-    opts = options.BootstrapOptions(
+    opts = conftest.loopback_options(
         trust_domain=TD,
         cert_dir=str(cert_dir),
         sds_dir=str(tmp / "sds"),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
         upstream_hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
     )
     echoes = _echoes()
     terminators = _terminators(ca, opts.upstream_hbone_port)

@@ -19,7 +19,7 @@ from cryptography import x509
 from tests import conftest, istioca_server
 from tests import test_istioca as support
 from waypoint import model, names, pki
-from waypoint.envoy import bootstrap, options
+from waypoint.envoy import bootstrap
 from waypoint.istioca import agent, client
 from waypoint.local import echo
 from waypoint.local.hbone import client as hbone_client
@@ -119,16 +119,12 @@ def test_envoy_presents_the_istio_ca_certificate_and_its_renewal(
         thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
         try:
             first = worker.obtain(timeout=10)  # what the init container does
-            opts = options.BootstrapOptions(
+            opts = conftest.loopback_options(
                 trust_domain=support.TD,
                 cert_dir=config.cert_dir,
                 sds_dir=str(tmp_path / "sds"),
-                bind="127.0.0.1",
                 hbone_port=conftest.free_port(),
                 upstream_hbone_port=upstream_hbone_port,
-                admin_port=conftest.free_port(),
-                readiness_port=conftest.free_port(),
-                stats_port=conftest.free_port(),
             )
             sds.write_files(opts)
             waypoint = _waypoint(plain.http_ports[0], workload.http_ports[0])

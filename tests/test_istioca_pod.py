@@ -18,7 +18,6 @@ from tests import conftest, istioca_server
 from tests import test_istioca_envoy as envoy_test
 from tests.fakekube import world
 from waypoint import names, pki
-from waypoint.envoy import options as envoy_options
 from waypoint.kube import gateway, render
 from waypoint.runtime import envoy_process
 
@@ -67,13 +66,9 @@ def _mount_config(pod: dict[str, Any], config_map: dict[str, Any], root: pathlib
 
 
 def test_rendered_istio_pod_gets_its_certificate_and_serves_it(tmp_path: pathlib.Path) -> None:
-    options = envoy_options.BootstrapOptions(
+    options = conftest.loopback_options(
         cert_dir=str(tmp_path / "var/run/secrets/workload-spiffe-credentials"),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
     )
     waypoint_gateway = gateway.generate_gateway("demo")
     waypoint_gateway["metadata"]["annotations"] = {"waypoint.dev/cert-source": "istio"}

@@ -28,13 +28,9 @@ def _mount(volume: dict[str, Any], config_map: dict[str, Any], target: pathlib.P
 
 def test_generated_pod_layout_starts_a_ready_envoy(tmp_path: pathlib.Path) -> None:
     cert_dir = tmp_path / "var/run/secrets/workload-spiffe-credentials"
-    options = envoy_options.BootstrapOptions(
+    options = conftest.loopback_options(
         cert_dir=str(cert_dir),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
     )
     objs = render.render_kubernetes(
         [*world.mesh("demo"), gateway.generate_gateway("demo")], options

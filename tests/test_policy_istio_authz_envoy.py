@@ -935,15 +935,11 @@ def _running(
     """A waypoint Envoy for ``objects(http_port, tcp_port)`` in front of one echo backend."""
     ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
-    opts = options.BootstrapOptions(
+    opts = conftest.loopback_options(
         trust_domain=TD,
         cert_dir=str(tmp / "certs"),
         sds_dir=str(tmp / "sds"),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
     )
     backend = echo.EchoServer("backend", "ns1", http_ports=(0,), tcp_ports=(0,))
     backend.start_background()

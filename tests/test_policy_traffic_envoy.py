@@ -176,15 +176,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("policy-traffic")
     ca = dev_ca.CertificateAuthority.create(TD)
     ca.issue_workload("ns1", "waypoint").write(tmp / "certs")
-    opts = options.BootstrapOptions(
+    opts = conftest.loopback_options(
         trust_domain=TD,
         cert_dir=str(tmp / "certs"),
         sds_dir=str(tmp / "sds"),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
         extauthz_address=f"127.0.0.1:{conftest.free_port()}",  # nothing listens there
     )
     echoes = {

@@ -193,14 +193,10 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("sandwich")
     grpc_port, metrics_port = conftest.free_port(), conftest.free_port()
-    opts = options.BootstrapOptions(
+    opts = conftest.loopback_options(
         trust_domain=TD,
         cert_dir=str(tmp / "no-certs"),  # never read: a sandwiched waypoint has no TLS
-        bind="127.0.0.1",
         proxy_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
         extauthz_address=f"127.0.0.1:{grpc_port}",
     )
     backend = echo.EchoServer("orders", "ns1", http_ports=(0,))

@@ -108,14 +108,10 @@ def setup(tmp_path: pathlib.Path) -> Iterator[Setup]:
     ca = dev_ca.CertificateAuthority.create(TD)
     cert_dir = tmp_path / "certs"
     ca.issue_workload("demo", "waypoint").write(cert_dir)
-    opts = envoy_options.BootstrapOptions(
+    opts = conftest.loopback_options(
         trust_domain=TD,
         cert_dir=str(cert_dir),
-        bind="127.0.0.1",
         hbone_port=conftest.free_port(),
-        admin_port=conftest.free_port(),
-        readiness_port=conftest.free_port(),
-        stats_port=conftest.free_port(),
     )
     backends = [
         echo.EchoServer(name, "demo", http_ports=(0,)).start_background() for name in ("v1", "v2")
