@@ -89,11 +89,7 @@ class World:
             return hbone.request(authority, path=path, **kw)  # type: ignore[arg-type]
 
     def stat(self, name: str) -> int:
-        for line in self.proxy.admin_get("/stats?filter=" + name).splitlines():
-            key, _, value = line.partition(": ")
-            if key == name:
-                return int(value)
-        raise AssertionError(f"no stat {name}")
+        return self.proxy.counter(name)
 
 
 def _echo_routes() -> tuple[model.Route, ...]:

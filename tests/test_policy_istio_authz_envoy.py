@@ -1085,12 +1085,7 @@ def test_dry_run_is_counted_not_enforced(world: World) -> None:
 
 
 def _stat(world: World, suffix: str) -> int:
-    name = "http.inbound-vip_80_dry-run_ns1_svc_cluster_local.rbac." + suffix
-    for line in world.proxy.admin_get("/stats?filter=rbac").splitlines():
-        key, _, value = line.partition(": ")
-        if key == name:
-            return int(value)
-    raise AssertionError(f"no stat {name} in {world.proxy.admin_get('/stats?filter=rbac')}")
+    return world.proxy.counter("http.inbound-vip_80_dry-run_ns1_svc_cluster_local.rbac." + suffix)
 
 
 def test_the_access_log_names_the_deciding_policy_and_rule(world: World) -> None:

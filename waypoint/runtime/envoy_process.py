@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -124,6 +125,14 @@ class EnvoyProcess:
         with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as resp:
             body: bytes = resp.read()
         return body.decode()
+
+    def counter(self, name: str) -> int:
+        """One statistic's value from the admin's ``/stats``; KeyError if Envoy has none."""
+        for line in self.admin_get("/stats?filter=" + urllib.parse.quote(name)).splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        raise KeyError(f"Envoy has no statistic {name}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
