@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +61,16 @@ def json_lines(text: str) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return out
+
+
+def wait_for(predicate: Callable[[], bool], what: str, patience: float = 30.0) -> None:
+    """Wait until ``predicate`` holds; fail naming ``what`` after ``patience`` seconds (a
+    deadline for progress on a busy machine, not a speed check)."""
+    deadline = time.monotonic() + patience
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -46,14 +46,6 @@ def run(kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> Run:
     return invoke
 
 
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 # --- generate --------------------------------------------------------------------------------
 
 
@@ -415,7 +407,7 @@ def test_controller_command_with_leader_election_and_metrics(
     try:
         with apiclient.Cluster.connect(kubeconfig) as api:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
-        wait_for(
+        conftest.wait_for(
             lambda: fake.get("apps/v1", "Deployment", "demo", "waypoint") is not None,
             "the Deployment",
         )
@@ -443,7 +435,7 @@ def test_controller_command_serves_xds_and_writes_xds_bootstraps(
     try:
         with apiclient.Cluster.connect(kubeconfig) as api:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
-        wait_for(
+        conftest.wait_for(
             lambda: fake.get("v1", "ConfigMap", "demo", "waypoint-envoy-config") is not None,
             "the ConfigMap",
         )

@@ -23,14 +23,6 @@ GW = ("gateway.networking.k8s.io/v1", "Gateway", "demo", "waypoint")
 PATIENCE = 20.0  # generous: a deadline for progress on a busy machine, not a speed check
 
 
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def drain(controller: manager.Controller, until: Callable[[], bool], what: str) -> None:
     """Process queued keys on this thread until ``until`` holds."""
     deadline = time.monotonic() + PATIENCE
@@ -66,13 +58,13 @@ def test_controller_runs_end_to_end(api: apiclient.Cluster, fake: server.FakeKub
     runner.start()
     try:
         api.apply(gateway.generate_gateway("demo"), "waypoint")
-        wait_for(
+        conftest.wait_for(
             lambda: fake.get("apps/v1", "Deployment", "demo", "waypoint") is not None,
             "the Deployment",
         )
         world.mark_ready(fake, "demo", "waypoint")
-        wait_for(lambda: _programmed(fake), "Programmed")
-        wait_for(
+        conftest.wait_for(lambda: _programmed(fake), "Programmed")
+        conftest.wait_for(
             lambda: bool(
                 (
                     fake.get("gateway.networking.k8s.io/v1", "HTTPRoute", "demo", "echo-route")
@@ -81,7 +73,7 @@ def test_controller_runs_end_to_end(api: apiclient.Cluster, fake: server.FakeKub
             ),
             "route status",
         )
-        wait_for(
+        conftest.wait_for(
             lambda: bool(
                 (
                     fake.get("gateway.networking.k8s.io/v1", "GatewayClass", "", "waypoint") or {}
@@ -128,7 +120,7 @@ def test_watch_expiry_relists_and_recovers(
     services = informed.informers["Service"]
     relists = services.relists
     fake.compact()
-    wait_for(lambda: services.relists > relists, "a relist after 410 Gone")
+    conftest.wait_for(lambda: services.relists > relists, "a relist after 410 Gone")
     api.create(world.service("demo", "reviews", "10.96.1.20"))
 
     def config_mentions_reviews() -> bool:
@@ -143,11 +135,11 @@ def test_dropped_watch_resumes_without_relisting(
     informed: manager.Controller, api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
     services = informed.informers["Service"]
-    wait_for(lambda: fake.watch_count >= len(informed.informers), "every watch to open")
+    conftest.wait_for(lambda: fake.watch_count >= len(informed.informers), "every watch to open")
     relists = services.relists
     fake.drop_watches()
     api.create(world.service("demo", "ratings", "10.96.1.30"))
-    wait_for(lambda: ("demo", "ratings") in services.store, "the new Service in the cache")
+    conftest.wait_for(lambda: ("demo", "ratings") in services.store, "the new Service in the cache")
     assert services.relists == relists
 
 
@@ -170,7 +162,9 @@ def test_failed_reconcile_backs_off_and_retries(
     controller.start_informers()
     assert controller.wait_synced(threading.Event())
     api.apply(gateway.generate_gateway("demo"), "waypoint")
-    wait_for(lambda: ("demo", "waypoint") in controller.informers["Gateway"].store, "the Gateway")
+    conftest.wait_for(
+        lambda: ("demo", "waypoint") in controller.informers["Gateway"].store, "the Gateway"
+    )
     key = ("gateway", "demo", "waypoint")
     controller.queue.add(key)
     drain(controller, lambda: bool(controller.errors), "the first, failing reconcile")

@@ -16,20 +16,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests import conftest
 from tests.fakekube import faulty, server, world
 from waypoint.controller import apiclient, leader, manager
 from waypoint.kube import gateway
 
 GW_API = "gateway.networking.k8s.io/v1"
 PATIENCE = 30.0  # a deadline for progress on a busy machine, not a speed check
-
-
-def wait_for(predicate: Callable[[], bool], what: str, patience: float = PATIENCE) -> None:
-    deadline = time.monotonic() + patience
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def drain(controller: manager.Controller, until: Callable[[], bool], what: str) -> None:
@@ -152,12 +145,12 @@ def test_a_hung_request_delays_only_its_own_gateway(
         try:
             assert hang.started.wait(PATIENCE), "the slow Gateway was never reconciled"
             api.apply(gateway.generate_gateway("demo"), "waypoint")
-            wait_for(lambda: programmed(fake, "demo"), "demo's Gateway to be Programmed")
+            conftest.wait_for(lambda: programmed(fake, "demo"), "demo's Gateway to be Programmed")
             # Ordering, not speed: demo got done while slow's GET was still held.
             assert not hang.release.is_set()
             assert not programmed(fake, "slow")
             hang.release.set()
-            wait_for(lambda: programmed(fake, "slow"), "slow's Gateway once released")
+            conftest.wait_for(lambda: programmed(fake, "slow"), "slow's Gateway once released")
         finally:
             hang.release.set()
             finish()
@@ -175,8 +168,8 @@ def test_a_forbidden_optional_kind_is_left_out(
         finish = start(controller)
         try:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
-            wait_for(lambda: programmed(fake, "demo"), "the Gateway to be Programmed")
-            wait_for(
+            conftest.wait_for(lambda: programmed(fake, "demo"), "the Gateway to be Programmed")
+            conftest.wait_for(
                 lambda: (
                     (class_condition(fake, "OptionalKindsAvailable") or {}).get("status") == "False"
                 ),
@@ -188,7 +181,7 @@ def test_a_forbidden_optional_kind_is_left_out(
             gauge = controller.metrics.kind_unavailable.labels("RequestAuthentication")
             assert gauge._value.get() == 1
             forbid.active = False  # the Role is fixed: picked up without a restart
-            wait_for(
+            conftest.wait_for(
                 lambda: (
                     (class_condition(fake, "OptionalKindsAvailable") or {}).get("status") == "True"
                 ),
@@ -255,10 +248,10 @@ def test_a_delayed_renewal_never_makes_two_writers(
             runner.start()
             runners.append(runner)
             if identity == "a":
-                wait_for(lambda: "a" in _writers(fake), "a to lead and write")
+                conftest.wait_for(lambda: "a" in _writers(fake), "a to lead and write")
                 # From now on a's renewals take 6 s: longer than the whole lease.
                 delayed.append(fake.hang(faulty.lease_update_by("a"), 6))
-        wait_for(lambda: "b" in _writers(fake), "b to take over", patience=60)
+        conftest.wait_for(lambda: "b" in _writers(fake), "b to take over", patience=60)
         time.sleep(1.0)  # let any straggling write by a arrive
     finally:
         stop.set()
@@ -339,7 +332,7 @@ def test_a_change_in_one_namespace_requeues_only_its_gateway(
 ) -> None:
     informer = two.informers["Service"]
     fake.seed([world.service("demo", "added", "10.96.1.99")])
-    wait_for(lambda: ("demo", "added") in informer.store, "the new Service in the cache")
+    conftest.wait_for(lambda: ("demo", "added") in informer.store, "the new Service in the cache")
     keys = queued(two)
     assert ("gateway", "demo", "waypoint") in keys
     assert ("gateway", "other", "waypoint") not in keys
@@ -347,7 +340,9 @@ def test_a_change_in_one_namespace_requeues_only_its_gateway(
     labeled = world.service("third", "remote", "10.96.1.98")
     labeled["metadata"]["labels"]["istio.io/use-waypoint-namespace"] = "demo"
     fake.seed([world.namespace("third"), labeled])
-    wait_for(lambda: ("third", "remote") in informer.store, "the remote Service in the cache")
+    conftest.wait_for(
+        lambda: ("third", "remote") in informer.store, "the remote Service in the cache"
+    )
     keys = queued(two)
     assert ("gateway", "demo", "waypoint") in keys
     assert ("gateway", "other", "waypoint") not in keys
@@ -367,7 +362,7 @@ def test_a_resync_translates_the_world_once(
     two: manager.Controller, fake: faulty.FaultyKube
 ) -> None:
     fake.seed([world.service("demo", "added", "10.96.1.99")])
-    wait_for(lambda: ("demo", "added") in two.informers["Service"].store, "the Service")
+    conftest.wait_for(lambda: ("demo", "added") in two.informers["Service"].store, "the Service")
     before = two.translations.translated
     two.enqueue_all()
     settle(two)

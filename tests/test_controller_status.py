@@ -9,11 +9,12 @@ import copy
 import pathlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests import conftest
 from tests.fakekube import server, world
 from waypoint import cli, pipeline
 from waypoint.controller import apiclient, manager, reconcile, trim
@@ -22,14 +23,6 @@ from waypoint.kube import gateway
 Obj = dict[str, Any]
 GW_API = "gateway.networking.k8s.io/v1"
 PATIENCE = 20.0  # a deadline for progress on a busy machine, not a speed check
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _condition(obj: Obj | None, kind: str) -> Obj:
@@ -117,7 +110,9 @@ def informed(api: apiclient.Cluster) -> Iterator[manager.Controller]:
 
 def _settle(controller: manager.Controller, fake: server.FakeKube, count: int) -> None:
     """Wait until the informers hold ``count`` Pods (the seeded world has reached them)."""
-    wait_for(lambda: len(controller.informers["Pod"].items()) == count, f"{count} cached Pods")
+    conftest.wait_for(
+        lambda: len(controller.informers["Pod"].items()) == count, f"{count} cached Pods"
+    )
 
 
 # --- Pods and per-service-account waypoints ------------------------------------------------
@@ -130,7 +125,7 @@ def test_service_account_waypoint_serves_its_workloads_and_the_namespace_one_doe
     api.apply(gateway.generate_gateway("shop"), "waypoint")
     api.apply(gateway.generate_gateway("shop", "reviews-wp", service_account="reviews"), "waypoint")
     _settle(informed, fake, 2)
-    wait_for(lambda: len(informed.gateways()) == 2, "both Gateways cached")
+    conftest.wait_for(lambda: len(informed.gateways()) == 2, "both Gateways cached")
 
     # The cache keeps only what translation reads from a Pod.
     cached = {p["metadata"]["name"]: p for p in informed.informers["Pod"].items()}
@@ -267,7 +262,7 @@ def test_a_pod_getting_its_ip_requeues_its_waypoint(
 
     # The kubelet reports its IP: a change to the Pod's status only, yet an input.
     fake.set_status("v1", "Pod", "shop", "reviews-1", running("10.0.2.10"))
-    wait_for(lambda: len(informed.queue) > 0, "the Pod's new IP to requeue its waypoint")
+    conftest.wait_for(lambda: len(informed.queue) > 0, "the Pod's new IP to requeue its waypoint")
     _quiesce(informed)
     assert "10.0.2.10" in _envoy_config(fake, "shop", "reviews-wp")
     assert "serves 0 Service(s) and 1 workload(s)" in _bound_message(fake)
@@ -281,7 +276,7 @@ def test_a_pod_getting_its_ip_requeues_its_waypoint(
         "reviews-1",
         {**running("10.0.2.10"), "conditions": [{"type": "Ready", "status": "False"}]},
     )
-    wait_for(
+    conftest.wait_for(
         lambda: any(
             c.get("status") == "False"
             for p in [fake.get("v1", "Pod", "shop", "reviews-1") or {}]
@@ -506,7 +501,7 @@ def test_a_fixed_parameters_config_map_is_noticed_without_a_resync(
         return next((c["status"] for c in conditions if c["type"] == "Accepted"), "")
 
     try:
-        wait_for(lambda: accepted() == "False", "the missing ConfigMap reported")
+        conftest.wait_for(lambda: accepted() == "False", "the missing ConfigMap reported")
         api.create(
             {
                 "apiVersion": "v1",
@@ -515,7 +510,7 @@ def test_a_fixed_parameters_config_map_is_noticed_without_a_resync(
                 "data": {"maxReplicas": "3"},
             }
         )
-        wait_for(lambda: accepted() == "True", "the fixed ConfigMap noticed")
+        conftest.wait_for(lambda: accepted() == "True", "the fixed ConfigMap noticed")
         hpa = fake.get("autoscaling/v2", "HorizontalPodAutoscaler", "demo", "waypoint")
         assert hpa is not None
         assert hpa["spec"]["maxReplicas"] == 3
@@ -547,7 +542,7 @@ def test_the_class_parameters_config_map_is_watched_too(
         return next((c["status"] for c in conditions if c["type"] == "Accepted"), "")
 
     try:
-        wait_for(
+        conftest.wait_for(
             lambda: (
                 accepted(fake.get(GW_API, "GatewayClass", "", "waypoint")) == "False"
                 and accepted(_gw(fake, "demo", "waypoint")) == "False"
@@ -562,7 +557,7 @@ def test_the_class_parameters_config_map_is_watched_too(
                 "data": {"maxReplicas": "4"},
             }
         )
-        wait_for(
+        conftest.wait_for(
             lambda: (
                 accepted(fake.get(GW_API, "GatewayClass", "", "waypoint")) == "True"
                 and accepted(_gw(fake, "demo", "waypoint")) == "True"

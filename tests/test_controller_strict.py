@@ -5,11 +5,10 @@ zero writes, and it survives throttling."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
+from tests import conftest
 from tests.fakekube import builtin, quantity, server, world
 from waypoint.controller import apiclient, manager, reconcile
 from waypoint.kube import gateway
@@ -86,14 +85,6 @@ def test_every_generated_quantity_is_canonical(
     assert fake.rewritten == []
 
 
-def _wait(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_the_controller_converges_through_throttling(
     api: apiclient.Cluster, fake: server.FakeKube
 ) -> None:
@@ -105,7 +96,7 @@ def test_the_controller_converges_through_throttling(
     runner.start()
     try:
         api.apply(gateway.generate_gateway("demo"), "waypoint")
-        _wait(
+        conftest.wait_for(
             lambda: fake.get("apps/v1", "Deployment", "demo", "waypoint") is not None,
             "the Deployment",
         )

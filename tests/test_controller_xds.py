@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import pathlib
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import kubernetes_validate
@@ -43,14 +41,6 @@ CONFIG_MAP = ("v1", "ConfigMap", "demo", "waypoint-envoy-config")
 DEPLOYMENT = ("apps/v1", "Deployment", "demo", "waypoint")
 MANAGED_BY, MANAGED = wellknown.MANAGED_BY_LABEL, wellknown.MANAGED_BY_VALUE
 PATIENCE = 30.0  # a deadline for progress on a busy 2-core machine, not a speed check
-
-
-def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + PATIENCE
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Breaker:
@@ -162,7 +152,7 @@ def test_envoy_from_the_generated_config_map_gets_live_config(
         runner_thread.start()
         try:
             api.apply(gateway.generate_gateway("demo"), "waypoint")
-            wait_for(lambda: fake.get(*CONFIG_MAP) is not None, "the generated ConfigMap")
+            conftest.wait_for(lambda: fake.get(*CONFIG_MAP) is not None, "the generated ConfigMap")
             config_map = fake.get(*CONFIG_MAP)
             assert config_map is not None
             assert list(config_map["data"]) == ["envoy.yaml"]  # no SDS files: SDS over ADS
@@ -171,12 +161,14 @@ def test_envoy_from_the_generated_config_map_gets_live_config(
             assert boot["node"] == {"id": "waypoint~demo~waypoint", "cluster": "demo/waypoint"}
 
             proc = envoy(boot, options.admin_port)
-            wait_for(lambda: len(_listeners(proc)) > 1, "the waypoint's listeners over ADS")
+            conftest.wait_for(
+                lambda: len(_listeners(proc)) > 1, "the waypoint's listeners over ADS"
+            )
             # The HBONE terminator, one listener per destination port, probes and stats.
             assert {"connect_terminate", "readiness", "stats"} <= _listeners(proc)
             assert "inbound-vip|80|echo.demo.svc.cluster.local" in _listeners(proc)
             world.mark_ready(fake, "demo", "waypoint")
-            wait_for(lambda: _programmed(fake).get("status") == "True", "Programmed")
+            conftest.wait_for(lambda: _programmed(fake).get("status") == "True", "Programmed")
 
             # A route change in the API reaches the running Envoy: no restart, no writes.
             config_version = fake.get(*CONFIG_MAP)["metadata"]["resourceVersion"]  # type: ignore[index]
@@ -187,18 +179,20 @@ def test_envoy_from_the_generated_config_map_gets_live_config(
                 {"path": {"type": "PathPrefix", "value": "/canary"}}
             ]
             api.apply(route, "user")
-            wait_for(lambda: '"/canary"' in _routes_text(proc), "the new route in Envoy")
+            conftest.wait_for(lambda: '"/canary"' in _routes_text(proc), "the new route in Envoy")
             assert proc.process.poll() is None
             assert fake.get(*CONFIG_MAP)["metadata"]["resourceVersion"] == config_version  # type: ignore[index]
             assert fake.get(*DEPLOYMENT)["spec"]["template"] == template_before  # type: ignore[index]
 
             # A push Envoy rejects: the Gateway says so, with Envoy's words; the last good
             # config (once Envoy has acknowledged it in full) keeps serving.
-            wait_for(lambda: _acknowledged(snapshots), "Envoy's ACK of the canary config")
+            conftest.wait_for(lambda: _acknowledged(snapshots), "Envoy's ACK of the canary config")
             breaker.broken = True
             route["spec"]["rules"][0]["matches"][0]["path"]["value"] = "/broken"
             api.apply(route, "user")
-            wait_for(lambda: _programmed(fake).get("status") == "False", "Programmed False")
+            conftest.wait_for(
+                lambda: _programmed(fake).get("status") == "False", "Programmed False"
+            )
             condition = _programmed(fake)
             assert condition["reason"] == "Invalid"
             assert "rejected the Listener update" in condition["message"]
@@ -214,8 +208,8 @@ def test_envoy_from_the_generated_config_map_gets_live_config(
             breaker.broken = False
             route["spec"]["rules"][0]["matches"][0]["path"]["value"] = "/fixed"
             api.apply(route, "user")
-            wait_for(lambda: '"/fixed"' in _routes_text(proc), "the fixed route in Envoy")
-            wait_for(lambda: _programmed(fake).get("status") == "True", "Programmed again")
+            conftest.wait_for(lambda: '"/fixed"' in _routes_text(proc), "the fixed route in Envoy")
+            conftest.wait_for(lambda: _programmed(fake).get("status") == "True", "Programmed again")
             assert not controller.errors
             for obj in _generated(fake):
                 kubernetes_validate.validate(obj, "1.32.0", strict=True)
