@@ -313,7 +313,6 @@ class _Connection(asyncio.Protocol):
             _stop_clock(stream)
         self._streams.clear()
         self._server.idle_changed()
-        self._server.relieve()
 
     @_guarded
     def data_received(self, data: bytes) -> None:
