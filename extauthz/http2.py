@@ -303,6 +303,11 @@ class Connection:
         }
 
     @property
+    def partial(self) -> int:
+        """Bytes read and kept for a frame not yet whole (at most one frame and its head)."""
+        return len(self._buffer)
+
+    @property
     def settled(self) -> bool:
         """Whether the peer has sent its preface and first SETTINGS (the handshake)."""
         return self._settled

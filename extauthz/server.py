@@ -24,7 +24,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from extauthz import config, decisioncache, h2grpc, httpserver, metrics, policy, service
+from extauthz import allocator, config, decisioncache, h2grpc, httpserver, metrics, policy, service
 from extauthz import health as h2health
 from extauthz import jwt as jwt_auth
 
@@ -205,6 +205,10 @@ async def _grpcio(
 async def _h2(
     settings: config.Settings, checker: service.Checker, address: str
 ) -> tuple[RpcServer, HealthTable, int]:
+    # Bodies held past 64 KiB get pages of their own, returned when their call ends, so the
+    # process's RSS follows max_buffered_request_bytes (see allocator).
+    if not allocator.return_large_blocks():
+        log.info("extauthz: not glibc's malloc; large request buffers are left to it")
     health_table = h2health.Health()
     await _not_serving(health_table)
     # grpc's own reflection logic, one request at a time: it answers each with exactly one
