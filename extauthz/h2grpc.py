@@ -329,10 +329,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     @_guarded
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._server.read_buffer[:nbytes].tobytes())
+        self._received(self._server.read_buffer[:nbytes].tobytes())
 
     @_guarded
     def data_received(self, data: bytes) -> None:
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         self._heard = True
         if self._turn_pending:
             self._backlog += data  # read while a turn was pending: keep the order

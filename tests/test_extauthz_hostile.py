@@ -914,13 +914,13 @@ async def test_bytes_are_read_one_turn_at_a_time(monkeypatch: pytest.MonkeyPatch
     # What a fast sender has sent and we have not parsed waits in the kernel's socket
     # buffer, not in a read-ahead of ours: no read is over 16 KiB, and every call is served.
     reads: list[int] = []
-    original = h2grpc._Connection.data_received
+    original = h2grpc._Connection._received
 
     def recording(self: h2grpc._Connection, data: bytes) -> None:
         reads.append(len(data))
         original(self, data)
 
-    monkeypatch.setattr(h2grpc._Connection, "data_received", recording)
+    monkeypatch.setattr(h2grpc._Connection, "_received", recording)
     async with serving() as (_server, port):
         encoder = hpack.Encoder()
         calls = b"".join(_call(s, encoder, "x" * 2_000) for s in range(1, 201, 2))
