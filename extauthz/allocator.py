@@ -20,7 +20,6 @@ Other C libraries (musl's malloc already maps large blocks itself) are left as t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import platform
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
@@ -34,7 +33,7 @@ def return_large_blocks(threshold: int = LARGE_BLOCK_BYTES) -> bool:
     """
     if platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(None)  # the process's own symbols: glibc's, as it is linked
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int
     return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
