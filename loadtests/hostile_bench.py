@@ -222,7 +222,7 @@ def attack_rapid_reset(port: int, deadline: float, message: bytes) -> int:
     return peer.cutoffs
 
 
-def attack_memory(port: int, deadline: float, _message: bytes, connections: int = 30) -> int:
+def attack_memory(port: int, deadline: float, _message: bytes, connections: int) -> int:
     peers = [_Peer(port) for _ in range(connections)]
     prefix = b"\x00" + struct.pack(">L", 4 * 1024 * 1024 - 16)
     chunk = prefix + b"m" * (16_384 - len(prefix))
@@ -242,7 +242,7 @@ def attack_memory(port: int, deadline: float, _message: bytes, connections: int 
     return cutoffs + sum(p.cutoffs for p in peers)
 
 
-def attack_idle(port: int, deadline: float, _message: bytes, connections: int = 1500) -> int:
+def attack_idle(port: int, deadline: float, _message: bytes, connections: int) -> int:
     held: list[socket.socket] = []
     refused = 0
     for i in range(connections):
@@ -326,10 +326,21 @@ def attacker_address(name: str) -> str:
     return f"127.0.0.{2 + list(ATTACKS).index(name)}"
 
 
-def _attacker(name: str, port: int, seconds: float, message: bytes, result: Any) -> None:
+def _attacker(
+    name: str, port: int, seconds: float, message: bytes, result: Any, options: dict[str, int]
+) -> None:
     global ATTACKER_ADDRESS  # this process is the attacker's alone (spawned per attack)
     ATTACKER_ADDRESS = attacker_address(name)
-    result.value = ATTACKS[name](port, time.monotonic() + seconds, message)
+    result.value = ATTACKS[name](port, time.monotonic() + seconds, message, **options)
+
+
+def attack_options(attack: str, args: argparse.Namespace) -> dict[str, int]:
+    """The attack's own settings from the command line: how many connections it holds."""
+    if attack == "memory":
+        return {"connections": args.memory_connections}
+    if attack == "idle":
+        return {"connections": args.idle_connections}
+    return {}
 
 
 # -- the legit client and the meters ---------------------------------------------------------
@@ -389,7 +400,9 @@ def run_phase(
     if attack is not None:
         message = _grpc_message(check_request(token))
         attacker = context.Process(
-            target=_attacker, args=(attack, port, args.duration, message, result), daemon=True
+            target=_attacker,
+            args=(attack, port, args.duration, message, result, attack_options(attack, args)),
+            daemon=True,
         )
         attacker.start()
     peak = 0.0
@@ -457,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=50.0, help="legit checks per second")
     parser.add_argument("--cap-mb", type=float, default=32.0, help="RSS allowed above quiet")
+    parser.add_argument("--memory-connections", type=int, default=30, help="memory attack's")
+    parser.add_argument("--idle-connections", type=int, default=1500, help="idle attack's")
     args = parser.parse_args(argv)
     attacks = [a for a in args.attacks.split(",") if a]
     unknown = set(attacks) - set(ATTACKS)
