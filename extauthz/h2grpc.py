@@ -4,7 +4,7 @@ Why not grpc.aio: measured behind Envoy on this project's 2-core machines, a bar
 grpc.aio server spends about 0.5 ms of CPU per Check, mostly handing each call between grpc
 core's threads and the event loop (under strace: about 5 futex calls and 6 writes per call),
 and Envoy spends about 0.35 ms more per call talking to it. The same allow-all answer from this
-server costs far less (``docs/extauthz.md``). A call is handled inside the ``data_received``
+server costs far less (``docs/extauthz.md``). A call is handled inside the ``buffer_updated``
 turn that completes its request (up to 8 calls of one connection a turn; the rest in the
 next turns): the message is parsed, the handler runs eagerly, and the response leaves at
 once.
@@ -276,7 +276,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._outbound: dict[int, _Outbound] = {}
         self._closing = False
         self._heard = True  # bytes arrived since the idle timer last looked
-        self._backlog = bytearray()  # read but left for the next turns (see data_received)
         # Requests complete but over this turn's call quota, in order: (stream, payload).
         self._deferred: collections.deque[tuple[_Stream, bytes]] = collections.deque()
         self._calls_this_turn = 0
@@ -329,26 +328,13 @@ class _Connection(asyncio.BufferedProtocol):
 
     @_guarded
     def buffer_updated(self, nbytes: int) -> None:
-        self._received(self._server.read_buffer[:nbytes].tobytes())
-
-    @_guarded
-    def data_received(self, data: bytes) -> None:
-        self._received(data)
-
-    def _received(self, data: bytes) -> None:
-        self._heard = True
-        if self._turn_pending:
-            self._backlog += data  # read while a turn was pending: keep the order
-            return
-        # One turn of the loop serves at most _TURN_BYTES and _TURN_CALLS of one
+        # One turn serves at most one read (_TURN_BYTES) and _TURN_CALLS calls of one
         # connection, so a peer that sends requests as fast as it can does not hold up
-        # everyone else's answers for a whole 256 KiB read; the rest waits for the next
-        # turns, with reading paused meanwhile.
-        if len(data) > _TURN_BYTES:
-            self._backlog = bytearray(data[_TURN_BYTES:])
-            data = data[:_TURN_BYTES]
+        # everyone else's answers; the rest waits for the next turns, with reading paused
+        # meanwhile (so no read ever arrives while a turn is pending).
+        self._heard = True
         self._calls_this_turn = 0
-        self._receive(data)
+        self._receive(self._server.read_buffer[:nbytes].tobytes())
         self._more_turns()
 
     @_guarded
@@ -360,10 +346,9 @@ class _Connection(asyncio.BufferedProtocol):
     def _more_turns(self) -> None:
         """Schedule the next turn if work is left over, pausing reading until it is done."""
         transport = self._transport
-        if self._turn_pending or not (self._backlog or self._deferred):
+        if self._turn_pending or not self._deferred:
             return
         if transport is None or transport.is_closing():
-            self._backlog.clear()
             self._deferred.clear()
             return
         self._turn_pending = True
@@ -375,7 +360,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._turn_pending = False
         transport = self._transport
         if transport is None or transport.is_closing():  # cut off: nothing more to spend
-            self._backlog.clear()
             self._deferred.clear()
             return
         self._calls_this_turn = 0
@@ -383,10 +367,6 @@ class _Connection(asyncio.BufferedProtocol):
             stream, payload = self._deferred.popleft()
             if stream.stream_id in self._streams and stream.method is not None:
                 self._start_call(stream, stream.method, payload)  # not reset meanwhile
-        if not self._deferred and self._backlog:
-            chunk = bytes(self._backlog[:_TURN_BYTES])
-            del self._backlog[:_TURN_BYTES]
-            self._receive(chunk)
         self._more_turns()
         if not self._turn_pending and not self._writing_paused and not transport.is_closing():
             transport.resume_reading()
@@ -395,7 +375,6 @@ class _Connection(asyncio.BufferedProtocol):
         try:
             self._h2.receive(data)
         except http2.ProtocolError as exc:
-            self._hold_partial(0)
             log.info("h2grpc: closing a connection on an HTTP/2 protocol error: %s", exc)
             self._server.count("goaway_" + _CODES.get(exc.code, str(exc.code)))
             self._abort(exc.code)
@@ -867,7 +846,7 @@ class Server:
         # the cap must also hold but cannot refuse, the requests that complete as they
         # arrive (taken off our hands in the same turn) and the codec's partial frames.
         self.max_unfinished_bytes = self.max_held_bytes - self.max_held_bytes // 8
-        self.held = 0  # request bytes buffered in unfinished calls, all connections
+        self.held = 0  # request bytes kept: unfinished calls' and partial frames, process-wide
         self.read_buffer = memoryview(bytearray(_TURN_BYTES))  # see _Connection.get_buffer
         self.withholding: set[_Connection] = set()  # connections owed window (``_drop``)
         # A whole message and its prefix must fit one window: windows are granted back only

@@ -90,6 +90,7 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.paused = False
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
         self.written += data
@@ -107,10 +108,10 @@ class _Transport(asyncio.Transport):
         return 0
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
 
 async def _echo(request: Any) -> Any:
@@ -139,11 +140,25 @@ async def _feed(chunks: list[bytes]) -> h2grpc.Server:
     transport = _Transport()
     connection.connection_made(transport)
     for chunk in chunks:
-        if transport.closed:
-            break
-        connection.data_received(chunk)
+        await _read(connection, transport, server, chunk)
     connection.connection_lost(None)
     return server
+
+
+async def _read(
+    connection: h2grpc._Connection, transport: _Transport, server: h2grpc.Server, data: bytes
+) -> None:
+    """Deliver ``data`` as asyncio would: reads of at most the server's read buffer, none
+    while reading is paused (the turns left over run meanwhile)."""
+    size = len(server.read_buffer)
+    for start in range(0, len(data), size):
+        while transport.paused and not transport.closed:
+            await asyncio.sleep(0)
+        if transport.closed:
+            return
+        piece = data[start : start + size]
+        server.read_buffer[: len(piece)] = piece
+        connection.buffer_updated(len(piece))
 
 
 _LOOP = asyncio.new_event_loop()
